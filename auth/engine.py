@@ -1,0 +1,486 @@
+"""The session engine: every decision of the auth stage, with no I/O.
+
+Inputs are method calls with plain values and the current time; outputs are
+lists of actions (send this datagram, open this door, publish this event) that
+the shell in auth/main.py carries out in order. The engine never reads a clock
+or a random source of its own, so tests drive it exactly.
+
+Life of a request (docs/PROTOCOL.md, "State machine"):
+
+    P1 ok ──> AWAITING_KNOCKS ──3 knocks──> OPENING ──gate+relay ok──> OPEN ──window──> gone
+                  │ knock timeout             │ nack / timeout              (door closes
+                  v                           v                              by itself)
+                 gone                       FAILED ──timeout──> gone
+    P1 for a service the user may not use ──> DENIED ──timeout──> gone
+
+Invariants:
+1. At most one request per (user, client address); a newer authenticated P1
+   with another request id replaces the older one.
+2. A knock counts only for the request whose P1 declared exactly this
+   (source address, destination port, ISN); any other SYN changes nothing.
+3. A nonce is remembered (and journalled) only when its packet is accepted, so
+   a copy raced from another address cannot burn the real packet's nonce.
+4. P3 OPEN is sent only after both gate and relay confirmed the door.
+5. A door port is in use by at most one door at a time.
+6. Nothing unauthenticated ever gets a reply, and its rejection events are rate
+   limited (the counters always count).
+7. A request dropped while its door is being opened (replaced, user removed)
+   sends CloseDoor: no door stays open that no request accounts for.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from auth import protocol as proto
+from auth.keys import SessionKeys, hint_epoch, user_hint
+from auth.protocol import IPAddress, RejectReason, Status
+from auth.replay import ReplayCache
+from auth.users import User, UserDirectory
+
+# --- actions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendReply:
+    destination: IPAddress
+    port: int
+    source: IPAddress  # the server address the request came to, so the reply passes NAT
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDoor:
+    door_id: str
+    user: str
+    client: IPAddress
+    port: int
+    service: str
+    target_host: str
+    target_port: int
+    expires_at_ms: int  # absolute: a command delivered late must not open a door for longer
+
+
+@dataclass(frozen=True, slots=True)
+class CloseDoor:
+    door_id: str
+    client: IPAddress
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetKnockFilter:
+    """The (source address, destination port) pairs whose SYNs capture should pass."""
+
+    pairs: frozenset[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    topic: str
+    fields: dict[str, Any]
+
+
+Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Event
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    services: dict[str, Service]
+    door_port_low: int
+    door_port_high: int
+    window_s: int = 30
+    skew_s: int = 60
+    knock_timeout_s: int = 10
+    open_timeout_s: int = 3
+    max_requests_per_user: int = 16
+    # Unauthenticated rejections are counted always but reported one by one
+    # only this often per second, so a flood cannot flood the bus or the logs.
+    reject_events_per_second: int = 20
+
+
+class State(enum.Enum):
+    AWAITING_KNOCKS = "awaiting_knocks"
+    OPENING = "opening"
+    OPEN = "open"
+    FAILED = "failed"
+    DENIED = "denied"
+
+
+@dataclass(slots=True)
+class Request:
+    user: str
+    keys: SessionKeys
+    client: IPAddress
+    request_id: bytes
+    service: str
+    created_ms: int
+    remaining: set[tuple[int, int]]
+    state: State = State.AWAITING_KNOCKS
+    door_id: str = ""
+    door_port: int = 0
+    door_expires_ms: int = 0
+    confirmed: set[str] = field(default_factory=set)
+    reply_to: tuple[IPAddress, int, IPAddress] | None = None
+    state_since_ms: int = 0
+
+
+DOOR_STAGES = frozenset({"gate", "relay"})
+
+
+def _addr(value: IPAddress) -> str:
+    return str(value)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, users: dict[str, User], replay: ReplayCache,
+                 random_bytes: Callable[[int], bytes], random_below: Callable[[int], int]) -> None:
+        self.config = config
+        self._directory = UserDirectory(users, config.skew_s)
+        self._replay = replay
+        self._random_bytes = random_bytes
+        self._random_below = random_below
+        self._requests: dict[tuple[str, IPAddress], Request] = {}
+        self._by_id: dict[bytes, Request] = {}
+        self._by_door: dict[str, Request] = {}
+        self._knocks: dict[tuple[IPAddress, int, int], Request] = {}
+        # port -> (user, client, expiry): reserved from OpenDoor until the window
+        # ends, even if the request is replaced meanwhile (invariant 5).
+        self._doors: dict[int, tuple[str, IPAddress, int]] = {}
+        # request_id -> source seen, for NAT diagnosis of a P1 declared elsewhere
+        self._mismatches: dict[bytes, tuple[str, IPAddress, int]] = {}
+        self.rejections: Counter[str] = Counter()
+        self.unmatched_syns = 0
+        self._reject_budget = (-1, 0)  # (second, events left); -1: no second seen yet
+        self._filter: frozenset[tuple[str, int]] = frozenset()
+
+    # --- users ---------------------------------------------------------------
+
+    def replace_users(self, users: dict[str, User]) -> list[Action]:
+        """A reloaded users file. Requests of users removed are dropped; others untouched."""
+        self._directory = UserDirectory(users, self.config.skew_s)
+        actions: list[Action] = []
+        for request in list(self._requests.values()):
+            if request.user not in users and request.state is not State.OPEN:
+                actions += self._drop(request)
+        actions.append(Event("auth.users.reloaded", {"users": len(users)}))
+        return actions + self._filter_update()
+
+    # --- inputs --------------------------------------------------------------
+
+    def on_datagram(self, source: IPAddress, source_port: int, destination: IPAddress,
+                    payload: bytes, now_ms: int) -> list[Action]:
+        header = proto.parse_header(payload)
+        if isinstance(header, proto.Reject):
+            return self._reject(header.reason, source, now_ms, header.detail)
+        found = self._directory.find(header.hint, now_ms / 1000)
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, source, now_ms)
+        user, keys = found
+        message = proto.open_packet(keys, header, payload)
+        if isinstance(message, proto.Reject):
+            # A bad tag is still unauthenticated (anyone who saw the hint can send
+            # one), so it stays rate limited; a bad field after a good tag is not.
+            return self._reject(message.reason, source, now_ms, message.detail, user.name,
+                                authenticated=message.reason is not RejectReason.BAD_TAG)
+        # From here on the packet is authentic: rejections name the user.
+        skew_ms = self.config.skew_s * 1000
+        if message.timestamp_ms < now_ms - skew_ms:
+            return self._reject(RejectReason.STALE, source, now_ms, user=user.name)
+        if message.timestamp_ms > now_ms + skew_ms:
+            return self._reject(RejectReason.FUTURE, source, now_ms, user=user.name)
+        if self._replay.seen(header.nonce, now_ms):
+            return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
+        if user.expired(now_ms / 1000):
+            return self._reject(RejectReason.USER_EXPIRED, source, now_ms, user=user.name)
+        # The nonce may be forgotten once the timestamp alone would refuse it.
+        nonce_expiry = message.timestamp_ms + skew_ms + 1
+        if isinstance(message, proto.P1):
+            return self._on_p1(user, keys, message, header.nonce, nonce_expiry, source, now_ms)
+        if isinstance(message, proto.P2):
+            return self._on_p2(user, keys, message, header.nonce, nonce_expiry,
+                               source, source_port, destination, now_ms)
+        raise AssertionError("parse_header accepts only P1 and P2")
+
+    def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int) -> list[Action]:
+        request = self._knocks.pop((source, port, isn), None)
+        if request is None:
+            self.unmatched_syns += 1
+            return []
+        request.remaining.discard((port, isn))
+        actions: list[Action] = [Event("auth.knock.matched", {
+            "user": request.user, "client": _addr(source), "port": port,
+            "left": len(request.remaining)})]
+        if not request.remaining:
+            actions += self._knocks_complete(request, now_ms)
+        return actions
+
+    def on_door_result(self, door_id: str, stage: str, ok: bool, detail: str, now_ms: int) -> list[Action]:
+        request = self._by_door.get(door_id)
+        if request is None or request.state is not State.OPENING or stage not in DOOR_STAGES:
+            return []  # late answer for a door already given up: nothing to do
+        if not ok:
+            return self._door_failed(request, f"{stage}: {detail}", now_ms)
+        request.confirmed.add(stage)
+        if request.confirmed != DOOR_STAGES:
+            return []
+        request.state, request.state_since_ms = State.OPEN, now_ms
+        actions: list[Action] = [Event("auth.door.opened", {
+            "user": request.user, "client": _addr(request.client), "port": request.door_port,
+            "service": request.service, "window": self.config.window_s,
+            "latency_ms": now_ms - request.created_ms})]
+        if request.reply_to is not None:
+            actions.append(self._answer(request, now_ms))
+        return actions
+
+    def on_tick(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        self._replay.sweep(now_ms)
+        knock_timeout = self.config.knock_timeout_s * 1000
+        for request in list(self._requests.values()):
+            age = now_ms - request.state_since_ms
+            if request.state is State.AWAITING_KNOCKS and age > knock_timeout:
+                self._forget(request)
+                actions.append(self._rejection_event(RejectReason.KNOCK_TIMEOUT, request.client,
+                                                     request.user, f"{len(request.remaining)} knocks missing"))
+                self.rejections[RejectReason.KNOCK_TIMEOUT.value] += 1
+            elif request.state is State.OPENING and age > self.config.open_timeout_s * 1000:
+                actions += self._door_failed(request, "no confirmation in time", now_ms)
+            elif request.state in (State.FAILED, State.DENIED) and age > knock_timeout:
+                self._forget(request)
+            elif request.state is State.OPEN and now_ms >= request.door_expires_ms:
+                self._forget(request)
+        for port, (user, client, expiry) in list(self._doors.items()):
+            if expiry <= now_ms:
+                del self._doors[port]
+                actions.append(Event("auth.door.expired", {"user": user, "client": _addr(client), "port": port}))
+        for rid, (_, _, expiry) in list(self._mismatches.items()):
+            if expiry <= now_ms:
+                del self._mismatches[rid]
+        return actions + self._filter_update()
+
+    # --- P1 / P2 -------------------------------------------------------------
+
+    def _on_p1(self, user: User, keys: SessionKeys, p1: proto.P1, nonce: bytes, nonce_expiry: int,
+               source: IPAddress, now_ms: int) -> list[Action]:
+        if p1.address is None:
+            if not user.nat:
+                return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
+                                    "address 'as seen' not allowed for this user", user.name)
+            client = source
+        elif p1.address != source:
+            if not p1.address.is_global:
+                # Most likely a client behind NAT declaring its private address:
+                # remember what we saw so that its P2 can be told (encrypted).
+                # The first source wins: a copy replayed from a spoofed address must not
+                # overwrite it and so deny the real client its answer.
+                self._mismatches.setdefault(p1.request_id,
+                                            (user.name, source, now_ms + self.config.knock_timeout_s * 1000))
+            return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
+                                f"declared {p1.address}", user.name)
+        else:
+            client = source
+        if not user.allows_source(client):
+            return self._reject(RejectReason.SOURCE_NOT_ALLOWED, source, now_ms, user=user.name)
+        existing = self._requests.get((user.name, client))
+        if existing is not None and existing.request_id == p1.request_id:
+            self._replay.remember(nonce, nonce_expiry)  # a retransmitted P1: same request
+            return [Event("auth.request.retry", {"user": user.name, "client": _addr(client)})]
+        mine = [r for r in self._requests.values() if r.user == user.name and r.state is not State.OPEN]
+        if existing is None and len(mine) >= self.config.max_requests_per_user:
+            return self._reject(RejectReason.TOO_MANY_REQUESTS, source, now_ms, user=user.name)
+        if p1.request_id in self._by_id:
+            return self._reject(RejectReason.REPLAY, source, now_ms, "request id reused", user.name)
+        self._replay.remember(nonce, nonce_expiry)
+        actions: list[Action] = []
+        if existing is not None:
+            actions.append(Event("auth.request.replaced", {"user": user.name, "client": _addr(client)}))
+            actions += self._drop(existing)
+        request = Request(user.name, keys, client, p1.request_id, p1.service, now_ms,
+                          {(k.port, k.isn) for k in p1.knocks}, state_since_ms=now_ms)
+        self._requests[(user.name, client)] = request
+        self._by_id[p1.request_id] = request
+        actions.append(Event("auth.request.received", {
+            "user": user.name, "client": _addr(client), "source": _addr(source), "service": p1.service}))
+        if p1.service not in user.services or p1.service not in self.config.services:
+            request.state = State.DENIED
+            request.remaining.clear()
+            self.rejections[RejectReason.SERVICE_NOT_ALLOWED.value] += 1
+            actions.append(self._rejection_event(RejectReason.SERVICE_NOT_ALLOWED, client, user.name,
+                                                 p1.service))
+            return actions + self._filter_update()  # the replaced request's knocks are gone
+        for port, isn in request.remaining:
+            self._knocks[(client, port, isn)] = request
+        return actions + self._filter_update()
+
+    def _on_p2(self, user: User, keys: SessionKeys, p2: proto.P2, nonce: bytes, nonce_expiry: int,
+               source: IPAddress, source_port: int, destination: IPAddress, now_ms: int) -> list[Action]:
+        request = self._by_id.get(p2.request_id)
+        if request is None or request.user != user.name:
+            mismatch = self._mismatches.get(p2.request_id)
+            if mismatch is not None and mismatch[0] == user.name and mismatch[1] == source:
+                self._replay.remember(nonce, nonce_expiry)
+                reply = proto.P3(now_ms, p2.request_id, Status.ADDRESS_MISMATCH, 0, 0, source)
+                return [SendReply(source, source_port, destination, self._seal(user.name, keys, reply, now_ms))]
+            return self._reject(RejectReason.NO_REQUEST, source, now_ms, user=user.name)
+        if request.client != source:
+            return self._reject(RejectReason.WRONG_SOURCE, source, now_ms, "P2 from another address", user.name)
+        self._replay.remember(nonce, nonce_expiry)
+        request.reply_to = (source, source_port, destination)
+        if request.state is State.OPENING:
+            return []  # answered as soon as the door is confirmed
+        return [self._answer(request, now_ms)]
+
+    # --- doors ---------------------------------------------------------------
+
+    def _knocks_complete(self, request: Request, now_ms: int) -> list[Action]:
+        actions: list[Action] = [Event("auth.knock.complete", {"user": request.user, "client": _addr(request.client)})]
+        port = self._allocate_port()
+        request.state_since_ms = now_ms
+        if port is None:
+            request.state = State.FAILED
+            self.rejections[RejectReason.NO_DOOR_PORT.value] += 1
+            actions.append(self._rejection_event(RejectReason.NO_DOOR_PORT, request.client, request.user))
+            return actions + self._maybe_answer(request, now_ms) + self._filter_update()
+        service = self.config.services[request.service]
+        request.state = State.OPENING
+        request.door_port = port
+        request.door_id = self._random_bytes(8).hex()
+        request.door_expires_ms = now_ms + self.config.window_s * 1000
+        self._by_door[request.door_id] = request
+        self._doors[port] = (request.user, request.client, request.door_expires_ms)
+        actions.append(OpenDoor(request.door_id, request.user, request.client, port, service.name,
+                                service.host, service.port, request.door_expires_ms))
+        return actions + self._filter_update()
+
+    def _door_failed(self, request: Request, detail: str, now_ms: int) -> list[Action]:
+        request.state, request.state_since_ms = State.FAILED, now_ms
+        self.rejections[RejectReason.DOOR_FAILED.value] += 1
+        actions: list[Action] = [
+            # Compensate: whichever stage did open must close again, so nothing is half-open.
+            CloseDoor(request.door_id, request.client, request.door_port),
+            self._rejection_event(RejectReason.DOOR_FAILED, request.client, request.user, detail),
+        ]
+        self._by_door.pop(request.door_id, None)
+        self._doors.pop(request.door_port, None)
+        return actions + self._maybe_answer(request, now_ms)
+
+    def _allocate_port(self) -> int | None:
+        low, high = self.config.door_port_low, self.config.door_port_high
+        size = high - low + 1
+        if len(self._doors) >= size:
+            return None
+        for _ in range(32):
+            port = low + self._random_below(size)
+            if port not in self._doors:
+                return port
+        start = self._random_below(size)  # a nearly full range: scan from a random place
+        for offset in range(size):
+            port = low + (start + offset) % size
+            if port not in self._doors:
+                return port
+        return None
+
+    def _drop(self, request: Request) -> list[Action]:
+        """Forget a request before its time; a door being opened for it is closed again."""
+        actions: list[Action] = []
+        if request.state is State.OPENING:
+            # The OpenDoor is already out: without this the door would open, unknown
+            # to anyone, for its whole window (e.g. after its user was removed).
+            actions.append(CloseDoor(request.door_id, request.client, request.door_port))
+            self._doors.pop(request.door_port, None)
+        self._forget(request)
+        return actions
+
+    def _forget(self, request: Request) -> None:
+        for port, isn in request.remaining:
+            key = (request.client, port, isn)
+            if self._knocks.get(key) is request:  # another request may have declared the same knock
+                del self._knocks[key]
+        if self._requests.get((request.user, request.client)) is request:
+            del self._requests[(request.user, request.client)]
+        self._by_id.pop(request.request_id, None)
+        self._by_door.pop(request.door_id, None)
+
+    # --- replies -------------------------------------------------------------
+
+    def _maybe_answer(self, request: Request, now_ms: int) -> list[Action]:
+        return [self._answer(request, now_ms)] if request.reply_to is not None else []
+
+    def _answer(self, request: Request, now_ms: int) -> SendReply:
+        assert request.reply_to is not None
+        destination, port, source = request.reply_to
+        if request.state is State.OPEN:
+            left = max(0, math.ceil((request.door_expires_ms - now_ms) / 1000))
+            p3 = proto.P3(now_ms, request.request_id, Status.OPEN, request.door_port, left, destination)
+        else:
+            status = {State.AWAITING_KNOCKS: Status.PENDING, State.OPENING: Status.PENDING,
+                      State.DENIED: Status.SERVICE_NOT_ALLOWED, State.FAILED: Status.UNAVAILABLE}[request.state]
+            p3 = proto.P3(now_ms, request.request_id, status, 0, 0, destination)
+        return SendReply(destination, port, source, self._seal(request.user, request.keys, p3, now_ms))
+
+    def _seal(self, user: str, keys: SessionKeys, message: proto.P3, now_ms: int) -> bytes:
+        hint = user_hint(keys, hint_epoch(now_ms / 1000))
+        return proto.seal(keys, message, hint, self._random_bytes(proto.NONCE_LEN))
+
+    # --- rejections and the knock filter -------------------------------------
+
+    def _reject(self, reason: RejectReason, source: IPAddress, now_ms: int, detail: str = "",
+                user: str | None = None, *, authenticated: bool | None = None) -> list[Action]:
+        """Count a rejection; report it, rate limited unless the packet was authentic.
+
+        `authenticated` defaults to "a user was named", which holds everywhere but
+        for a bad tag under a known hint.
+        """
+        self.rejections[reason.value] += 1
+        if authenticated is None:
+            authenticated = user is not None
+        if not authenticated:
+            second, left = self._reject_budget
+            if now_ms // 1000 != second:
+                second, left = now_ms // 1000, self.config.reject_events_per_second
+            if left <= 0:
+                self._reject_budget = (second, 0)
+                return []
+            self._reject_budget = (second, left - 1)
+        return [self._rejection_event(reason, source, user, detail)]
+
+    @staticmethod
+    def _rejection_event(reason: RejectReason, source: IPAddress, user: str | None,
+                         detail: str = "") -> Event:
+        fields: dict[str, Any] = {"reason": reason.value, "source": _addr(source)}
+        if user is not None:
+            fields["user"] = user
+        if detail:
+            fields["detail"] = detail
+        return Event("auth.request.rejected", fields)
+
+    def _filter_update(self) -> list[Action]:
+        pairs = frozenset((_addr(ip), port) for ip, port, _ in self._knocks)
+        if pairs == self._filter:
+            return []
+        self._filter = pairs
+        return [SetKnockFilter(pairs)]
+
+    # --- views for status and tests -----------------------------------------
+
+    def open_doors(self) -> list[dict[str, Any]]:
+        return [{"user": user, "client": _addr(client), "port": port, "expires_ms": expiry}
+                for port, (user, client, expiry) in self._doors.items()]
+
+
+def parse_address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)

@@ -1,0 +1,120 @@
+"""Key material: the user's master key and the keys derived from it.
+
+A user's *master key* is 32 bytes. It is either derived from a user name and a
+password with scrypt (so that the client needs nothing but those two, as in the
+SIG^2 paper) or drawn at random and kept in a key file (`knock-client --key-gen`,
+like fwknop's). The server stores master keys, never passwords.
+
+From the master key, HKDF-SHA256 derives three independent keys:
+
+* ``hint``: keys the rotating 8-byte *user hint* that lets the server find the
+  right user with one dictionary look-up, without the name in clear text and
+  without trial-decrypting against every user;
+* ``client_to_server``: the XChaCha20-Poly1305 key of P1 and P2;
+* ``server_to_client``: the XChaCha20-Poly1305 key of P3. Separate directions
+  mean a P3 reflected back at the server can never authenticate as a P1 or P2.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+import unicodedata
+from dataclasses import dataclass
+
+from Crypto.Hash import SHA256
+from Crypto.Protocol.KDF import HKDF, scrypt
+
+MASTER_KEY_LEN = 32
+HINT_LEN = 8
+
+# scrypt cost: N=2^15, r=8 takes about 32 MiB and ~0.1 s here. This is paid once
+# per knock on the client and once per `knock-admin add` on the server; never on
+# the server's packet path (the server stores the derived key).
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+# The salt must be computable from what the user types; binding it to the user
+# name stops one precomputed table from serving every user.
+SCRYPT_SALT_PREFIX = b"dynknock/v1/scrypt/"
+
+# Hints rotate once a minute so that a passive observer cannot link packets of
+# the same user across minutes (within one epoch they are linkable, as are the
+# packets of one exchange by their addresses anyway).
+HINT_EPOCH_SECONDS = 60
+
+
+class KeyError_(ValueError):
+    """A key, password or key file is unusable."""
+
+
+def normalise_user_name(user: str) -> str:
+    name = unicodedata.normalize("NFC", user).strip()
+    if not name or len(name.encode()) > 64 or any(ch.isspace() or ord(ch) < 32 for ch in name):
+        raise KeyError_(f"invalid user name {user!r}: 1-64 bytes, no spaces or control characters")
+    return name
+
+
+def derive_master_key(user: str, password: str) -> bytes:
+    """scrypt(password, salt = prefix || user name) -> 32-byte master key."""
+    if not password:
+        raise KeyError_("empty password")
+    name = normalise_user_name(user)
+    secret = unicodedata.normalize("NFC", password).encode("utf-8")
+    key = scrypt(secret, SCRYPT_SALT_PREFIX + name.encode("utf-8"), MASTER_KEY_LEN,
+                 N=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    assert isinstance(key, bytes)
+    return key
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def decode_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError as exc:
+        raise KeyError_("key is not valid base64") from exc
+    if len(key) != MASTER_KEY_LEN:
+        raise KeyError_(f"key must be {MASTER_KEY_LEN} bytes, got {len(key)}")
+    return key
+
+
+def _hkdf(master: bytes, label: bytes) -> bytes:
+    out = HKDF(master, 32, b"", SHA256, context=b"dynknock v1 " + label)
+    assert isinstance(out, bytes)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """The three keys derived from one master key."""
+
+    hint: bytes
+    client_to_server: bytes
+    server_to_client: bytes
+
+    @classmethod
+    def from_master(cls, master: bytes) -> SessionKeys:
+        if len(master) != MASTER_KEY_LEN:
+            raise KeyError_(f"master key must be {MASTER_KEY_LEN} bytes")
+        return cls(
+            hint=_hkdf(master, b"hint"),
+            client_to_server=_hkdf(master, b"client-to-server"),
+            server_to_client=_hkdf(master, b"server-to-client"),
+        )
+
+    def __repr__(self) -> str:  # never print key bytes, even by accident
+        return "SessionKeys(<redacted>)"
+
+
+def hint_epoch(unix_seconds: float) -> int:
+    return int(unix_seconds // HINT_EPOCH_SECONDS)
+
+
+def user_hint(keys: SessionKeys, epoch: int) -> bytes:
+    mac = hmac.new(keys.hint, b"epoch" + struct.pack("!Q", epoch), hashlib.sha256)
+    return mac.digest()[:HINT_LEN]

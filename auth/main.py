@@ -1,0 +1,288 @@
+"""knock-auth: the shell around the session engine. Unprivileged.
+
+Moves packets from capture into the engine and carries out what it returns:
+P3 replies (sent from the control port, so they pass the client's NAT), door
+commands to gate and relay, the knock filter for capture, and events.
+
+Fail closed: a door command that cannot be delivered at once (stage down)
+counts as refused, and a door not confirmed by both stages within
+open_timeout is closed again by the engine; a P3 OPEN is sent only after both
+confirmed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from auth import engine as eng
+from auth.replay import ReplayCache, ReplayJournal
+from auth.users import User, UsersFileError, load_users
+from dynknock import bus
+from dynknock.config import Config
+from dynknock.events import describe
+from dynknock.stage import Publisher, RateLimitedLog, common_arguments, load_config_or_exit, now_ms, setup_logging
+
+TICK_S = 0.2
+FILTER_REFRESH_S = 2.0
+USERS_CHECK_S = 2.0
+# Logged one by one (not rate limited): these need a key, so no flood can make them.
+_AUTHENTIC_TOPICS = {"auth.request.received", "auth.knock.complete", "auth.door.opened", "auth.door.expired",
+                     "auth.request.replaced", "auth.users.reloaded"}
+
+
+def engine_config(config: Config) -> eng.EngineConfig:
+    return eng.EngineConfig(
+        services={n: eng.Service(n, s.host, s.port) for n, s in config.services.items()},
+        door_port_low=config.door_port_low, door_port_high=config.door_port_high,
+        window_s=config.window_seconds, skew_s=config.clock_skew_seconds,
+        knock_timeout_s=config.knock_timeout_seconds)
+
+
+def reply_sockets(config: Config) -> dict[str, socket.socket]:
+    """One UDP socket per server address, bound to the control port, for sending only.
+
+    The firewall (gate, stealth) drops inbound packets to the control port
+    before they reach this socket; capture sees them anyway, since libpcap taps
+    the interface before netfilter. Nothing is ever read from these sockets.
+    """
+    sockets: dict[str, socket.socket] = {}
+    for address in config.addresses:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # FREEBIND: the address may come up after us (e.g. IPv6 DAD still running).
+        level, option = ((socket.IPPROTO_IPV6, 78) if family == socket.AF_INET6 else (socket.IPPROTO_IP, 15))
+        try:
+            sock.setsockopt(level, option, 1)
+        except OSError:
+            pass
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.bind((address, config.control_port))
+        sock.setblocking(False)
+        sockets[address] = sock
+    return sockets
+
+
+class AuthShell:
+    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger) -> None:
+        self.config = config
+        self.log = log
+        self.log_rejection = RateLimitedLog(log)
+        self.endpoints = bus.Endpoints.in_directory(config.runtime_dir)
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        journal = ReplayJournal(config.state_dir / "replay.journal")
+        self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
+                                 secrets.token_bytes, secrets.randbelow)
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.packets = self._socket(zmq.PULL)
+        self.packets.setsockopt(zmq.RCVHWM, 50_000)
+        self.packets.bind(self.endpoints.packets)
+        self.filter = self._socket(zmq.PUB)
+        self.filter.bind(self.endpoints.knock_filter)
+        self.door_stages: dict[str, zmq.Socket[Any]] = {}
+        for stage, endpoint in (("gate", self.endpoints.gate), ("relay", self.endpoints.relay)):
+            sock = self._socket(zmq.DEALER)
+            # IMMEDIATE: never queue a door command for a stage that is not
+            # connected; the send fails now and the door fails closed.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(endpoint)
+            self.door_stages[stage] = sock
+        self.events = Publisher(self.context, self.endpoints, "auth")
+        self.replies = reply_sockets(config)
+        self.filter_generation = 0
+        self.filter_pairs: list[list[Any]] = []
+        self.users_mtime = self._users_mtime()
+
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def _users_mtime(self) -> float:
+        try:
+            return self.config.users_file.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    # --- carrying out the engine's actions -----------------------------------
+
+    def execute(self, actions: list[eng.Action]) -> None:
+        for action in actions:
+            if isinstance(action, eng.SendReply):
+                self._send_reply(action)
+            elif isinstance(action, eng.OpenDoor):
+                command = bus.DoorOpen(action.door_id, action.user, str(action.client), action.port,
+                                       action.target_host, action.target_port, action.expires_at_ms,
+                                       self.config.single_use)
+                for stage, sock in self.door_stages.items():
+                    try:
+                        sock.send(bus.encode(command), zmq.NOBLOCK)
+                    except zmq.Again:
+                        self.execute(self.engine.on_door_result(action.door_id, stage, False,
+                                                                "stage not running", now_ms()))
+            elif isinstance(action, eng.CloseDoor):
+                close = bus.DoorClose(action.door_id, str(action.client), action.port)
+                for sock in self.door_stages.values():
+                    try:
+                        sock.send(bus.encode(close), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # that stage is down; the kernel timeout closes the rule anyway
+            elif isinstance(action, eng.SetKnockFilter):
+                self.filter_generation += 1
+                self.filter_pairs = [[a, p] for a, p in sorted(action.pairs)]
+                self._publish_filter()
+            elif isinstance(action, eng.Event):
+                self.events.publish(action.topic, **action.fields)
+                line = describe(bus.Event(action.topic, "auth", time.time(), action.fields))
+                if action.topic in _AUTHENTIC_TOPICS:
+                    self.log.info(line)
+                elif action.topic == "auth.request.rejected":
+                    self.log_rejection(line)
+            else:
+                raise RuntimeError(f"unexpected action {action!r}")  # our own bug: crash, restart clean
+
+    def _send_reply(self, reply: eng.SendReply) -> None:
+        sock = self.replies.get(str(reply.source))
+        if sock is None:
+            family = socket.AF_INET6 if reply.destination.version == 6 else socket.AF_INET
+            sock = next((s for s in self.replies.values() if s.family == family), None)
+        if sock is None:
+            self.log_rejection("No reply socket for %s", reply.destination)
+            return
+        try:
+            sock.sendto(reply.payload, (str(reply.destination), reply.port))
+        except OSError as exc:
+            self.log_rejection("Reply to %s failed: %s", reply.destination, exc)
+
+    def _publish_filter(self) -> None:
+        message = bus.KnockFilter(self.filter_pairs, self.filter_generation)
+        try:
+            self.filter.send(bus.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    # --- inputs ----------------------------------------------------------------
+
+    def on_packet(self, frame: bytes) -> None:
+        try:
+            message = bus.decode(frame)
+        except bus.BadMessage as exc:
+            self.log_rejection("Dropped a bad bus message: %s", exc)
+            return
+        now = now_ms()
+        try:
+            if isinstance(message, bus.Datagram):
+                actions = self.engine.on_datagram(ipaddress.ip_address(message.source), message.source_port,
+                                                  ipaddress.ip_address(message.destination), message.payload, now)
+            elif isinstance(message, bus.Syn):
+                actions = self.engine.on_syn(ipaddress.ip_address(message.source), message.port,
+                                             message.isn, now)
+            else:
+                self.log_rejection("Dropped an unexpected %s on the packet socket", type(message).__name__)
+                return
+        except ValueError as exc:  # an address capture should never have sent
+            self.log_rejection("Dropped a packet message with a bad field: %s", exc)
+            return
+        self.execute(actions)
+
+    def on_result(self, frame: bytes) -> None:
+        try:
+            result = bus.decode_as(frame, bus.DoorResult)
+        except bus.BadMessage as exc:
+            self.log_rejection("Dropped a bad door result: %s", exc)
+            return
+        self.execute(self.engine.on_door_result(result.door_id, result.stage, result.ok, result.detail, now_ms()))
+
+    def maybe_reload_users(self) -> None:
+        mtime = self._users_mtime()
+        if mtime == self.users_mtime:
+            return
+        self.users_mtime = mtime
+        try:
+            users = load_users(self.config.users_file)
+        except UsersFileError as exc:
+            self.log.error("Users file not reloaded, keeping the previous one: %s", exc)
+            return
+        self.execute(self.engine.replace_users(users))
+
+    def run(self) -> None:
+        running = True
+
+        def stop(_signum: int, _frame: object) -> None:
+            nonlocal running
+            running = False
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        poller = zmq.Poller()
+        poller.register(self.packets, zmq.POLLIN)
+        for sock in self.door_stages.values():
+            poller.register(sock, zmq.POLLIN)
+        self.log.info("Server started: control port %d on %s.", self.config.control_port,
+                      ", ".join(self.config.addresses))
+        self.events.publish("auth.started", control_port=self.config.control_port)
+        next_tick = next_filter = next_users = 0.0
+        while running:
+            for sock, _ in poller.poll(int(TICK_S * 1000)):
+                # Drain in bounded batches so a flood of packets cannot starve
+                # door results (or the other way round).
+                for _ in range(1000):
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if sock is self.packets:
+                        self.on_packet(frame)
+                    else:
+                        self.on_result(frame)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self.execute(self.engine.on_tick(now_ms()))
+                self.events.alive(rejections=dict(self.engine.rejections),
+                                  unmatched_syns=self.engine.unmatched_syns,
+                                  doors=self.engine.open_doors())
+            if now >= next_filter:
+                next_filter = now + FILTER_REFRESH_S
+                self._publish_filter()  # a capture that restarted learns the pending knocks
+            if now >= next_users:
+                next_users = now + USERS_CHECK_S
+                self.maybe_reload_users()
+        self.events.close()
+        self.context.destroy(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common_arguments("dynknock auth stage (session engine, keys, users)").parse_args(argv)
+    config = load_config_or_exit(args.config, "auth")
+    log = setup_logging("auth")
+    if os.geteuid() == 0:
+        print("knock-auth: refusing to run as root; supervisord runs it as server.run_as", file=sys.stderr)
+        return 2
+    try:
+        users = load_users(config.users_file)
+        bus.ensure_runtime_dir(config.runtime_dir, config.path)
+        shell = AuthShell(config, users, log)
+    except (UsersFileError, bus.RuntimeDirError) as exc:
+        print(f"knock-auth: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"knock-auth: {exc} (check server.addresses, server.control_port, server.state_dir "
+              f"in {config.path})", file=sys.stderr)
+        return 2
+    shell.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

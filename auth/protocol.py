@@ -1,0 +1,293 @@
+"""The wire codec of P1, P2 and P3: pure, no I/O, byte-exact (docs/PROTOCOL.md).
+
+Every packet is ``header || ciphertext || tag``:
+
+    header (34 bytes, authenticated as associated data, not encrypted)
+      version  u8   = 1
+      type     u8   1 = P1, 2 = P2, 3 = P3
+      hint     8 B  rotating user hint (auth/keys.py)
+      nonce   24 B  random XChaCha20-Poly1305 nonce
+    ciphertext     fixed length per type
+    tag      16 B  Poly1305
+
+Sizes are fixed per type (P1 130, P2 82, P3 98 bytes) so that capture can drop
+everything else in the kernel and the size says nothing. Decoders never raise on
+hostile input: every failure is a :class:`Reject` with a :class:`RejectReason`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from Crypto.Cipher import ChaCha20_Poly1305
+
+from auth.keys import HINT_LEN, SessionKeys
+
+VERSION: Final = 1
+NONCE_LEN: Final = 24
+TAG_LEN: Final = 16
+KNOCK_COUNT: Final = 3
+REQUEST_ID_LEN: Final = 16
+SERVICE_NAME_LEN: Final = 16
+
+_HEADER = struct.Struct("!BB8s24s")
+HEADER_LEN: Final = _HEADER.size  # 34
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class PacketType(enum.IntEnum):
+    P1 = 1  # client -> server: request, declares the knocks
+    P2 = 2  # client -> server: status request
+    P3 = 3  # server -> client: answer
+
+
+class RejectReason(enum.Enum):
+    """Why a packet was dropped. Codec reasons first, then the engine's."""
+
+    BAD_SIZE = "bad_size"
+    BAD_VERSION = "bad_version"
+    BAD_TYPE = "bad_type"
+    BAD_TAG = "bad_tag"  # wrong key, forged or altered
+    BAD_PADDING = "bad_padding"
+    BAD_FIELD = "bad_field"
+    UNKNOWN_USER = "unknown_user"  # no user has this hint now
+    STALE = "stale"  # timestamp older than the skew window
+    FUTURE = "future"  # timestamp newer than the skew window
+    REPLAY = "replay"  # this nonce was accepted before
+    WRONG_SOURCE = "wrong_source"  # declared address != source address
+    SOURCE_NOT_ALLOWED = "source_not_allowed"  # outside the user's CIDRs
+    USER_EXPIRED = "user_expired"
+    SERVICE_NOT_ALLOWED = "service_not_allowed"
+    NO_REQUEST = "no_request"  # P2 for a request the server does not hold
+    TOO_MANY_REQUESTS = "too_many_requests"
+    NO_DOOR_PORT = "no_door_port"  # door range exhausted
+    KNOCK_TIMEOUT = "knock_timeout"
+    DOOR_FAILED = "door_failed"  # gate or relay did not confirm
+
+
+class Status(enum.IntEnum):
+    """The answer a P3 carries."""
+
+    OPEN = 0  # door open at door_port for window_seconds
+    PENDING = 1  # knocks not all seen yet, or door being opened: send knocks / P2 again
+    ADDRESS_MISMATCH = 2  # the source the server saw differs from the declared one
+    SERVICE_NOT_ALLOWED = 3
+    UNAVAILABLE = 4  # the server could not open a door now; try again later
+
+
+class AddressFamily(enum.IntEnum):
+    AS_SEEN = 0  # "whatever source address the server sees" (NAT; user policy must allow)
+    IPV4 = 4
+    IPV6 = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Knock:
+    port: int
+    isn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    type: PacketType
+    hint: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class P1:
+    timestamp_ms: int
+    request_id: bytes
+    address: IPAddress | None  # None = AS_SEEN
+    service: str
+    knocks: tuple[Knock, Knock, Knock]
+
+
+@dataclass(frozen=True, slots=True)
+class P2:
+    timestamp_ms: int
+    request_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class P3:
+    timestamp_ms: int
+    request_id: bytes
+    status: Status
+    door_port: int
+    window_seconds: int
+    seen_address: IPAddress | None
+
+
+Message: TypeAlias = P1 | P2 | P3
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: RejectReason
+    detail: str = ""
+
+
+# --- plaintext layouts -------------------------------------------------------
+
+_ADDRESS = struct.Struct("!B16s")
+_KNOCK = struct.Struct("!HI")
+_P1_BODY = struct.Struct("!Q16s17s16s18s")  # 75 bytes, padded to 80
+_P2_BODY = struct.Struct("!Q16s")  # 24 bytes, padded to 32
+_P3_BODY = struct.Struct("!Q16sBHH17s")  # 46 bytes, padded to 48
+
+PLAINTEXT_LEN: Final = {PacketType.P1: 80, PacketType.P2: 32, PacketType.P3: 48}
+PACKET_LEN: Final = {t: HEADER_LEN + n + TAG_LEN for t, n in PLAINTEXT_LEN.items()}
+CLIENT_PACKET_LENGTHS: Final = (PACKET_LEN[PacketType.P1], PACKET_LEN[PacketType.P2])
+
+
+def _pack_address(address: IPAddress | None) -> bytes:
+    if address is None:
+        return _ADDRESS.pack(AddressFamily.AS_SEEN, b"")
+    if isinstance(address, ipaddress.IPv4Address):
+        return _ADDRESS.pack(AddressFamily.IPV4, address.packed)
+    return _ADDRESS.pack(AddressFamily.IPV6, address.packed)
+
+
+def _unpack_address(raw: bytes) -> IPAddress | None | Reject:
+    family, body = _ADDRESS.unpack(raw)
+    if family == AddressFamily.AS_SEEN and body == bytes(16):
+        return None
+    if family == AddressFamily.IPV4 and body[4:] == bytes(12):
+        return ipaddress.IPv4Address(body[:4])
+    if family == AddressFamily.IPV6:
+        return ipaddress.IPv6Address(body)
+    return Reject(RejectReason.BAD_FIELD, "address")
+
+
+def _pack_service(name: str) -> bytes:
+    raw = name.encode("ascii")
+    if not raw or len(raw) > SERVICE_NAME_LEN or not _is_service_name(raw):
+        raise ValueError(f"service name must be 1-{SERVICE_NAME_LEN} of [a-z0-9_-]: {name!r}")
+    return raw.ljust(SERVICE_NAME_LEN, b"\0")
+
+
+def _is_service_name(raw: bytes) -> bool:
+    return all(c in b"abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw)
+
+
+def _unpack_service(raw: bytes) -> str | Reject:
+    name = raw.rstrip(b"\0")
+    if not name or b"\0" in name or not _is_service_name(name):
+        return Reject(RejectReason.BAD_FIELD, "service")
+    return name.decode("ascii")
+
+
+def encode_plaintext(message: Message) -> tuple[PacketType, bytes]:
+    """The padded plaintext of a message. Raises ValueError on our own bad values."""
+    if len(message.request_id) != REQUEST_ID_LEN:
+        raise ValueError("request_id must be 16 bytes")
+    if not 0 <= message.timestamp_ms < 2**64:
+        raise ValueError("timestamp out of range")
+    if isinstance(message, P1):
+        if len(message.knocks) != KNOCK_COUNT or len(set(message.knocks)) != KNOCK_COUNT:
+            raise ValueError("exactly three distinct knocks")  # decode_plaintext refuses duplicates
+        for knock in message.knocks:
+            if not (1 <= knock.port <= 65535 and 0 <= knock.isn < 2**32):
+                raise ValueError(f"bad knock {knock}")
+        knocks = b"".join(_KNOCK.pack(k.port, k.isn) for k in message.knocks)
+        body = _P1_BODY.pack(message.timestamp_ms, message.request_id,
+                             _pack_address(message.address), _pack_service(message.service), knocks)
+        kind = PacketType.P1
+    elif isinstance(message, P2):
+        body = _P2_BODY.pack(message.timestamp_ms, message.request_id)
+        kind = PacketType.P2
+    else:
+        if not (0 <= message.door_port <= 65535 and 0 <= message.window_seconds <= 65535):
+            raise ValueError("door port or window out of range")
+        body = _P3_BODY.pack(message.timestamp_ms, message.request_id, message.status,
+                             message.door_port, message.window_seconds,
+                             _pack_address(message.seen_address))
+        kind = PacketType.P3
+    return kind, body.ljust(PLAINTEXT_LEN[kind], b"\0")
+
+
+def decode_plaintext(kind: PacketType, plain: bytes) -> Message | Reject:
+    """Parse an authenticated plaintext. Fields are still checked: a key holder may be hostile."""
+    if len(plain) != PLAINTEXT_LEN[kind]:
+        return Reject(RejectReason.BAD_SIZE, "plaintext")
+    if kind is PacketType.P1:
+        ts, rid, raw_addr, raw_service, raw_knocks = _P1_BODY.unpack_from(plain)
+        used = _P1_BODY.size
+    elif kind is PacketType.P2:
+        ts, rid = _P2_BODY.unpack_from(plain)
+        used = _P2_BODY.size
+    else:
+        ts, rid, status, port, window, raw_addr = _P3_BODY.unpack_from(plain)
+        used = _P3_BODY.size
+    if any(plain[used:]):
+        return Reject(RejectReason.BAD_PADDING)
+    if kind is PacketType.P2:
+        return P2(ts, rid)
+    address = _unpack_address(raw_addr)
+    if isinstance(address, Reject):
+        return address
+    if kind is PacketType.P3:
+        try:
+            parsed_status = Status(status)
+        except ValueError:
+            return Reject(RejectReason.BAD_FIELD, "status")
+        return P3(ts, rid, parsed_status, port, window, address)
+    service = _unpack_service(raw_service)
+    if isinstance(service, Reject):
+        return service
+    knocks = tuple(Knock(*_KNOCK.unpack_from(raw_knocks, i * _KNOCK.size)) for i in range(KNOCK_COUNT))
+    if any(k.port == 0 for k in knocks) or len(set(knocks)) != KNOCK_COUNT:
+        return Reject(RejectReason.BAD_FIELD, "knocks")
+    return P1(ts, rid, address, service, (knocks[0], knocks[1], knocks[2]))
+
+
+# --- sealing and opening ----------------------------------------------------
+
+
+def _direction_key(keys: SessionKeys, kind: PacketType) -> bytes:
+    return keys.server_to_client if kind is PacketType.P3 else keys.client_to_server
+
+
+def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes) -> bytes:
+    """Encrypt and authenticate a message into a wire packet."""
+    if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN:
+        raise ValueError("hint must be 8 bytes and nonce 24 bytes")
+    kind, plain = encode_plaintext(message)
+    header = _HEADER.pack(VERSION, kind, hint, nonce)
+    cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, kind), nonce=nonce)
+    cipher.update(header)
+    ciphertext, tag = cipher.encrypt_and_digest(plain)
+    return header + ciphertext + tag
+
+
+def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1, PacketType.P2)) -> Header | Reject:
+    """Cheap checks before any crypto: size, version, type. Never raises."""
+    if len(packet) < HEADER_LEN:
+        return Reject(RejectReason.BAD_SIZE, str(len(packet)))
+    version, raw_type, hint, nonce = _HEADER.unpack_from(packet)
+    if version != VERSION:
+        return Reject(RejectReason.BAD_VERSION, str(version))
+    if raw_type not in PacketType.__members__.values() or PacketType(raw_type) not in accept:
+        return Reject(RejectReason.BAD_TYPE, str(raw_type))
+    kind = PacketType(raw_type)
+    if len(packet) != PACKET_LEN[kind]:
+        return Reject(RejectReason.BAD_SIZE, str(len(packet)))
+    return Header(version, kind, hint, nonce)
+
+
+def open_packet(keys: SessionKeys, header: Header, packet: bytes) -> Message | Reject:
+    """Verify the tag over header and ciphertext, then decode. Never raises."""
+    cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, header.type), nonce=header.nonce)
+    cipher.update(packet[:HEADER_LEN])
+    try:
+        plain = cipher.decrypt_and_verify(packet[HEADER_LEN:-TAG_LEN], packet[-TAG_LEN:])
+    except ValueError:
+        return Reject(RejectReason.BAD_TAG)
+    return decode_plaintext(header.type, plain)

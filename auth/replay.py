@@ -1,0 +1,89 @@
+"""Replay protection that survives restarts and several devices per user.
+
+The SIG^2 paper kept the last timestamp per user and refused anything not newer.
+That breaks with two devices whose clocks differ by a second, and forgets
+everything when the daemon restarts. Instead:
+
+* a packet is accepted only if its timestamp lies within ±skew of the server's
+  clock (checked by the engine), and
+* its nonce has never been accepted before. Accepted nonces are remembered until
+  their timestamp leaves the window (after that the timestamp check alone
+  refuses the packet), so memory is bounded by the rate of *authenticated*
+  packets, which an attacker without a key cannot raise.
+
+The journal appends each accepted nonce to a file (and fsyncs) *before* the
+engine acts on the packet, so a restart reloads every nonce still inside the
+window: a packet captured before the restart is still a replay after it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+_RECORD = struct.Struct("!Q24s")  # expiry in ms, nonce
+
+
+class ReplayJournal:
+    """Append-only file of (expiry_ms, nonce) records, compacted on open."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    def load_and_compact(self, now_ms: int) -> dict[bytes, int]:
+        live: dict[bytes, int] = {}
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        whole = len(data) - len(data) % _RECORD.size  # a torn last record is dropped
+        for expiry, nonce in _RECORD.iter_unpack(data[:whole]):
+            if expiry > now_ms:
+                live[nonce] = max(expiry, live.get(nonce, 0))
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(b"".join(_RECORD.pack(e, n) for n, e in live.items()))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self._path)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        return live
+
+    def append(self, nonce: bytes, expiry_ms: int) -> None:
+        os.write(self._fd, _RECORD.pack(expiry_ms, nonce))
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class ReplayCache:
+    """Nonces accepted within the window; optional journal for restarts."""
+
+    def __init__(self, journal: ReplayJournal | None = None, now_ms: int = 0) -> None:
+        self._journal = journal
+        self._seen: dict[bytes, int] = journal.load_and_compact(now_ms) if journal else {}
+        self._next_sweep_ms = now_ms
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, nonce: bytes, now_ms: int) -> bool:
+        expiry = self._seen.get(nonce)
+        return expiry is not None and expiry > now_ms
+
+    def remember(self, nonce: bytes, expiry_ms: int) -> None:
+        if self._journal is not None:
+            self._journal.append(nonce, expiry_ms)
+        self._seen[nonce] = expiry_ms
+
+    def sweep(self, now_ms: int) -> None:
+        if now_ms < self._next_sweep_ms:
+            return
+        self._seen = {n: e for n, e in self._seen.items() if e > now_ms}
+        self._next_sweep_ms = now_ms + 10_000

@@ -1,0 +1,126 @@
+"""knock-capture: the only stage that starts as root.
+
+It opens the capture handle, drops to server.run_as before it reads a single
+packet (changing the BPF filter of an open handle needs no privilege), then
+moves packets that passed the filter to auth and follows auth's knock filter.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+import pcap
+import zmq
+
+from capture.core import build_filter, parse_frame
+from dynknock import bus
+from dynknock.stage import (
+    Publisher,
+    RateLimitedLog,
+    common_arguments,
+    drop_privileges,
+    load_config_or_exit,
+    setup_logging,
+)
+
+STATS_EVERY_S = 2.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common_arguments("dynknock capture stage (libpcap, needs root to start)").parse_args(argv)
+    config = load_config_or_exit(args.config, "capture")
+    log = setup_logging("capture")
+    try:
+        handle = pcap.pcap(name=config.interface, snaplen=256, promisc=False, immediate=True,
+                           timeout_ms=50, buffer_size=8 * 1024 * 1024)
+    except OSError as exc:
+        print(f"knock-capture: cannot open interface {config.interface!r} (key server.interface in "
+              f"{config.path}): {exc}", file=sys.stderr)
+        return 2
+    addresses = frozenset(config.addresses)
+    current_filter = build_filter(addresses, config.control_port, ())
+    handle.setfilter(current_filter)
+    drop_privileges(config.run_as)
+    handle.setnonblock(True)
+    linktype = handle.datalink()
+
+    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
+    context: zmq.Context[Any] = zmq.Context()
+    to_auth = context.socket(zmq.PUSH)
+    to_auth.setsockopt(zmq.LINGER, 0)
+    # Bounded queue: if auth falls behind, capture drops (and counts) instead of
+    # growing without limit; IMMEDIATE keeps nothing queued for an absent auth.
+    to_auth.setsockopt(zmq.SNDHWM, 50_000)
+    to_auth.setsockopt(zmq.IMMEDIATE, 1)
+    to_auth.connect(endpoints.packets)
+    from_auth = context.socket(zmq.SUB)
+    from_auth.setsockopt(zmq.LINGER, 0)
+    from_auth.setsockopt(zmq.SUBSCRIBE, b"")
+    from_auth.connect(endpoints.knock_filter)
+    events = Publisher(context, endpoints, "capture")
+    log_drop = RateLimitedLog(log)
+
+    poller = zmq.Poller()
+    poller.register(handle.fileno(), zmq.POLLIN)
+    poller.register(from_auth, zmq.POLLIN)
+    running = True
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("Capture started on %s for %s, control port %d (running as uid %d).",
+             config.interface, ", ".join(sorted(addresses)), config.control_port, __import__("os").getuid())
+    events.publish("capture.started", interface=config.interface)
+    forwarded = dropped_python = bus_full = 0
+    generation = -1
+    while running:
+        ready = dict(poller.poll(500))
+        if from_auth in ready:
+            while True:
+                try:
+                    frame = from_auth.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    update = bus.decode_as(frame, bus.KnockFilter)
+                except bus.BadMessage as exc:
+                    log_drop("Dropped a bad filter message: %s", exc)
+                    continue
+                if update.generation == generation:
+                    continue
+                generation = update.generation
+                pairs = [(str(a), int(p)) for a, p in update.pairs]
+                wanted = build_filter(addresses, config.control_port, pairs)
+                if wanted != current_filter:
+                    handle.setfilter(wanted)
+                    current_filter = wanted
+        for _ts, frame in handle.readpkts():
+            parsed = parse_frame(linktype, bytes(frame), addresses, config.control_port)
+            if isinstance(parsed, str):
+                dropped_python += 1
+                continue
+            try:
+                to_auth.send(bus.encode(parsed), zmq.NOBLOCK)
+                forwarded += 1
+            except zmq.Again:
+                bus_full += 1
+                log_drop("auth is not keeping up (or down): packet dropped")
+        received, kernel_dropped, if_dropped = handle.stats()
+        events.alive(STATS_EVERY_S, received=received, kernel_dropped=kernel_dropped,
+                     interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
+                     bus_full=bus_full, filter_pairs=current_filter.count("src host"))
+    log.info("Capture stopped.")
+    events.close()
+    context.destroy(0)
+    time.sleep(0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared pieces of dynknock: bus catalogue and codec, config, lab."""

@@ -1,0 +1,235 @@
+"""The catalogue of every bus message, its one codec, and every endpoint.
+
+One msgpack codec (``use_bin_type=True``, ``raw=False``), a version field, no
+pickles. A frame that does not decode to a known message of the right shape
+raises :class:`BadMessage`; every receiver counts and drops it, never dies of it.
+
+Control path (reliable while the stages are up; a stage that is down makes the
+request fail closed, see auth/main.py):
+
+==================  ===========  =========================  ========================
+message             sender       receivers                   socket
+==================  ===========  =========================  ========================
+Datagram            capture      auth                        PUSH -> PULL ``packets``
+Syn                 capture      auth                        PUSH -> PULL ``packets``
+KnockFilter         auth         capture                     PUB -> SUB ``filter``
+DoorOpen            auth         gate, relay                 DEALER -> ROUTER ``gate``/``relay``
+DoorClose           auth         gate, relay                 DEALER -> ROUTER
+DoorResult          gate, relay  auth                        ROUTER -> DEALER (reply)
+==================  ===========  =========================  ========================
+
+Monitoring path (never on the control path): every stage publishes
+:class:`Event` on hierarchical topics (``auth.request.rejected``,
+``gate.rule.added``, ``relay.connection.closed``, ``<stage>.alive`` ...) to the
+``events`` XSUB endpoint of knock-bus, which republishes them on ``tap`` (XPUB).
+A monitor subscribes to ``tap`` by topic prefix. If knock-bus is down, events
+are dropped, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Final, TypeVar
+
+import msgpack
+
+BUS_VERSION: Final = 1
+
+
+class BadMessage(ValueError):
+    """A frame that is not a valid message of this catalogue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A UDP payload to the control port that passed capture's size check."""
+
+    KIND: ClassVar[str] = "datagram"
+    source: str
+    source_port: int
+    destination: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Syn:
+    """A TCP SYN (without ACK) that may be a knock."""
+
+    KIND: ClassVar[str] = "syn"
+    source: str
+    port: int
+    isn: int
+
+
+@dataclass(frozen=True, slots=True)
+class KnockFilter:
+    """The (source, port) pairs of pending knocks; capture narrows its BPF filter to them.
+
+    Sent whole (not as a diff) whenever it changes and every few seconds, so a
+    capture that (re)starts is right again within one period.
+    """
+
+    KIND: ClassVar[str] = "knock_filter"
+    pairs: list[list[Any]]  # [[address, port], ...]
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoorOpen:
+    KIND: ClassVar[str] = "door_open"
+    door_id: str
+    user: str
+    client: str
+    port: int
+    target_host: str
+    target_port: int
+    expires_at_ms: int  # wall clock; a command that arrives too late must open nothing
+    single_use: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DoorClose:
+    KIND: ClassVar[str] = "door_close"
+    door_id: str
+    client: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoorResult:
+    KIND: ClassVar[str] = "door_result"
+    door_id: str
+    stage: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    KIND: ClassVar[str] = "event"
+    topic: str
+    stage: str
+    time: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Message = Datagram | Syn | KnockFilter | DoorOpen | DoorClose | DoorResult | Event
+_CATALOGUE: Final[dict[str, type[Any]]] = {
+    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, DoorOpen, DoorClose, DoorResult, Event)
+}
+_PY_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "str": (str,), "int": (int,), "bytes": (bytes,), "bool": (bool,), "float": (float, int),
+    "list[list[Any]]": (list,), "dict[str, Any]": (dict,),
+}
+_FIELDS: Final = {
+    kind: [(f.name, _PY_TYPES[str(f.type)], f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING) for f in dataclasses.fields(cls)]
+    for kind, cls in _CATALOGUE.items()
+}
+
+
+def encode(message: Message) -> bytes:
+    body: dict[str, Any] = {"v": BUS_VERSION, "k": message.KIND}
+    for name, _, _ in _FIELDS[message.KIND]:
+        body[name] = getattr(message, name)
+    packed = msgpack.packb(body, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def decode(frame: bytes) -> Message:
+    """Decode and validate one frame. Raises BadMessage, never anything else."""
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_bin_len=65536,
+                               max_str_len=65536, max_array_len=100_000, max_map_len=1024)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise BadMessage(f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise BadMessage("not a map")
+    if body.get("v") != BUS_VERSION:
+        raise BadMessage(f"unsupported version {body.get('v')!r}")
+    kind = body.get("k")
+    if not isinstance(kind, str) or kind not in _CATALOGUE:
+        raise BadMessage(f"unknown kind {kind!r}")
+    values: dict[str, Any] = {}
+    for name, types, required in _FIELDS[kind]:
+        if name not in body:
+            if required:
+                raise BadMessage(f"{kind}: missing {name}")
+            continue
+        value = body[name]
+        # bool is an int in Python; an int field must not accept True.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise BadMessage(f"{kind}: {name} has type {type(value).__name__}")
+        values[name] = value
+    message: Message = _CATALOGUE[kind](**values)
+    return message
+
+
+M = TypeVar("M")
+
+
+def decode_as(frame: bytes, kind: type[M]) -> M:
+    message = decode(frame)
+    if not isinstance(message, kind):
+        raise BadMessage(f"expected {kind.__name__}, got {type(message).__name__}")
+    return message
+
+
+def event(topic: str, stage: str, **fields: Any) -> list[bytes]:
+    """The two frames of a published event: topic (for prefix subscription), body."""
+    return [topic.encode(), encode(Event(topic, stage, time.time(), fields))]
+
+
+# --- endpoints --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Every bus endpoint, derived from the runtime directory in one place."""
+
+    packets: str
+    knock_filter: str
+    gate: str
+    relay: str
+    events: str
+    tap: str
+
+    @classmethod
+    def in_directory(cls, runtime_dir: Path) -> Endpoints:
+        def ipc(name: str) -> str:
+            return f"ipc://{runtime_dir}/{name}.sock"
+
+        return cls(packets=ipc("packets"), knock_filter=ipc("filter"), gate=ipc("gate"),
+                   relay=ipc("relay"), events=ipc("events"), tap=ipc("tap"))
+
+
+class RuntimeDirError(RuntimeError):
+    pass
+
+
+def ensure_runtime_dir(path: Path, config_file: str = "") -> None:
+    """Create the bus directory 0750, or refuse one that others could enter.
+
+    The ipc sockets inside carry "open a door" commands: a local user who can
+    connect to them could open doors, so only the service's user and group may
+    reach them. Sockets are created with umask 007 (group may connect).
+    """
+    where = f" (key bus.runtime_dir in {config_file})" if config_file else ""
+    try:
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except PermissionError:
+        raise RuntimeDirError(f"cannot create bus directory {path}{where}: permission denied") from None
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise RuntimeDirError(f"bus directory {path} is owned by uid {st.st_uid}, not by us "
+                              f"(uid {os.geteuid()}){where}")
+    if st.st_mode & 0o007:
+        raise RuntimeDirError(f"bus directory {path} has mode {stat.S_IMODE(st.st_mode):04o}: other users "
+                              f"could inject commands; expected 0750{where}")
+    os.umask(0o007)

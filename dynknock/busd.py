@@ -1,0 +1,50 @@
+"""knock-bus: the event bus that monitors tap (zguide's XSUB/XPUB proxy).
+
+Stages publish events to ``events``; any number of monitors subscribe to
+``tap`` by topic prefix. It carries no control message, so if it is down or a
+monitor is slow, only events are lost: the knock path never waits on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import zmq
+
+from dynknock import bus
+from dynknock.stage import common_arguments, load_config_or_exit, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common_arguments("dynknock event bus (XSUB/XPUB proxy for knock-tap)").parse_args(argv)
+    config = load_config_or_exit(args.config, "bus")
+    log = setup_logging("bus")
+    try:
+        bus.ensure_runtime_dir(config.runtime_dir, config.path)
+    except bus.RuntimeDirError as exc:
+        print(f"knock-bus: {exc}", file=sys.stderr)
+        return 2
+    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
+    context: zmq.Context[Any] = zmq.Context()
+    inbound = context.socket(zmq.XSUB)
+    outbound = context.socket(zmq.XPUB)
+    for sock in (inbound, outbound):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+    inbound.bind(endpoints.events)
+    outbound.bind(endpoints.tap)
+    log.info("Event bus up: publish to %s, tap %s.", endpoints.events, endpoints.tap)
+    try:
+        zmq.proxy(inbound, outbound)
+    except zmq.ContextTerminated:
+        pass
+    except zmq.ZMQError as exc:
+        if exc.errno != zmq.ETERM:
+            raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The server's configuration: one TOML file, parsed once into frozen dataclasses.
+
+Path: ``--config``, else ``$DYNKNOCK_CONFIG``, else /etc/dynknock/dynknock.toml.
+Every key is declared once below (name, type, default, help); a wrong value is a
+one-line :class:`ConfigError` naming the key and the file. The commented
+example is examples/dynknock.toml.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/dynknock/dynknock.toml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    interface: str
+    addresses: tuple[str, ...]
+    control_port: int
+    door_port_low: int
+    door_port_high: int
+    window_seconds: int
+    single_use: bool
+    clock_skew_seconds: int
+    knock_timeout_seconds: int
+    users_file: Path
+    state_dir: Path
+    run_as: str
+    runtime_dir: Path
+    gate_backend: str
+    stealth: bool
+    public_tcp_ports: tuple[int, ...]
+    public_udp_ports: tuple[int, ...]
+    nft_table: str
+    metrics_listen: str
+    services: dict[str, ServiceConfig]
+
+
+def _port(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+        raise ValueError("must be a port number 1-65535")
+    return v
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return v
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def _path(v: Any) -> Path:
+    path = Path(_str(v))
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    return path
+
+
+def _addresses(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise ValueError("must be a non-empty list of IP addresses")
+    return tuple(str(ipaddress.ip_address(a)) for a in v)
+
+
+def _ports(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list):
+        raise ValueError("must be a list of ports")
+    return tuple(_port(p) for p in v)
+
+
+def _port_range(v: Any) -> tuple[int, int]:
+    text = _str(v)
+    low_text, sep, high_text = text.partition("-")
+    if not sep:
+        raise ValueError('must look like "40000-49999"')
+    low, high = _port(int(low_text)), _port(int(high_text))
+    if high - low < 15:
+        raise ValueError("must hold at least 16 ports (a random door port must be hard to guess)")
+    return low, high
+
+
+def _backend(v: Any) -> str:
+    if v not in ("nftables", "none"):
+        raise ValueError('must be "nftables" or "none"')
+    return str(v)
+
+
+def _table(v: Any) -> str:
+    name = _str(v)
+    if not name.replace("_", "").isalnum() or len(name) > 32:
+        raise ValueError("must be letters, digits and _ (at most 32)")
+    return name
+
+
+def _listen(v: Any) -> str:
+    text = _str(v)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError('must look like "127.0.0.1:9877"')
+    ipaddress.ip_address(host.strip("[]"))
+    _port(int(port))
+    return text
+
+
+# (section, key) -> (parser, default, help). Default None means required.
+SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
+    ("server", "interface"): (_str, None, "interface capture listens on"),
+    ("server", "addresses"): (_addresses, None, "server addresses knocks and P1/P2 are sent to"),
+    ("server", "control_port"): (_port, 62201, "UDP port of P1/P2 (nothing listens on it)"),
+    ("server", "door_ports"): (_port_range, "40000-49999", "range door ports are drawn from"),
+    ("server", "window_seconds"): (_int_range(1, 3600), 30, "how long a door stays open"),
+    ("server", "single_use"): (_bool, True, "a door accepts one connection, as in the paper"),
+    ("server", "clock_skew_seconds"): (_int_range(5, 600), 60, "accepted client clock error"),
+    ("server", "knock_timeout_seconds"): (_int_range(1, 120), 10, "time from P1 to the last knock"),
+    ("server", "users_file"): (_path, "/etc/dynknock/users.json", "users and their keys (mode 0600)"),
+    ("server", "state_dir"): (_path, "/var/lib/dynknock", "replay journal"),
+    ("server", "run_as"): (_str, "dynknock", "unprivileged user of the stages"),
+    ("bus", "runtime_dir"): (_path, "/run/dynknock", "directory of the ipc sockets (0750)"),
+    ("gate", "backend"): (_backend, "nftables", '"nftables", or "none" (relay checks only: weaker)'),
+    ("gate", "stealth"): (_bool, True, "drop every unsolicited inbound packet but public ports"),
+    ("gate", "public_tcp_ports"): (_ports, [], "TCP ports that stay reachable with stealth"),
+    ("gate", "public_udp_ports"): (_ports, [], "UDP ports that stay reachable with stealth"),
+    ("gate", "table"): (_table, "dynknock", "name of our own nftables table (inet family)"),
+    ("metrics", "listen"): (_listen, "127.0.0.1:9877", "Prometheus endpoint of knock-tap --metrics"),
+}
+
+
+def config_path(cli_value: str | None = None) -> Path:
+    return Path(cli_value or os.environ.get("DYNKNOCK_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path) -> Config:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (see examples/dynknock.toml)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse(document, str(path))
+
+
+def parse(document: dict[str, Any], path: str) -> Config:
+    values: dict[tuple[str, str], Any] = {}
+    known_sections = {s for s, _ in SCHEMA} | {"services"}
+    for section in document:
+        if section not in known_sections:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if section != "services":
+            for key in document[section]:
+                if (section, key) not in SCHEMA:
+                    raise ConfigError(f"{path}: unknown key {section}.{key}")
+    for (section, key), (parser, default, _help) in SCHEMA.items():
+        raw = document.get(section, {}).get(key, default)
+        if raw is None:
+            raise ConfigError(f"{path}: {section}.{key} is required ({_help})")
+        try:
+            values[(section, key)] = parser(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: {section}.{key} = {raw!r}: {exc}") from None
+    services = _services(document.get("services", {}), path)
+    low, high = values[("server", "door_ports")]
+    control = values[("server", "control_port")]
+    if low <= control <= high:
+        raise ConfigError(f"{path}: server.control_port {control} lies inside server.door_ports")
+    return Config(
+        path=path,
+        interface=values[("server", "interface")],
+        addresses=values[("server", "addresses")],
+        control_port=control,
+        door_port_low=low,
+        door_port_high=high,
+        window_seconds=values[("server", "window_seconds")],
+        single_use=values[("server", "single_use")],
+        clock_skew_seconds=values[("server", "clock_skew_seconds")],
+        knock_timeout_seconds=values[("server", "knock_timeout_seconds")],
+        users_file=values[("server", "users_file")],
+        state_dir=values[("server", "state_dir")],
+        run_as=values[("server", "run_as")],
+        runtime_dir=values[("bus", "runtime_dir")],
+        gate_backend=values[("gate", "backend")],
+        stealth=values[("gate", "stealth")],
+        public_tcp_ports=values[("gate", "public_tcp_ports")],
+        public_udp_ports=values[("gate", "public_udp_ports")],
+        nft_table=values[("gate", "table")],
+        metrics_listen=values[("metrics", "listen")],
+        services=services,
+    )
+
+
+def _services(raw: Any, path: str) -> dict[str, ServiceConfig]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: [services.NAME] with target = \"127.0.0.1:22\" is required")
+    services: dict[str, ServiceConfig] = {}
+    for name, entry in raw.items():
+        key = f"services.{name}.target"
+        if not (1 <= len(name) <= 16 and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in name)):
+            raise ConfigError(f"{path}: services.{name}: name must be 1-16 of a-z 0-9 _ -")
+        if not isinstance(entry, dict) or set(entry) != {"target"}:
+            raise ConfigError(f"{path}: services.{name} must have exactly one key: target")
+        host, sep, port = str(entry["target"]).rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            services[name] = ServiceConfig(name, host.strip("[]"), _port(int(port)))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {key} = {entry['target']!r}: must be ADDRESS:PORT ({exc})") from None
+        if not sep:
+            raise ConfigError(f"{path}: {key}: must be ADDRESS:PORT")
+    return services

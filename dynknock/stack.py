@@ -1,0 +1,183 @@
+"""The whole server stack in the lab's server namespace, started as users start it.
+
+Used by the demo (knock-demo) and the end-to-end tests: it writes a config and a
+users file into a work directory, starts the real `supervisord -c supervisord.conf`
+inside the server namespace with DYNKNOCK_CONFIG pointing at that config, and
+waits until every stage reports alive on the bus. ipc endpoints live in the
+file system, so the tap works from any namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from auth.keys import derive_master_key
+from auth.users import User, save_users
+from dynknock import bus
+from dynknock.netlab import NetLab
+
+VENV_BIN = Path("/opt/dynknock/venv/bin")
+STAGES = ("bus", "auth", "gate", "relay", "capture")
+ALIVE_TOPICS = ("auth.alive", "gate.alive", "relay.alive", "capture.alive")
+SERVICE_USER = "dynknock"
+
+
+@dataclass(frozen=True, slots=True)
+class LabUser:
+    name: str
+    password: str = ""
+    key: bytes = b""
+    services: tuple[str, ...] = ("ssh",)
+    expires: str | None = None
+    nat: bool = False
+
+
+def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
+                 window_seconds: int = 30, table: str = "dynknock", extra: str = "") -> None:
+    path.write_text(f"""\
+[server]
+interface = "{lab.server.interface}"
+addresses = ["{lab.server.ipv4}", "{lab.server.ipv6}"]
+control_port = 62201
+door_ports = "40000-49999"
+window_seconds = {window_seconds}
+users_file = "{workdir}/users.json"
+state_dir = "{workdir}/state"
+run_as = "{SERVICE_USER}"
+{extra}
+[bus]
+runtime_dir = "{workdir}/run"
+
+[gate]
+backend = "{backend}"
+stealth = true
+table = "{table}"
+
+[services.ssh]
+target = "127.0.0.1:22"
+""")
+
+
+def write_users(path: Path, users: list[LabUser]) -> None:
+    import datetime as dt
+
+    records = []
+    for u in users:
+        key = u.key or derive_master_key(u.name, u.password)
+        expires = dt.datetime.fromisoformat(u.expires) if u.expires else None
+        records.append(User(u.name, key, u.services, (), expires, u.nat))
+    save_users(path, records)
+    service = pwd.getpwnam(SERVICE_USER)
+    os.chown(path, 0, service.pw_gid)
+    os.chmod(path, 0o640)
+
+
+def prepare_workdir(workdir: Path) -> None:
+    service = pwd.getpwnam(SERVICE_USER)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)  # the stages (not root) must reach their files in here
+    for name, mode in (("state", 0o700), ("run", 0o750)):
+        sub = workdir / name
+        sub.mkdir(exist_ok=True)
+        os.chown(sub, service.pw_uid, service.pw_gid)
+        os.chmod(sub, mode)
+
+
+class Stack:
+    def __init__(self, lab: NetLab, workdir: Path, supervisord_conf: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.config_path = workdir / "dynknock.toml"
+        self.supervisord_conf = supervisord_conf
+        self.endpoints = bus.Endpoints.in_directory(workdir / "run")
+        self.process: Any = None
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        env = dict(os.environ, DYNKNOCK_CONFIG=str(self.config_path))
+        supervisord = shutil.which("supervisord", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+        if supervisord is None:
+            raise RuntimeError("supervisord not found: run scripts/setup.sh first")
+        self.process = self.lab.popen(self.lab.server, [supervisord, "-c", str(self.supervisord_conf)], env=env)
+        self.wait_alive(timeout_s)
+
+    def wait_alive(self, timeout_s: float = 20.0, stages: tuple[str, ...] = ALIVE_TOPICS) -> None:
+        """Wait until every stage has published its heartbeat (after any restart too)."""
+        seen: set[str] = set()
+        with self.tap() as sub:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and not set(stages) <= seen:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"supervisord exited with {self.process.returncode}; "
+                                       f"see /var/log/dynknock/*.log")
+                if sub.poll(200):
+                    topic = sub.recv_multipart()[0].decode()
+                    seen.add(topic)
+        missing = set(stages) - seen
+        if missing:
+            raise RuntimeError(f"stages not alive after {timeout_s} s: {sorted(missing)}; "
+                               f"see /var/log/dynknock/*.log")
+
+    @contextmanager
+    def tap(self, prefix: str = "") -> Iterator[zmq.Socket[Any]]:
+        context: zmq.Context[Any] = zmq.Context()
+        sub: zmq.Socket[Any] = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        sub.connect(self.endpoints.tap)
+        try:
+            yield sub
+        finally:
+            context.destroy(0)
+
+    def stage_pid(self, stage: str) -> int:
+        """PID of a stage's program (the Python process, below setpriv for gate)."""
+        wanted = f"knock-{stage}"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(arg.decode(errors="replace").endswith(wanted) for arg in argv[:2]) and \
+                    self._descends_from_supervisord(int(entry.name)):
+                return int(entry.name)
+        raise LookupError(f"no running {wanted}")
+
+    def _descends_from_supervisord(self, pid: int) -> bool:
+        root = self.process.pid if self.process is not None else -1
+        for _ in range(5):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+            if pid == root:
+                return True
+        return False
+
+    def kill_stage(self, stage: str) -> int:
+        pid = self.stage_pid(stage)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except Exception:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None

@@ -1,0 +1,118 @@
+"""What every stage's shell shares: logging, the event publisher, privileges.
+
+Log lines go to stdout (supervisord keeps them), in the paper's daemon style:
+``2004-05-02 14:39.50 Port request received from foobar. (10.0.0.3, 10.0.0.3)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import os
+import pwd
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from dynknock import bus
+from dynknock.config import Config, ConfigError, config_path, load
+
+
+def setup_logging(stage: str) -> logging.Logger:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M.%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return logging.getLogger(stage)
+
+
+class RateLimitedLog:
+    """At most `per_second` lines a second; the rest are counted and summarised.
+
+    Anything a remote peer can trigger is logged through this, so a flood can
+    fill neither the disk nor the CPU with log lines.
+    """
+
+    def __init__(self, log: logging.Logger, per_second: int = 10) -> None:
+        self._log = log
+        self._per_second = per_second
+        self._second = 0
+        self._used = 0
+        self._suppressed = 0
+
+    def __call__(self, message: str, *args: Any) -> None:
+        now = int(time.monotonic())
+        if now != self._second:
+            if self._suppressed:
+                self._log.info("(%d similar lines suppressed)", self._suppressed)
+            self._second, self._used, self._suppressed = now, 0, 0
+        if self._used < self._per_second:
+            self._used += 1
+            self._log.info(message, *args)
+        else:
+            self._suppressed += 1
+
+
+class Publisher:
+    """Publishes events to knock-bus. Never blocks: a slow or absent tap loses events, nothing else."""
+
+    def __init__(self, context: zmq.Context[Any], endpoints: bus.Endpoints, stage: str) -> None:
+        self.stage = stage
+        self._socket = context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 10_000)
+        self._socket.connect(endpoints.events)
+        self._last_alive = 0.0
+
+    def publish(self, topic: str, **fields: Any) -> None:
+        try:
+            self._socket.send_multipart(bus.event(topic, self.stage, **fields), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def alive(self, every_s: float = 2.0, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_alive >= every_s:
+            self._last_alive = now
+            self.publish(f"{self.stage}.alive", pid=os.getpid(), **fields)
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", help="config file (default: $DYNKNOCK_CONFIG or /etc/dynknock/dynknock.toml)")
+    return parser
+
+
+def load_config_or_exit(cli_value: str | None, stage: str) -> Config:
+    try:
+        return load(config_path(cli_value))
+    except ConfigError as exc:
+        print(f"knock-{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def drop_privileges(user: str) -> None:
+    """Become `user` (and its groups) for good; refuse to go on as root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f"server.run_as user {user!r} does not exist (useradd --system {user})") from None
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    os.setgroups(sorted({entry.pw_gid, *groups}))
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise SystemExit("failed to drop root privileges")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,95 @@
+"""knock-tap: print every event on the bus as it happens.
+
+Default lines read like the SIG^2 daemon's log; --json gives JSON lines;
+--topic PREFIX (repeatable) filters by hierarchical topic, e.g. ``auth.`` or
+``gate.rule.``. A tap is a plain subscriber: it may start before or after the
+stack, and however slow it is, the knock path never waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any, TextIO
+
+import zmq
+
+from dynknock import bus
+from dynknock.events import as_json, paper_line
+from dynknock.stage import common_arguments, load_config_or_exit
+
+_COLOURS = {"rejected": "\033[31m", "refused": "\033[31m", "opened": "\033[32m", "accepted": "\033[32m",
+            "expired": "\033[33m", "closed": "\033[33m"}
+_RESET = "\033[0m"
+
+
+def format_event(event: bus.Event, as_json_lines: bool, colour: bool) -> str:
+    if as_json_lines:
+        return json.dumps(as_json(event), sort_keys=True, default=str)
+    line = paper_line(event)
+    if colour:
+        for word, code in _COLOURS.items():
+            if event.topic.endswith(word):
+                return f"{code}{line}{_RESET}"
+    return line
+
+
+def subscribe(context: zmq.Context[Any], endpoint: str, topics: list[str]) -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    for topic in topics or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+def run(sock: zmq.Socket[Any], out: TextIO, as_json_lines: bool, colour: bool, skip_alive: bool,
+        limit: int | None = None) -> int:
+    shown = bad = 0
+    while limit is None or shown < limit:
+        frames = sock.recv_multipart()
+        try:
+            if len(frames) != 2:
+                raise bus.BadMessage(f"{len(frames)} frames")
+            event = bus.decode_as(frames[1], bus.Event)
+        except bus.BadMessage:
+            bad += 1
+            continue
+        if skip_alive and event.topic.endswith(".alive"):
+            continue
+        out.write(format_event(event, as_json_lines, colour) + "\n")
+        out.flush()
+        shown += 1
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_arguments("print dynknock's events as they happen")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of log lines")
+    parser.add_argument("--topic", action="append", default=[], metavar="PREFIX",
+                        help="only topics starting with PREFIX (repeatable), e.g. auth. or gate.rule.")
+    parser.add_argument("--alive", action="store_true", help="also show the stages' heartbeats")
+    parser.add_argument("--count", type=int, help="exit after this many events")
+    parser.add_argument("--endpoint", help="tap endpoint (default: from the config's bus.runtime_dir)")
+    args = parser.parse_args(argv)
+    if args.endpoint:
+        endpoint = args.endpoint
+    else:
+        config = load_config_or_exit(args.config, "tap")
+        endpoint = bus.Endpoints.in_directory(config.runtime_dir).tap
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    context: zmq.Context[Any] = zmq.Context()
+    sock = subscribe(context, endpoint, args.topic)
+    try:
+        run(sock, sys.stdout, args.json, sys.stdout.isatty(), not args.alive, args.count)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        context.destroy(0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

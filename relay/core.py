@@ -1,0 +1,123 @@
+"""Relay's pure core: which doors listen, who may come in, when a listener closes.
+
+Invariants:
+1. A door's listener accepts a connection only from the door's client address;
+   any other peer is closed at once and reported.
+2. A listener closes when its window ends, or after its first accepted
+   connection when the door is single-use (as in the paper). Connections
+   already accepted outlive the window.
+3. The relay connects only to the targets of configured services, whatever a
+   command says, so a confused or compromised auth cannot aim it elsewhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from dynknock.bus import DoorOpen
+
+TIMEOUT_SLACK_MS = 2000
+
+
+class Invalid(ValueError):
+    pass
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    REFUSE = "refuse"  # wrong peer: close it at once
+    UNKNOWN = "unknown"  # no such door (listener already gone)
+
+
+@dataclass(slots=True)
+class Door:
+    door_id: str
+    user: str
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    target: tuple[str, int]
+    expires_at_ms: int
+    single_use: bool
+    accepted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    door_port_low: int
+    door_port_high: int
+    window_seconds: int
+    targets: frozenset[tuple[str, int]]
+
+
+def normalise_peer(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; compare them as IPv4."""
+    parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+class DoorTable:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self._by_port: dict[int, Door] = {}
+        self._by_id: dict[str, Door] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_port)
+
+    def doors(self) -> list[Door]:
+        return list(self._by_port.values())
+
+    def validate(self, command: DoorOpen, now_ms: int) -> Door:
+        s = self.settings
+        try:
+            client = normalise_peer(command.client)
+        except ValueError:
+            raise Invalid(f"client {command.client!r} is not an IP address") from None
+        if not s.door_port_low <= command.port <= s.door_port_high:
+            raise Invalid(f"port {command.port} outside the door range")
+        if (command.target_host, command.target_port) not in s.targets:
+            raise Invalid(f"target {command.target_host}:{command.target_port} is not a configured service")
+        left = command.expires_at_ms - now_ms
+        if left <= 0:
+            raise Invalid(f"command arrived {-left} ms after the door's end")
+        if left > s.window_seconds * 1000 + TIMEOUT_SLACK_MS:
+            raise Invalid("expiry beyond the window")
+        if command.port in self._by_port and self._by_port[command.port].door_id != command.door_id:
+            raise Invalid(f"port {command.port} is already a door")
+        return Door(command.door_id, command.user, client, command.port,
+                    (command.target_host, command.target_port), command.expires_at_ms, command.single_use)
+
+    def add(self, door: Door) -> None:
+        self._by_port[door.port] = door
+        self._by_id[door.door_id] = door
+
+    def get(self, door_id: str) -> Door | None:
+        return self._by_id.get(door_id)
+
+    def on_connection(self, port: int, peer: str) -> tuple[Verdict, Door | None]:
+        """Decide on a new connection; after ACCEPT of a single-use door, the caller closes the listener."""
+        door = self._by_port.get(port)
+        if door is None:
+            return Verdict.UNKNOWN, None
+        try:
+            address = normalise_peer(peer)
+        except ValueError:
+            return Verdict.REFUSE, door
+        if address != door.client:
+            return Verdict.REFUSE, door
+        door.accepted += 1
+        return Verdict.ACCEPT, door
+
+    def should_close(self, door: Door, now_ms: int) -> bool:
+        return now_ms >= door.expires_at_ms or (door.single_use and door.accepted > 0)
+
+    def remove(self, door: Door) -> None:
+        self._by_port.pop(door.port, None)
+        self._by_id.pop(door.door_id, None)
+
+    def expired(self, now_ms: int) -> list[Door]:
+        return [d for d in self._by_port.values() if self.should_close(d, now_ms)]

@@ -1,0 +1,203 @@
+"""knock-relay: one listener per door, relaying the one authorised peer to the service.
+
+The main thread polls the command socket and every door listener; each
+accepted connection is pumped by its own threads (relay/pump.py), which report
+back through a queue so that only the main thread touches zmq sockets.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+from typing import Any
+
+import zmq
+
+from dynknock import bus
+from dynknock.stage import Publisher, RateLimitedLog, common_arguments, load_config_or_exit, now_ms, setup_logging
+from relay import core
+from relay.pump import Totals, relay_connection
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def open_listener(port: int) -> socket.socket:
+    """A dual-stack listener on every address (the firewall narrows who reaches it)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[Any, ...] = ("::", port)
+    except OSError:  # no IPv6 in this kernel
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(16)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST at once: the wrong peer gets no byte from the service."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common_arguments("dynknock relay stage (per-door TCP forwarding)").parse_args(argv)
+    config = load_config_or_exit(args.config, "relay")
+    log = setup_logging("relay")
+    settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
+                                  frozenset((s.host, s.port) for s in config.services.values()))
+    table = core.DoorTable(settings)
+    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
+    try:
+        bus.ensure_runtime_dir(config.runtime_dir, config.path)
+    except bus.RuntimeDirError as exc:
+        print(f"knock-relay: {exc}", file=sys.stderr)
+        return 2
+    context: zmq.Context[Any] = zmq.Context()
+    commands = context.socket(zmq.ROUTER)
+    commands.setsockopt(zmq.LINGER, 0)
+    commands.bind(endpoints.relay)
+    events = Publisher(context, endpoints, "relay")
+    log_bad = RateLimitedLog(log)
+    poller = zmq.Poller()
+    poller.register(commands, zmq.POLLIN)
+    listeners: dict[int, socket.socket] = {}  # door port -> listener
+    by_fd: dict[int, int] = {}  # listener fd -> door port
+    finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
+    active = 0
+    running = True
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def close_listener(door: core.Door, why: str) -> None:
+        sock = listeners.pop(door.port, None)
+        if sock is not None:
+            by_fd.pop(sock.fileno(), None)
+            poller.unregister(sock)
+            sock.close()
+        table.remove(door)
+        events.publish("relay.door.closed", user=door.user, client=str(door.client), port=door.port, why=why)
+        if why == "window":
+            log.info("Port %d for %s timeout and closed.", door.port, door.client)
+
+    def handle_command(identity: bytes, frame: bytes) -> None:
+        try:
+            command = bus.decode(frame)
+        except bus.BadMessage as exc:
+            log_bad("Dropped a bad message: %s", exc)
+            events.publish("relay.message.dropped", reason=str(exc))
+            return
+        if isinstance(command, bus.DoorOpen):
+            result = open_door(command)
+        elif isinstance(command, bus.DoorClose):
+            door = table.get(command.door_id)
+            if door is not None:
+                close_listener(door, "closed by auth")
+            result = bus.DoorResult(command.door_id, "relay", True)
+        else:
+            log_bad("Dropped an unexpected %s", type(command).__name__)
+            return
+        commands.send_multipart([identity, bus.encode(result)])
+
+    def open_door(command: bus.DoorOpen) -> bus.DoorResult:
+        try:
+            door = table.validate(command, now_ms())
+            if door.port not in listeners:
+                sock = open_listener(door.port)
+                listeners[door.port] = sock
+                by_fd[sock.fileno()] = door.port
+                poller.register(sock, zmq.POLLIN)
+        except (core.Invalid, OSError) as exc:
+            events.publish("relay.door.refused", client=command.client, port=command.port, reason=str(exc))
+            return bus.DoorResult(command.door_id, "relay", False, str(exc))
+        table.add(door)
+        log.info("Binded port %d for %s. (%s)", door.port, door.user, door.client)
+        events.publish("relay.door.listening", user=door.user, client=str(door.client), port=door.port)
+        return bus.DoorResult(command.door_id, "relay", True)
+
+    def accept(port: int) -> None:
+        nonlocal active
+        sock = listeners[port]
+        while True:
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log_bad("accept on port %d failed: %s", port, exc)
+                return
+            verdict, door = table.on_connection(port, peer[0])
+            if verdict is not core.Verdict.ACCEPT or door is None:
+                reset(conn)
+                log_bad("Refused a connection to port %d from %s: not the authorised address.", port, peer[0])
+                events.publish("relay.connection.refused", port=port, peer=str(core.normalise_peer(peer[0])),
+                               reason="door refused a foreign IP")
+                continue
+            active += 1
+            events.publish("relay.connection.accepted", user=door.user, client=str(door.client), port=port)
+            conn.setblocking(True)
+
+            def done(totals: Totals, door: core.Door = door) -> None:
+                finished.put((door, "", totals))
+
+            threading.Thread(target=relay_connection, args=(conn, door.target, CONNECT_TIMEOUT_S, done),
+                             name=f"relay-{port}", daemon=True).start()
+            if table.should_close(door, now_ms()):
+                close_listener(door, "single use")
+                return
+
+    log.info("Relay started: doors %d-%d.", config.door_port_low, config.door_port_high)
+    while running:
+        events.alive(doors=len(table), connections=active)
+        for fd_or_socket, _ in poller.poll(200):
+            if fd_or_socket is commands:
+                while True:
+                    try:
+                        frames = commands.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if len(frames) == 2:
+                        handle_command(frames[0], frames[1])
+                    else:
+                        log_bad("Dropped a message of %d frames", len(frames))
+            else:
+                fd = fd_or_socket if isinstance(fd_or_socket, int) else fd_or_socket.fileno()
+                port = by_fd.get(fd)
+                if port is not None:
+                    accept(port)
+        for door in table.expired(now_ms()):
+            close_listener(door, "window" if door.accepted == 0 else "single use")
+        while not finished.empty():
+            door, _, totals = finished.get()
+            active -= 1
+            events.publish("relay.connection.closed", user=door.user, client=str(door.client), port=door.port,
+                           bytes_to_service=totals.to_service, bytes_to_client=totals.to_client,
+                           error=totals.error)
+    for sock in listeners.values():
+        sock.close()
+    events.close()
+    context.destroy(0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
