@@ -1,0 +1,192 @@
+"""The whole system as a user runs it: real packets, nftables, supervisord, sshd.
+
+One lab and one stack serve the module (started with the very supervisord.conf
+users run). The client side is always the real knock-client in the client
+namespace; the attacker is a third namespace on the same bridge. These tests
+need root and netns and FAIL without them: CI has both.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dynknock import bus
+from dynknock.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW_S = 5
+CLIENT = str(VENV_BIN / "knock-client")
+DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
+
+
+class Lab:
+    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo, workdir: Path) -> None:
+        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, workdir
+        self.bob_key = workdir / "bob.key"
+
+    def knock(self, *args: str, user: str = "alice", password: str | None = "alice-pw",
+              host: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        argv = [CLIENT, "-u", user, "--timeout", "3"]
+        if password is not None:
+            argv.append("--password-stdin")
+        else:
+            argv += ["-k", str(self.bob_key)]
+        argv += [*args, host or self.lab.server.ipv4]
+        return self.lab.run(self.lab.client, argv, check=False, timeout=timeout,
+                            input=f"{password}\n" if password is not None else None)
+
+    def open_door(self, host: str | None = None, **kwargs: str) -> int:
+        done = self.knock(host=host, **kwargs)  # type: ignore[arg-type]
+        assert done.returncode == 0, done.stderr
+        match = DOOR_LINE.search(done.stdout + done.stderr)
+        assert match, done.stdout + done.stderr
+        return int(match.group(2))
+
+    def ssh_command(self, command: str) -> str:
+        ssh = " ".join(shlex.quote(a) for a in self.sshd.ssh_argv("{host}"))
+        return f"{ssh} -p {{port}} {command}"
+
+    def door_elements(self) -> str:
+        out = self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors4"]).stdout
+        out += self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors6"]).stdout
+        return "".join(line for line in out.splitlines() if "elements" in line)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[Lab]:
+    require_privileges()
+    workdir = Path(tempfile.mkdtemp(prefix="dynknock-e2e-"))
+    with NetLab("dke") as lab:
+        prepare_workdir(workdir)
+        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S)
+        bob_key = bytes(range(32))
+        (workdir / "bob.key").write_text(__import__("base64").b64encode(bob_key).decode() + "\n")
+        (workdir / "bob.key").chmod(0o600)
+        write_users(workdir / "users.json", [
+            LabUser("alice", password="alice-pw"),
+            LabUser("bob", key=bob_key),
+            LabUser("carol", password="carol-pw", expires="2020-01-01T00:00:00+00:00"),
+        ])
+        sshd = start_sshd(lab, lab.server, workdir / "ssh")
+        stack = Stack(lab, workdir, REPO / "supervisord.conf")
+        try:
+            stack.start()
+            yield Lab(lab, stack, sshd, workdir)
+        finally:
+            stack.stop()
+
+
+def test_exec_ssh_through_the_door(world: Lab) -> None:
+    done = world.knock("--exec", world.ssh_command("echo hello"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello"
+    assert "Can I come in?" in done.stderr and DOOR_LINE.search(done.stderr)
+
+
+def test_ssh_proxycommand(world: Lab) -> None:
+    proxy = f"{CLIENT} --proxy -u bob -k {world.bob_key} --timeout 3 %h"
+    argv = world.sshd.ssh_argv(world.lab.server.ipv4) + ["-o", f"ProxyCommand={proxy}", "echo", "via-proxy"]
+    done = world.lab.run(world.lab.client, argv, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "via-proxy"
+
+
+def test_ipv6_knock_and_ssh(world: Lab) -> None:
+    done = world.knock("-6", "--exec", world.ssh_command("echo hello6"), host=world.lab.server.ipv6)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello6"
+
+
+def _silence_probe(world: Lab, ports: list[int], udp_ports: list[int]) -> tuple[list[str], str]:
+    """From the attacker: TCP connects and UDP junk; returns (tcp results, what the server sent back)."""
+    server = world.lab.server.ipv4
+    dump = world.lab.popen(world.lab.attacker, ["tcpdump", "-n", "-l", "-i", "eth0", "-c", "50",
+                                                f"ip src {server}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(1.0)  # tcpdump must be capturing before we probe
+    results = [world.lab.tcp_probe(world.lab.attacker, server, port, timeout=0.5) for port in ports]
+    script = ("import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+              f"for p in {udp_ports!r}:\n    s.sendto(os.urandom(130),('{server}',p))\n")
+    world.lab.run(world.lab.attacker, ["python3", "-c", script])
+    time.sleep(1.0)
+    dump.terminate()
+    out, _ = dump.communicate(timeout=5)
+    return results, out
+
+
+def test_attacker_gets_nothing_from_an_open_door(world: Lab) -> None:
+    port = world.open_door()
+    results, replies = _silence_probe(world, [port], [])
+    assert results == ["TimeoutError"], results  # no SYN-ACK and no RST: dropped silently
+    assert replies.strip() == "", replies
+    # The door was not used up by the attacker: the client still gets in.
+    assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port) == "connected"
+
+
+def test_silence_before_knock_and_after_window(world: Lab) -> None:
+    ports = [62201, 22, 40000, 44444, 49999, 80]
+    results, replies = _silence_probe(world, ports, [62201, 53, 40000])
+    assert all(r == "TimeoutError" for r in results), results
+    assert replies.strip() == "", replies
+    port = world.open_door()
+    time.sleep(WINDOW_S + 1.5)
+    results, replies = _silence_probe(world, [port], [62201])
+    assert results == ["TimeoutError"] and replies.strip() == "", (results, replies)
+
+
+def test_door_closes_on_time_but_established_session_stays(world: Lab) -> None:
+    # A session that outlives the window by several seconds.
+    command = world.ssh_command(f"'sleep {WINDOW_S + 3}; echo still-here'")
+    # bob's session and alice's door: two users, so neither request replaces the other.
+    session = world.lab.popen(world.lab.client, [CLIENT, "-u", "bob", "-k", str(world.bob_key), "--exec", command,
+                                                 world.lab.server.ipv4],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = world.open_door()
+    time.sleep(WINDOW_S + 1)
+    # The unused door's window has ended: a new connection gets nowhere.
+    assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port) == "TimeoutError"
+    out, err = session.communicate(timeout=30)
+    assert session.returncode == 0, err
+    assert out.strip() == "still-here"
+
+
+@pytest.mark.parametrize("user,password", [("alice", "wrong-password"), ("mallory", "alice-pw"),
+                                           ("carol", "carol-pw")])
+def test_bad_credentials_get_silence_and_no_door(world: Lab, user: str, password: str) -> None:
+    with world.stack.tap("auth.request.rejected") as tap:
+        time.sleep(0.3)
+        done = world.knock(user=user, password=password)
+        rejected = []
+        while tap.poll(100):
+            rejected.append(bus.decode_as(tap.recv_multipart()[1], bus.Event))
+    assert done.returncode == 3, done.stderr
+    assert "silen" in done.stderr.lower()
+    assert world.door_elements() == ""
+    reasons = {e.fields["reason"] for e in rejected}
+    expected = "user_expired" if user == "carol" else "unknown_user"
+    assert expected in reasons, reasons
+
+
+@pytest.mark.parametrize("stage", ["capture", "auth", "gate", "relay", "bus"])
+def test_stage_killed_restarts_and_fails_closed(world: Lab, stage: str) -> None:
+    port = world.open_door()
+    old_pid = world.stack.kill_stage(stage)
+    world.stack.wait_alive(20)
+    assert world.stack.stage_pid(stage) != old_pid
+    time.sleep(WINDOW_S + 1)
+    assert world.door_elements() == ""  # the kernel timed the rule out, whoever died
+    assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port) == "TimeoutError"
+    done = world.knock("--exec", world.ssh_command("echo back"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "back"
