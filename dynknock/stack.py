@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,13 +103,17 @@ class Stack:
         self.supervisord_conf = supervisord_conf
         self.endpoints = bus.Endpoints.in_directory(workdir / "run")
         self.process: Any = None
+        self.output: Any = None
 
     def start(self, timeout_s: float = 20.0) -> None:
         env = dict(os.environ, DYNKNOCK_CONFIG=str(self.config_path))
         supervisord = shutil.which("supervisord", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         if supervisord is None:
             raise RuntimeError("supervisord not found: run scripts/setup.sh first")
-        self.process = self.lab.popen(self.lab.server, [supervisord, "-c", str(self.supervisord_conf)], env=env)
+        # supervisord echoes its own log; keep it in the work directory, not on the terminal.
+        self.output = open(self.workdir / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = self.lab.popen(self.lab.server, [supervisord, "-c", str(self.supervisord_conf)], env=env,
+                                      stdout=self.output, stderr=subprocess.STDOUT)
         self.wait_alive(timeout_s)
 
     def wait_alive(self, timeout_s: float = 20.0, stages: tuple[str, ...] = ALIVE_TOPICS) -> None:
@@ -181,3 +186,6 @@ class Stack:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.process = None
+        if self.output is not None:
+            self.output.close()
+            self.output = None
