@@ -225,8 +225,8 @@ class Engine:
             "user": request.user, "client": _addr(source), "port": port,
             "left": len(request.remaining)})]
         if not request.remaining:
-            actions += self._knocks_complete(request, now_ms)
-        return actions
+            return actions + self._knocks_complete(request, now_ms)
+        return actions + self._filter_update()  # this (source, port) needs no more SYNs
 
     def on_door_result(self, door_id: str, stage: str, ok: bool, detail: str, now_ms: int) -> list[Action]:
         request = self._by_door.get(door_id)

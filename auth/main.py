@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import secrets
 import signal
 import socket
@@ -30,7 +29,15 @@ from auth.users import User, UsersFileError, load_users
 from dynknock import bus
 from dynknock.config import Config
 from dynknock.events import describe
-from dynknock.stage import Publisher, RateLimitedLog, common_arguments, load_config_or_exit, now_ms, setup_logging
+from dynknock.stage import (
+    Publisher,
+    RateLimitedLog,
+    common_arguments,
+    drop_privileges,
+    load_config_or_exit,
+    now_ms,
+    setup_logging,
+)
 
 TICK_S = 0.2
 FILTER_REFRESH_S = 2.0
@@ -123,6 +130,13 @@ class AuthShell:
                 command = bus.DoorOpen(action.door_id, action.user, str(action.client), action.port,
                                        action.target_host, action.target_port, action.expires_at_ms,
                                        self.config.single_use)
+                # All or nothing: if a stage is not connected, send to none, so no
+                # stage opens a door the other cannot (IMMEDIATE makes POLLOUT mean "connected").
+                down = [stage for stage, sock in self.door_stages.items() if not sock.poll(0, zmq.POLLOUT)]
+                if down:
+                    self.execute(self.engine.on_door_result(action.door_id, down[0], False,
+                                                            "stage not running", now_ms()))
+                    continue
                 for stage, sock in self.door_stages.items():
                     try:
                         sock.send(bus.encode(command), zmq.NOBLOCK)
@@ -265,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common_arguments("dynknock auth stage (session engine, keys, users)").parse_args(argv)
     config = load_config_or_exit(args.config, "auth")
     log = setup_logging("auth")
-    if os.geteuid() == 0:
-        print("knock-auth: refusing to run as root; supervisord runs it as server.run_as", file=sys.stderr)
-        return 2
+    drop_privileges(config.run_as)  # started as root by hand: never keep it
     try:
         users = load_users(config.users_file)
         bus.ensure_runtime_dir(config.runtime_dir, config.path)

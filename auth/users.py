@@ -128,7 +128,12 @@ def load_users(path: Path, *, check_mode: bool = True) -> dict[str, User]:
 
 
 def save_users(path: Path, users: Iterable[User]) -> None:
-    """Atomically replace the users file, mode 0600, keeping its owner and group."""
+    """Atomically replace the users file, keeping its owner, group and a 0640 mode; else mode 0600.
+
+    Keeping 0640 matters: knock-auth runs unprivileged and may read the file through
+    its group; a file silently narrowed to 0600 would fail to reload, and the
+    daemon would keep the old users, revoked ones included.
+    """
     document = {"version": 1, "users": {u.name: u.to_json() for u in sorted(users, key=lambda u: u.name)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.stat() if path.exists() else None
@@ -139,7 +144,7 @@ def save_users(path: Path, users: Iterable[User]) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, stat.S_IMODE(old.st_mode) & 0o640 if old is not None else 0o600)
         if old is not None:
             os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, path)

@@ -13,12 +13,13 @@ from typing import Any
 import zmq
 
 from dynknock import bus
-from dynknock.stage import common_arguments, load_config_or_exit, setup_logging
+from dynknock.stage import common_arguments, drop_privileges, load_config_or_exit, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     args = common_arguments("dynknock event bus (XSUB/XPUB proxy for knock-tap)").parse_args(argv)
     config = load_config_or_exit(args.config, "bus")
+    drop_privileges(config.run_as)  # started as root by hand: never keep it
     log = setup_logging("bus")
     try:
         bus.ensure_runtime_dir(config.runtime_dir, config.path)

@@ -18,7 +18,15 @@ from typing import Any
 import zmq
 
 from dynknock import bus
-from dynknock.stage import Publisher, RateLimitedLog, common_arguments, load_config_or_exit, now_ms, setup_logging
+from dynknock.stage import (
+    Publisher,
+    RateLimitedLog,
+    common_arguments,
+    drop_privileges,
+    load_config_or_exit,
+    now_ms,
+    setup_logging,
+)
 from relay import core
 from relay.pump import Totals, relay_connection
 
@@ -57,6 +65,7 @@ def reset(sock: socket.socket) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = common_arguments("dynknock relay stage (per-door TCP forwarding)").parse_args(argv)
     config = load_config_or_exit(args.config, "relay")
+    drop_privileges(config.run_as)  # started as root by hand: never keep it
     log = setup_logging("relay")
     settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
                                   frozenset((s.host, s.port) for s in config.services.values()))

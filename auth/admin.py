@@ -1,0 +1,374 @@
+"""knock-admin: manage the users file of a dynknock server.
+
+    knock-admin add alice --services ssh,web --source 198.51.100.0/24
+    knock-admin add bob --key-gen bob.key        # random key, give bob.key to bob
+    knock-admin remove alice
+    knock-admin list
+    knock-admin set-services bob ssh
+
+The file (auth/users.py) holds every user's 32-byte master key, never a
+password; it is rewritten atomically with mode 0600, and knock-auth reloads it
+when it changes. Changes take an exclusive lock on ``<file>.lock`` so that two
+admins at once cannot lose each other's changes (a lost revocation would bring
+a removed user back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import fcntl
+import getpass
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import TextIO
+
+from auth.keys import MASTER_KEY_LEN, KeyError_, decode_key, derive_master_key, encode_key, normalise_user_name
+from auth.protocol import SERVICE_NAME_LEN
+from auth.users import IPNetwork, User, UsersFileError, load_users, save_users
+
+PROG = "knock-admin"
+DEFAULT_USERS_FILE = Path("/etc/dynknock/users.json")
+USERS_ENV = "DYNKNOCK_USERS"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the file could not be written (permissions, disk)
+EXIT_USAGE = 2  # bad input: option, name, CIDR, date, key file, password, or an unusable users file
+
+SERVICE_RE = re.compile(rf"[a-z0-9_-]{{1,{SERVICE_NAME_LEN}}}")
+SHORT_PASSWORD = 12  # below this, warn: a sniffed packet allows an offline guess per scrypt call
+
+EPILOG = f"""\
+password:
+  Without --key-file or --key-gen, `add` asks for the password twice (no echo)
+  and stores scrypt(name, password), the key the client derives from the same
+  two. If standard input is not a terminal, the password is instead read from
+  its first line (the line end is not part of it), for scripts:
+      printf '%s\\n' "$PASSWORD" | {PROG} add alice
+
+users file:
+  --users-file, else ${USERS_ENV}, else {DEFAULT_USERS_FILE}. It is created by the
+  first `add`. It must be mode 0600 (or 0640): it holds every user's key.
+
+exit status:
+  {EXIT_OK}  done
+  {EXIT_FAILURE}  the users file or key file could not be written
+  {EXIT_USAGE}  bad input (the one-line message says which)
+"""
+
+
+class AdminError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+# --- input checks -------------------------------------------------------------
+
+
+def _user_name(text: str) -> str:
+    try:
+        return normalise_user_name(text)
+    except KeyError_ as exc:
+        raise AdminError(str(exc)) from None
+
+
+def parse_services(text: str) -> tuple[str, ...]:
+    names = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not SERVICE_RE.fullmatch(n) for n in names):
+        raise AdminError(f"services {text!r}: a comma-separated list of names of 1-{SERVICE_NAME_LEN} "
+                         "characters [a-z0-9_-], e.g. ssh,web")
+    return tuple(dict.fromkeys(names))  # without duplicates, in the order given
+
+
+def parse_source(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise AdminError(f"--source {text!r}: not an address or CIDR network, e.g. 198.51.100.0/24") from None
+        raise AdminError(f"--source {text!r}: host bits set; did you mean {loose}?") from None
+
+
+def parse_expires(text: str, now: dt.datetime) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise AdminError(f"--expires {text!r}: not an ISO 8601 date, e.g. 2027-01-31 or "
+                         "2027-01-31T18:00:00+01:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # as auth/users.py reads it
+    if when <= now:
+        raise AdminError(f"--expires {text!r}: is in the past")
+    return when
+
+
+# --- secrets ------------------------------------------------------------------
+
+
+def read_password(stdin: TextIO, stderr: TextIO, prompt: Callable[[str], str] = getpass.getpass) -> str:
+    if stdin.isatty():
+        first = prompt("Password: ")
+        if prompt("Password again: ") != first:
+            raise AdminError("the two passwords differ")
+        password = first
+    else:
+        line = stdin.readline()
+        if not line:
+            raise AdminError("no password on standard input (expected one line)")
+        password = line.rstrip("\r\n")
+    if not password:
+        raise AdminError("empty password")
+    if len(password) < SHORT_PASSWORD:
+        print(f"{PROG}: warning: a password of fewer than {SHORT_PASSWORD} characters can be guessed offline "
+              "from one sniffed packet; consider --key-gen", file=stderr)
+    return password
+
+
+def read_key_file(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise AdminError(f"{path}: key file is not a regular file")
+        if st.st_mode & 0o077:
+            raise AdminError(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets others read the key: "
+                             f"chmod 600 {path}")
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise AdminError(f"{path}: key file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError(f"{path}: cannot read key file: {exc}") from None
+    try:
+        return decode_key(text)
+    except KeyError_ as exc:
+        raise AdminError(f"{path}: {exc}") from None
+
+
+def write_new_key_file(path: Path, key: bytes) -> None:
+    """Create ``path`` (mode 0600, never overwriting) holding the base64 of ``key``."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise AdminError(f"{path}: already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise AdminError(f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(encode_key(key) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o600)
+
+
+# --- the users file -----------------------------------------------------------
+
+
+@contextmanager
+def _locked(users_file: Path, *, create: bool = False) -> Iterator[None]:
+    """Serialise read-modify-write cycles of the users file between admins."""
+    if not create and not users_file.exists():
+        _load(users_file)  # raises the users file's own "not found" message
+    lock_path = users_file.with_name(users_file.name + ".lock")
+    try:
+        if create:
+            users_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise AdminError(f"{lock_path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _load(users_file: Path, *, missing_ok: bool = False) -> dict[str, User]:
+    if missing_ok and not users_file.exists():
+        return {}
+    try:
+        return {u.name: u for u in load_users(users_file).values()}
+    except UsersFileError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _refuse_existing(users: dict[str, User], name: str, users_file: Path) -> None:
+    if name in users:
+        raise AdminError(f"user {name!r} already exists in {users_file}; remove it first")
+
+
+def _get(users: dict[str, User], name: str, users_file: Path) -> User:
+    user = users.get(name)
+    if user is None:
+        raise AdminError(f"no user {name!r} in {users_file}")
+    return user
+
+
+# --- commands -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Io:
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+    prompt: Callable[[str], str] = getpass.getpass
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+
+def cmd_add(args: argparse.Namespace, io: Io) -> int:
+    name = _user_name(args.name)
+    services = parse_services(args.services)
+    sources = tuple(parse_source(s) for s in args.source)
+    expires = parse_expires(args.expires, io.now()) if args.expires is not None else None
+    users_file: Path = args.users_file
+    _refuse_existing(_load(users_file, missing_ok=True), name, users_file)  # before asking for a password
+    if args.key_file is not None:
+        key = read_key_file(args.key_file)
+    elif args.key_gen is not None:
+        key = secrets.token_bytes(MASTER_KEY_LEN)
+    else:
+        try:  # outside the lock: a person may take a while to type
+            key = derive_master_key(name, read_password(io.stdin, io.stderr, io.prompt))
+        except KeyError_ as exc:
+            raise AdminError(str(exc)) from None
+    with _locked(users_file, create=True):
+        users = _load(users_file, missing_ok=True)
+        _refuse_existing(users, name, users_file)  # again: another admin may have been quicker
+        created: Path | None = None
+        if args.key_gen is not None:
+            write_new_key_file(args.key_gen, key)
+            created = args.key_gen
+        users[name] = User(name, key, services, sources, expires, args.nat)
+        try:
+            save_users(users_file, users.values())
+        except BaseException:
+            if created is not None:  # a key for a user that was never added is only a liability
+                created.unlink(missing_ok=True)
+            raise
+    print(f"added {name!r} (services {','.join(services)}) to {users_file}", file=io.stdout)
+    if created is not None:
+        print(f"key written to {created} (mode 0600): give it to {name} for `knock-client --key-file`",
+              file=io.stdout)
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace, io: Io) -> int:
+    name = _user_name(args.name)
+    with _locked(args.users_file):
+        users = _load(args.users_file)
+        _get(users, name, args.users_file)
+        del users[name]
+        save_users(args.users_file, users.values())
+    print(f"removed {name!r} from {args.users_file}", file=io.stdout)
+    return EXIT_OK
+
+
+def cmd_set_services(args: argparse.Namespace, io: Io) -> int:
+    name = _user_name(args.name)
+    services = parse_services(args.services)
+    with _locked(args.users_file):
+        users = _load(args.users_file)
+        users[name] = dataclasses.replace(_get(users, name, args.users_file), services=services)
+        save_users(args.users_file, users.values())
+    print(f"{name!r} may now use {','.join(services)}", file=io.stdout)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, io: Io) -> int:
+    users = _load(args.users_file)
+    if not users:
+        print(f"no users in {args.users_file}", file=io.stdout)
+        return EXIT_OK
+    now_s = io.now().timestamp()
+    rows = [("NAME", "SERVICES", "SOURCES", "EXPIRES", "NAT")]
+    for user in sorted(users.values(), key=lambda u: u.name):
+        expires = "-" if user.expires is None else user.expires.isoformat()
+        if user.expired(now_s):
+            expires += " (expired)"
+        rows.append((user.name, ",".join(user.services) or "-", ",".join(str(n) for n in user.sources) or "any",
+                     expires, "yes" if user.nat else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=io.stdout)
+    return EXIT_OK
+
+
+# --- the shell ----------------------------------------------------------------
+
+
+def default_users_file() -> Path:
+    return Path(os.environ.get(USERS_ENV) or DEFAULT_USERS_FILE)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """The parser and its subcommands; a new subcommand sets ``handler`` like these."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Manage the users of a dynknock server.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users-file", type=Path, default=None, metavar="PATH",
+                        help=f"the users file (default: ${USERS_ENV} or {DEFAULT_USERS_FILE})")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add = commands.add_parser("add", help="add a user", epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--services", default="ssh", metavar="LIST",
+                     help="comma-separated services the user may open (default: %(default)s)")
+    add.add_argument("--source", action="append", default=[], metavar="CIDR",
+                     help="allow requests only from this network (repeatable; default: anywhere)")
+    add.add_argument("--expires", metavar="ISO-DATE", help="the account ends then (UTC unless an offset is given)")
+    add.add_argument("--nat", action="store_true",
+                     help="allow requests that declare the client address 'as seen' (client behind NAT)")
+    key = add.add_mutually_exclusive_group()
+    key.add_argument("--key-file", type=Path, metavar="PATH", help="store the key in this base64 key file")
+    key.add_argument("--key-gen", type=Path, metavar="PATH",
+                     help="draw a random key, write it to PATH (mode 0600, must not exist) for the user, store it")
+    add.set_defaults(handler=cmd_add)
+
+    remove = commands.add_parser("remove", help="remove a user (other users are left untouched)")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(handler=cmd_remove)
+
+    lst = commands.add_parser("list", help="list users: name, services, sources, expiry, nat (never keys)")
+    lst.set_defaults(handler=cmd_list)
+
+    set_services = commands.add_parser("set-services", help="replace the services a user may open")
+    set_services.add_argument("name", metavar="NAME")
+    set_services.add_argument("services", metavar="LIST", help="comma-separated, e.g. ssh,web")
+    set_services.set_defaults(handler=cmd_set_services)
+    return parser, commands
+
+
+def main(argv: list[str] | None = None, io: Io | None = None) -> int:
+    io = io or Io(sys.stdin, sys.stdout, sys.stderr)
+    parser, _ = build_parser()
+    try:
+        with redirect_stdout(io.stdout), redirect_stderr(io.stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.users_file is None:
+        args.users_file = default_users_file()
+    try:
+        code: int = args.handler(args, io)
+        return code
+    except AdminError as exc:
+        print(f"{PROG}: error: {exc}", file=io.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.filename or args.users_file}: {exc.strerror}", file=io.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(file=io.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The client config file and key files.
+
+The config file (default ``~/.config/dynknock/client.toml``) names servers the
+way fwknop's ``.fwknoprc`` does, so that ``knock-client myserver`` needs no
+options::
+
+    [servers.myserver]
+    host = "gw.example.org"
+    port = 62201
+    user = "alice"
+    service = "ssh"
+    key_file = "~/.config/dynknock/myserver.key"
+    family = "4"          # or "6"
+    nat = false           # declare "the address you see me from"
+    # source_ip = "203.0.113.7"   # declare this address instead
+
+Every key is declared once in :data:`KEYS` (type, check, help). A bad value is
+one line naming the key and the file, never a traceback.
+
+A key file holds the base64 of a 32-byte master key (``knock-client --key-gen``)
+and is refused when group or others could read it: it is as good as a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auth.keys import MASTER_KEY_LEN, KeyError_, decode_key
+from auth.protocol import IPAddress
+
+DEFAULT_CONFIG = Path("~/.config/dynknock/client.toml")
+DEFAULT_PORT = 62201
+DEFAULT_SERVICE = "ssh"
+SERVICE_RE = re.compile(r"^[a-z0-9_-]{1,16}$")  # what a P1 can carry (auth/protocol.py)
+
+
+class ConfigError(ValueError):
+    """A config or key file cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStanza:
+    """One ``[servers.NAME]`` table; None means "not set here"."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    service: str | None = None
+    key_file: Path | None = None
+    family: int | None = None  # 4 or 6
+    nat: bool | None = None
+    source_ip: IPAddress | None = None
+
+
+# --- value checks: each returns the parsed value or raises ValueError(why) ---
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ValueError("must be a host name or address")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("must be an integer 1-65535")
+    return value
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError("must be a user name without spaces")
+    return value
+
+
+def _service(value: Any) -> str:
+    if not isinstance(value, str) or not SERVICE_RE.match(value):
+        raise ValueError("must be 1-16 characters of a-z 0-9 _ -")
+    return value
+
+
+def _key_file(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a path")
+    return Path(value).expanduser()
+
+
+def _family(value: Any) -> int:
+    # TOML users write both family = "6" and family = 6; accept both, nothing else.
+    if isinstance(value, bool) or str(value) not in ("4", "6"):
+        raise ValueError('must be "4" or "6"')
+    return int(str(value))
+
+
+def _nat(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _source_ip(value: Any) -> IPAddress:
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "host": (_host, "the server's name or address (default: the stanza name)"),
+    "port": (_port, f"control UDP port (default {DEFAULT_PORT})"),
+    "user": (_user, "user name (default $USER)"),
+    "service": (_service, f"service to open (default {DEFAULT_SERVICE})"),
+    "key_file": (_key_file, "base64 key file instead of a password"),
+    "family": (_family, '"4" or "6": IPv4 or IPv6 only'),
+    "nat": (_nat, 'declare the address "as seen" by the server'),
+    "source_ip": (_source_ip, "declare this address instead of the local one"),
+}
+
+
+def load_config(path: Path, *, required: bool) -> dict[str, ServerStanza]:
+    """Parse the config file. A missing default file is no error; a missing
+    file named with -c is, since the user clearly expected it."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: config file not found") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    unknown = set(document) - {"servers"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table or key {sorted(unknown)[0]!r} (only [servers.NAME])")
+    servers = document.get("servers", {})
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{path}: servers must be tables [servers.NAME]")
+    return {name: _stanza(path, name, body) for name, body in servers.items()}
+
+
+def _stanza(path: Path, name: str, body: Any) -> ServerStanza:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: servers.{name} must be a table")
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key not in KEYS:
+            raise ConfigError(f"{path}: servers.{name}.{key}: unknown key (known: {', '.join(KEYS)})")
+        check, _ = KEYS[key]
+        try:
+            values[key] = check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: servers.{name}.{key} = {value!r}: {exc}") from None
+    if values.get("nat") and "source_ip" in values:
+        raise ConfigError(f"{path}: servers.{name}: nat = true and source_ip exclude each other")
+    return ServerStanza(name=name, **values)
+
+
+# --- key files -----------------------------------------------------------------
+
+
+def read_key_file(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: key file is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
+                              f"read it, and it is as good as your password: chmod 600 {path}")
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: key file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read key file: {exc}") from None
+    try:
+        return decode_key(text)
+    except KeyError_ as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def write_new_key_file(path: Path) -> str:
+    """Create ``path`` (mode 0600, never overwriting) with a new random key; return its base64."""
+    encoded = base64.b64encode(secrets.token_bytes(MASTER_KEY_LEN)).decode("ascii")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # O_EXCL: an existing key may be the only copy of a registered key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(encoded + "\n")
+    os.chmod(path, 0o600)  # the umask cannot widen 0600, but be explicit against odd filesystems
+    return encoded

@@ -1,0 +1,145 @@
+"""The socket shell around :class:`client.session.ClientSession`.
+
+It owns one connected UDP socket for the whole run: P1 and P2 leave from it and
+P3 comes back to it, so a NAT on the way keeps one mapping for the exchange,
+and the kernel drops datagrams from anyone but the server before we see them.
+It carries out the session's commands and turns socket events into session
+inputs; every decision stays in the session.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from auth import protocol as proto
+from auth.protocol import IPAddress
+from client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
+from client.syn import SynSender
+
+RECV_SIZE = 2048  # larger than any packet of ours, so an oversized one is seen whole and refused
+
+
+class ResolveError(Exception):
+    """The host has no usable address (unknown name, no route, family unavailable)."""
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """The server as reached by our UDP socket, and the local address the kernel picked."""
+
+    sock: socket.socket
+    server: IPAddress
+    local: IPAddress
+    peer: tuple[object, ...]  # the socket's peer address, kept for IPv6 scope ids
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET if isinstance(self.server, ipaddress.IPv4Address) else socket.AF_INET6
+
+
+def parse_ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
+
+
+def connect_udp(host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> Endpoint:
+    """Resolve and connect. Connecting a UDP socket sends nothing; it only asks
+    the routing table, which tells us our source address and whether a route exists."""
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    except socket.gaierror as exc:
+        wanted = {socket.AF_INET: " IPv4", socket.AF_INET6: " IPv6"}.get(family, "")
+        raise ResolveError(f"cannot resolve {host!r} to an{wanted} address: {exc.strerror}") from None
+    errors: list[str] = []
+    for af, kind, proto_num, _, sockaddr in infos:
+        sock = socket.socket(af, kind, proto_num)
+        try:
+            sock.connect(sockaddr)
+            local = sock.getsockname()
+        except OSError as exc:
+            sock.close()
+            errors.append(f"{sockaddr[0]}: {exc.strerror or exc}")
+            continue
+        peer = sock.getpeername()
+        return Endpoint(sock, parse_ip(str(peer[0])), parse_ip(str(local[0])), tuple(peer))
+    raise ResolveError(f"no route to {host}: " + "; ".join(errors))
+
+
+@dataclass(slots=True)
+class Outcome:
+    answer: proto.P3 | None
+    bursts: int
+    pending: int
+    ignored: dict[str, int]
+    refused: int = 0  # ICMP port unreachable seen on the socket
+    elapsed_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Clock:
+    monotonic: Callable[[], float] = time.monotonic
+    wall_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+    sleep: Callable[[float], None] = time.sleep
+
+
+def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, clock: Clock | None = None) -> Outcome:
+    """Drive one session to its end: an authentic final P3, or giving up."""
+    clock = clock or Clock()
+    sock = endpoint.sock
+    refused = 0
+    started = clock.monotonic()
+    commands = session.start(started, clock.wall_ms())
+    while True:
+        for command in commands:
+            if isinstance(command, Finished):
+                return Outcome(command.answer, session.bursts, session.pending, dict(session.ignored),
+                               refused, clock.monotonic() - started)
+            if isinstance(command, SendDatagram):
+                refused += _send(sock, command.payload)
+            elif isinstance(command, SendKnocks):
+                for knock in command.knocks:
+                    syn.send(endpoint.local, endpoint.server, knock.port, knock.isn)
+            elif isinstance(command, Pause):
+                clock.sleep(command.seconds)
+            else:
+                raise RuntimeError(f"unexpected command {command!r}")
+        now = clock.monotonic()
+        if now >= session.wake_at:
+            commands = session.on_wake(now, clock.wall_ms())
+            continue
+        sock.settimeout(max(0.001, session.wake_at - now))
+        try:
+            packet = sock.recv(RECV_SIZE)
+        except TimeoutError:
+            commands = []
+            continue
+        except ConnectionRefusedError:
+            # ICMP port unreachable for an earlier datagram: nothing listens and no
+            # firewall drops it. Worth telling the user; keep trying until the deadline.
+            refused += 1
+            commands = []
+            continue
+        commands = session.on_datagram(packet, clock.monotonic())
+
+
+def _send(sock: socket.socket, payload: bytes) -> int:
+    """Send one datagram; returns how many pending ICMP port unreachables surfaced."""
+    refused = 0
+    for _ in range(2):
+        try:
+            sock.send(payload)
+        except ConnectionRefusedError:
+            # The error belonged to an earlier datagram and this one was not sent:
+            # the error is now cleared, so try once more.
+            refused += 1
+            continue
+        except OSError as exc:
+            # A transient route change must not kill the exchange; the deadline will.
+            if exc.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOBUFS):
+                raise
+        break
+    return refused

@@ -1,0 +1,219 @@
+"""The client side of one knock request, with no I/O (docs/CLIENT.md).
+
+The shell (client/knock.py) feeds a :class:`ClientSession` the time and every
+datagram that arrives on its UDP socket, and carries out the commands it gets
+back, in order: send a datagram, send the SYN knocks, pause, finish. Nonces come
+from a callable given at construction, so tests drive the session exactly.
+
+What the server does, and why the session behaves as it does (auth/engine.py):
+
+* The server answers only an authenticated P2 for a request it holds. A lost
+  P1, lost knocks or a lost P2 all look the same here: silence. So after each
+  *burst* (P1, the three SYNs, P2) the session waits a short interval, doubling
+  it each time, and sends the whole burst again until the deadline.
+* P3 PENDING means the server holds the request but has not seen all knocks
+  (or is opening the door): the burst is resent after a short wait. P1 goes
+  along too, in case the request was dropped meanwhile (knock timeout).
+* While the door is being opened a P2 gets no immediate answer; P3 OPEN
+  follows on its own as soon as the door is confirmed.
+
+Invariants:
+1. One session is one request: its request_id and knocks never change, however
+   often P1 is resent, so the server recognises a retransmission instead of
+   seeing a new request replace the old one.
+2. Every P1 and P2 sent is sealed afresh (new nonce, new timestamp): the server
+   refuses a nonce it has accepted before.
+3. Only an authenticated P3 carrying our request_id ends the session; anything
+   else that arrives is counted by reason and ignored.
+4. Resends are bounded by the deadline and by ``Timing.max_bursts``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from auth import protocol as proto
+from auth.keys import SessionKeys, hint_epoch, user_hint
+from auth.protocol import IPAddress, Knock, PacketType, Status
+
+KNOCK_PORT_LOW = 1024  # knocks on privileged ports would look like an attack on real services
+KNOCK_PORT_HIGH = 65535
+
+# --- the request -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: bytes
+    address: IPAddress | None  # None: "as seen" (NAT)
+    service: str
+    knocks: tuple[Knock, Knock, Knock]
+
+
+def new_request(service: str, address: IPAddress | None,
+                token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+                randbelow: Callable[[int], int] = secrets.randbelow) -> Request:
+    """A fresh request: random id, three distinct random ports and random ISNs.
+
+    The ports and ISNs are the knock secret (the paper's 144 bits), so they come
+    from the OS CSPRNG, never from `random`.
+    """
+    ports: list[int] = []
+    while len(ports) < proto.KNOCK_COUNT:
+        port = KNOCK_PORT_LOW + randbelow(KNOCK_PORT_HIGH - KNOCK_PORT_LOW + 1)
+        if port not in ports:
+            ports.append(port)
+    knocks = tuple(Knock(port, int.from_bytes(token_bytes(4), "big")) for port in ports)
+    return Request(token_bytes(proto.REQUEST_ID_LEN), address, service, (knocks[0], knocks[1], knocks[2]))
+
+
+# --- commands ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    kind: PacketType
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendKnocks:
+    knocks: tuple[Knock, Knock, Knock]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    answer: proto.P3 | None  # None: gave up, nothing authentic came back in time
+
+
+Command: TypeAlias = SendDatagram | SendKnocks | Pause | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    timeout_s: float = 5.0
+    first_interval_s: float = 0.25  # a LAN answers in a few ms, a far server in ~100-300
+    backoff: float = 2.0
+    max_interval_s: float = 2.0
+    max_bursts: int = 20
+    pending_wait_s: float = 0.2
+    # The server arms its knock filter only once P1 is processed; SYNs racing
+    # ahead of P1 would be dropped. A short gap costs little and saves a round.
+    knock_gap_s: float = 0.05
+
+
+# --- the session ---------------------------------------------------------------
+
+
+class ClientSession:
+    def __init__(self, keys: SessionKeys, request: Request, timing: Timing,
+                 nonces: Callable[[int], bytes] = secrets.token_bytes) -> None:
+        self.keys = keys
+        self.request = request
+        self.timing = timing
+        self._nonces = nonces
+        self.ignored: Counter[str] = Counter()
+        self.bursts = 0
+        self.pending = 0  # PENDING answers seen: the server knows us but lacks knocks
+        self.finished = False
+        self.wake_at = 0.0  # monotonic time at which the shell must call on_wake
+        self._deadline = 0.0
+        self._interval = timing.first_interval_s
+        self._resend_for_pending = False
+
+    # --- inputs ----------------------------------------------------------------
+
+    def start(self, now: float, wall_ms: int) -> list[Command]:
+        if self.bursts:
+            raise RuntimeError("session already started")
+        self._deadline = now + self.timing.timeout_s
+        return self._burst(now, wall_ms, grow=True)
+
+    def on_wake(self, now: float, wall_ms: int) -> list[Command]:
+        """The shell's timer fired (now >= wake_at): resend, or give up."""
+        if self.finished:
+            return []
+        if now >= self._deadline or self.bursts >= self.timing.max_bursts:
+            self.finished = True
+            return [Finished(None)]
+        grow = not self._resend_for_pending
+        self._resend_for_pending = False
+        return self._burst(now, wall_ms, grow=grow)
+
+    def on_datagram(self, packet: bytes, now: float) -> list[Command]:
+        if self.finished:
+            return []
+        answer = self._authentic_answer(packet)
+        if answer is None:
+            return []
+        if answer.status is Status.PENDING:
+            self.pending += 1
+            # Knocks are missing: resend soon rather than after the backoff,
+            # but never later than the resend already planned.
+            resend_at = now + self.timing.pending_wait_s
+            if resend_at < self.wake_at:
+                self.wake_at = resend_at
+                self._resend_for_pending = True
+            return []
+        self.finished = True
+        return [Finished(answer)]
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    # --- internals -------------------------------------------------------------
+
+    def _authentic_answer(self, packet: bytes) -> proto.P3 | None:
+        header = proto.parse_header(packet, accept=(PacketType.P3,))
+        if isinstance(header, proto.Reject):
+            self.ignored[header.reason.value] += 1
+            return None
+        message = proto.open_packet(self.keys, header, packet)
+        if isinstance(message, proto.Reject):
+            self.ignored[message.reason.value] += 1
+            return None
+        if not isinstance(message, proto.P3):
+            raise AssertionError("parse_header accepted only P3")
+        # The id is authenticated and random per request, so an old or foreign P3
+        # (say, the answer to a previous run) can never be taken for ours.
+        if message.request_id != self.request.request_id:
+            self.ignored["other_request"] += 1
+            return None
+        return message
+
+    def _burst(self, now: float, wall_ms: int, grow: bool) -> list[Command]:
+        self.bursts += 1
+        gap = self.timing.knock_gap_s
+        commands: list[Command] = [SendDatagram(PacketType.P1, self._seal_p1(wall_ms))]
+        commands += [Pause(gap)] if gap > 0 else []
+        commands.append(SendKnocks(self.request.knocks))
+        commands += [Pause(gap)] if gap > 0 else []
+        # P2 is sealed after the pauses by its wall time; a few tens of ms of
+        # staleness are nothing against the server's 60 s window.
+        commands.append(SendDatagram(PacketType.P2, self._seal_p2(wall_ms + int(2 * gap * 1000))))
+        self.wake_at = min(now + 2 * gap + self._interval, self._deadline)
+        if grow:
+            self._interval = min(self._interval * self.timing.backoff, self.timing.max_interval_s)
+        return commands
+
+    def _hint(self, wall_ms: int) -> bytes:
+        return user_hint(self.keys, hint_epoch(wall_ms / 1000))
+
+    def _seal_p1(self, wall_ms: int) -> bytes:
+        r = self.request
+        message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks)
+        return proto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
+
+    def _seal_p2(self, wall_ms: int) -> bytes:
+        message = proto.P2(wall_ms, self.request.request_id)
+        return proto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))

@@ -1,0 +1,129 @@
+"""The SYN knocks: a TCP SYN segment built by hand, and a raw socket to send it.
+
+The knocks must be real SYNs carrying the declared destination port and ISN
+(the sequence number), which no ordinary socket lets us choose, so the segment
+is built here and sent through a raw socket (CAP_NET_RAW). The kernel still
+writes the IP header (no IP_HDRINCL), which keeps TTL, routing and IPv6
+extension handling its business; we only owe it a correct TCP checksum, which
+covers a pseudo-header holding both addresses.
+
+Building is pure (:func:`build_syn`, :func:`tcp_checksum`); :class:`RawSynSender`
+is the only part that touches a socket, and anything with the same ``send``
+method (:class:`SynSender`) can stand in for it, which is how the tests knock
+without root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+import struct
+from typing import Final, Protocol
+
+from auth.protocol import IPAddress
+
+# source port, destination port, sequence, acknowledgement, data offset,
+# flags, window, checksum, urgent pointer
+_TCP_HEADER: Final = struct.Struct("!HHIIBBHHH")
+SYN_FLAG: Final = 0x02
+IPPROTO_TCP: Final = 6
+# Every real OS puts options on its SYNs; a bare 20-byte SYN is the signature
+# of a port scanner and invites attention. One MSS option is the least we can do.
+_MSS_OPTION: Final = struct.Struct("!BBH")
+_MSS_KIND: Final = 2
+MSS_IPV4: Final = 1460
+MSS_IPV6: Final = 1440
+SYN_LEN: Final = _TCP_HEADER.size + _MSS_OPTION.size  # 24 bytes, data offset 6 words
+DEFAULT_WINDOW: Final = 64240  # what Linux advertises on a SYN
+# Linux picks ephemeral ports here; a knock from this range looks like a connect().
+EPHEMERAL_LOW: Final = 32768
+EPHEMERAL_HIGH: Final = 60999
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum of 16-bit words, complemented."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def pseudo_header(source: IPAddress, destination: IPAddress, length: int) -> bytes:
+    """The addresses and length the TCP checksum covers (RFC 9293 3.1, RFC 8200 8.1)."""
+    if isinstance(source, ipaddress.IPv4Address) and isinstance(destination, ipaddress.IPv4Address):
+        return source.packed + destination.packed + struct.pack("!BBH", 0, IPPROTO_TCP, length)
+    if isinstance(source, ipaddress.IPv6Address) and isinstance(destination, ipaddress.IPv6Address):
+        return source.packed + destination.packed + struct.pack("!I3xB", length, IPPROTO_TCP)
+    raise ValueError(f"source {source} and destination {destination} are of different families")
+
+
+def tcp_checksum(source: IPAddress, destination: IPAddress, segment: bytes) -> int:
+    """Checksum of a segment whose checksum field is zero."""
+    return internet_checksum(pseudo_header(source, destination, len(segment)) + segment)
+
+
+def build_syn(source: IPAddress, destination: IPAddress, source_port: int, destination_port: int,
+              isn: int, window: int = DEFAULT_WINDOW) -> bytes:
+    """A TCP SYN segment (header and MSS option, no payload) with a correct checksum."""
+    if not (1 <= source_port <= 65535 and 1 <= destination_port <= 65535):
+        raise ValueError("ports must be 1-65535")
+    if not 0 <= isn < 2**32:
+        raise ValueError("ISN must be 32 bits")
+    mss = MSS_IPV4 if isinstance(destination, ipaddress.IPv4Address) else MSS_IPV6
+    data_offset = (SYN_LEN // 4) << 4
+    header = _TCP_HEADER.pack(source_port, destination_port, isn, 0, data_offset, SYN_FLAG, window, 0, 0)
+    segment = header + _MSS_OPTION.pack(_MSS_KIND, _MSS_OPTION.size, mss)
+    checksum = tcp_checksum(source, destination, segment)
+    return segment[:16] + struct.pack("!H", checksum) + segment[18:]
+
+
+def random_source_port() -> int:
+    return EPHEMERAL_LOW + secrets.randbelow(EPHEMERAL_HIGH - EPHEMERAL_LOW + 1)
+
+
+class SynSender(Protocol):
+    """Sends one SYN knock from ``source`` (the real local address: it enters the
+    checksum, so it is never the address declared for NAT) to ``destination``."""
+
+    def send(self, source: IPAddress, destination: IPAddress, port: int, isn: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RawSynSender:
+    """A raw TCP socket. Opening it is the privileged step, so the CLI opens it
+    before sending anything: a client that cannot knock must not send a P1."""
+
+    def __init__(self, family: socket.AddressFamily) -> None:
+        # PermissionError here means no CAP_NET_RAW; the caller explains that.
+        self._sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        self._family = family
+        self._bound: IPAddress | None = None
+        # A raw TCP socket also receives a copy of every incoming TCP segment; we
+        # never read them, so keep the buffer that silently fills as small as allowed.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+
+    def send(self, source: IPAddress, destination: IPAddress, port: int, isn: int) -> None:
+        if self._bound != source:
+            # Binding fixes the source address the kernel writes into the IP
+            # header, which must be the one our checksum was computed with.
+            self._sock.bind(self._sockaddr(source))
+            self._bound = source
+        segment = build_syn(source, destination, random_source_port(), port, isn)
+        self._sock.sendto(segment, self._sockaddr(destination))
+
+    def _sockaddr(self, address: IPAddress) -> tuple[str, int] | tuple[str, int, int, int]:
+        if self._family == socket.AF_INET:
+            return (str(address), 0)
+        assert isinstance(address, ipaddress.IPv6Address)
+        # A link-local address needs its interface; Python would otherwise set scope 0.
+        scope = address.scope_id or ""
+        index = int(scope) if scope.isdigit() else (socket.if_nametoindex(scope) if scope else 0)
+        # Port 0: for a raw IPv6 socket a nonzero "port" is read as a protocol number.
+        return (str(ipaddress.IPv6Address(address.packed)), 0, 0, index)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,134 @@
+"""Tier 2: one stage at a time, as a real process, over real ZeroMQ sockets.
+
+Stages are started from the installed console scripts (scripts/setup.sh puts them
+in /opt/dynknock/venv) and run as the unprivileged `dynknock` user, as in
+production. Our side of the bus is played by plain zmq sockets in the test.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from dynknock import bus
+from dynknock.stack import VENV_BIN, prepare_workdir
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free port outside the door range 40000-49999 the stage configs use."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if not 40000 <= port <= 49999:
+            return port
+
+
+@dataclass
+class StageEnv:
+    workdir: Path
+    config: Path
+    endpoints: bus.Endpoints
+    control_port: int
+    context: zmq.Context[Any]
+    processes: list[subprocess.Popen[bytes]]
+
+    def write_config(self, *, backend: str = "none", services: dict[str, str] | None = None,
+                     window_seconds: int = 30, extra_server: str = "") -> None:
+        services = services or {"ssh": "127.0.0.1:22"}
+        service_text = "".join(f'[services.{n}]\ntarget = "{t}"\n\n' for n, t in services.items())
+        self.config.write_text(f"""\
+[server]
+interface = "lo"
+addresses = ["127.0.0.1"]
+control_port = {self.control_port}
+door_ports = "40000-49999"
+window_seconds = {window_seconds}
+users_file = "{self.workdir}/users.json"
+state_dir = "{self.workdir}/state"
+run_as = "dynknock"
+{extra_server}
+[bus]
+runtime_dir = "{self.workdir}/run"
+
+[gate]
+backend = "{backend}"
+table = "dkstage"
+
+{service_text}""")
+
+    def start(self, program: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """Start an installed stage; `prefix` wraps it (setpriv for the gate, ip netns exec...)."""
+        log = open(self.workdir / f"{program}.log", "ab")  # noqa: SIM115 - owned by the process
+        process = subprocess.Popen([*prefix, str(VENV_BIN / program), "-c", str(self.config), *args],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def log(self, program: str) -> str:
+        return (self.workdir / f"{program}.log").read_text(errors="replace")
+
+    def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 5000)  # a hang becomes a failure, not a stuck suite
+        if bind:
+            sock.bind(bind)
+            if bind.startswith("ipc://"):  # we bind as root; the stage (dynknock) must connect
+                path = bind.removeprefix("ipc://")
+                service = pwd.getpwnam("dynknock")
+                os.chown(path, service.pw_uid, service.pw_gid)
+        if connect:
+            sock.connect(connect)
+        return sock
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+# Exactly how supervisord.conf starts the gate: the dynknock user with only CAP_NET_ADMIN.
+GATE_PRIVILEGES = ("/usr/bin/setpriv", "--reuid=dynknock", "--regid=dynknock", "--init-groups", "--no-new-privs",
+                   "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin")
+
+
+@pytest.fixture
+def stage_env() -> Iterator[StageEnv]:
+    if os.geteuid() != 0:
+        raise RuntimeError("stage tests run the stages as the 'dynknock' user: run them as root")
+    # Not pytest's tmp_path: its parent is 0700 root, so the dynknock user could not reach it.
+    workdir = Path(tempfile.mkdtemp(prefix="dynknock-stage-"))
+    prepare_workdir(workdir)
+    context: zmq.Context[Any] = zmq.Context()
+    env = StageEnv(workdir, workdir / "dynknock.toml", bus.Endpoints.in_directory(workdir / "run"),
+                   free_port(socket.SOCK_DGRAM), context, [])
+    env.write_config()
+    try:
+        yield env
+    finally:
+        for process in env.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=5)
+        context.destroy(0)

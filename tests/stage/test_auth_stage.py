@@ -1,0 +1,166 @@
+"""knock-auth as a process: packets in over a real PULL socket, P3 out over real UDP.
+
+The test plays capture (PUSH), gate and relay (ROUTER), and the client's UDP socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import time
+
+import pytest
+import zmq
+
+from auth import protocol as proto
+from auth.keys import SessionKeys, hint_epoch, user_hint
+from dynknock import bus
+from dynknock.stack import LabUser, write_users
+from tests.stage.conftest import StageEnv
+
+pytestmark = pytest.mark.stage
+
+KEY = bytes(range(1, 33))
+KEYS = SessionKeys.from_master(KEY)
+
+
+class Client:
+    """Just enough of a client to drive auth: sealed P1/P2, one UDP socket for P3."""
+
+    def __init__(self) -> None:
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(3)
+        self.request_id = secrets.token_bytes(16)
+        self.knocks = tuple(proto.Knock(20000 + i, secrets.randbits(32)) for i in range(3))
+
+    def seal(self, message: proto.P1 | proto.P2) -> bytes:
+        return proto.seal(KEYS, message, user_hint(KEYS, hint_epoch(time.time())), secrets.token_bytes(24))
+
+    def p1(self) -> bytes:
+        knocks = (self.knocks[0], self.knocks[1], self.knocks[2])
+        return self.seal(proto.P1(int(time.time() * 1000), self.request_id,
+                                  ipaddress.ip_address("127.0.0.1"), "ssh", knocks))
+
+    def p2(self) -> bytes:
+        return self.seal(proto.P2(int(time.time() * 1000), self.request_id))
+
+    def datagram(self, payload: bytes) -> bytes:
+        return bus.encode(bus.Datagram("127.0.0.1", self.udp.getsockname()[1], "127.0.0.1", payload))
+
+    def syns(self) -> list[bytes]:
+        return [bus.encode(bus.Syn("127.0.0.1", k.port, k.isn)) for k in self.knocks]
+
+    def p3(self) -> proto.P3:
+        data, _ = self.udp.recvfrom(2048)
+        header = proto.parse_header(data, accept=(proto.PacketType.P3,))
+        assert isinstance(header, proto.Header), header
+        message = proto.open_packet(KEYS, header, data)
+        assert isinstance(message, proto.P3), message
+        assert message.request_id == self.request_id
+        return message
+
+
+def start_auth(env: StageEnv) -> zmq.Socket[object]:
+    write_users(env.workdir / "users.json", [LabUser("alice", key=KEY)])
+    env.start("knock-auth")
+    capture = env.socket(zmq.PUSH, connect=env.endpoints.packets)
+    env.wait_for(lambda: (env.workdir / "run" / "packets.sock").exists(), what="auth's packet socket")
+    return capture
+
+
+def serve_door(sock: zmq.Socket[object], stage: str) -> bus.DoorOpen:
+    identity, frame = sock.recv_multipart()
+    command = bus.decode_as(frame, bus.DoorOpen)
+    sock.send_multipart([identity, bus.encode(bus.DoorResult(command.door_id, stage, True))])
+    return command
+
+
+def test_auth_opens_a_door_only_after_gate_and_relay_confirm(stage_env: StageEnv) -> None:
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    capture = start_auth(stage_env)
+    knock_filter = stage_env.socket(zmq.SUB, connect=stage_env.endpoints.knock_filter)
+    knock_filter.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.5)  # auth's DEALERs must be connected to our ROUTERs (IMMEDIATE)
+    client = Client()
+    capture.send(b"\x93garbage that is no bus message")  # dropped, auth lives on
+    capture.send(client.datagram(client.p1()))
+    # Capture is told which (source, port) SYNs to let through.
+    pairs: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(pairs) < 3:
+        update = bus.decode_as(knock_filter.recv(), bus.KnockFilter)
+        pairs = {(a, p) for a, p in update.pairs}
+    assert pairs == {("127.0.0.1", k.port) for k in client.knocks}
+    capture.send(client.datagram(client.p2()))
+    assert client.p3().status is proto.Status.PENDING  # knocks not seen yet
+    for syn in reversed(client.syns()):  # any order
+        capture.send(syn)
+    opened_by_gate = serve_door(gate, "gate")
+    capture.send(client.datagram(client.p2()))
+    with pytest.raises(TimeoutError):  # the relay has not confirmed: no P3 yet
+        client.udp.settimeout(0.5)
+        client.udp.recvfrom(2048)
+    client.udp.settimeout(3)
+    opened_by_relay = serve_door(relay, "relay")
+    assert opened_by_relay == opened_by_gate
+    answer = client.p3()
+    assert answer.status is proto.Status.OPEN
+    assert answer.door_port == opened_by_gate.port and 40000 <= answer.door_port <= 49999
+    assert answer.seen_address == ipaddress.ip_address("127.0.0.1")
+    assert opened_by_gate.client == "127.0.0.1" and opened_by_gate.user == "alice"
+
+
+def test_auth_fails_closed_when_the_gate_is_down(stage_env: StageEnv) -> None:
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    capture = start_auth(stage_env)
+    time.sleep(0.5)
+    client = Client()
+    capture.send(client.datagram(client.p1()))
+    for syn in client.syns():
+        capture.send(syn)
+    # The gate is not there: auth must not ask the relay either (nothing half-open).
+    relay.setsockopt(zmq.RCVTIMEO, 700)
+    told = []
+    while True:
+        try:
+            told.append(bus.decode(relay.recv_multipart()[1]))
+        except zmq.Again:
+            break
+    assert not any(isinstance(m, bus.DoorOpen) for m in told), told  # a DoorClose (harmless) may come
+    capture.send(client.datagram(client.p2()))
+    assert client.p3().status is proto.Status.UNAVAILABLE
+
+
+def test_replayed_packets_are_refused_after_auth_restarts(stage_env: StageEnv) -> None:
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    capture = start_auth(stage_env)
+    time.sleep(0.5)
+    client = Client()
+    p1, p2 = client.datagram(client.p1()), client.datagram(client.p2())
+    capture.send(p1)
+    capture.send(p2)
+    assert client.p3().status is proto.Status.PENDING
+    # Kill auth outright (no clean shutdown) and start it again.
+    auth = stage_env.processes[-1]
+    os.killpg(auth.pid, signal.SIGKILL)
+    auth.wait(timeout=5)
+    stage_env.start("knock-auth")
+    time.sleep(1.0)
+    capture.send(p1)
+    for syn in client.syns():
+        capture.send(syn)
+    capture.send(p2)
+    client.udp.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        client.udp.recvfrom(2048)
+    gate.setsockopt(zmq.RCVTIMEO, 500)
+    relay.setsockopt(zmq.RCVTIMEO, 500)
+    with pytest.raises(zmq.Again):
+        gate.recv_multipart()
+    assert "replay" in stage_env.log("knock-auth")

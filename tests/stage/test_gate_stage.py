@@ -1,0 +1,74 @@
+"""knock-gate as a process: commands over a real DEALER socket, rules in a real nftables."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from dynknock import bus
+from tests.stage.conftest import GATE_PRIVILEGES, StageEnv
+
+pytestmark = pytest.mark.stage
+
+
+def door(port: int = 41000, client: str = "198.18.0.2", left_ms: int = 10_000, door_id: str = "ab12") -> bus.DoorOpen:
+    return bus.DoorOpen(door_id, "alice", client, port, "127.0.0.1", 22, int(time.time() * 1000) + left_ms, True)
+
+
+def ask(sock: zmq.Socket[object], message: bus.Message | bytes) -> bus.DoorResult:
+    sock.send(message if isinstance(message, bytes) else bus.encode(message))
+    return bus.decode_as(sock.recv(), bus.DoorResult)
+
+
+def test_gate_none_backend_answers_and_validates(stage_env: StageEnv) -> None:
+    stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
+    sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.gate)
+    assert ask(sock, door()).ok
+    late = ask(sock, door(left_ms=-5))
+    assert not late.ok and "after the door's end" in late.detail
+    outside = ask(sock, door(port=80))
+    assert not outside.ok and "outside the door range" in outside.detail
+    # Garbage is dropped (no answer) and the gate lives on.
+    sock.send(b"\xc1 not msgpack")
+    sock.send(bus.encode(bus.Syn("1.2.3.4", 1, 2)))
+    assert ask(sock, door(door_id="cd34")).door_id == "cd34"
+    assert 'gate.backend = "none"' in stage_env.log("knock-gate")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = "dkstage-gate"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def nft_set(netns: str, name: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "dkstage", name],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_gate_nftables_adds_and_removes_elements_with_only_cap_net_admin(stage_env: StageEnv, netns: str) -> None:
+    stage_env.write_config(backend="nftables")
+    process = stage_env.start("knock-gate", prefix=("ip", "netns", "exec", netns, *GATE_PRIVILEGES))
+    sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.gate)
+    assert ask(sock, door(port=41234, client="198.18.0.7")).ok
+    assert "198.18.0.7 . 41234 timeout" in nft_set(netns, "doors4")
+    assert ask(sock, door(port=41235, client="2001:db8:d::7", door_id="ef56")).ok
+    assert "2001:db8:d::7 . 41235" in nft_set(netns, "doors6")
+    assert ask(sock, bus.DoorClose("ab12", "198.18.0.7", 41234)).ok
+    assert "41234" not in nft_set(netns, "doors4")
+    # Closing again is not an error: closed is closed.
+    assert ask(sock, bus.DoorClose("ab12", "198.18.0.7", 41234)).ok
+    # The Python process (child of setpriv's exec: same PID) holds CAP_NET_ADMIN (bit 12) and nothing else.
+    status = open(f"/proc/{process.pid}/status").read()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert int(fields["CapEff"], 16) == 1 << 12
+    assert fields["Uid"].split()[0] != "0"

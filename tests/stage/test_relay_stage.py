@@ -1,0 +1,100 @@
+"""knock-relay as a process: doors opened over a real socket, real TCP through them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from dynknock import bus
+from tests.stage.conftest import StageEnv, free_port
+
+pytestmark = pytest.mark.stage
+
+
+@pytest.fixture
+def echo_service() -> Iterator[int]:
+    """A TCP echo server that echoes until EOF, then closes (to show half-close works)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield port
+    server.close()
+
+
+def open_door(env: StageEnv, service_port: int, client: str, door_port: int) -> bus.DoorResult:
+    sock = env.socket(zmq.DEALER, connect=env.endpoints.relay)
+    sock.send(bus.encode(bus.DoorOpen("d00r", "alice", client, door_port, "127.0.0.1", service_port,
+                                      int(time.time() * 1000) + 10_000, True)))
+    return bus.decode_as(sock.recv(), bus.DoorResult)
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_relay_forwards_the_authorised_peer_with_half_close(stage_env: StageEnv, echo_service: int) -> None:
+    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
+    stage_env.start("knock-relay")
+    door_port = 40000 + free_port() % 10000
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    assert open_door(stage_env, echo_service, "127.0.0.1", door_port).ok
+    with connect(door_port) as conn:
+        payload = bytes(range(256)) * 4096  # 1 MiB through the splice pump
+        sender = threading.Thread(target=lambda: (conn.sendall(payload), conn.shutdown(socket.SHUT_WR)))
+        sender.start()
+        received = bytearray()
+        while chunk := conn.recv(65536):
+            received += chunk
+        sender.join()
+    assert bytes(received) == payload  # all of it came back, then EOF: half-close carried both ways
+    # Single use (the default): the listener is gone after the first connection.
+    with pytest.raises(ConnectionRefusedError):
+        connect(door_port)
+
+
+def test_relay_refuses_a_foreign_peer_and_keeps_the_door(stage_env: StageEnv, echo_service: int) -> None:
+    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
+    stage_env.start("knock-relay")
+    door_port = 40000 + free_port() % 10000
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    assert open_door(stage_env, echo_service, "127.0.0.2", door_port).ok
+    received = b""
+    try:  # reset at connect, at send or at receive: all fine, as long as no byte comes back
+        with connect(door_port, source="127.0.0.1") as intruder:
+            intruder.sendall(b"let me in")
+            received = intruder.recv(100)
+    except ConnectionResetError:
+        pass
+    assert received == b""
+    with connect(door_port, source="127.0.0.2") as friend:
+        friend.sendall(b"ping")
+        assert friend.recv(100) == b"ping"
+    assert "not the authorised address" in stage_env.log("knock-relay")
+
+
+def test_relay_refuses_a_target_that_is_not_a_service(stage_env: StageEnv, echo_service: int) -> None:
+    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
+    stage_env.start("knock-relay")
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    result = open_door(stage_env, 22, "127.0.0.1", 41111)
+    assert not result.ok and "not a configured service" in result.detail

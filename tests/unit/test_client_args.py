@@ -1,0 +1,212 @@
+"""Command-line parsing and the merge of options, config stanza and defaults."""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from client.main import (
+    EXIT_HOST,
+    EXIT_NO_RAW_SOCKET,
+    EXIT_OK,
+    EXIT_USAGE,
+    RAW_SOCKET_ADVICE,
+    Io,
+    Settings,
+    UsageError,
+    build_parser,
+    resolve_settings,
+    run,
+)
+from client.syn import SynSender
+
+ENV = {"USER": "alice"}
+
+
+def settings(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
+    return resolve_settings(build_parser().parse_args(argv), ENV if environ is None else environ)
+
+
+def no_config(tmp_path: Path) -> list[str]:
+    return ["-c", str(tmp_path / "client.toml")]
+
+
+@pytest.fixture
+def empty_config(tmp_path: Path) -> list[str]:
+    (tmp_path / "client.toml").write_text("")
+    return no_config(tmp_path)
+
+
+def test_defaults(empty_config: list[str]) -> None:
+    s = settings(["gw.example.org", *empty_config])
+    assert s == Settings(host="gw.example.org", port=62201, user="alice", service="ssh", key_file=None,
+                         family=None, timeout=5.0, nat=False, source_ip=None)
+
+
+def test_user_falls_back_to_logname_then_none(empty_config: list[str]) -> None:
+    assert settings(["h", *empty_config], {"LOGNAME": "bob"}).user == "bob"
+    assert settings(["h", *empty_config], {}).user is None
+
+
+def test_all_options(empty_config: list[str], tmp_path: Path) -> None:
+    s = settings(["h", *empty_config, "-p", "1001", "-u", "bob", "-s", "web", "-k", "~/x.key", "-6",
+                  "--timeout", "2.5", "--source-ip", "10.0.0.3", "-q", "--exec", "ssh -p {port} '{host}'"])
+    assert (s.port, s.user, s.service, s.family, s.timeout) == (1001, "bob", "web", 6, 2.5)
+    assert s.key_file == Path("~/x.key").expanduser()
+    assert s.source_ip == ipaddress.IPv4Address("10.0.0.3") and not s.nat
+    assert s.quiet and s.exec_argv == ("ssh", "-p", "{port}", "{host}")
+    assert settings(["h", *empty_config, "--nat", "--proxy"]).nat is True
+
+
+@pytest.mark.parametrize("argv", [
+    ["-4", "-6"],
+    ["--nat", "--source-ip", "1.2.3.4"],
+    ["--exec", "true", "--proxy"],
+    ["-p", "0"],
+    ["-p", "65536"],
+    ["-p", "ssh"],
+    ["--source-ip", "1.2.3"],
+    ["--timeout", "0"],
+    ["--timeout", "soon"],
+    ["-s", "Bad Service"],
+    ["--bogus"],
+])
+def test_usage_errors_exit_2(argv: list[str], empty_config: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["h", *empty_config, *argv], Io(environ=ENV)) == EXIT_USAGE
+    assert "usage: knock-client" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    ([], "HOST is required"),
+    (["h", "--password-stdin", "--proxy"], "stdin carries the connection"),
+    (["h", "--exec", "ssh 'unbalanced"], "--exec: No closing quotation"),
+    (["h", "--exec", ""], "--exec: empty command"),
+])
+def test_semantic_usage_errors(argv: list[str], why: str, empty_config: list[str]) -> None:
+    err = io.StringIO()
+    assert run([*argv, *empty_config], Io(stdout=io.StringIO(), stderr=err, environ=ENV)) == EXIT_USAGE
+    assert err.getvalue().startswith("knock-client: ") and why in err.getvalue()
+    assert err.getvalue().count("\n") == 1
+
+
+def test_help_documents_exit_codes_and_ssh(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"], Io()) == EXIT_OK
+    text = capsys.readouterr().out
+    for line in ["0  the door is open", "3  no answer", "4  the server does not allow", "5  no raw socket",
+                 "6  the server could not open", "7  unknown host", "ProxyCommand knock-client --proxy -k"]:
+        assert line in text
+
+
+# --- config stanzas merged with the command line ------------------------------------
+
+
+STANZA = """
+[servers.home]
+host = "127.0.0.1"
+port = 4444
+user = "carol"
+service = "git"
+family = "4"
+nat = true
+key_file = "/etc/home.key"
+"""
+
+
+def test_stanza_fills_in_and_command_line_overrides(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text(STANZA)
+    cfg = no_config(tmp_path)
+    s = settings(["home", *cfg])
+    assert (s.host, s.port, s.user, s.service, s.family, s.nat, s.key_file) == (
+        "127.0.0.1", 4444, "carol", "git", 4, True, Path("/etc/home.key"))
+    s = settings(["home", *cfg, "-p", "5555", "-u", "dave", "-s", "ssh", "-6", "--source-ip", "::1", "-k", "/k"])
+    assert (s.port, s.user, s.service, s.family, s.key_file) == (5555, "dave", "ssh", 6, Path("/k"))
+    # --source-ip on the command line replaces the stanza's nat = true, not adds to it.
+    assert s.source_ip == ipaddress.IPv6Address("::1") and s.nat is False
+    # A HOST that names no stanza is a host.
+    assert settings(["elsewhere", *cfg]).host == "elsewhere"
+
+
+def test_bad_config_value_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text("[servers.home]\nport = 0\n")
+    err = io.StringIO()
+    assert run(["home", "-c", str(path)], Io(stderr=err, environ=ENV)) == EXIT_USAGE
+    assert err.getvalue() == f"knock-client: {path}: servers.home.port = 0: must be an integer 1-65535\n"
+
+
+def test_default_config_path_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".config/dynknock").mkdir(parents=True)
+    (tmp_path / ".config/dynknock/client.toml").write_text(STANZA)
+    assert resolve_settings(build_parser().parse_args(["home"]), ENV).port == 4444
+
+
+def test_missing_named_config_file(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="config file not found"):
+        settings(["h", *no_config(tmp_path)])
+
+
+def test_usage_error_type() -> None:
+    with pytest.raises(UsageError):
+        resolve_settings(build_parser().parse_args([]), ENV)
+
+
+# --- --key-gen, and failures before anything is sent --------------------------------
+
+
+def test_key_gen_prints_base64_and_writes_0600(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    path = tmp_path / "new.key"
+    assert run(["--key-gen", str(path)], Io(stdout=out, stderr=err)) == EXIT_OK
+    encoded = out.getvalue().strip()
+    assert len(base64.b64decode(encoded)) == 32
+    assert path.read_text().strip() == encoded
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "knock-admin add NAME --key-file" in err.getvalue()
+    # A second run must not overwrite the key.
+    assert run(["--key-gen", str(path)], Io(stdout=io.StringIO(), stderr=err)) == EXIT_USAGE
+    assert path.read_text().strip() == encoded
+
+
+def test_unknown_host_exits_7(empty_config: list[str]) -> None:
+    err = io.StringIO()
+    assert run(["no-such-host.invalid", *empty_config], Io(stderr=err, environ=ENV)) == EXIT_HOST
+    assert "cannot resolve 'no-such-host.invalid'" in err.getvalue()
+
+
+def test_ipv6_asked_for_an_ipv4_only_host_exits_7(empty_config: list[str]) -> None:
+    err = io.StringIO()
+    assert run(["127.0.0.1", "-6", *empty_config], Io(stderr=err, environ=ENV)) == EXIT_HOST
+    assert "IPv6 address" in err.getvalue()
+
+
+def test_no_raw_socket_exits_5_before_sending_anything(empty_config: list[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(0.3)
+
+        def refuse(family: socket.AddressFamily) -> SynSender:
+            raise PermissionError(1, "Operation not permitted")
+
+        err = io.StringIO()
+        asked: list[str] = []
+
+        def getpass(prompt: str) -> str:
+            asked.append(prompt)
+            return "pw"
+
+        io_ = Io(stdout=io.StringIO(), stderr=err, environ=ENV, open_syn_sender=refuse, getpass=getpass)
+        argv = ["127.0.0.1", "-p", str(server.getsockname()[1]), *empty_config]
+        assert run(argv, io_) == EXIT_NO_RAW_SOCKET
+        assert err.getvalue() == RAW_SOCKET_ADVICE + "\n"
+        assert "CAP_NET_RAW" in RAW_SOCKET_ADVICE and "setcap cap_net_raw+ep" in RAW_SOCKET_ADVICE
+        assert asked == []  # not even the password was asked for
+        with pytest.raises(TimeoutError):
+            server.recv(2048)  # and no P1 left
