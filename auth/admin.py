@@ -301,6 +301,19 @@ def cmd_list(args: argparse.Namespace, io: Io) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace, io: Io) -> int:
+    from dynknock import bus, status
+    from dynknock.config import ConfigError, config_path, load
+
+    try:
+        config = load(config_path(args.config))
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+    summary = status.collect(bus.Endpoints.in_directory(config.runtime_dir).tap, args.seconds)
+    print(status.render(summary, int(io.now().timestamp() * 1000)), file=io.stdout)
+    return EXIT_OK if "auth" in summary.alive else EXIT_FAILURE
+
+
 # --- the shell ----------------------------------------------------------------
 
 
@@ -343,6 +356,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     set_services.add_argument("name", metavar="NAME")
     set_services.add_argument("services", metavar="LIST", help="comma-separated, e.g. ssh,web")
     set_services.set_defaults(handler=cmd_set_services)
+
+    status = commands.add_parser("status", help="stages alive, doors open, recent rejections (from the bus)")
+    status.add_argument("-c", "--config", help="server config (default: $DYNKNOCK_CONFIG or "
+                                               "/etc/dynknock/dynknock.toml)")
+    status.add_argument("--seconds", type=float, default=2.5, help="how long to listen (default: %(default)s)")
+    status.set_defaults(handler=cmd_status)
     return parser, commands
 
 

@@ -17,6 +17,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.events import as_json, paper_line
+from dynknock.metrics import MetricsModel, serve
 from dynknock.stage import common_arguments, load_config_or_exit
 
 _COLOURS = {"rejected": "\033[31m", "refused": "\033[31m", "opened": "\033[32m", "accepted": "\033[32m",
@@ -45,8 +46,9 @@ def subscribe(context: zmq.Context[Any], endpoint: str, topics: list[str]) -> zm
     return sock
 
 
-def run(sock: zmq.Socket[Any], out: TextIO, as_json_lines: bool, colour: bool, skip_alive: bool,
-        limit: int | None = None) -> int:
+def run(sock: zmq.Socket[Any], out: TextIO | None, as_json_lines: bool, colour: bool, skip_alive: bool,
+        limit: int | None = None, model: MetricsModel | None = None) -> int:
+    """Print (and/or fold into metrics) events until `limit`; returns how many bad frames were dropped."""
     shown = bad = 0
     while limit is None or shown < limit:
         frames = sock.recv_multipart()
@@ -57,7 +59,9 @@ def run(sock: zmq.Socket[Any], out: TextIO, as_json_lines: bool, colour: bool, s
         except bus.BadMessage:
             bad += 1
             continue
-        if skip_alive and event.topic.endswith(".alive"):
+        if model is not None:
+            model.apply(event)
+        if out is None or (skip_alive and event.topic.endswith(".alive")):
             continue
         out.write(format_event(event, as_json_lines, colour) + "\n")
         out.flush()
@@ -73,17 +77,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alive", action="store_true", help="also show the stages' heartbeats")
     parser.add_argument("--count", type=int, help="exit after this many events")
     parser.add_argument("--endpoint", help="tap endpoint (default: from the config's bus.runtime_dir)")
+    parser.add_argument("--metrics", nargs="?", const="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics instead of printing (default address: metrics.listen)")
     args = parser.parse_args(argv)
+    # The config is needed only for what the command line does not say.
+    config = load_config_or_exit(args.config, "tap") if not args.endpoint or args.metrics == "" else None
     if args.endpoint:
         endpoint = args.endpoint
     else:
-        config = load_config_or_exit(args.config, "tap")
+        assert config is not None
         endpoint = bus.Endpoints.in_directory(config.runtime_dir).tap
+    model = None
+    if args.metrics is not None:
+        listen = args.metrics or (config.metrics_listen if config else "")
+        model = MetricsModel()
+        serve(model, listen)
+        print(f"knock-tap: Prometheus metrics on http://{listen}/metrics", file=sys.stderr, flush=True)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     context: zmq.Context[Any] = zmq.Context()
     sock = subscribe(context, endpoint, args.topic)
     try:
-        run(sock, sys.stdout, args.json, sys.stdout.isatty(), not args.alive, args.count)
+        out = None if model is not None else sys.stdout
+        run(sock, out, args.json, sys.stdout.isatty(), not args.alive, args.count, model)
     except KeyboardInterrupt:
         pass
     finally:

@@ -190,3 +190,35 @@ def test_stage_killed_restarts_and_fails_closed(world: Lab, stage: str) -> None:
     done = world.knock("--exec", world.ssh_command("echo back"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "back"
+
+
+def scrape_metrics(world: Lab) -> dict[str, float]:
+    """The metrics program of supervisord.conf, scraped over HTTP inside the server namespace."""
+    script = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9877/metrics',timeout=5).read().decode())"
+    text = world.lab.run(world.lab.server, [str(VENV_BIN / "python"), "-c", script]).stdout
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("dynknock_"))}
+
+
+def test_metrics_move_after_a_knock_and_a_rejection(world: Lab) -> None:
+    opened, unknown = 'dynknock_requests_total{outcome="door_opened"}', 'dynknock_rejections_total{reason="unknown_user"}'
+    before = scrape_metrics(world)
+    world.open_door()
+    assert world.knock(password="not-alice").returncode == 3
+    deadline = time.monotonic() + 8  # rejection counts ride on auth's 2 s heartbeat
+    after = scrape_metrics(world)
+    while time.monotonic() < deadline and after.get(unknown, 0) <= before.get(unknown, 0):
+        time.sleep(0.5)
+        after = scrape_metrics(world)
+    assert after[opened] == before.get(opened, 0) + 1
+    assert after[unknown] > before.get(unknown, 0)
+    assert after['dynknock_stage_up{stage="capture"}'] == 1.0
+    assert after['dynknock_capture_packets{kind="received"}'] > 0
+
+
+def test_admin_status_shows_stages_and_open_doors(world: Lab) -> None:
+    port = world.open_door()
+    done = world.lab.run(world.lab.server, [str(VENV_BIN / "knock-admin"), "status", "-c",
+                                            str(world.stack.config_path)])
+    assert "auth up" in done.stdout and "DOWN" not in done.stdout, done.stdout
+    assert f"port {port}" in done.stdout and "alice" in done.stdout, done.stdout

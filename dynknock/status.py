@@ -1,0 +1,82 @@
+"""`knock-admin status`: a one-screen summary read from the bus.
+
+Listens to the tap for a little longer than one heartbeat period, then shows
+which stages are alive, the doors open now (user, address, port, time left) and
+the rejections seen: counts by reason from auth's heartbeat, and the latest few
+individual ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from dynknock import bus
+from dynknock.events import paper_line
+
+STAGES = ("capture", "auth", "gate", "relay")
+
+
+@dataclass
+class Summary:
+    alive: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> heartbeat fields
+    recent: deque[bus.Event] = field(default_factory=lambda: deque(maxlen=5))
+
+    def apply(self, event: bus.Event) -> None:
+        stage = event.topic.split(".", 1)[0]
+        if event.topic.endswith(".alive"):
+            self.alive[stage] = event.fields
+        elif event.topic in ("auth.request.rejected", "relay.connection.refused", "gate.rule.refused"):
+            self.recent.append(event)
+
+
+def collect(endpoint: str, seconds: float = 2.5) -> Summary:
+    summary = Summary()
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        sock: zmq.Socket[Any] = context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                continue
+            frames = sock.recv_multipart()
+            try:
+                summary.apply(bus.decode_as(frames[-1], bus.Event))
+            except bus.BadMessage:
+                continue
+    finally:
+        context.destroy(0)
+    return summary
+
+
+def render(summary: Summary, now_ms: int) -> str:
+    lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in STAGES)]
+    auth = summary.alive.get("auth", {})
+    doors = auth.get("doors", []) if isinstance(auth.get("doors"), list) else []
+    lines.append(f"Doors open: {len(doors)}")
+    for door in sorted(doors, key=lambda d: d.get("expires_ms", 0)):
+        left = max(0, (int(door.get("expires_ms", 0)) - now_ms) // 1000)
+        lines.append(f"  {door.get('user', '?'):<16} {door.get('client', '?'):<40} port {door.get('port', '?'):<6}"
+                     f" {left:>4} s left")
+    rejections = auth.get("rejections", {})
+    if isinstance(rejections, dict) and rejections:
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(rejections.items()))
+        lines.append(f"Rejections since auth started: {counts}")
+    else:
+        lines.append("Rejections since auth started: none")
+    capture = summary.alive.get("capture", {})
+    if capture:
+        lines.append(f"Capture: {capture.get('received', 0)} packets received, "
+                     f"{capture.get('kernel_dropped', 0)} dropped by the kernel buffer, "
+                     f"{capture.get('forwarded', 0)} passed to auth")
+    if summary.recent:
+        lines.append("Recent rejections:")
+        lines += [f"  {paper_line(e)}" for e in summary.recent]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""knock-tap and the metrics endpoint, fed by a real stage through a real knock-bus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+import zmq
+
+from dynknock import bus
+from dynknock.stack import VENV_BIN
+from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
+
+pytestmark = pytest.mark.stage
+
+
+def drive_gate(env: StageEnv, count: int) -> None:
+    """Open `count` doors through the real gate (backend none); each publishes gate.rule.added."""
+    sock = env.socket(zmq.DEALER, connect=env.endpoints.gate)
+    for i in range(count):
+        sock.send(bus.encode(bus.DoorOpen(f"{i:04x}", "alice", "198.18.0.2", 41000 + i, "127.0.0.1", 22,
+                                          int(time.time() * 1000) + 10_000, True)))
+        assert bus.decode_as(sock.recv(), bus.DoorResult).ok
+    sock.send(bus.encode(bus.DoorOpen("ffff", "alice", "198.18.0.2", 80, "127.0.0.1", 22,
+                                      int(time.time() * 1000) + 10_000, True)))  # refused: outside range
+    assert not bus.decode_as(sock.recv(), bus.DoorResult).ok
+
+
+def start_tap(env: StageEnv, *args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen([str(VENV_BIN / "knock-tap"), "-c", str(env.config), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    env.processes.append(process)  # type: ignore[arg-type]
+    return process
+
+
+def test_tap_prints_events_of_a_real_stage_in_paper_style_and_json(stage_env: StageEnv) -> None:
+    stage_env.start("knock-bus")
+    stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
+    lines_tap = start_tap(stage_env, "--topic", "gate.rule.", "--count", "3")
+    json_tap = start_tap(stage_env, "--json", "--topic", "gate.", "--count", "3")
+    time.sleep(1.5)  # subscriptions travel to the proxy before the events (a tap sees only what follows)
+    drive_gate(stage_env, 2)
+    lines, _ = lines_tap.communicate(timeout=10)
+    records = [json.loads(line) for line in json_tap.communicate(timeout=10)[0].splitlines()]
+    printed = lines.splitlines()
+    assert len(printed) == 3
+    assert printed[0].endswith("Firewall opened port 41000 for 198.18.0.2 (10000 ms).") or \
+        "Firewall opened port 41000 for 198.18.0.2" in printed[0]
+    assert printed[0][:4].isdigit() and printed[0][10] == " " and printed[0][16] == "."  # 2026-11-26 23:04.49
+    assert "Firewall refused port 80 for 198.18.0.2: port 80 outside the door range" in printed[2]
+    assert [r["topic"] for r in records] == ["gate.rule.added", "gate.rule.added", "gate.rule.refused"]
+    assert records[1]["port"] == 41001 and records[1]["stage"] == "gate" and records[1]["client"] == "198.18.0.2"
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("dynknock_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_endpoint_counts_events(stage_env: StageEnv) -> None:
+    port = free_port()
+    stage_env.start("knock-bus")
+    stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
+    start_tap(stage_env, "--metrics", f"127.0.0.1:{port}")
+    stage_env.wait_for(lambda: _answers(port), what="metrics endpoint")
+    before = scrape(port)
+    assert before['dynknock_gate_rules_total{operation="added"}'] == 0
+    time.sleep(1.0)
+    drive_gate(stage_env, 3)
+    stage_env.wait_for(lambda: scrape(port)['dynknock_gate_rules_total{operation="added"}'] == 3, what="3 rules")
+    after = scrape(port)
+    assert after['dynknock_gate_rules_total{operation="refused"}'] == 1
+    stage_env.wait_for(lambda: scrape(port)['dynknock_stage_up{stage="gate"}'] == 1.0, what="gate heartbeat")
+    assert scrape(port)['dynknock_stage_up{stage="auth"}'] == 0.0  # not running in this test
+
+
+def _answers(port: int) -> bool:
+    try:
+        scrape(port)
+        return True
+    except OSError:
+        return False
