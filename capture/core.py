@@ -97,6 +97,8 @@ def parse_frame(linktype: int, frame: bytes, addresses: frozenset[str],
             return "fragment"  # fragments are never ours: P1/P2 fit one packet
     elif isinstance(packet, dpkt.ip6.IP6):
         source, destination = ipaddress.IPv6Address(packet.src), ipaddress.IPv6Address(packet.dst)
+        if dpkt.ip.IP_PROTO_FRAGMENT in packet.extension_hdrs:
+            return "fragment"  # as for IPv4; dpkt would read a first fragment's transport header
     else:
         return "not_ip"
     if str(destination) not in addresses:

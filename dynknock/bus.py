@@ -151,8 +151,10 @@ def decode(frame: bytes) -> Message:
         raise BadMessage(f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise BadMessage("not a map")
-    if body.get("v") != BUS_VERSION:
-        raise BadMessage(f"unsupported version {body.get('v')!r}")
+    version = body.get("v")
+    # type(): True and 1.0 compare equal to 1 but are not our version field.
+    if type(version) is not int or version != BUS_VERSION:
+        raise BadMessage(f"unsupported version {version!r}")
     kind = body.get("k")
     if not isinstance(kind, str) or kind not in _CATALOGUE:
         raise BadMessage(f"unknown kind {kind!r}")
@@ -166,6 +168,9 @@ def decode(frame: bytes) -> Message:
         # bool is an int in Python; an int field must not accept True.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise BadMessage(f"{kind}: {name} has type {type(value).__name__}")
+        # msgpack allows bytes keys too; a dict[str, Any] field (Event.fields) is splatted and sorted downstream.
+        if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
+            raise BadMessage(f"{kind}: {name} has a key that is not a string")
         values[name] = value
     message: Message = _CATALOGUE[kind](**values)
     return message
@@ -225,6 +230,8 @@ def ensure_runtime_dir(path: Path, config_file: str = "") -> None:
         path.mkdir(mode=0o750, parents=True, exist_ok=True)
     except PermissionError:
         raise RuntimeDirError(f"cannot create bus directory {path}{where}: permission denied") from None
+    except OSError as exc:  # a file in the way, or a parent that is not a directory
+        raise RuntimeDirError(f"cannot create bus directory {path}{where}: {exc.strerror}") from None
     st = path.stat()
     if st.st_uid != os.geteuid():
         raise RuntimeDirError(f"bus directory {path} is owned by uid {st.st_uid}, not by us "

@@ -91,6 +91,9 @@ def _path(v: Any) -> Path:
 def _addresses(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v:
         raise ValueError("must be a non-empty list of IP addresses")
+    # ip_address() takes an int too, and keeps an IPv6 %scope that capture's filter and compare cannot use.
+    if not all(isinstance(a, str) and "%" not in a for a in v):
+        raise ValueError("must be IP address strings, without a %scope")
     return tuple(str(ipaddress.ip_address(a)) for a in v)
 
 
@@ -178,6 +181,8 @@ def parse(document: dict[str, Any], path: str) -> Config:
         if section not in known_sections:
             raise ConfigError(f"{path}: unknown section [{section}]")
         if section != "services":
+            if not isinstance(document[section], dict):
+                raise ConfigError(f"{path}: [{section}] must be a table")
             for key in document[section]:
                 if (section, key) not in SCHEMA:
                     raise ConfigError(f"{path}: unknown key {section}.{key}")

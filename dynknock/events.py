@@ -52,7 +52,10 @@ def describe(event: Event) -> str:
 
 def paper_line(event: Event) -> str:
     """`2004-05-02 14:39.50 Port request received from foobar. (10.0.0.3, 10.0.0.3)`"""
-    stamp = time.strftime("%Y-%m-%d %H:%M.%S", time.localtime(event.time))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M.%S", time.localtime(event.time))
+    except (OverflowError, ValueError, OSError):  # inf, NaN or out of time_t: a line all the same
+        stamp = "????-??-?? ??:??.??"
     return f"{stamp} {describe(event)}"
 
 

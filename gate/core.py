@@ -51,6 +51,9 @@ def _element(settings: GateSettings, client: str, port: int) -> DoorElement:
         address = ipaddress.ip_address(client)
     except ValueError:
         raise Invalid(f"client {client!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # str() would give the scope ("%..." with nearly any characters) back into the nft text.
+        raise Invalid(f"client {client!r} is not an IP address (has a scope id)")
     if address.is_unspecified or address.is_multicast:
         raise Invalid(f"client {client} cannot be a door's peer")
     if isinstance(port, bool) or not settings.door_port_low <= port <= settings.door_port_high:
