@@ -302,16 +302,28 @@ def cmd_list(args: argparse.Namespace, io: Io) -> int:
 
 
 def cmd_status(args: argparse.Namespace, io: Io) -> int:
-    from dynknock import bus, status
+    from dynknock import status
     from dynknock.config import ConfigError, config_path, load
+    from dynknock.stage import transport_for
 
     try:
         config = load(config_path(args.config))
     except ConfigError as exc:
         raise AdminError(str(exc)) from None
-    summary = status.collect(bus.Endpoints.in_directory(config.runtime_dir).tap, args.seconds)
+    summary = status.collect(transport_for(config, "tap"), args.seconds)
     print(status.render(summary, int(io.now().timestamp() * 1000)), file=io.stdout)
     return EXIT_OK if "auth" in summary.alive else EXIT_FAILURE
+
+
+def cmd_bus_keys(args: argparse.Namespace, io: Io) -> int:
+    from dynknock.transport import make_keys
+
+    if args.directory.exists() and any(args.directory.iterdir()):
+        raise AdminError(f"{args.directory} is not empty; refusing to overwrite keys")
+    for secret in make_keys(args.directory):
+        print(f"made {secret} (copy to the host of stage {secret.name.split('.')[0]})", file=io.stdout)
+    print(f"public keys of all stages: {args.directory / 'public'} (copy to every host)", file=io.stdout)
+    return EXIT_OK
 
 
 # --- the shell ----------------------------------------------------------------
@@ -362,6 +374,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                                                "/etc/dynknock/dynknock.toml)")
     status.add_argument("--seconds", type=float, default=2.5, help="how long to listen (default: %(default)s)")
     status.set_defaults(handler=cmd_status)
+
+    keys = commands.add_parser("bus-keys", help="make CURVE keys for a bus over tcp (stages on several hosts)")
+    keys.add_argument("directory", type=Path, metavar="DIR", help="new or empty directory (bus.curve_dir)")
+    keys.set_defaults(handler=cmd_bus_keys)
     return parser, commands
 
 

@@ -36,8 +36,10 @@ from dynknock.stage import (
     drop_privileges,
     load_config_or_exit,
     now_ms,
+    prepare_bus,
     setup_logging,
 )
+from dynknock.transport import Transport, TransportError
 
 TICK_S = 0.2
 FILTER_REFRESH_S = 2.0
@@ -80,30 +82,30 @@ def reply_sockets(config: Config) -> dict[str, socket.socket]:
 
 
 class AuthShell:
-    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger) -> None:
+    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger,
+                 context: zmq.Context[Any], transport: Transport) -> None:
         self.config = config
         self.log = log
         self.log_rejection = RateLimitedLog(log)
-        self.endpoints = bus.Endpoints.in_directory(config.runtime_dir)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         journal = ReplayJournal(config.state_dir / "replay.journal")
         self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
                                  secrets.token_bytes, secrets.randbelow)
-        self.context: zmq.Context[Any] = zmq.Context()
+        self.context = context
         self.packets = self._socket(zmq.PULL)
         self.packets.setsockopt(zmq.RCVHWM, 50_000)
-        self.packets.bind(self.endpoints.packets)
+        transport.bind(self.packets, "packets")
         self.filter = self._socket(zmq.PUB)
-        self.filter.bind(self.endpoints.knock_filter)
+        transport.bind(self.filter, "knock_filter")
         self.door_stages: dict[str, zmq.Socket[Any]] = {}
-        for stage, endpoint in (("gate", self.endpoints.gate), ("relay", self.endpoints.relay)):
+        for stage in ("gate", "relay"):
             sock = self._socket(zmq.DEALER)
             # IMMEDIATE: never queue a door command for a stage that is not
             # connected; the send fails now and the door fails closed.
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.connect(endpoint)
+            transport.connect(sock, stage)
             self.door_stages[stage] = sock
-        self.events = Publisher(self.context, self.endpoints, "auth")
+        self.events = Publisher(self.context, transport, "auth")
         self.replies = reply_sockets(config)
         self.filter_generation = 0
         self.filter_pairs: list[list[Any]] = []
@@ -282,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     try:
         users = load_users(config.users_file)
-        bus.ensure_runtime_dir(config.runtime_dir, config.path)
-        shell = AuthShell(config, users, log)
-    except (UsersFileError, bus.RuntimeDirError) as exc:
+        context: zmq.Context[Any] = zmq.Context()
+        transport = prepare_bus(config, "auth", context)
+        shell = AuthShell(config, users, log, context, transport)
+    except (UsersFileError, TransportError) as exc:
         print(f"knock-auth: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -24,6 +24,7 @@ from dynknock.stage import (
     drop_privileges,
     load_config_or_exit,
     setup_logging,
+    transport_for,
 )
 
 STATS_EVERY_S = 2.0
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     handle.setnonblock(True)
     linktype = handle.datalink()
 
-    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
+    transport = transport_for(config, "capture")
     context: zmq.Context[Any] = zmq.Context()
     to_auth = context.socket(zmq.PUSH)
     to_auth.setsockopt(zmq.LINGER, 0)
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     # growing without limit; IMMEDIATE keeps nothing queued for an absent auth.
     to_auth.setsockopt(zmq.SNDHWM, 50_000)
     to_auth.setsockopt(zmq.IMMEDIATE, 1)
-    to_auth.connect(endpoints.packets)
+    transport.connect(to_auth, "packets")
     from_auth = context.socket(zmq.SUB)
     from_auth.setsockopt(zmq.LINGER, 0)
     from_auth.setsockopt(zmq.SUBSCRIBE, b"")
-    from_auth.connect(endpoints.knock_filter)
-    events = Publisher(context, endpoints, "capture")
+    transport.connect(from_auth, "knock_filter")
+    events = Publisher(context, transport, "capture")
     log_drop = RateLimitedLog(log)
 
     poller = zmq.Poller()

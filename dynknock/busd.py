@@ -7,13 +7,11 @@ monitor is slow, only events are lost: the knock path never waits on it.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import zmq
 
-from dynknock import bus
-from dynknock.stage import common_arguments, drop_privileges, load_config_or_exit, setup_logging
+from dynknock.stage import common_arguments, drop_privileges, load_config_or_exit, prepare_bus, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,22 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config_or_exit(args.config, "bus")
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     log = setup_logging("bus")
-    try:
-        bus.ensure_runtime_dir(config.runtime_dir, config.path)
-    except bus.RuntimeDirError as exc:
-        print(f"knock-bus: {exc}", file=sys.stderr)
-        return 2
-    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
     context: zmq.Context[Any] = zmq.Context()
+    transport = prepare_bus(config, "bus", context)
     inbound = context.socket(zmq.XSUB)
     outbound = context.socket(zmq.XPUB)
     for sock in (inbound, outbound):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
-    inbound.bind(endpoints.events)
-    outbound.bind(endpoints.tap)
-    log.info("Event bus up: publish to %s, tap %s.", endpoints.events, endpoints.tap)
+    transport.bind(inbound, "events")
+    transport.bind(outbound, "tap")
+    log.info("Event bus up: publish to %s, tap %s.", transport.endpoints.events, transport.endpoints.tap)
     try:
         zmq.proxy(inbound, outbound)
     except zmq.ContextTerminated:

@@ -46,6 +46,9 @@ class Config:
     state_dir: Path
     run_as: str
     runtime_dir: Path
+    bus_transport: str
+    curve_dir: Path
+    tcp_endpoints: dict[str, str]
     gate_backend: str
     stealth: bool
     public_tcp_ports: tuple[int, ...]
@@ -137,6 +140,26 @@ def _listen(v: Any) -> str:
     return text
 
 
+ENDPOINT_NAMES = ("packets", "knock_filter", "gate", "relay", "events", "tap")
+
+
+def _transport(v: Any) -> str:
+    if v not in ("ipc", "tcp"):
+        raise ValueError('must be "ipc" or "tcp"')
+    return str(v)
+
+
+def _tcp_endpoints(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ValueError("must be a table of endpoint = \"tcp://HOST:PORT\"")
+    if v and set(v) != set(ENDPOINT_NAMES):
+        raise ValueError(f"must name exactly {', '.join(ENDPOINT_NAMES)}")
+    for name, url in v.items():
+        if not isinstance(url, str) or not url.startswith("tcp://") or ":" not in url[6:]:
+            raise ValueError(f"{name} must look like \"tcp://198.18.0.1:7001\"")
+    return {str(k): str(val) for k, val in v.items()}
+
+
 # (section, key) -> (parser, default, help). Default None means required.
 SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("server", "interface"): (_str, None, "interface capture listens on"),
@@ -151,6 +174,9 @@ SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("server", "state_dir"): (_path, "/var/lib/dynknock", "replay journal"),
     ("server", "run_as"): (_str, "dynknock", "unprivileged user of the stages"),
     ("bus", "runtime_dir"): (_path, "/run/dynknock", "directory of the ipc sockets (0750)"),
+    ("bus", "transport"): (_transport, "ipc", '"ipc" (one host) or "tcp" (stages on several hosts, CURVE)'),
+    ("bus", "curve_dir"): (_path, "/etc/dynknock/curve", "tcp only: CURVE keys (knock-admin bus-keys)"),
+    ("bus", "tcp_endpoints"): (_tcp_endpoints, {}, "tcp only: tcp://HOST:PORT of each endpoint"),
     ("gate", "backend"): (_backend, "nftables", '"nftables", or "none" (relay checks only: weaker)'),
     ("gate", "stealth"): (_bool, True, "drop every unsolicited inbound packet but public ports"),
     ("gate", "public_tcp_ports"): (_ports, [], "TCP ports that stay reachable with stealth"),
@@ -199,6 +225,8 @@ def parse(document: dict[str, Any], path: str) -> Config:
     control = values[("server", "control_port")]
     if low <= control <= high:
         raise ConfigError(f"{path}: server.control_port {control} lies inside server.door_ports")
+    if values[("bus", "transport")] == "tcp" and not values[("bus", "tcp_endpoints")]:
+        raise ConfigError(f"{path}: bus.tcp_endpoints is required with bus.transport = \"tcp\"")
     return Config(
         path=path,
         interface=values[("server", "interface")],
@@ -214,6 +242,9 @@ def parse(document: dict[str, Any], path: str) -> Config:
         state_dir=values[("server", "state_dir")],
         run_as=values[("server", "run_as")],
         runtime_dir=values[("bus", "runtime_dir")],
+        bus_transport=values[("bus", "transport")],
+        curve_dir=values[("bus", "curve_dir")],
+        tcp_endpoints=values[("bus", "tcp_endpoints")],
         gate_backend=values[("gate", "backend")],
         stealth=values[("gate", "stealth")],
         public_tcp_ports=values[("gate", "public_tcp_ports")],

@@ -19,6 +19,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.config import Config, ConfigError, config_path, load
+from dynknock.transport import Transport, TransportError
 
 
 def setup_logging(stage: str) -> logging.Logger:
@@ -60,12 +61,12 @@ class RateLimitedLog:
 class Publisher:
     """Publishes events to knock-bus. Never blocks: a slow or absent tap loses events, nothing else."""
 
-    def __init__(self, context: zmq.Context[Any], endpoints: bus.Endpoints, stage: str) -> None:
+    def __init__(self, context: zmq.Context[Any], transport: Transport, stage: str) -> None:
         self.stage = stage
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
-        self._socket.connect(endpoints.events)
+        transport.connect(self._socket, "events")
         self._last_alive = 0.0
 
     def publish(self, topic: str, **fields: Any) -> None:
@@ -112,6 +113,27 @@ def drop_privileges(user: str) -> None:
     os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
     if os.geteuid() == 0 or os.getuid() == 0:
         raise SystemExit("failed to drop root privileges")
+
+
+def transport_for(config: Config, stage: str) -> Transport:
+    """ipc endpoints in bus.runtime_dir, or the configured tcp endpoints with CURVE."""
+    if config.bus_transport == "tcp":
+        return Transport(bus.Endpoints(**config.tcp_endpoints), stage, config.curve_dir)
+    return Transport(bus.Endpoints.in_directory(config.runtime_dir), stage)
+
+
+def prepare_bus(config: Config, stage: str, context: zmq.Context[Any]) -> Transport:
+    """For a stage that binds: check the ipc directory, or start CURVE authentication. Exits on error."""
+    transport = transport_for(config, stage)
+    try:
+        if config.bus_transport == "ipc":
+            bus.ensure_runtime_dir(config.runtime_dir, config.path)
+        else:
+            transport.start_authenticator(context)
+    except (bus.RuntimeDirError, TransportError) as exc:
+        print(f"knock-{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return transport
 
 
 def now_ms() -> int:

@@ -17,6 +17,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.events import paper_line
+from dynknock.transport import Transport
 
 STAGES = ("capture", "auth", "gate", "relay")
 
@@ -34,14 +35,14 @@ class Summary:
             self.recent.append(event)
 
 
-def collect(endpoint: str, seconds: float = 2.5) -> Summary:
+def collect(transport: Transport, seconds: float = 2.5) -> Summary:
     summary = Summary()
     context: zmq.Context[Any] = zmq.Context()
     try:
         sock: zmq.Socket[Any] = context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(endpoint)
+        transport.connect(sock, "tap")
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(left * 1000) + 1):

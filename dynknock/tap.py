@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import zmq
@@ -18,7 +19,7 @@ import zmq
 from dynknock import bus
 from dynknock.events import as_json, paper_line
 from dynknock.metrics import MetricsModel, serve
-from dynknock.stage import common_arguments, load_config_or_exit
+from dynknock.stage import common_arguments, load_config_or_exit, transport_for
 
 _COLOURS = {"rejected": "\033[31m", "refused": "\033[31m", "opened": "\033[32m", "accepted": "\033[32m",
             "expired": "\033[33m", "closed": "\033[33m"}
@@ -36,13 +37,14 @@ def format_event(event: bus.Event, as_json_lines: bool, colour: bool) -> str:
     return line
 
 
-def subscribe(context: zmq.Context[Any], endpoint: str, topics: list[str]) -> zmq.Socket[Any]:
+def subscribe(context: zmq.Context[Any], connect: Callable[[zmq.Socket[Any]], None],
+              topics: list[str]) -> zmq.Socket[Any]:
     sock: zmq.Socket[Any] = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     for topic in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    sock.connect(endpoint)
+    connect(sock)
     return sock
 
 
@@ -82,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The config is needed only for what the command line does not say.
     config = load_config_or_exit(args.config, "tap") if not args.endpoint or args.metrics == "" else None
-    if args.endpoint:
-        endpoint = args.endpoint
-    else:
-        assert config is not None
-        endpoint = bus.Endpoints.in_directory(config.runtime_dir).tap
+    def connect(sock: zmq.Socket[Any]) -> None:
+        if args.endpoint:
+            sock.connect(args.endpoint)
+        else:
+            assert config is not None
+            transport_for(config, "tap").connect(sock, "tap")
     model = None
     if args.metrics is not None:
         listen = args.metrics or (config.metrics_listen if config else "")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"knock-tap: Prometheus metrics on http://{listen}/metrics", file=sys.stderr, flush=True)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     context: zmq.Context[Any] = zmq.Context()
-    sock = subscribe(context, endpoint, args.topic)
+    sock = subscribe(context, connect, args.topic)
     try:
         out = None if model is not None else sys.stdout
         run(sock, out, args.json, sys.stdout.isatty(), not args.alive, args.count, model)

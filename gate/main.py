@@ -17,7 +17,15 @@ import zmq
 
 from dynknock import bus
 from dynknock.config import Config
-from dynknock.stage import Publisher, RateLimitedLog, common_arguments, load_config_or_exit, now_ms, setup_logging
+from dynknock.stage import (
+    Publisher,
+    RateLimitedLog,
+    common_arguments,
+    load_config_or_exit,
+    now_ms,
+    prepare_bus,
+    setup_logging,
+)
 from gate import core
 
 NFT_TIMEOUT_S = 5
@@ -77,17 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("WARNING: gate.backend = \"none\": no firewall rules. Door ports are protected only by the "
                     "relay's address check; a scan can see them. Use nftables in production.")
 
-    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
-    try:
-        bus.ensure_runtime_dir(config.runtime_dir, config.path)
-    except bus.RuntimeDirError as exc:
-        print(f"knock-gate: {exc}", file=sys.stderr)
-        return 2
     context: zmq.Context[Any] = zmq.Context()
+    transport = prepare_bus(config, "gate", context)
     commands = context.socket(zmq.ROUTER)
     commands.setsockopt(zmq.LINGER, 0)
-    commands.bind(endpoints.gate)
-    events = Publisher(context, endpoints, "gate")
+    transport.bind(commands, "gate")
+    events = Publisher(context, transport, "gate")
     if nft is None:
         events.publish("gate.backend.none", warning="no firewall: relay address check only")
     log_bad = RateLimitedLog(log)

@@ -11,7 +11,6 @@ import queue
 import signal
 import socket
 import struct
-import sys
 import threading
 from typing import Any
 
@@ -25,6 +24,7 @@ from dynknock.stage import (
     drop_privileges,
     load_config_or_exit,
     now_ms,
+    prepare_bus,
     setup_logging,
 )
 from relay import core
@@ -70,17 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
                                   frozenset((s.host, s.port) for s in config.services.values()))
     table = core.DoorTable(settings)
-    endpoints = bus.Endpoints.in_directory(config.runtime_dir)
-    try:
-        bus.ensure_runtime_dir(config.runtime_dir, config.path)
-    except bus.RuntimeDirError as exc:
-        print(f"knock-relay: {exc}", file=sys.stderr)
-        return 2
     context: zmq.Context[Any] = zmq.Context()
+    transport = prepare_bus(config, "relay", context)
     commands = context.socket(zmq.ROUTER)
     commands.setsockopt(zmq.LINGER, 0)
-    commands.bind(endpoints.relay)
-    events = Publisher(context, endpoints, "relay")
+    transport.bind(commands, "relay")
+    events = Publisher(context, transport, "relay")
     log_bad = RateLimitedLog(log)
     poller = zmq.Poller()
     poller.register(commands, zmq.POLLIN)

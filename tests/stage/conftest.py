@@ -46,7 +46,7 @@ class StageEnv:
     processes: list[subprocess.Popen[bytes]]
 
     def write_config(self, *, backend: str = "none", services: dict[str, str] | None = None,
-                     window_seconds: int = 30, extra_server: str = "") -> None:
+                     window_seconds: int = 30, extra_server: str = "", extra_bus: str = "") -> None:
         services = services or {"ssh": "127.0.0.1:22"}
         service_text = "".join(f'[services.{n}]\ntarget = "{t}"\n\n' for n, t in services.items())
         self.config.write_text(f"""\
@@ -62,6 +62,7 @@ run_as = "dynknock"
 {extra_server}
 [bus]
 runtime_dir = "{self.workdir}/run"
+{extra_bus}
 
 [gate]
 backend = "{backend}"
