@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 import dpkt
 
@@ -116,3 +117,20 @@ def parse_frame(linktype: int, frame: bytes, addresses: frozenset[str],
             return "not_syn"
         return Syn(str(source), transport.dport, transport.seq)
     return "other_protocol"
+
+
+def valid_pairs(raw: list[list[Any]]) -> list[tuple[str, int]] | None:
+    """The pairs as (address, port), or None if any is malformed: they go into BPF text."""
+    pairs = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and type(pair[1]) is int
+                and 1 <= pair[1] <= 65535):
+            return None
+        try:
+            address = ipaddress.ip_address(pair[0])
+        except ValueError:
+            return None
+        if getattr(address, "scope_id", None):
+            return None
+        pairs.append((str(address), pair[1]))
+    return pairs

@@ -15,7 +15,7 @@ from typing import Any
 import pcap
 import zmq
 
-from capture.core import build_filter, parse_frame
+from capture.core import build_filter, parse_frame, valid_pairs
 from dynknock import bus
 from dynknock.stage import (
     Publisher,
@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 if update.generation == generation:
                     continue
                 generation = update.generation
-                pairs = [(str(a), int(p)) for a, p in update.pairs]
+                pairs = valid_pairs(update.pairs)
+                if pairs is None:
+                    log_drop("Dropped a filter message with a bad pair")
+                    continue
                 wanted = build_filter(addresses, config.control_port, pairs)
                 if wanted != current_filter:
                     handle.setfilter(wanted)

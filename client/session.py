@@ -106,9 +106,13 @@ class Timing:
     max_interval_s: float = 2.0
     max_bursts: int = 20
     pending_wait_s: float = 0.2
-    # The server arms its knock filter only once P1 is processed; SYNs racing
-    # ahead of P1 would be dropped. A short gap costs little and saves a round.
-    knock_gap_s: float = 0.05
+    # The server arms its knock filter only once P1 is processed (capture ->
+    # auth -> capture, a few ms); SYNs racing ahead of P1 would be dropped and
+    # cost a whole retry. A short gap costs little and saves that round.
+    knock_gap_s: float = 0.005
+    # No gap is needed before P2: the server holds its answer to a P2 that
+    # arrives while the door is being opened and sends P3 the moment it opens.
+    p2_gap_s: float = 0.0
 
 
 # --- the session ---------------------------------------------------------------
@@ -197,11 +201,12 @@ class ClientSession:
         commands: list[Command] = [SendDatagram(PacketType.P1, self._seal_p1(wall_ms))]
         commands += [Pause(gap)] if gap > 0 else []
         commands.append(SendKnocks(self.request.knocks))
-        commands += [Pause(gap)] if gap > 0 else []
-        # P2 is sealed after the pauses by its wall time; a few tens of ms of
-        # staleness are nothing against the server's 60 s window.
-        commands.append(SendDatagram(PacketType.P2, self._seal_p2(wall_ms + int(2 * gap * 1000))))
-        self.wake_at = min(now + 2 * gap + self._interval, self._deadline)
+        p2_gap = self.timing.p2_gap_s
+        commands += [Pause(p2_gap)] if p2_gap > 0 else []
+        # P2 is sealed before the pauses run, stamped with the wall time it will
+        # leave at; a few ms of error are nothing against the server's 60 s window.
+        commands.append(SendDatagram(PacketType.P2, self._seal_p2(wall_ms + int((gap + p2_gap) * 1000))))
+        self.wake_at = min(now + gap + p2_gap + self._interval, self._deadline)
         if grow:
             self._interval = min(self._interval * self.timing.backoff, self.timing.max_interval_s)
         return commands

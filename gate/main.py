@@ -7,6 +7,7 @@ the relay's own address check stands between a door and the world.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import signal
 import subprocess
@@ -36,13 +37,52 @@ class NftError(RuntimeError):
 
 
 class Nft:
-    """Runs nft with a script on stdin; an argument list, never a shell."""
+    """Runs nft scripts; an argument list or a library call, never a shell.
+
+    Through libnftables (the library behind the nft command) when it is there:
+    a door opens in well under a millisecond instead of the ~5-10 ms of
+    starting an nft process. Otherwise, `nft -f -` with the script on stdin.
+    """
 
     def __init__(self) -> None:
-        path = shutil.which("nft") or "/usr/sbin/nft"
-        self._argv = [path, "-f", "-"]
+        self._lib: ctypes.CDLL | None = None
+        self._ctx: int | None = None
+        try:
+            lib = ctypes.CDLL("libnftables.so.1")
+        except OSError:
+            path = shutil.which("nft") or "/usr/sbin/nft"
+            self._argv = [path, "-f", "-"]
+            return
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        if not ctx:
+            raise NftError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        self._lib, self._ctx = lib, ctx
+
+    @property
+    def via(self) -> str:
+        return "libnftables" if self._lib is not None else "the nft command"
 
     def apply(self, script: str) -> None:
+        if self._lib is not None:
+            failed = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()) != 0
+            # Reading a buffer also rewinds it: read both every time, or they grow forever.
+            self._lib.nft_ctx_get_output_buffer(self._ctx)
+            error = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
+            if failed:
+                raise NftError(error.splitlines()[0] if error else "nft failed")
+            return
         try:
             done = subprocess.run(self._argv, input=script, capture_output=True, text=True,
                                   timeout=NFT_TIMEOUT_S, check=False)
@@ -79,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"knock-gate: cannot install the nftables table inet {settings.table} "
                   f"(needs CAP_NET_ADMIN; gate.backend in {config.path}): {exc}", file=sys.stderr)
             return 2
-        log.info("nftables table inet %s ready: doors %d-%d%s.", settings.table, settings.door_port_low,
-                 settings.door_port_high, ", stealth" if settings.stealth else "")
+        log.info("nftables table inet %s ready (via %s): doors %d-%d%s.", settings.table, nft.via,
+                 settings.door_port_low, settings.door_port_high, ", stealth" if settings.stealth else "")
     else:
         log.warning("WARNING: gate.backend = \"none\": no firewall rules. Door ports are protected only by the "
                     "relay's address check; a scan can see them. Use nftables in production.")

@@ -610,3 +610,20 @@ def test_parse_frame_never_raises_on_mutated_frames(seed: bytes, ethernet: bool,
             frame[position] = value
     linktype = core.DLT_EN10MB if ethernet else core.DLT_RAW
     _check(parse_frame(linktype, bytes(frame[:len(frame) - cut % (len(frame) + 1)]), ADDRESSES, CONTROL))
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ([["198.18.0.2", 4000], ["2001:db8:d::2", 65535]], [("198.18.0.2", 4000), ("2001:db8:d::2", 65535)]),
+    ([], []),
+    ([["198.18.0.2", 0]], None),
+    ([["198.18.0.2", 65536]], None),
+    ([["198.18.0.2", True]], None),
+    ([["198.18.0.2", "80"]], None),
+    ([["not an address", 80]], None),
+    ([["1.2.3.4) or (tcp", 80]], None),  # would otherwise be spliced into the BPF text
+    ([["fe80::1%eth0", 80]], None),
+    ([["198.18.0.2"]], None),
+    (["198.18.0.2"], None),
+])
+def test_valid_pairs_checks_what_goes_into_the_filter_text(raw: list[object], expected: object) -> None:
+    assert core.valid_pairs(raw) == expected

@@ -55,10 +55,11 @@ def datagrams(commands: list[Command]) -> list[SendDatagram]:
     return [c for c in commands if isinstance(c, SendDatagram)]
 
 
-def test_burst_is_p1_knocks_p2_with_gaps() -> None:
+def test_burst_is_p1_gap_knocks_p2() -> None:
     session = make_session()
     commands = session.start(100.0, WALL_MS)
-    assert [type(c) for c in commands] == [SendDatagram, Pause, SendKnocks, Pause, SendDatagram]
+    # By default no pause before P2: the server answers it as soon as the door is open.
+    assert [type(c) for c in commands] == [SendDatagram, Pause, SendKnocks, SendDatagram]
     assert commands[2] == SendKnocks(REQUEST.knocks)
     assert commands[1] == Pause(Timing().knock_gap_s)
     p1_header, p1 = open_client_packet(datagrams(commands)[0].payload)
@@ -68,6 +69,12 @@ def test_burst_is_p1_knocks_p2_with_gaps() -> None:
     # The hint is the one the server will look up for this minute.
     assert p1_header.hint == user_hint(KEYS, hint_epoch(WALL_MS / 1000))
     assert p1_header.nonce != p2_header.nonce
+
+
+def test_p2_gap_when_asked() -> None:
+    commands = make_session(Timing(p2_gap_s=0.01)).start(0.0, WALL_MS)
+    assert [type(c) for c in commands] == [SendDatagram, Pause, SendKnocks, Pause, SendDatagram]
+    assert commands[3] == Pause(0.01)
 
 
 def test_no_gap_means_no_pause() -> None:
