@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import getpass
+import grp
 import ipaddress
 import os
 import re
@@ -223,6 +224,20 @@ class Io:
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
 
+SERVICE_GROUP = "dynknock"
+
+
+def share_with_service_group(path: Path) -> None:
+    """A new users file: root:dynknock 0640, so knock-auth (user dynknock) can read it and no one else."""
+    try:
+        gid = grp.getgrnam(SERVICE_GROUP).gr_gid
+    except KeyError:
+        return  # no service group on this machine (tests, a client host): keep 0600
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)
+        os.chmod(path, 0o640)
+
+
 def cmd_add(args: argparse.Namespace, io: Io) -> int:
     name = _user_name(args.name)
     services = parse_services(args.services)
@@ -242,6 +257,7 @@ def cmd_add(args: argparse.Namespace, io: Io) -> int:
     with _locked(users_file, create=True):
         users = _load(users_file, missing_ok=True)
         _refuse_existing(users, name, users_file)  # again: another admin may have been quicker
+        is_new_file = not users_file.exists()
         created: Path | None = None
         if args.key_gen is not None:
             write_new_key_file(args.key_gen, key)
@@ -249,6 +265,8 @@ def cmd_add(args: argparse.Namespace, io: Io) -> int:
         users[name] = User(name, key, services, sources, expires, args.nat)
         try:
             save_users(users_file, users.values())
+            if is_new_file:
+                share_with_service_group(users_file)
         except BaseException:
             if created is not None:  # a key for a user that was never added is only a liability
                 created.unlink(missing_ok=True)

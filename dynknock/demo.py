@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from dynknock.netlab import NetLab, require_privileges, start_sshd
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.stack import VENV_BIN, Stack, prepare_workdir, write_config
 
 PASSWORD = "demo password, not a secret"
 
@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(namespaces {', '.join(lab.namespaces)})")
         prepare_workdir(workdir)
         write_config(workdir / "dynknock.toml", workdir, lab)
-        write_users(workdir / "users.json", [LabUser("alice", password=PASSWORD)])
+        say(f"knock-admin add alice --services ssh   (users file {workdir / 'users.json'})")
+        added = subprocess.run([str(VENV_BIN / "knock-admin"), "--users-file", str(workdir / "users.json"), "add",
+                                "alice", "--services", "ssh"], input=PASSWORD + "\n", capture_output=True, text=True)
+        print(f"   {added.stdout.strip() or added.stderr.strip()}")
+        if added.returncode != 0:
+            return 1
         sshd = start_sshd(lab, lab.server, workdir / "ssh")
         say("sshd listens on the server's 127.0.0.1:22 only; starting dynknock with "
             f"supervisord -c {conf}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import grp
 import io
 import ipaddress
 import json
@@ -57,6 +58,20 @@ def fail(users_file: Path | None, *argv: str, stdin: str = PASSWORD + "\n") -> s
     return err
 
 
+def assert_new_file_mode(users_file: Path) -> None:
+    """A users file knock-admin creates: root:dynknock 0640 where that group exists (auth reads it), else 0600."""
+    mode = stat.S_IMODE(users_file.stat().st_mode)
+    try:
+        gid = grp.getgrnam("dynknock").gr_gid
+    except KeyError:
+        assert mode == 0o600
+        return
+    if os.geteuid() == 0:
+        assert mode == 0o640 and users_file.stat().st_gid == gid
+    else:
+        assert mode == 0o600
+
+
 @pytest.fixture
 def users_file(tmp_path: Path) -> Path:
     return tmp_path / "etc" / "dynknock" / "users.json"
@@ -66,7 +81,7 @@ def test_add_with_password_on_stdin_creates_the_file(users_file: Path) -> None:
     code, out, err = run(users_file, "add", "alice", stdin=PASSWORD + "\n")
     assert code == 0, err
     assert "added 'alice'" in out and err == ""
-    assert stat.S_IMODE(users_file.stat().st_mode) == 0o600
+    assert_new_file_mode(users_file)
     users = load_users(users_file)
     assert users["alice"].master_key == derive_master_key("alice", PASSWORD)
     assert users["alice"].services == ("ssh",)  # the default
@@ -174,7 +189,7 @@ def test_remove_touches_no_other_entry(users_file: Path, tmp_path: Path) -> None
     assert set(new) == {"alice", "carol"}
     for name in new:
         assert json.dumps(new[name]).encode() == json.dumps(old[name]).encode()
-    assert stat.S_IMODE(users_file.stat().st_mode) == 0o600
+    assert_new_file_mode(users_file)  # the mode the file was created with is kept
 
 
 def test_set_services_touches_no_other_entry(users_file: Path, tmp_path: Path) -> None:
