@@ -25,14 +25,14 @@ import ipaddress
 import os
 import re
 import secrets
-import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
-from auth.keys import MASTER_KEY_LEN, KeyError_, decode_key, derive_master_key, encode_key, normalise_user_name
+from auth import keys
+from auth.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
 from auth.protocol import SERVICE_NAME_LEN
 from auth.users import IPNetwork, User, UsersFileError, load_users, save_users
 
@@ -136,37 +136,16 @@ def read_password(stdin: TextIO, stderr: TextIO, prompt: Callable[[str], str] = 
 
 def read_key_file(path: Path) -> bytes:
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise AdminError(f"{path}: key file is not a regular file")
-        if st.st_mode & 0o077:
-            raise AdminError(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets others read the key: "
-                             f"chmod 600 {path}")
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise AdminError(f"{path}: key file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdminError(f"{path}: cannot read key file: {exc}") from None
-    try:
-        return decode_key(text)
+        return keys.read_key_file(path)
     except KeyError_ as exc:
-        raise AdminError(f"{path}: {exc}") from None
+        raise AdminError(str(exc)) from None
 
 
 def write_new_key_file(path: Path, key: bytes) -> None:
-    """Create ``path`` (mode 0600, never overwriting) holding the base64 of ``key``."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise AdminError(f"{path}: already exists; refusing to overwrite a key") from None
-    except OSError as exc:
-        raise AdminError(f"{path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(encode_key(key) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path, 0o600)
+        keys.write_key_file(path, key)
+    except KeyError_ as exc:
+        raise AdminError(str(exc)) from None
 
 
 # --- the users file -----------------------------------------------------------

@@ -20,9 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import stat
 import struct
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF, scrypt
@@ -118,3 +121,39 @@ def hint_epoch(unix_seconds: float) -> int:
 def user_hint(keys: SessionKeys, epoch: int) -> bytes:
     mac = hmac.new(keys.hint, b"epoch" + struct.pack("!Q", epoch), hashlib.sha256)
     return mac.digest()[:HINT_LEN]
+
+
+def read_key_file(path: Path) -> bytes:
+    """A base64 master key from a file only its owner can read."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyError_(f"{path}: key file is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyError_(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets group or others read it, "
+                            f"and it is as good as a password: chmod 600 {path}")
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyError_(f"{path}: key file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyError_(f"{path}: cannot read key file: {exc}") from None
+    try:
+        return decode_key(text)
+    except KeyError_ as exc:
+        raise KeyError_(f"{path}: {exc}") from None
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Create ``path`` (mode 0600, never overwriting: it may be the only copy of a key) with ``key`` in base64."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyError_(f"{path}: already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise KeyError_(f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(encode_key(key) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o600)  # the umask cannot widen 0600, but be explicit against odd filesystems

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -32,6 +31,7 @@ from dynknock.events import describe
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
+    StopSignal,
     common_arguments,
     drop_privileges,
     load_config_or_exit,
@@ -231,14 +231,7 @@ class AuthShell:
         self.execute(self.engine.replace_users(users))
 
     def run(self) -> None:
-        running = True
-
-        def stop(_signum: int, _frame: object) -> None:
-            nonlocal running
-            running = False
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop = StopSignal()
         poller = zmq.Poller()
         poller.register(self.packets, zmq.POLLIN)
         for sock in self.door_stages.values():
@@ -247,7 +240,7 @@ class AuthShell:
                       ", ".join(self.config.addresses))
         self.events.publish("auth.started", control_port=self.config.control_port)
         next_tick = next_filter = next_users = 0.0
-        while running:
+        while not stop.requested:
             for sock, _ in poller.poll(int(TICK_S * 1000)):
                 # Drain in bounded batches so a flood of packets cannot starve
                 # door results (or the other way round).

@@ -7,7 +7,7 @@ moves packets that passed the filter to auth and follows auth's knock filter.
 
 from __future__ import annotations
 
-import signal
+import os
 import sys
 import time
 from typing import Any
@@ -20,6 +20,7 @@ from dynknock import bus
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
+    StopSignal,
     common_arguments,
     drop_privileges,
     load_config_or_exit,
@@ -67,20 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     poller = zmq.Poller()
     poller.register(handle.fileno(), zmq.POLLIN)
     poller.register(from_auth, zmq.POLLIN)
-    running = True
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignal()
     log.info("Capture started on %s for %s, control port %d (running as uid %d).",
-             config.interface, ", ".join(sorted(addresses)), config.control_port, __import__("os").getuid())
+             config.interface, ", ".join(sorted(addresses)), config.control_port, os.getuid())
     events.publish("capture.started", interface=config.interface)
     forwarded = dropped_python = bus_full = 0
     generation = -1
-    while running:
+    while not stop.requested:
         ready = dict(poller.poll(500))
         if from_auth in ready:
             while True:

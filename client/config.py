@@ -23,19 +23,17 @@ and is refused when group or others could read it: it is as good as a password.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import os
 import re
 import secrets
-import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auth.keys import MASTER_KEY_LEN, KeyError_, decode_key
+from auth import keys
+from auth.keys import MASTER_KEY_LEN, KeyError_, encode_key
 from auth.protocol import IPAddress
 
 DEFAULT_CONFIG = Path("~/.config/dynknock/client.toml")
@@ -175,35 +173,16 @@ def _stanza(path: Path, name: str, body: Any) -> ServerStanza:
 
 def read_key_file(path: Path) -> bytes:
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path}: key file is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
-                              f"read it, and it is as good as your password: chmod 600 {path}")
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: key file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read key file: {exc}") from None
-    try:
-        return decode_key(text)
+        return keys.read_key_file(path)
     except KeyError_ as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
 def write_new_key_file(path: Path) -> str:
     """Create ``path`` (mode 0600, never overwriting) with a new random key; return its base64."""
-    encoded = base64.b64encode(secrets.token_bytes(MASTER_KEY_LEN)).decode("ascii")
+    key = secrets.token_bytes(MASTER_KEY_LEN)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # O_EXCL: an existing key may be the only copy of a registered key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(encoded + "\n")
-    os.chmod(path, 0o600)  # the umask cannot widen 0600, but be explicit against odd filesystems
-    return encoded
+        keys.write_key_file(path, key)
+    except KeyError_ as exc:
+        raise ConfigError(str(exc)) from None
+    return encode_key(key)

@@ -11,6 +11,7 @@ import grp
 import logging
 import os
 import pwd
+import signal
 import sys
 import time
 from typing import Any
@@ -134,6 +135,18 @@ def prepare_bus(config: Config, stage: str, context: zmq.Context[Any]) -> Transp
         print(f"knock-{stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return transport
+
+
+class StopSignal:
+    """Set by SIGTERM or SIGINT. Stage loops check it between messages, so they end cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+        signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, _signum: int, _frame: object) -> None:
+        self.requested = True
 
 
 def now_ms() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import shutil
-import signal
 import subprocess
 import sys
 from typing import Any
@@ -21,6 +20,7 @@ from dynknock.config import Config
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
+    StopSignal,
     common_arguments,
     load_config_or_exit,
     now_ms,
@@ -134,15 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if nft is None:
         events.publish("gate.backend.none", warning="no firewall: relay address check only")
     log_bad = RateLimitedLog(log)
-    running = True
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while running:
+    stop = StopSignal()
+    while not stop.requested:
         events.alive(backend=config.gate_backend)
         if not commands.poll(500):
             continue

@@ -8,7 +8,6 @@ back through a queue so that only the main thread touches zmq sockets.
 from __future__ import annotations
 
 import queue
-import signal
 import socket
 import struct
 import threading
@@ -20,6 +19,7 @@ from dynknock import bus
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
+    StopSignal,
     common_arguments,
     drop_privileges,
     load_config_or_exit,
@@ -83,14 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     by_fd: dict[int, int] = {}  # listener fd -> door port
     finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
     active = 0
-    running = True
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignal()
 
     def close_listener(door: core.Door, why: str) -> None:
         sock = listeners.pop(door.port, None)
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 return
 
     log.info("Relay started: doors %d-%d.", config.door_port_low, config.door_port_high)
-    while running:
+    while not stop.requested:
         events.alive(doors=len(table), connections=active)
         for fd_or_socket, _ in poller.poll(200):
             if fd_or_socket is commands:

@@ -201,7 +201,8 @@ def scrape_metrics(world: Lab) -> dict[str, float]:
 
 
 def test_metrics_move_after_a_knock_and_a_rejection(world: Lab) -> None:
-    opened, unknown = 'dynknock_requests_total{outcome="door_opened"}', 'dynknock_rejections_total{reason="unknown_user"}'
+    opened = 'dynknock_requests_total{outcome="door_opened"}'
+    unknown = 'dynknock_rejections_total{reason="unknown_user"}'
     before = scrape_metrics(world)
     world.open_door()
     assert world.knock(password="not-alice").returncode == 3
