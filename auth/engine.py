@@ -166,6 +166,10 @@ class Engine:
         self.unmatched_syns = 0
         self._reject_budget = (-1, 0)  # (second, events left); -1: no second seen yet
         self._filter: frozenset[tuple[str, int]] = frozenset()
+        # (address text, port) -> knocks awaited there, kept with _knocks, so that the
+        # filter is not recomputed (one str() per pending knock) after every packet.
+        self._pairs: Counter[tuple[str, int]] = Counter()
+        self._pairs_changed = False
 
     # --- users ---------------------------------------------------------------
 
@@ -217,6 +221,8 @@ class Engine:
 
     def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int) -> list[Action]:
         request = self._knocks.pop((source, port, isn), None)
+        if request is not None:
+            self._pair_removed(source, port)
         if request is None:
             self.unmatched_syns += 1
             return []
@@ -323,6 +329,9 @@ class Engine:
                                                  p1.service))
             return actions + self._filter_update()  # the replaced request's knocks are gone
         for port, isn in request.remaining:
+            if (client, port, isn) not in self._knocks:  # else it is taken over, not added
+                self._pairs[(_addr(client), port)] += 1
+                self._pairs_changed = True
             self._knocks[(client, port, isn)] = request
         return actions + self._filter_update()
 
@@ -410,6 +419,7 @@ class Engine:
             key = (request.client, port, isn)
             if self._knocks.get(key) is request:  # another request may have declared the same knock
                 del self._knocks[key]
+                self._pair_removed(request.client, port)
         if self._requests.get((request.user, request.client)) is request:
             del self._requests[(request.user, request.client)]
         self._by_id.pop(request.request_id, None)
@@ -468,14 +478,28 @@ class Engine:
             fields["detail"] = detail
         return Event("auth.request.rejected", fields)
 
+    def _pair_removed(self, client: IPAddress, port: int) -> None:
+        key = (_addr(client), port)
+        self._pairs[key] -= 1
+        if self._pairs[key] <= 0:
+            del self._pairs[key]
+        self._pairs_changed = True
+
     def _filter_update(self) -> list[Action]:
-        pairs = frozenset((_addr(ip), port) for ip, port, _ in self._knocks)
+        if not self._pairs_changed:
+            return []
+        self._pairs_changed = False
+        pairs = frozenset(self._pairs)
         if pairs == self._filter:
             return []
         self._filter = pairs
         return [SetKnockFilter(pairs)]
 
     # --- views for status and tests -----------------------------------------
+
+    def hints(self, now_ms: int) -> frozenset[bytes]:
+        """The hints a packet may carry now (for capture's early drop)."""
+        return self._directory.hints(now_ms / 1000)
 
     def open_doors(self) -> list[dict[str, Any]]:
         return [{"user": user, "client": _addr(client), "port": port, "expires_ms": expiry}

@@ -88,7 +88,7 @@ class AuthShell:
         self.log = log
         self.log_rejection = RateLimitedLog(log)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        journal = ReplayJournal(config.state_dir / "replay.journal")
+        self.journal = journal = ReplayJournal(config.state_dir / "replay.journal")
         self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
                                  secrets.token_bytes, secrets.randbelow)
         self.context = context
@@ -109,6 +109,10 @@ class AuthShell:
         self.replies = reply_sockets(config)
         self.filter_generation = 0
         self.filter_pairs: list[list[Any]] = []
+        self._pending_filter: frozenset[tuple[str, int]] | None = None
+        self._hints: frozenset[bytes] = frozenset()
+        self._hints_generation = 0
+        self._deferred: list[eng.Action] = []
         self.users_mtime = self._users_mtime()
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
@@ -153,9 +157,8 @@ class AuthShell:
                     except zmq.Again:
                         pass  # that stage is down; the kernel timeout closes the rule anyway
             elif isinstance(action, eng.SetKnockFilter):
-                self.filter_generation += 1
-                self.filter_pairs = [[a, p] for a, p in sorted(action.pairs)]
-                self._publish_filter()
+                # Published once per batch (run()): each message is the whole list.
+                self._pending_filter = action.pairs
             elif isinstance(action, eng.Event):
                 self.events.publish(action.topic, **action.fields)
                 line = describe(bus.Event(action.topic, "auth", time.time(), action.fields))
@@ -178,6 +181,17 @@ class AuthShell:
             sock.sendto(reply.payload, (str(reply.destination), reply.port))
         except OSError as exc:
             self.log_rejection("Reply to %s failed: %s", reply.destination, exc)
+
+    def publish_hints(self, force: bool) -> None:
+        hints = self.engine.hints(now_ms())
+        if hints == self._hints and not force:
+            return
+        if hints != self._hints:
+            self._hints, self._hints_generation = hints, self._hints_generation + 1
+        try:
+            self.filter.send(bus.encode(bus.HintFilter(sorted(hints), self._hints_generation)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _publish_filter(self) -> None:
         message = bus.KnockFilter(self.filter_pairs, self.filter_generation)
@@ -208,7 +222,18 @@ class AuthShell:
         except ValueError as exc:  # an address capture should never have sent
             self.log_rejection("Dropped a packet message with a bad field: %s", exc)
             return
+        self._deferred += actions
+
+    def flush(self) -> None:
+        """The batch's effects, once its nonces are durable; then the newest knock filter."""
+        self.journal.sync()
+        actions, self._deferred = self._deferred, []
         self.execute(actions)
+        if self._pending_filter is not None:
+            self.filter_generation += 1
+            self.filter_pairs = [[a, p] for a, p in sorted(self._pending_filter)]
+            self._pending_filter = None
+            self._publish_filter()
 
     def on_result(self, frame: bytes) -> None:
         try:
@@ -252,20 +277,26 @@ class AuthShell:
                     if sock is self.packets:
                         self.on_packet(frame)
                     else:
+                        self.flush()  # keep the order of effects
                         self.on_result(frame)
+            self.flush()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self.execute(self.engine.on_tick(now_ms()))
+                self.flush()
+                self.publish_hints(force=False)
                 self.events.alive(rejections=dict(self.engine.rejections),
                                   unmatched_syns=self.engine.unmatched_syns,
                                   doors=self.engine.open_doors())
             if now >= next_filter:
                 next_filter = now + FILTER_REFRESH_S
                 self._publish_filter()  # a capture that restarted learns the pending knocks
+                self.publish_hints(force=True)
             if now >= next_users:
                 next_users = now + USERS_CHECK_S
                 self.maybe_reload_users()
+                self.flush()
         self.events.close()
         self.context.destroy(0)
 

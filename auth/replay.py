@@ -11,9 +11,11 @@ everything when the daemon restarts. Instead:
   refuses the packet), so memory is bounded by the rate of *authenticated*
   packets, which an attacker without a key cannot raise.
 
-The journal appends each accepted nonce to a file (and fsyncs) *before* the
-engine acts on the packet, so a restart reloads every nonce still inside the
-window: a packet captured before the restart is still a replay after it.
+The journal appends each accepted nonce to a file, and auth fsyncs it once per
+batch of packets *before* any effect of the batch (a reply, a door command)
+leaves the process, so a restart reloads every nonce that had an effect: a
+packet captured before the restart is still a replay after it. (One fdatasync
+per packet made auth spend a third of its time in the journal at 1,000 clients.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ReplayJournal:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd = -1
+        self._unsynced = False
 
     def load_and_compact(self, now_ms: int) -> dict[bytes, int]:
         live: dict[bytes, int] = {}
@@ -53,8 +56,16 @@ class ReplayJournal:
         return live
 
     def append(self, nonce: bytes, expiry_ms: int) -> None:
+        """Write the record; it is durable only after sync()."""
         os.write(self._fd, _RECORD.pack(expiry_ms, nonce))
-        os.fdatasync(self._fd)
+        self._unsynced = True
+
+    def sync(self) -> None:
+        """One fdatasync for everything appended since the last: the shell calls it before
+        any effect of the packets it covers (a reply, a door command) leaves the process."""
+        if self._unsynced:
+            os.fdatasync(self._fd)
+            self._unsynced = False
 
     def close(self) -> None:
         if self._fd >= 0:

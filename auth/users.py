@@ -195,6 +195,11 @@ class UserDirectory:
                 by_hint.setdefault(user_hint(entry.keys, epoch), entry)
         self._by_hint, self._epochs = by_hint, wanted
 
+    def hints(self, now_s: float) -> frozenset[bytes]:
+        """Every hint find() accepts at now_s."""
+        self._roll(now_s)
+        return frozenset(self._by_hint)
+
     def find(self, hint: bytes, now_s: float) -> tuple[User, SessionKeys] | None:
         self._roll(now_s)
         entry = self._by_hint.get(hint)

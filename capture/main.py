@@ -15,7 +15,7 @@ from typing import Any
 import pcap
 import zmq
 
-from capture.core import build_filter, parse_frame, valid_pairs
+from capture.core import MAX_FILTER_PAIRS, build_filter, datagram_hint, parse_frame, valid_hints, valid_pairs
 from dynknock import bus
 from dynknock.stage import (
     Publisher,
@@ -29,6 +29,25 @@ from dynknock.stage import (
 )
 
 STATS_EVERY_S = 2.0
+REJECT_EVENTS_PER_SECOND = 20
+
+
+class RejectBudget:
+    """At most `per_second` reports a second: a flood must not flood the bus."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._second = -1
+        self._left = 0
+
+    def take(self, now_s: float) -> bool:
+        second = int(now_s)
+        if second != self._second:
+            self._second, self._left = second, self.per_second
+        if self._left <= 0:
+            return False
+        self._left -= 1
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,31 +93,65 @@ def main(argv: list[str] | None = None) -> int:
     events.publish("capture.started", interface=config.interface)
     forwarded = dropped_python = bus_full = 0
     generation = -1
+    hints: frozenset[bytes] | None = None  # None until auth has told us: pass everything
+    unknown_budget = RejectBudget(REJECT_EVENTS_PER_SECOND)
+
+    def report_unknown(frame: bytes) -> None:
+        """Rejections made here are auth's `unknown_user`, reported (rate limited) in the same words."""
+        if unknown_budget.take(time.monotonic()):
+            source = parse_frame(linktype, bytes(frame), addresses, config.control_port)
+            where = source.source if isinstance(source, bus.Datagram) else "?"
+            events.publish("capture.packet.rejected", reason="unknown_user", source=where)
+    hints_generation = -1
+    unknown_hints = 0
     while not stop.requested:
         ready = dict(poller.poll(500))
         if from_auth in ready:
+            # Each message is the whole list: only the newest matters. Compiling every one
+            # in turn made capture fall behind as soon as knocks came in quickly.
+            newest = None
             while True:
                 try:
                     frame = from_auth.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 try:
-                    update = bus.decode_as(frame, bus.KnockFilter)
+                    message = bus.decode(frame)
                 except bus.BadMessage as exc:
                     log_drop("Dropped a bad filter message: %s", exc)
                     continue
-                if update.generation == generation:
-                    continue
-                generation = update.generation
-                pairs = valid_pairs(update.pairs)
-                if pairs is None:
-                    log_drop("Dropped a filter message with a bad pair")
-                    continue
-                wanted = build_filter(addresses, config.control_port, pairs)
+                if isinstance(message, bus.KnockFilter):
+                    newest = message
+                elif isinstance(message, bus.HintFilter):
+                    if message.generation != hints_generation:
+                        fresh = valid_hints(message.hints)
+                        if fresh is None:
+                            log_drop("Dropped a hint message with a bad hint")
+                        else:
+                            hints, hints_generation = fresh, message.generation
+                else:
+                    log_drop("Dropped an unexpected %s on the filter socket", type(message).__name__)
+            if newest is not None and newest.generation != generation:
+                generation = newest.generation
+                if len(newest.pairs) > MAX_FILTER_PAIRS:
+                    wanted = build_filter(addresses, config.control_port, (), all_syns=True)
+                else:
+                    pairs = valid_pairs(newest.pairs)
+                    if pairs is None:
+                        log_drop("Dropped a filter message with a bad pair")
+                        wanted = current_filter
+                    else:
+                        wanted = build_filter(addresses, config.control_port, pairs)
                 if wanted != current_filter:
                     handle.setfilter(wanted)
                     current_filter = wanted
         for _ts, frame in handle.readpkts():
+            if hints is not None:
+                hint = datagram_hint(linktype, frame)
+                if hint is not None and hint not in hints:
+                    unknown_hints += 1  # no current user's packet: not worth a parse
+                    report_unknown(frame)
+                    continue
             parsed = parse_frame(linktype, bytes(frame), addresses, config.control_port)
             if isinstance(parsed, str):
                 dropped_python += 1
@@ -112,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         received, kernel_dropped, if_dropped = handle.stats()
         events.alive(STATS_EVERY_S, received=received, kernel_dropped=kernel_dropped,
                      interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
-                     bus_full=bus_full, filter_pairs=current_filter.count("src host"))
+                     bus_full=bus_full, unknown_hints=unknown_hints, filter_pairs=current_filter.count("src host"))
     log.info("Capture stopped.")
     events.close()
     context.destroy(0)

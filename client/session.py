@@ -105,7 +105,9 @@ class Timing:
     backoff: float = 2.0
     max_interval_s: float = 2.0
     max_bursts: int = 20
-    pending_wait_s: float = 0.2
+    # PENDING: the server holds the request but missed a knock, almost always a SYN that
+    # raced ahead of its knock filter; resend soon, doubling the wait each time.
+    pending_wait_s: float = 0.02
     # The server arms its knock filter only once P1 is processed (capture ->
     # auth -> capture, a few ms); SYNs racing ahead of P1 would be dropped and
     # cost a whole retry. A short gap costs little and saves that round.
@@ -163,7 +165,7 @@ class ClientSession:
             self.pending += 1
             # Knocks are missing: resend soon rather than after the backoff,
             # but never later than the resend already planned.
-            resend_at = now + self.timing.pending_wait_s
+            resend_at = now + self.timing.pending_wait_s * self.timing.backoff ** (self.pending - 1)
             if resend_at < self.wake_at:
                 self.wake_at = resend_at
                 self._resend_for_pending = True

@@ -80,6 +80,22 @@ class KnockFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class HintFilter:
+    """The user hints auth accepts now (every user, every epoch of the clock window).
+
+    Capture drops a P1/P2-sized datagram whose hint is not among them before parsing it
+    or passing it on, so junk that passes the kernel filter costs a set look-up, not a
+    parse, a bus message and a look-up in auth. Hints travel in clear on the wire: this
+    gives capture no secret. Sent when the set changes (each minute, users reloaded) and
+    every few seconds, like KnockFilter.
+    """
+
+    KIND: ClassVar[str] = "hint_filter"
+    hints: list[bytes]
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class DoorOpen:
     KIND: ClassVar[str] = "door_open"
     door_id: str
@@ -118,13 +134,13 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Datagram | Syn | KnockFilter | DoorOpen | DoorClose | DoorResult | Event
+Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | Event
 _CATALOGUE: Final[dict[str, type[Any]]] = {
-    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, DoorOpen, DoorClose, DoorResult, Event)
+    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, Event)
 }
 _PY_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "str": (str,), "int": (int,), "bytes": (bytes,), "bool": (bool,), "float": (float, int),
-    "list[list[Any]]": (list,), "dict[str, Any]": (dict,),
+    "list[list[Any]]": (list,), "list[bytes]": (list,), "dict[str, Any]": (dict,),
 }
 _FIELDS: Final = {
     kind: [(f.name, _PY_TYPES[str(f.type)], f.default is dataclasses.MISSING

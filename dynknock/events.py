@@ -36,7 +36,7 @@ _TEMPLATES: dict[str, str] = {
 
 
 def describe(event: Event) -> str:
-    if event.topic == "auth.request.rejected":
+    if event.topic in ("auth.request.rejected", "capture.packet.rejected"):
         who = f"{event.fields['user']} " if "user" in event.fields else ""
         detail = f" ({event.fields['detail']})" if event.fields.get("detail") else ""
         return f"Rejected {who}from {event.fields.get('source', '?')}: {event.fields.get('reason')}{detail}."
@@ -47,7 +47,7 @@ def describe(event: Event) -> str:
         except (KeyError, IndexError, ValueError):
             pass
     fields = " ".join(f"{k}={v}" for k, v in sorted(event.fields.items()))
-    return f"{event.topic} {fields}".strip()
+    return f"{event.topic} {fields}".strip() or repr(event.topic)
 
 
 def paper_line(event: Event) -> str:

@@ -49,12 +49,12 @@ class MetricsModel:
         elif topic == "capture.alive":
             self.capture = {k: int(v) for k, v in fields.items()
                             if k in ("received", "kernel_dropped", "interface_dropped", "forwarded", "dropped",
-                                     "bus_full") and isinstance(v, int)}
+                                     "bus_full", "unknown_hints") and isinstance(v, int)}
         elif topic == "auth.request.received":
             self.requests["received"] += 1
         elif topic == "auth.door.opened":
             self.requests["door_opened"] += 1
-        elif topic == "auth.request.rejected":
+        elif topic in ("auth.request.rejected", "capture.packet.rejected"):
             self.requests["rejected"] += 1
         elif topic == "relay.connection.accepted":
             self.relay_connections["accepted"] += 1
@@ -81,7 +81,11 @@ class ModelCollector(Collector):
         yield requests
         rejections = CounterMetricFamily("dynknock_rejections", "Packets auth rejected, by reason (exact)",
                                          labels=["reason"])
-        for reason, count in sorted(m.rejections.items()):
+        # Capture drops datagrams with no current user's hint before auth sees them:
+        # they are auth's unknown_user rejections, made earlier.
+        counts = dict(m.rejections)
+        counts["unknown_user"] = counts.get("unknown_user", 0) + m.capture.get("unknown_hints", 0)
+        for reason, count in sorted(counts.items()):
             rejections.add_metric([reason], count)
         yield rejections
         yield GaugeMetricFamily("dynknock_doors_open", "Doors open now", value=m.doors_open)
