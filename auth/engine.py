@@ -162,6 +162,9 @@ class Engine:
         self._doors: dict[int, tuple[str, IPAddress, int]] = {}
         # request_id -> source seen, for NAT diagnosis of a P1 declared elsewhere
         self._mismatches: dict[bytes, tuple[str, IPAddress, int]] = {}
+        # nonce -> expiry of the P2s answered ADDRESS_MISMATCH: one answer per nonce, kept
+        # apart from the replay cache (see _on_p2)
+        self._mismatch_nonces: dict[bytes, int] = {}
         self.rejections: Counter[str] = Counter()
         self.unmatched_syns = 0
         self._reject_budget = (-1, 0)  # (second, events left); -1: no second seen yet
@@ -252,6 +255,22 @@ class Engine:
             actions.append(self._answer(request, now_ms))
         return actions
 
+    def on_door_stage_lost(self, stage: str, now_ms: int) -> list[Action]:
+        """A door stage's connection dropped: it died or restarted.
+
+        The relay's listeners die with it, so every door it confirmed is gone: fail those
+        requests, so that no P3 OPEN is sent for a dead door (invariant 4) and the gate
+        closes their rules. The gate's rules are kernel state and outlive a gate restart;
+        a door still OPENING at the gate waits for open_timeout as before.
+        """
+        if stage != "relay":
+            return []
+        actions: list[Action] = []
+        for request in list(self._by_door.values()):
+            if request.state in (State.OPENING, State.OPEN) and now_ms < request.door_expires_ms:
+                actions += self._door_failed(request, "relay restarted", now_ms)
+        return actions
+
     def on_tick(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         self._replay.sweep(now_ms)
@@ -276,6 +295,9 @@ class Engine:
         for rid, (_, _, expiry) in list(self._mismatches.items()):
             if expiry <= now_ms:
                 del self._mismatches[rid]
+        for nonce, expiry in list(self._mismatch_nonces.items()):
+            if expiry <= now_ms:
+                del self._mismatch_nonces[nonce]
         return actions + self._filter_update()
 
     # --- P1 / P2 -------------------------------------------------------------
@@ -341,7 +363,12 @@ class Engine:
         if request is None or request.user != user.name:
             mismatch = self._mismatches.get(p2.request_id)
             if mismatch is not None and mismatch[0] == user.name and mismatch[1] == source:
-                self._replay.remember(nonce, nonce_expiry)
+                # Not into the replay cache: this P2 may be a copy raced from the address the
+                # note names, and burning its nonce there would refuse the real P2 when it
+                # arrives from the declared address (invariant 3). Still one answer per nonce.
+                if nonce in self._mismatch_nonces:
+                    return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
+                self._mismatch_nonces[nonce] = nonce_expiry
                 reply = proto.P3(now_ms, p2.request_id, Status.ADDRESS_MISMATCH, 0, 0, source)
                 return [SendReply(source, source_port, destination, self._seal(user.name, keys, reply, now_ms))]
             return self._reject(RejectReason.NO_REQUEST, source, now_ms, user=user.name)

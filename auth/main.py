@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from auth import engine as eng
 from auth.replay import ReplayCache, ReplayJournal
@@ -105,6 +106,10 @@ class AuthShell:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             transport.connect(sock, stage)
             self.door_stages[stage] = sock
+        # A dropped connection means the stage died or restarted (a restarted relay has lost
+        # its listeners): the engine must stop counting on the doors that stage confirmed.
+        self.door_monitors: dict[zmq.Socket[Any], str] = {
+            sock.get_monitor_socket(zmq.EVENT_DISCONNECTED): stage for stage, sock in self.door_stages.items()}
         self.events = Publisher(self.context, transport, "auth")
         self.replies = reply_sockets(config)
         self.filter_generation = 0
@@ -235,6 +240,18 @@ class AuthShell:
             self._pending_filter = None
             self._publish_filter()
 
+    def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        stage = self.door_monitors[monitor]
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.log.info("Lost the connection to %s: its doors are given up.", stage)
+                self.flush()  # keep the order of effects
+                self.execute(self.engine.on_door_stage_lost(stage, now_ms()))
+
     def on_result(self, frame: bytes) -> None:
         try:
             result = bus.decode_as(frame, bus.DoorResult)
@@ -261,12 +278,17 @@ class AuthShell:
         poller.register(self.packets, zmq.POLLIN)
         for sock in self.door_stages.values():
             poller.register(sock, zmq.POLLIN)
+        for monitor in self.door_monitors:
+            poller.register(monitor, zmq.POLLIN)
         self.log.info("Server started: control port %d on %s.", self.config.control_port,
                       ", ".join(self.config.addresses))
         self.events.publish("auth.started", control_port=self.config.control_port)
         next_tick = next_filter = next_users = 0.0
         while not stop.requested:
             for sock, _ in poller.poll(int(TICK_S * 1000)):
+                if sock in self.door_monitors:
+                    self.on_monitor(sock)
+                    continue
                 # Drain in bounded batches so a flood of packets cannot starve
                 # door results (or the other way round).
                 for _ in range(1000):

@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     current_filter = build_filter(addresses, config.control_port, ())
     handle.setfilter(current_filter)
     drop_privileges(config.run_as)
+    if config.bus_transport == "ipc":
+        # Capture only connects, but into a directory others can write anyone could plant
+        # the sockets it connects to (and read every P1/P2, or feed it knock filters).
+        try:
+            bus.ensure_runtime_dir(config.runtime_dir, config.path)
+        except bus.RuntimeDirError as exc:
+            print(f"knock-capture: {exc}", file=sys.stderr)
+            return 2
     handle.setnonblock(True)
     linktype = handle.datalink()
 
