@@ -7,6 +7,7 @@ Log lines go to stdout (supervisord keeps them), in the paper's daemon style:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import logging
 import os
@@ -101,19 +102,33 @@ def load_config_or_exit(cli_value: str | None, stage: str) -> Config:
 
 
 def drop_privileges(user: str) -> None:
-    """Become `user` (and its groups) for good; refuse to go on as root."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise SystemExit(f"server.run_as user {user!r} does not exist (useradd --system {user})") from None
-    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
-    os.setgroups(sorted({entry.pw_gid, *groups}))
-    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
-    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
-        raise SystemExit("failed to drop root privileges")
+    """Become `user` (and its groups) for good, and never gain privileges again.
+
+    Started as root (capture, or any stage run by hand): switch user. Either way
+    set no_new_privs, so that a compromised stage cannot regain privileges
+    through a setuid program.
+    """
+    if os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise SystemExit(f"server.run_as user {user!r} does not exist (useradd --system {user})") from None
+        groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+        os.setgroups(sorted({entry.pw_gid, *groups}))
+        os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+        os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+        if os.geteuid() == 0 or os.getuid() == 0:
+            raise SystemExit("failed to drop root privileges")
+    set_no_new_privs()
+
+
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def set_no_new_privs() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise SystemExit(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
 
 
 def transport_for(config: Config, stage: str) -> Transport:
