@@ -110,6 +110,14 @@ GATE_PRIVILEGES = ("/usr/bin/setpriv", "--reuid=dynknock", "--regid=dynknock", "
                    "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin")
 
 
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Never let one stage's end stop the teardown of the others (that leaked processes once)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture
 def stage_env() -> Iterator[StageEnv]:
     if os.geteuid() != 0:
@@ -124,12 +132,12 @@ def stage_env() -> Iterator[StageEnv]:
     try:
         yield env
     finally:
-        for process in env.processes:
+        for process in env.processes:  # each in its own session (start_new_session): its group
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                _signal_group(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+                    _signal_group(process.pid, signal.SIGKILL)
                     process.wait(timeout=5)
         context.destroy(0)
