@@ -55,7 +55,7 @@ import zmq
 from auth.keys import derive_master_key
 from dynknock import bus
 from dynknock.netlab import NetLab
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_users
+from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -302,33 +302,6 @@ class TapRecorder:
 # --- the lab with the stack ------------------------------------------------------------------------
 
 
-def write_bench_config(path: Path, workdir: Path, lab: NetLab, window_s: int) -> None:
-    """Like dynknock.stack.write_config, plus a public port for the direct path and our sink as service."""
-    path.write_text(f"""\
-[server]
-interface = "{lab.server.interface}"
-addresses = ["{lab.server.ipv4}", "{lab.server.ipv6}"]
-control_port = 62201
-door_ports = "40000-49999"
-window_seconds = {window_s}
-users_file = "{workdir}/users.json"
-state_dir = "{workdir}/state"
-run_as = "dynknock"
-
-[bus]
-runtime_dir = "{workdir}/run"
-
-[gate]
-backend = "nftables"
-stealth = true
-table = "dynknock"
-public_tcp_ports = [{DIRECT_PORT}]
-
-[services.{SERVICE}]
-target = "127.0.0.1:{SINK_PORT}"
-""")
-
-
 class Bench:
     def __init__(self, lab: NetLab, workdir: Path, sizes: Sizes) -> None:
         self.lab, self.workdir, self.sizes = lab, workdir, sizes
@@ -352,7 +325,9 @@ class Bench:
                 [f"scale{i}" for i in range(s.scale_clients)]:
             users.append(LabUser(name, key=write_key(Path(self.key(name))), services=(SERVICE,)))
         write_users(self.workdir / "users.json", users)
-        write_bench_config(self.workdir / "dynknock.toml", self.workdir, self.lab, s.window_s)
+        # A public port for the direct path, and our sink as the service behind the relay.
+        write_config(self.workdir / "dynknock.toml", self.workdir, self.lab, window_seconds=s.window_s,
+                     public_tcp_ports=(DIRECT_PORT,), services={SERVICE: f"127.0.0.1:{SINK_PORT}"})
         self.sink = self.lab.popen(self.lab.server, [PYTHON, WORKER, "sink", encode_args(
             {"listen": [f"127.0.0.1:{SINK_PORT}", f"{self.lab.server.ipv4}:{DIRECT_PORT}"], "lifetime_s": 900})],
             stdout=subprocess.PIPE, text=True)

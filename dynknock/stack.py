@@ -45,7 +45,11 @@ class LabUser:
 
 
 def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
-                 window_seconds: int = 30, table: str = "dynknock", extra: str = "") -> None:
+                 window_seconds: int = 30, table: str = "dynknock", extra: str = "",
+                 public_tcp_ports: tuple[int, ...] = (), services: dict[str, str] | None = None) -> None:
+    """The lab's server config; `extra` lines go into [server]."""
+    services = services or {"ssh": "127.0.0.1:22"}
+    service_text = "".join(f'\n[services.{name}]\ntarget = "{target}"\n' for name, target in services.items())
     path.write_text(f"""\
 [server]
 interface = "{lab.server.interface}"
@@ -64,10 +68,8 @@ runtime_dir = "{workdir}/run"
 backend = "{backend}"
 stealth = true
 table = "{table}"
-
-[services.ssh]
-target = "127.0.0.1:22"
-""")
+public_tcp_ports = [{", ".join(map(str, public_tcp_ports))}]
+{service_text}""")
 
 
 def write_users(path: Path, users: list[LabUser]) -> None:
