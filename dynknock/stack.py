@@ -46,8 +46,9 @@ class LabUser:
 
 def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
                  window_seconds: int = 30, table: str = "dynknock", extra: str = "",
-                 public_tcp_ports: tuple[int, ...] = (), services: dict[str, str] | None = None) -> None:
-    """The lab's server config; `extra` lines go into [server]."""
+                 public_tcp_ports: tuple[int, ...] = (), services: dict[str, str] | None = None,
+                 bus_extra: str = "") -> None:
+    """The lab's server config; `extra` lines go into [server], `bus_extra` into [bus]."""
     services = services or {"ssh": "127.0.0.1:22"}
     service_text = "".join(f'\n[services.{name}]\ntarget = "{target}"\n' for name, target in services.items())
     path.write_text(f"""\
@@ -63,7 +64,7 @@ run_as = "{SERVICE_USER}"
 {extra}
 [bus]
 runtime_dir = "{workdir}/run"
-
+{bus_extra}
 [gate]
 backend = "{backend}"
 stealth = true
@@ -107,7 +108,8 @@ class Stack:
         self.process: Any = None
         self.output: Any = None
 
-    def start(self, timeout_s: float = 20.0) -> None:
+    def start(self, timeout_s: float = 20.0, wait: bool = True) -> None:
+        """Start supervisord; with `wait`, until every stage is alive on the (ipc) tap."""
         env = dict(os.environ, DYNKNOCK_CONFIG=str(self.config_path))
         supervisord = shutil.which("supervisord", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         if supervisord is None:
@@ -116,7 +118,8 @@ class Stack:
         self.output = open(self.workdir / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop()
         self.process = self.lab.popen(self.lab.server, [supervisord, "-c", str(self.supervisord_conf)], env=env,
                                       stdout=self.output, stderr=subprocess.STDOUT)
-        self.wait_alive(timeout_s)
+        if wait:
+            self.wait_alive(timeout_s)
 
     def wait_alive(self, timeout_s: float = 20.0, stages: tuple[str, ...] = ALIVE_TOPICS) -> None:
         """Wait until every stage has published its heartbeat (after any restart too)."""
