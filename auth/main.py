@@ -308,9 +308,10 @@ class AuthShell:
                 self.execute(self.engine.on_tick(now_ms()))
                 self.flush()
                 self.publish_hints(force=False)
-                self.events.alive(rejections=dict(self.engine.rejections),
-                                  unmatched_syns=self.engine.unmatched_syns,
-                                  doors=self.engine.open_doors())
+                if self.events.heartbeat_due():  # the door list is built only when it is sent
+                    self.events.alive(rejections=dict(self.engine.rejections),
+                                      unmatched_syns=self.engine.unmatched_syns,
+                                      doors=self.engine.open_doors())
             if now >= next_filter:
                 next_filter = now + FILTER_REFRESH_S
                 self._publish_filter()  # a capture that restarted learns the pending knocks

@@ -41,7 +41,7 @@ from auth.keys import SessionKeys
 from client.config import read_key_file
 from client.knock import Endpoint, parse_ip, run_session
 from client.session import ClientSession, Timing, new_request
-from client.syn import RawSynSender
+from client.syn import RawSynSender, internet_checksum
 
 CONTROL_PORT = 62201
 BANNER = b"B"
@@ -366,18 +366,9 @@ def cmd_scale(args: dict[str, Any]) -> None:
 # --- the flood -------------------------------------------------------------------------------
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _ipv4(src: bytes, dst: bytes, proto_num: int, payload: bytes, ident: int) -> bytes:
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0, 64, proto_num, 0, src, dst)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
+    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:] + payload
 
 
 def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: str, dst_ip: str,
@@ -394,7 +385,7 @@ def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: 
             dport = rng.randrange(1, 65536)
             tcp = struct.pack("!HHIIBBHHH", sport, dport, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
             pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-            tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+            tcp = tcp[:16] + struct.pack("!H", internet_checksum(pseudo + tcp)) + tcp[18:]
             frames.append(eth + _ipv4(src, dst, 6, tcp, i & 0xFFFF))
             continue
         if kind == "sized":  # passes the kernel filter: P1 size, version 1, type P1, random hint

@@ -21,6 +21,7 @@ import zmq
 
 from auth import protocol as proto
 from capture import core as capture_core
+from client.syn import internet_checksum
 from dynknock import bus
 from gate import core as gate_core
 
@@ -46,19 +47,10 @@ def _repeat(items: list[Any], work: Callable[[Any], object], seconds: float) -> 
 # --- capture -----------------------------------------------------------------------------
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _eth_ipv4(src: str, dst: str, proto_num: int, payload: bytes) -> bytes:
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto_num, 0,
                          socket.inet_aton(src), socket.inet_aton(dst))
-    header = header[:10] + struct.pack("!H", _csum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + header + payload
 
 

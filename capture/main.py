@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             except zmq.Again:
                 bus_full += 1
                 log_drop("auth is not keeping up (or down): packet dropped")
+        if not events.heartbeat_due(STATS_EVERY_S):
+            continue  # pcap stats are a system call: not once per batch of packets
         received, kernel_dropped, if_dropped = handle.stats()
-        events.alive(STATS_EVERY_S, received=received, kernel_dropped=kernel_dropped,
+        events.alive(received=received, kernel_dropped=kernel_dropped,
                      interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
                      bus_full=bus_full, unknown_hints=unknown_hints, filter_pairs=current_filter.count("src host"))
     log.info("Capture stopped.")

@@ -77,11 +77,16 @@ class Publisher:
         except zmq.Again:
             pass
 
-    def alive(self, every_s: float = 2.0, **fields: Any) -> None:
+    def heartbeat_due(self, every_s: float = 2.0) -> bool:
+        """True once per period: callers gather a heartbeat's figures only when it is sent."""
         now = time.monotonic()
-        if now - self._last_alive >= every_s:
-            self._last_alive = now
-            self.publish(f"{self.stage}.alive", pid=os.getpid(), **fields)
+        if now - self._last_alive < every_s:
+            return False
+        self._last_alive = now
+        return True
+
+    def alive(self, **fields: Any) -> None:
+        self.publish(f"{self.stage}.alive", pid=os.getpid(), **fields)
 
     def close(self) -> None:
         self._socket.close(0)

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     log_bad = RateLimitedLog(log)
     stop = StopSignal()
     while not stop.requested:
-        events.alive(backend=config.gate_backend)
+        if events.heartbeat_due():
+            events.alive(backend=config.gate_backend)
         if not commands.poll(500):
             continue
         frames = commands.recv_multipart()

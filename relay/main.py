@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("Relay started: doors %d-%d.", config.door_port_low, config.door_port_high)
     while not stop.requested:
-        events.alive(doors=len(table), connections=active)
+        if events.heartbeat_due():
+            events.alive(doors=len(table), connections=active)
         for fd_or_socket, _ in poller.poll(200):
             if fd_or_socket is commands:
                 while True:
