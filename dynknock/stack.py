@@ -32,6 +32,9 @@ VENV_BIN = Path("/opt/dynknock/venv/bin")
 STAGES = ("bus", "auth", "gate", "relay", "capture")
 ALIVE_TOPICS = ("auth.alive", "gate.alive", "relay.alive", "capture.alive")
 SERVICE_USER = "dynknock"
+# Prefix of the lab's supervisord command: a private mount namespace with an empty /run.
+PRIVATE_RUN = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+               'mount -t tmpfs -o mode=0755,nosuid,nodev dynknock-run /run && exec "$@"', "sh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +112,20 @@ class Stack:
         self.output: Any = None
 
     def start(self, timeout_s: float = 20.0, wait: bool = True) -> None:
-        """Start supervisord; with `wait`, until every stage is alive on the (ipc) tap."""
+        """Start supervisord; with `wait`, until every stage is alive on the (ipc) tap.
+
+        It runs in a mount namespace of its own with a fresh tmpfs on /run, as after a boot:
+        its pid file and control socket (/run/dynknock-*) never meet those of another lab's
+        stack or of a dynknock installed on this machine.
+        """
         env = dict(os.environ, DYNKNOCK_CONFIG=str(self.config_path))
         supervisord = shutil.which("supervisord", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         if supervisord is None:
             raise RuntimeError("supervisord not found: run scripts/setup.sh first")
         # supervisord echoes its own log; keep it in the work directory, not on the terminal.
         self.output = open(self.workdir / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = self.lab.popen(self.lab.server, [supervisord, "-c", str(self.supervisord_conf)], env=env,
-                                      stdout=self.output, stderr=subprocess.STDOUT)
+        self.process = self.lab.popen(self.lab.server, [*PRIVATE_RUN, supervisord, "-c", str(self.supervisord_conf)],
+                                      env=env, stdout=self.output, stderr=subprocess.STDOUT)
         if wait:
             self.wait_alive(timeout_s)
 
@@ -150,32 +158,21 @@ class Stack:
         finally:
             context.destroy(0)
 
-    def stage_pid(self, stage: str) -> int:
-        """PID of a stage's program (the Python process, below setpriv for gate)."""
-        wanted = f"knock-{stage}"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(arg.decode(errors="replace").endswith(wanted) for arg in argv[:2]) and \
-                    self._descends_from_supervisord(int(entry.name)):
-                return int(entry.name)
-        raise LookupError(f"no running {wanted}")
+    def supervisorctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run supervisorctl against this stack's supervisord (in its namespaces, over its socket)."""
+        if self.process is None:
+            raise RuntimeError("the stack is not running")
+        return subprocess.run(["nsenter", f"--target={self.process.pid}", "--mount", "--net", "--",
+                               str(VENV_BIN / "supervisorctl"), "-c", str(self.supervisord_conf.resolve()), *args],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
-    def _descends_from_supervisord(self, pid: int) -> bool:
-        root = self.process.pid if self.process is not None else -1
-        for _ in range(5):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return False
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-            if pid == root:
-                return True
-        return False
+    def stage_pid(self, stage: str) -> int:
+        """PID of a stage's program (the Python process, below setpriv), as supervisorctl reports it."""
+        done = self.supervisorctl("pid", stage)
+        text = done.stdout.strip()
+        if not text.isdigit() or int(text) == 0:
+            raise LookupError(f"no running {stage}: supervisorctl pid {stage} said {text or done.stderr.strip()!r}")
+        return int(text)
 
     def kill_stage(self, stage: str) -> int:
         pid = self.stage_pid(stage)
