@@ -42,6 +42,8 @@ class Config:
     single_use: bool
     clock_skew_seconds: int
     knock_timeout_seconds: int
+    max_doors_per_user: int
+    max_doors_total: int
     users_file: Path
     state_dir: Path
     run_as: str
@@ -165,11 +167,15 @@ SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("server", "interface"): (_str, None, "interface capture listens on"),
     ("server", "addresses"): (_addresses, None, "server addresses knocks and P1/P2 are sent to"),
     ("server", "control_port"): (_port, 62201, "UDP port of P1/P2 (nothing listens on it)"),
-    ("server", "door_ports"): (_port_range, "40000-49999", "range door ports are drawn from"),
+    # Above Linux's default ephemeral range (net.ipv4.ip_local_port_range 32768-60999), so no
+    # outbound connection of this host takes a door port, and above control_port 62201.
+    ("server", "door_ports"): (_port_range, "63000-65535", "range door ports are drawn from"),
     ("server", "window_seconds"): (_int_range(1, 3600), 30, "how long a door stays open"),
     ("server", "single_use"): (_bool, True, "a door accepts one connection, as in the paper"),
     ("server", "clock_skew_seconds"): (_int_range(5, 600), 60, "accepted client clock error"),
     ("server", "knock_timeout_seconds"): (_int_range(1, 120), 10, "time from P1 to the last knock"),
+    ("server", "max_doors_per_user"): (_int_range(1, 10_000), 8, "doors one user may hold at once"),
+    ("server", "max_doors_total"): (_int_range(1, 65_535), 1000, "doors all users together may hold at once"),
     ("server", "users_file"): (_path, "/etc/dynknock/users.json", "users and their keys (mode 0600)"),
     ("server", "state_dir"): (_path, "/var/lib/dynknock", "replay journal"),
     ("server", "run_as"): (_str, "dynknock", "unprivileged user of the stages"),
@@ -184,6 +190,22 @@ SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("gate", "table"): (_table, "dynknock", "name of our own nftables table (inet family)"),
     ("metrics", "listen"): (_listen, "127.0.0.1:9877", "Prometheus endpoint of knock-tap --metrics"),
 }
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(low: int, high: int, proc_file: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range if the door range overlaps it, else None.
+
+    Any outbound connection of this host may take a port of that range, and a door
+    then fails to bind (auth moves it to another port, but each costs a round trip).
+    """
+    try:
+        eph_low, eph_high = (int(x) for x in proc_file.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (eph_low, eph_high) if low <= eph_high and eph_low <= high else None
 
 
 def config_path(cli_value: str | None = None) -> Path:
@@ -238,6 +260,8 @@ def parse(document: dict[str, Any], path: str) -> Config:
         single_use=values[("server", "single_use")],
         clock_skew_seconds=values[("server", "clock_skew_seconds")],
         knock_timeout_seconds=values[("server", "knock_timeout_seconds")],
+        max_doors_per_user=values[("server", "max_doors_per_user")],
+        max_doors_total=values[("server", "max_doors_total")],
         users_file=values[("server", "users_file")],
         state_dir=values[("server", "state_dir")],
         run_as=values[("server", "run_as")],

@@ -82,7 +82,7 @@ def test_example_parses() -> None:
     assert config.interface == "eth0"
     assert config.addresses == ("198.18.0.1",)
     assert config.control_port == 62201
-    assert (config.door_port_low, config.door_port_high) == (40000, 49999)
+    assert (config.door_port_low, config.door_port_high) == (63000, 65535)
     assert config.window_seconds == 30 and config.single_use is True
     assert config.clock_skew_seconds == 60 and config.knock_timeout_seconds == 10
     assert config.users_file == Path("/etc/dynknock/users.json")
