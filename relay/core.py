@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import errno
 import ipaddress
 from dataclasses import dataclass
 
@@ -23,6 +24,49 @@ TIMEOUT_SLACK_MS = 2000
 
 class Invalid(ValueError):
     pass
+
+
+# Prefixes of DoorResult.detail that auth acts on (auth/engine.py): a port held by another
+# socket moves the door to another port; no descriptor left is a refusal to retry later.
+ADDRESS_IN_USE = "address_in_use"
+OUT_OF_DESCRIPTORS = "out_of_descriptors"
+DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+# Descriptors: a door's listener is one; a connection is six (door socket, service socket,
+# a pipe each way). RESERVED_FDS are never spent on doors or connections, because libzmq
+# aborts the process when it cannot accept a new bus peer for want of one
+# ("Too many open files (src/ipc_listener.cpp:297)"), and it opens some of its own.
+CONNECTION_FDS = 6
+RESERVED_FDS = 32
+DOOR_ROOM_CONNECTIONS = 4  # a new door still leaves room for this many connections
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorBudget:
+    """How many descriptors doors and connections may use (the relay counts its own)."""
+
+    limit: int  # RLIMIT_NOFILE in force
+    baseline: int  # open at start: standard streams, zmq sockets and their signalers
+
+    def _in_use(self, doors: int, connections: int) -> int:
+        return self.baseline + doors + CONNECTION_FDS * connections + RESERVED_FDS
+
+    def can_open_door(self, doors: int, connections: int) -> bool:
+        return self._in_use(doors + 1, connections + DOOR_ROOM_CONNECTIONS) <= self.limit
+
+    def can_accept(self, doors: int, connections: int) -> bool:
+        return self._in_use(doors, connections + 1) <= self.limit
+
+
+def listener_refusal(exc: OSError) -> str:
+    """The DoorResult detail for a listener that could not be opened."""
+    text = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return f"{ADDRESS_IN_USE}: {text}"
+    if exc.errno in DESCRIPTOR_ERRNOS:
+        return f"{OUT_OF_DESCRIPTORS}: the relay is short of file descriptors ({text})"
+    return f"listener failed: {text}"
 
 
 class Verdict(enum.Enum):

@@ -63,7 +63,17 @@ def _close_pipe(read_end: int, write_end: int) -> None:
 
 def _pump(source: socket.socket, sink: socket.socket) -> int:
     total = 0
-    read_end, write_end, chunk = _splice_pipe()
+    try:
+        read_end, write_end, chunk = _splice_pipe()
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # No descriptor for a pipe: copying through Python needs none, and the connection
+        # the relay already holds is served (slower) rather than dropped.
+        try:
+            return _copy(source, sink)
+        finally:
+            _shutdown_write(sink)
     try:
         while True:
             try:
@@ -79,11 +89,15 @@ def _pump(source: socket.socket, sink: socket.socket) -> int:
                 moved -= os.splice(read_end, sink.fileno(), moved)
     finally:
         _close_pipe(read_end, write_end)
-        try:
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        _shutdown_write(sink)
     return total
+
+
+def _shutdown_write(sink: socket.socket) -> None:
+    try:
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _copy(source: socket.socket, sink: socket.socket) -> int:
@@ -126,7 +140,10 @@ def relay_connection(client: socket.socket, target: tuple[str, int], connect_tim
     try:
         service = _connect(target, connect_timeout_s)
     except OSError as exc:
-        totals.error = f"service {target[0]}:{target[1]} unreachable: {exc.strerror or exc}"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            totals.error = f"no file descriptor for the service connection: {exc.strerror}"
+        else:
+            totals.error = f"service {target[0]}:{target[1]} unreachable: {exc.strerror or exc}"
         client.close()
         done(totals)
         return

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -98,3 +99,78 @@ def test_relay_refuses_a_target_that_is_not_a_service(stage_env: StageEnv, echo_
     stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
     result = open_door(stage_env, 22, "127.0.0.1", 41111)
     assert not result.ok and "not a configured service" in result.detail
+
+
+def subscribe_relay_events(env: StageEnv) -> zmq.Socket[Any]:
+    """A tap on relay.* that has surely joined: it has seen a relay heartbeat (no slow-joiner sleep)."""
+    sock = env.socket(zmq.SUB, connect=env.endpoints.tap)
+    sock.setsockopt(zmq.SUBSCRIBE, b"relay.")
+    while bus.decode_as(sock.recv_multipart()[1], bus.Event).topic != "relay.alive":
+        pass
+    return sock
+
+
+def next_event(sock: zmq.Socket[Any], topic: str) -> bus.Event:
+    while True:
+        event = bus.decode_as(sock.recv_multipart()[1], bus.Event)
+        if event.topic == topic:
+            return event
+
+
+def test_relay_counts_each_direction_on_its_own(stage_env: StageEnv) -> None:
+    """Issue 13: 10 bytes up, 100,000 down must be reported as just that, not one figure twice."""
+    server = socket.create_server(("127.0.0.1", 0))
+    service_port = server.getsockname()[1]
+    heard = bytearray()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while len(heard) < 10 and (data := conn.recv(100)):
+                heard.extend(data)
+            conn.sendall(b"s" * 100_000)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    stage_env.write_config(services={"svc": f"127.0.0.1:{service_port}"})
+    stage_env.start("knock-bus")
+    stage_env.start("knock-relay")
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    events = subscribe_relay_events(stage_env)
+    door_port = 40000 + free_port() % 10000
+    assert open_door(stage_env, service_port, "127.0.0.1", door_port).ok
+    received = 0
+    with connect(door_port) as conn:
+        conn.sendall(b"0123456789")
+        while chunk := conn.recv(65536):
+            received += len(chunk)
+    server.close()
+    closed = next_event(events, "relay.connection.closed")
+    assert (bytes(heard), received) == (b"0123456789", 100_000)
+    assert (closed.fields["bytes_to_service"], closed.fields["bytes_to_client"]) == (10, 100_000)
+    assert closed.fields["error"] == ""
+
+
+def test_relay_says_address_in_use_when_another_socket_holds_the_port(stage_env: StageEnv,
+                                                                      echo_service: int) -> None:
+    """Issue 11 §5: exactly the prefix on which auth moves the door to another port."""
+    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
+    stage_env.start("knock-relay")
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    for _ in range(20):  # a door-range port no one else holds, then hold it ourselves
+        door_port = 40000 + free_port() % 10000
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            holder.bind(("0.0.0.0", door_port))
+            break
+        except OSError:
+            holder.close()
+    with holder:
+        holder.listen(1)
+        result = open_door(stage_env, echo_service, "127.0.0.1", door_port)
+        assert not result.ok
+        assert result.detail.startswith("address_in_use: "), result.detail
+    # The port is free again: the same door opens now.
+    assert open_door(stage_env, echo_service, "127.0.0.1", door_port).ok

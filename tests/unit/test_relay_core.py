@@ -5,7 +5,9 @@ Read as scripts: a command or a connection goes in, a verdict comes out.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from dataclasses import replace
 
 import pytest
@@ -287,3 +289,41 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         SETTINGS.window_seconds = 60  # type: ignore[misc]
     assert replace(SETTINGS, window_seconds=60).window_seconds == 60
+
+
+# --- listener refusals and the descriptor budget ----------------------------------------------
+
+
+@pytest.mark.parametrize("number,prefix", [
+    (errno.EADDRINUSE, "address_in_use: "),  # auth moves the door to another port on exactly this prefix
+    (errno.EMFILE, "out_of_descriptors: "),
+    (errno.ENFILE, "out_of_descriptors: "),
+    (errno.EACCES, "listener failed: "),
+])
+def test_listener_refusal_names_the_cause(number: int, prefix: str) -> None:
+    detail = core.listener_refusal(OSError(number, os.strerror(number)))
+    assert detail.startswith(prefix) and os.strerror(number) in detail
+
+
+def test_the_address_in_use_prefix_is_the_one_auth_reads() -> None:
+    from auth.engine import ADDRESS_IN_USE
+    assert core.ADDRESS_IN_USE == ADDRESS_IN_USE
+
+
+def test_budget_keeps_the_reserve_and_room_for_connections() -> None:
+    budget = core.DescriptorBudget(limit=128, baseline=12)
+    free = 128 - 12 - core.RESERVED_FDS
+    # Doors stop while DOOR_ROOM_CONNECTIONS connections still fit.
+    doors = max(d for d in range(free + 1) if budget.can_open_door(d - 1, 0))
+    assert doors == free - core.CONNECTION_FDS * core.DOOR_ROOM_CONNECTIONS
+    assert not budget.can_open_door(doors, 0)
+    for connections in range(core.DOOR_ROOM_CONNECTIONS):
+        assert budget.can_accept(doors, connections)
+    assert not budget.can_accept(doors, core.DOOR_ROOM_CONNECTIONS)
+    assert budget.can_accept(0, free // core.CONNECTION_FDS - 1)
+    assert not budget.can_accept(0, free // core.CONNECTION_FDS)
+
+
+def test_budget_below_the_reserve_allows_nothing() -> None:
+    budget = core.DescriptorBudget(limit=40, baseline=12)
+    assert not budget.can_open_door(0, 0) and not budget.can_accept(0, 0)
