@@ -7,8 +7,25 @@ Capture holds no keys. It passes on only what can matter, cheapest check first:
    pending, TCP SYNs (without ACK) from the (source, port) pairs those requests
    declared. With nothing pending, no SYN reaches Python at all, so a port scan
    or SYN flood costs the kernel a few instructions per packet.
-2. In Python (this module): addresses, ports and sizes again, since the
+2. In Python, before any parsing (peek_datagram): the hint, read at offsets taken
+   from the headers themselves, so that junk under no current user's hint costs
+   one set look-up whatever wrapping it came in.
+3. In Python (parse_frame): addresses, ports and sizes again, since the
    generic filter is used when too many pairs are pending.
+
+The wrappings capture accepts are Ethernet (or raw IP, or Linux cooked) carrying
+IPv4 with any header length (options included: libpcap's udp[] and tcp[] follow
+the IHL) or IPv6 with UDP or TCP straight after the fixed header. Everything else
+is dropped in the kernel: IPv6 extension headers (the filter reads UDP at fixed
+offsets and checks next header = UDP) and every VLAN tag. A VLAN tag needs care:
+Linux takes the outer 802.1Q/802.1ad tag off the frame before a packet socket's
+filter runs (libpcap puts it back afterwards for the reader), so a filter that
+does not say `vlan` passes tagged frames as if they were plain; `and not vlan`
+asks the kernel's tag metadata. It comes last because libpcap's first `vlan`
+changes the offsets of everything after it. An inner tag (QinQ) stays in the
+frame and fails the ethertype test. Tagged frames are refused rather than read
+because Linux hands the IP stack only untagged and VLAN 0 frames on the
+interface we listen on: knocks from a tagged frame could never reach a door.
 """
 
 from __future__ import annotations
@@ -55,19 +72,21 @@ _SYN_V6 = "(ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
 
 
 def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tuple[str, int]], *,
-                 all_syns: bool = False) -> str:
-    """The BPF program text for the current pending knocks (all_syns: too many to list)."""
+                 all_syns: bool = False, linktype: int = DLT_EN10MB) -> str:
+    """The BPF program text for the current pending knocks (all_syns: too many to list), for the
+    link type of the handle (only Ethernet has VLAN tags, and libpcap refuses `vlan` elsewhere)."""
     to_us = " or ".join(f"dst host {a}" for a in addresses)
     udp = f"{_udp_sizes_v4(control_port)} or {_udp_sizes_v6(control_port)}"
     pair_list = sorted(set(pairs))
     if not pair_list and not all_syns:
-        return f"({to_us}) and ({udp})"
-    if all_syns or len(pair_list) > MAX_FILTER_PAIRS:
-        syn = f"{_SYN_V4} or {_SYN_V6}"
+        text = f"({to_us}) and ({udp})"
+    elif all_syns or len(pair_list) > MAX_FILTER_PAIRS:
+        text = f"({to_us}) and (({udp}) or ({_SYN_V4} or {_SYN_V6}))"
     else:
         wanted = " or ".join(f"(src host {a} and tcp dst port {p})" for a, p in pair_list)
-        syn = f"({_SYN_V4} or {_SYN_V6}) and ({wanted})"
-    return f"({to_us}) and (({udp}) or ({syn}))"
+        text = f"({to_us}) and (({udp}) or (({_SYN_V4} or {_SYN_V6}) and ({wanted})))"
+    # Last: libpcap's first `vlan` shifts the offsets of whatever follows it (module docstring).
+    return f"{text} and not vlan" if linktype == DLT_EN10MB else text
 
 
 CLIENT_SIZES = frozenset(size for kind, size in PACKET_LEN.items() if kind is not PacketType.P3)
@@ -89,17 +108,78 @@ def _network_layer(linktype: int, frame: bytes) -> object | None:
 HINT_LEN = 8
 
 
-def datagram_hint(linktype: int, frame: bytes) -> bytes | None:
-    """The hint of an Ethernet IPv4 (no options) or IPv6 (no extension headers) UDP frame, read at
-    fixed offsets without parsing; None for anything else (which parse_frame then judges)."""
-    if linktype != DLT_EN10MB:
+_IPV4 = 0x0800
+_IPV6 = 0x86DD
+# 802.1Q, 802.1ad (QinQ) and the old pre-standard QinQ tag: wrappings capture refuses.
+VLAN_TPIDS = frozenset({0x8100, 0x88A8, 0x9100})
+_UDP = 17
+_TCP = 6
+WRAPPED = "wrapped"  # the drop reason for a wrapping capture does not accept
+
+
+def peek_datagram(linktype: int, frame: bytes) -> tuple[bytes, bytes, bytes] | str | None:
+    """(hint, source address, payload) of a client datagram, read at offsets taken from the headers
+    without parsing, in every wrapping the kernel filter accepts; a drop reason for what capture never
+    forwards (a VLAN tag, IPv6 extension headers, a size that is not P1's or P2's, a frame cut short);
+    None for the rest (SYNs, non-first fragments, non-IP), which parse_frame judges.
+
+    This runs for every packet that passes the kernel, so it is kept to slices and integer tests."""
+    if linktype == DLT_EN10MB:
+        if len(frame) < 14:
+            return None
+        ethertype = frame[12] << 8 | frame[13]
+        start = 14
+    elif linktype == DLT_LINUX_SLL:
+        if len(frame) < 16:
+            return None
+        ethertype = frame[14] << 8 | frame[15]
+        start = 16
+    elif linktype in (DLT_RAW, DLT_RAW_ALT):
+        version = frame[0] >> 4 if frame else 0
+        ethertype = _IPV4 if version == 4 else _IPV6 if version == 6 else 0
+        start = 0
+    else:
         return None
-    ethertype = frame[12:14]
-    if ethertype == b"\x08\x00" and len(frame) >= 52 and frame[14] == 0x45 and frame[23] == 17:
-        return bytes(frame[44:52])
-    if ethertype == b"\x86\xdd" and len(frame) >= 72 and frame[20] == 17:
-        return bytes(frame[64:72])
-    return None
+    if ethertype == _IPV4:
+        if len(frame) < start + 20 or frame[start] >> 4 != 4:
+            return None
+        protocol = frame[start + 9]
+        if protocol != _UDP or (frame[start + 6] & 0x1F) | frame[start + 7]:
+            return None  # TCP, or a later fragment (no UDP header in it): parse_frame says which
+        header_len = (frame[start] & 0x0F) * 4
+        if header_len < 20:
+            return "malformed"
+        udp = start + header_len
+        source = frame[start + 12:start + 16]
+    elif ethertype == _IPV6:
+        if len(frame) < start + 40 or frame[start] >> 4 != 6:
+            return None
+        next_header = frame[start + 6]
+        if next_header == _TCP:
+            return None
+        if next_header != _UDP:
+            return WRAPPED  # an extension header first: the kernel filter refuses these too
+        udp = start + 40
+        source = frame[start + 8:start + 24]
+    elif ethertype in VLAN_TPIDS:
+        return WRAPPED
+    else:
+        return None
+    if len(frame) < udp + 8:
+        return "malformed"
+    size = (frame[udp + 4] << 8 | frame[udp + 5]) - 8
+    if size not in CLIENT_SIZES:
+        return "wrong_size"
+    payload = frame[udp + 8:udp + 8 + size]
+    if len(payload) != size:
+        return "malformed"
+    return bytes(payload[2:2 + HINT_LEN]), bytes(source), bytes(payload)
+
+
+def datagram_hint(linktype: int, frame: bytes) -> bytes | None:
+    """The hint of a client datagram in any wrapping capture accepts (see peek_datagram), else None."""
+    peeked = peek_datagram(linktype, frame)
+    return peeked[0] if isinstance(peeked, tuple) else None
 
 
 def valid_hints(raw: list[Any]) -> frozenset[bytes] | None:

@@ -15,7 +15,8 @@ from typing import Any
 import pcap
 import zmq
 
-from capture.core import MAX_FILTER_PAIRS, build_filter, datagram_hint, parse_frame, valid_hints, valid_pairs
+from capture.core import MAX_FILTER_PAIRS, WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
+from capture.fairness import Shedder, fair_order
 from dynknock import bus
 from dynknock.stage import (
     Publisher,
@@ -30,6 +31,10 @@ from dynknock.stage import (
 
 STATS_EVERY_S = 2.0
 REJECT_EVENTS_PER_SECOND = 20
+# Frames taken from the kernel per turn of the loop: a flood fills the ring faster than a
+# turn drains it, and one unbounded read (readpkts) then keeps the loop from auth's
+# filter messages (new knocks' SYNs wait for them) for as long as the flood lasts.
+MAX_BATCH = 1024
 
 
 class RejectBudget:
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.path}): {exc}", file=sys.stderr)
         return 2
     addresses = frozenset(config.addresses)
-    current_filter = build_filter(addresses, config.control_port, ())
+    linktype = handle.datalink()
+    current_filter = build_filter(addresses, config.control_port, (), linktype=linktype)
     handle.setfilter(current_filter)
     drop_privileges(config.run_as)
     if config.bus_transport == "ipc":
@@ -74,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"knock-capture: {exc}", file=sys.stderr)
             return 2
     handle.setnonblock(True)
-    linktype = handle.datalink()
 
     transport = transport_for(config, "capture")
     context: zmq.Context[Any] = zmq.Context()
@@ -99,21 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Capture started on %s for %s, control port %d (running as uid %d).",
              config.interface, ", ".join(sorted(addresses)), config.control_port, os.getuid())
     events.publish("capture.started", interface=config.interface)
-    forwarded = dropped_python = bus_full = 0
+    forwarded = dropped_python = bus_full = wrapped = 0
     generation = -1
     hints: frozenset[bytes] | None = None  # None until auth has told us: pass everything
-    unknown_budget = RejectBudget(REJECT_EVENTS_PER_SECOND)
+    reject_budget = RejectBudget(REJECT_EVENTS_PER_SECOND)
+    shedder = Shedder()
 
-    def report_unknown(frame: bytes) -> None:
-        """Rejections made here are auth's `unknown_user`, reported (rate limited) in the same words."""
-        if unknown_budget.take(time.monotonic()):
+    def report(frame: bytes, reason: str, now: float) -> None:
+        """Rejections made here, reported (one budget for all, whatever the flood); an unknown hint is
+        auth's `unknown_user`, reported in the same words."""
+        if reject_budget.take(now):
             source = parse_frame(linktype, bytes(frame), addresses, config.control_port)
             where = source.source if isinstance(source, bus.Datagram) else "?"
-            events.publish("capture.packet.rejected", reason="unknown_user", source=where)
+            events.publish("capture.packet.rejected", reason=reason, source=where)
     hints_generation = -1
     unknown_hints = 0
+    batch: list[bytes] = []
+    take = batch.append
     while not stop.requested:
-        ready = dict(poller.poll(500))
+        # A full batch may have left frames in a ring block libpcap holds: come straight back.
+        ready = dict(poller.poll(0 if len(batch) >= MAX_BATCH else 500))
         if from_auth in ready:
             # Each message is the whole list: only the newest matters. Compiling every one
             # in turn made capture fall behind as soon as knocks came in quickly.
@@ -142,24 +152,46 @@ def main(argv: list[str] | None = None) -> int:
             if newest is not None and newest.generation != generation:
                 generation = newest.generation
                 if len(newest.pairs) > MAX_FILTER_PAIRS:
-                    wanted = build_filter(addresses, config.control_port, (), all_syns=True)
+                    wanted = build_filter(addresses, config.control_port, (), all_syns=True, linktype=linktype)
                 else:
                     pairs = valid_pairs(newest.pairs)
                     if pairs is None:
                         log_drop("Dropped a filter message with a bad pair")
                         wanted = current_filter
                     else:
-                        wanted = build_filter(addresses, config.control_port, pairs)
+                        wanted = build_filter(addresses, config.control_port, pairs, linktype=linktype)
                 if wanted != current_filter:
                     handle.setfilter(wanted)
                     current_filter = wanted
-        for _ts, frame in handle.readpkts():
-            if hints is not None:
-                hint = datagram_hint(linktype, frame)
-                if hint is not None and hint not in hints:
-                    unknown_hints += 1  # no current user's packet: not worth a parse
-                    report_unknown(frame)
-                    continue
+        batch.clear()
+        handle.dispatch(MAX_BATCH, lambda _ts, frame: take(frame))
+        now = time.monotonic()
+        syns: list[bytes] = []  # and whatever else the cheap check leaves to parse_frame
+        datagrams: list[tuple[bytes, bytes]] = []  # (hint, frame) admitted
+        for frame in batch:
+            peeked = peek_datagram(linktype, frame)
+            if peeked is None:
+                syns.append(frame)
+                continue
+            if isinstance(peeked, str):
+                if peeked == WRAPPED:
+                    wrapped += 1  # the kernel filter refuses these: counted to show it
+                else:
+                    dropped_python += 1
+                continue
+            hint, source, payload = peeked
+            if hints is not None and hint not in hints:
+                unknown_hints += 1  # no current user's packet: not worth a parse
+                report(frame, "unknown_user", now)
+                continue
+            shed = shedder.admit(hint, source, payload, now)
+            if shed is not None:
+                report(frame, shed, now)  # a replay or over budget: no crypto spent, and told at a bounded rate
+                continue
+            datagrams.append((hint, frame))
+        # SYNs cost auth a look-up, datagrams an AEAD check each: SYNs first, then one datagram
+        # of each hint in turn, so no hint's burst queues ahead of another hint's first datagram.
+        for frame in syns + fair_order(datagrams):
             parsed = parse_frame(linktype, bytes(frame), addresses, config.control_port)
             if isinstance(parsed, str):
                 dropped_python += 1
@@ -175,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         received, kernel_dropped, if_dropped = handle.stats()
         events.alive(received=received, kernel_dropped=kernel_dropped,
                      interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
-                     bus_full=bus_full, unknown_hints=unknown_hints, filter_pairs=current_filter.count("src host"))
+                     bus_full=bus_full, unknown_hints=unknown_hints, wrapped=wrapped, shed=dict(shedder.dropped),
+                     filter_pairs=current_filter.count("src host"))
     log.info("Capture stopped.")
     events.close()
     context.destroy(0)

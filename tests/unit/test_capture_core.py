@@ -135,7 +135,7 @@ def test_filter_without_pairs_passes_only_control_datagrams() -> None:
             f" or (udp[4:2] = {8 + P2_LEN} and udp[8] = {VERSION} and udp[9] = 2)))")
     udp6 = (f"(ip6 and ip6[6] = 17 and ip6[42:2] = {CONTROL} and ((ip6[4:2] = {8 + P1_LEN} and ip6[48] = {VERSION}"
             f" and ip6[49] = 1) or (ip6[4:2] = {8 + P2_LEN} and ip6[48] = {VERSION} and ip6[49] = 2)))")
-    assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and ({udp4} or {udp6})"
+    assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and ({udp4} or {udp6}) and not vlan"
     assert "tcp" not in text  # no SYN reaches Python while nothing is pending
     assert f"= {8 + P3_LEN}" not in text  # P3 is the server's, never the client's
 
@@ -144,10 +144,10 @@ def test_filter_with_pairs_names_each_pair_once_in_order() -> None:
     pairs = [(CLIENT6, KNOCK6), (CLIENT4, KNOCK4), (CLIENT4, KNOCK4)]
     text = build_filter([SERVER4], CONTROL, pairs)
     no_pairs = build_filter([SERVER4], CONTROL, [])
-    udp_part = no_pairs.split(" and (", 1)[1][:-1]
+    udp_part = no_pairs.split(" and (", 1)[1].removesuffix(") and not vlan")
     syn = ("((ip and tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn) or (ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02))"
            f" and ((src host {CLIENT4} and tcp dst port {KNOCK4}) or (src host {CLIENT6} and tcp dst port {KNOCK6}))")
-    assert text == f"(dst host {SERVER4}) and (({udp_part}) or ({syn}))"
+    assert text == f"(dst host {SERVER4}) and (({udp_part}) or ({syn})) and not vlan"
     assert text.count(f"src host {CLIENT4}") == 1  # duplicates collapse
 
 
@@ -165,9 +165,9 @@ def test_filter_past_the_limit_lets_every_syn_to_us_through() -> None:
     pairs = FILLER + [(CLIENT4, KNOCK4)]
     assert len(set(pairs)) == MAX_FILTER_PAIRS + 1
     text = build_filter([SERVER4, SERVER6], CONTROL, pairs)
-    udp_part = build_filter([SERVER4, SERVER6], CONTROL, []).split(" and (", 1)[1][:-1]
+    udp_part = build_filter([SERVER4, SERVER6], CONTROL, []).split(" and (", 1)[1].removesuffix(") and not vlan")
     syn = "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn) or (ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
-    assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and (({udp_part}) or ({syn}))"
+    assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and (({udp_part}) or ({syn})) and not vlan"
     assert "src host" not in text
 
 
@@ -209,7 +209,7 @@ FILTER_CASES = {
 def test_libpcap_compiles_every_filter(tmp_path: Path, case: str, linktype: int) -> None:
     addresses, pairs = FILTER_CASES[case]
     handle = open_savefile(empty_savefile(tmp_path / "empty.pcap", linktype))
-    expression = build_filter(addresses, CONTROL, pairs)
+    expression = build_filter(addresses, CONTROL, pairs, linktype=linktype)
     handle.setfilter(expression)
     assert handle.filter == expression
     assert list(handle.readpkts()) == []
@@ -255,8 +255,8 @@ BPF_MAXINSNS = 4096  # linux/bpf_common.h: longer programs are refused by SO_ATT
 def test_worst_case_filter_fits_the_kernel(linktype: int) -> None:
     addresses = [SERVER4, OTHER_SERVER4, SERVER6, OTHER_SERVER6]
     ipv6_pairs = [(f"2001:db8::{i:x}", 1000 + i) for i in range(MAX_FILTER_PAIRS)]
-    worst = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs), linktype)
-    generic = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs + PAIRS), linktype)
+    worst = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs, linktype=linktype), linktype)
+    generic = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs + PAIRS, linktype=linktype), linktype)
     assert worst < BPF_MAXINSNS
     # Past the limit the program shrinks to a constant size, whatever the number of pairs.
     assert generic < 100 < worst
@@ -374,20 +374,20 @@ def test_frame_names_are_unique() -> None:
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])
 def test_filter_without_pairs_passes_exactly_the_client_datagrams(tmp_path: Path, linktype: int) -> None:
-    expression = build_filter([SERVER4, SERVER6], CONTROL, [])
+    expression = build_filter([SERVER4, SERVER6], CONTROL, [], linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.without_pairs}
     assert passing(tmp_path, expression, linktype) == {"v4 P1", "v4 P2", "v6 P1", "v6 P2"}
 
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])
 def test_filter_with_pairs_adds_exactly_the_pending_syns(tmp_path: Path, linktype: int) -> None:
-    expression = build_filter([SERVER4, SERVER6], CONTROL, PAIRS)
+    expression = build_filter([SERVER4, SERVER6], CONTROL, PAIRS, linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.with_pairs}
 
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])
 def test_generic_filter_passes_every_syn_to_us(tmp_path: Path, linktype: int) -> None:
-    expression = build_filter([SERVER4, SERVER6], CONTROL, FILLER + PAIRS)
+    expression = build_filter([SERVER4, SERVER6], CONTROL, FILLER + PAIRS, linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.generic}
 
 

@@ -1,0 +1,167 @@
+"""Capture's shedding of floods under a live hint: no crypto, bounded memory, plain values in and out.
+
+The cheap hint check drops junk under no current user's hint. What it cannot drop
+is what an attacker who saw one knock on the wire can send without any key:
+junk carrying that user's live hint, and copies of the captured P1/P2. Each costs
+auth an AEAD check, so capture sheds them before they are forwarded:
+
+* Exact copies: every P1 and P2 is sealed afresh (new nonce, client/session.py),
+  so the same payload twice is always a replay, whatever source it claims.
+  The payloads forwarded recently are remembered (first in, first out, bounded
+  in number and age). Only forwarded payloads are remembered, and forwarding is
+  rate limited below, so a flood of distinct junk can push a remembered payload
+  out only at the pace the budgets allow: a replay then passes at most once per
+  REPLAY_CAPACITY forwarded packets, never at the flood's rate.
+* Budgets: token buckets per (hint, source address), per hint, and for all
+  hints together. A flood under one hint from one address is held by the first,
+  so the same user's knocks from their own address still pass; a flood from
+  many (spoofed) addresses is held by the second, so it cannot take more than
+  one hint's share; the third bounds the sum (it matters while auth has not yet
+  said which hints are live, when any hint passes). A client sends at most a
+  P1 and a P2 per burst, bursts 20 ms apart at the quickest
+  (client/session.py), so the budgets leave a real client a wide margin.
+* Order: within one batch read from the kernel, datagrams go to auth round-robin
+  over hints (fair_order), so a hint's burst never queues ahead of the first
+  datagram of another hint.
+
+Tables are bounded; when one is full the entry made longest ago goes, which
+only ever hands its owner a fresh (full) bucket.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DUPLICATE = "duplicate"
+SOURCE_BUDGET = "source_budget"
+HINT_BUDGET = "hint_budget"
+TOTAL_BUDGET = "total_budget"
+REASONS = (DUPLICATE, SOURCE_BUDGET, HINT_BUDGET, TOTAL_BUDGET)
+
+
+@dataclass(frozen=True)
+class Limits:
+    # rate (per second) and burst of each bucket
+    source_rate: float = 10.0
+    source_burst: float = 20.0
+    hint_rate: float = 100.0
+    hint_burst: float = 60.0
+    total_rate: float = 4000.0
+    total_burst: float = 2000.0
+    max_sources: int = 16384  # (hint, source) buckets kept
+    max_hints: int = 4096  # hint buckets kept
+    replay_capacity: int = 65536  # payloads remembered
+    # Older copies than this are past auth's timestamp window and under a hint that rotated away.
+    replay_ttl_s: float = 300.0
+
+
+class _Buckets:
+    """Token buckets by key, at most `limit` of them: [tokens, last refill time] per key."""
+
+    def __init__(self, rate: float, burst: float, limit: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.limit = limit
+        # OrderedDict: dropping the oldest of a plain dict again and again scans the holes the
+        # earlier deletions left at its front (quadratic under a flood of spoofed addresses).
+        self._table: OrderedDict[object, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def has(self, key: object, now: float) -> list[float] | None:
+        """The key's bucket refilled to now if it holds a token, else None (nothing taken yet)."""
+        bucket = self._table.get(key)
+        if bucket is None:
+            if len(self._table) >= self.limit:
+                self._table.popitem(last=False)
+            bucket = self._table[key] = [self.burst, now]
+        elif now > bucket[1]:
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        return bucket if bucket[0] >= 1.0 else None
+
+
+class ReplayFilter:
+    """The payloads forwarded lately, oldest first, at most `capacity` of them and none older than ttl_s."""
+
+    def __init__(self, capacity: int, ttl_s: float) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # oldest first, as _Buckets
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, payload: bytes, now: float) -> bool:
+        when = self._seen.get(payload)
+        return when is not None and now - when < self.ttl_s
+
+    def remember(self, payload: bytes, now: float) -> None:
+        seen = self._seen
+        seen.pop(payload, None)  # a stale copy moves to the young end
+        while seen:
+            oldest, when = next(iter(seen.items()))
+            if len(seen) < self.capacity and now - when < self.ttl_s:
+                break
+            seen.popitem(last=False)
+        seen[payload] = now
+
+
+class Shedder:
+    """Decides, per datagram under a hint auth accepts, whether it may go to auth."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits = limits or Limits()
+        self.replays = ReplayFilter(limits.replay_capacity, limits.replay_ttl_s)
+        self.sources = _Buckets(limits.source_rate, limits.source_burst, limits.max_sources)
+        self.hints = _Buckets(limits.hint_rate, limits.hint_burst, limits.max_hints)
+        self.total = _Buckets(limits.total_rate, limits.total_burst, 1)
+        self.dropped = dict.fromkeys(REASONS, 0)
+
+    def admit(self, hint: bytes, source: bytes, payload: bytes, now: float) -> str | None:
+        """None if this datagram may be forwarded (it then counts against every budget), else why it
+        is shed (also counted in `dropped`)."""
+        if self.replays.seen(payload, now):
+            reason = DUPLICATE
+        else:
+            # Test every bucket before taking from any: a datagram shed by one costs the others nothing.
+            by_source = self.sources.has((hint, source), now)
+            by_hint = self.hints.has(hint, now) if by_source is not None else None
+            total = self.total.has(None, now) if by_hint is not None else None
+            if by_source is not None and by_hint is not None and total is not None:
+                by_source[0] -= 1.0
+                by_hint[0] -= 1.0
+                total[0] -= 1.0
+                self.replays.remember(payload, now)
+                return None
+            reason = SOURCE_BUDGET if by_source is None else HINT_BUDGET if by_hint is None else TOTAL_BUDGET
+        self.dropped[reason] += 1
+        return reason
+
+
+def fair_order(items: Iterable[tuple[bytes, T]]) -> list[T]:
+    """The items round-robin over their keys (hints), each key's items in arrival order, keys in order
+    of first arrival: [(a,1),(a,2),(a,3),(b,4)] -> [1,4,2,3]."""
+    queues: dict[bytes, list[T]] = {}
+    for key, item in items:
+        queue = queues.get(key)
+        if queue is None:
+            queues[key] = [item]
+        else:
+            queue.append(item)
+    if len(queues) <= 1:
+        return next(iter(queues.values()), [])
+    out: list[T] = []
+    rank = 0
+    lists = list(queues.values())
+    while lists:
+        out.extend(queue[rank] for queue in lists)
+        rank += 1
+        lists = [queue for queue in lists if len(queue) > rank]
+    return out
