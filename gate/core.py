@@ -128,7 +128,48 @@ def ruleset(settings: GateSettings) -> str:
             lines.append(f"add rule {t} input udp dport {{ {', '.join(map(str, settings.public_udp_ports))} }} accept")
         # Knock SYNs, scans and the control port: no RST, no ICMP, nothing.
         lines.append(f"add rule {t} input drop")
+    lines += _output_rules(settings)
     return "\n".join(lines) + "\n"
+
+
+# ICMP that answers someone: errors about a packet received, and replies to requests.
+_ICMP_ANSWERS = ("echo-reply, destination-unreachable, source-quench, redirect, router-advertisement, "
+                 "time-exceeded, parameter-problem, timestamp-reply, info-reply, address-mask-reply")
+_ICMPV6_ANSWERS = ("destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-reply, "
+                   "nd-redirect, 140")  # 140: node information reply
+
+
+def _output_rules(settings: GateSettings) -> list[str]:
+    """The stealth of what leaves: no answer to anyone the server has no connection with.
+
+    The input chain cannot stop the kernel's own answers to packets it judges before
+    any input hook: ICMP parameter problem for a malformed IPv4 option or IPv6
+    hop-by-hop option (sent while the packet is parsed), ICMP reassembly time exceeded
+    when a lone fragment's queue expires (the fragment never reaches a hook whole).
+    Every such answer leaves through the output hook. Conntrack either knows it
+    belongs to no connection (state invalid: the packet it quotes was never tracked,
+    as for an expired fragment) or calls it "related" to the quoted packet's own
+    entry, which is still unconfirmed because that packet never got past the input
+    hook (as for a bad option, answered while the header is parsed): neither may
+    leave. The ICMP a real connection needs (an error about one of our accepted
+    flows, a reply to our own ping) is related to or part of a confirmed entry and
+    passes. The chain is always there, and empty without stealth, so turning
+    stealth off removes its rules.
+    """
+    t = f"inet {settings.table}"
+    lines = [f"add chain {t} output {{ type filter hook output priority filter - 10; policy accept; }}",
+             f"flush chain {t} output"]
+    if settings.stealth:
+        lines += [
+            f'add rule {t} output oifname "lo" accept',
+            f"add rule {t} output meta l4proto icmp icmp type {{ {_ICMP_ANSWERS} }} ct status ! confirmed counter drop",
+            f"add rule {t} output meta l4proto ipv6-icmp icmpv6 type {{ {_ICMPV6_ANSWERS} }} ct status ! confirmed"
+            " counter drop",
+            f"add rule {t} output ct state established,related accept",
+            f"add rule {t} output meta l4proto icmp icmp type {{ {_ICMP_ANSWERS} }} counter drop",
+            f"add rule {t} output meta l4proto ipv6-icmp icmpv6 type {{ {_ICMPV6_ANSWERS} }} counter drop",
+        ]
+    return lines
 
 
 def remove_table(settings: GateSettings) -> str:

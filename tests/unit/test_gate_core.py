@@ -211,17 +211,36 @@ STEALTH_RULES = [
     "add rule inet dynknock input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert,"
     " nd-router-solicit, packet-too-big } accept",
 ]
+OUTPUT_CHAIN = [
+    "add chain inet dynknock output { type filter hook output priority filter - 10; policy accept; }",
+    "flush chain inet dynknock output",
+]
+OUTPUT_STEALTH = OUTPUT_CHAIN + [
+    'add rule inet dynknock output oifname "lo" accept',
+    "add rule inet dynknock output meta l4proto icmp icmp type { echo-reply, destination-unreachable, source-quench,"
+    " redirect, router-advertisement, time-exceeded, parameter-problem, timestamp-reply, info-reply,"
+    " address-mask-reply } ct status ! confirmed counter drop",
+    "add rule inet dynknock output meta l4proto ipv6-icmp icmpv6 type { destination-unreachable, packet-too-big,"
+    " time-exceeded, parameter-problem, echo-reply, nd-redirect, 140 } ct status ! confirmed counter drop",
+    "add rule inet dynknock output ct state established,related accept",
+    "add rule inet dynknock output meta l4proto icmp icmp type { echo-reply, destination-unreachable, source-quench,"
+    " redirect, router-advertisement, time-exceeded, parameter-problem, timestamp-reply, info-reply,"
+    " address-mask-reply } counter drop",
+    "add rule inet dynknock output meta l4proto ipv6-icmp icmpv6 type { destination-unreachable, packet-too-big,"
+    " time-exceeded, parameter-problem, echo-reply, nd-redirect, 140 } counter drop",
+]
 
 
 def test_ruleset_without_stealth_guards_only_the_door_range() -> None:
     text = core.ruleset(replace(SETTINGS, stealth=False, public_tcp_ports=(80,)))
-    assert text == "\n".join(BASE_RULESET) + "\n"
-    assert "input drop" not in text and "dport { 80 }" not in text  # public ports only matter with stealth
+    assert text == "\n".join(BASE_RULESET + OUTPUT_CHAIN) + "\n"
+    assert "input drop" not in text and "output" not in text.split("flush chain inet dynknock output")[1] and "dport { 80 }" not in text  # public ports only matter with stealth
 
 
 def test_ruleset_with_stealth_drops_everything_else() -> None:
     text = core.ruleset(SETTINGS)
-    assert text == "\n".join(BASE_RULESET + STEALTH_RULES + ["add rule inet dynknock input drop"]) + "\n"
+    assert text == "\n".join(BASE_RULESET + STEALTH_RULES + ["add rule inet dynknock input drop"]
+                             + OUTPUT_STEALTH) + "\n"
 
 
 def test_ruleset_with_stealth_and_public_ports() -> None:
@@ -230,14 +249,14 @@ def test_ruleset_with_stealth_and_public_ports() -> None:
         "add rule inet dynknock input tcp dport { 80, 443 } accept",
         "add rule inet dynknock input udp dport { 53 } accept",
         "add rule inet dynknock input drop",
-    ]) + "\n"
+    ] + OUTPUT_STEALTH) + "\n"
 
 
 def test_ruleset_only_udp_public_ports() -> None:
     lines = core.ruleset(replace(SETTINGS, public_udp_ports=(500, 4500))).splitlines()
     assert "add rule inet dynknock input udp dport { 500, 4500 } accept" in lines
     assert not any("tcp dport {" in line for line in lines)
-    assert lines[-1] == "add rule inet dynknock input drop"
+    assert lines[-1 - len(OUTPUT_STEALTH)] == "add rule inet dynknock input drop"
 
 
 def test_ruleset_uses_the_table_and_range_given() -> None:
