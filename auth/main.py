@@ -18,6 +18,7 @@ import secrets
 import socket
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import zmq
@@ -27,7 +28,7 @@ from auth import engine as eng
 from auth.replay import ReplayCache, ReplayJournal
 from auth.users import User, UsersFileError, load_users
 from dynknock import bus
-from dynknock.config import Config
+from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
 from dynknock.stage import (
     Publisher,
@@ -45,9 +46,66 @@ from dynknock.transport import Transport, TransportError
 TICK_S = 0.2
 FILTER_REFRESH_S = 2.0
 USERS_CHECK_S = 2.0
-# Logged one by one (not rate limited): these need a key, so no flood can make them.
-_AUTHENTIC_TOPICS = {"auth.request.received", "auth.knock.complete", "auth.door.opened", "auth.door.expired",
-                     "auth.request.replaced", "auth.users.reloaded"}
+# Logged (each user's within that user's budget, see UserLog): the story of every door.
+_LOGGED_TOPICS = {"auth.request.received", "auth.knock.complete", "auth.door.opened", "auth.door.expired",
+                  "auth.request.replaced", "auth.users.reloaded", "auth.door.revoked", "auth.door.moved",
+                  "auth.request.rejected"}
+
+
+class UserLog:
+    """Log lines about users, each user within a token bucket, all users within another.
+
+    A key holder cycling doors wrote 6.8 MB of auth.log in 36 s (issue 11 §6): a key does
+    not make lines free. A knock tells its story in about four lines, so a burst of 20
+    lets a user knock a few times at once and see every line; after that a user gets
+    one line a second, and everyone together 50. What is left out is counted and
+    summarised every SUMMARY_S seconds in one line. Pure: time is passed in.
+    """
+
+    SUMMARY_S = 10.0
+
+    def __init__(self, log: logging.Logger, rate: float = 1.0, burst: float = 20.0,
+                 total_rate: float = 50.0, total_burst: float = 500.0) -> None:
+        self._log = log
+        self._rate, self._burst = rate, burst
+        self._total_rate, self._total_burst = total_rate, total_burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at)
+        self._total = (total_burst, 0.0)
+        self.suppressed: Counter[str] = Counter()
+        self._next_summary = 0.0
+
+    @staticmethod
+    def _take(bucket: tuple[float, float], rate: float, burst: float, now: float) -> tuple[bool, tuple[float, float]]:
+        tokens, at = bucket
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            return False, (tokens, now)
+        return True, (tokens - 1.0, now)
+
+    def __call__(self, user: str, line: str, now: float) -> None:
+        ok, bucket = self._take(self._buckets.get(user, (self._burst, now)), self._rate, self._burst, now)
+        self._buckets[user] = bucket
+        if ok:
+            ok, self._total = self._take(self._total, self._total_rate, self._total_burst, now)
+        if ok:
+            self._log.info(line)
+        else:
+            self.suppressed[user] += 1
+        self.summarise(now)
+
+    def summarise(self, now: float) -> None:
+        if now < self._next_summary:
+            return
+        self._next_summary = now + self.SUMMARY_S
+        if self.suppressed:  # one line, however many users: the summary must not flood either
+            top = ", ".join(f"user {u} {n}" for u, n in self.suppressed.most_common(5))
+            more = len(self.suppressed) - 5
+            self._log.info("(%d lines suppressed: %s%s)", sum(self.suppressed.values()), top,
+                           f" and {more} more users" if more > 0 else "")
+        self.suppressed.clear()
+        # buckets that have refilled carry no information: keep the table to active users
+        self._buckets = {u: b for u, b in self._buckets.items()
+                         if b[0] + (now - b[1]) * self._rate < self._burst}
 
 
 def engine_config(config: Config) -> eng.EngineConfig:
@@ -55,7 +113,8 @@ def engine_config(config: Config) -> eng.EngineConfig:
         services={n: eng.Service(n, s.host, s.port) for n, s in config.services.items()},
         door_port_low=config.door_port_low, door_port_high=config.door_port_high,
         window_s=config.window_seconds, skew_s=config.clock_skew_seconds,
-        knock_timeout_s=config.knock_timeout_seconds)
+        knock_timeout_s=config.knock_timeout_seconds,
+        max_doors_per_user=config.max_doors_per_user, max_doors_total=config.max_doors_total)
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:
@@ -88,6 +147,7 @@ class AuthShell:
         self.config = config
         self.log = log
         self.log_rejection = RateLimitedLog(log)
+        self.log_user = UserLog(log)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal = journal = ReplayJournal(config.state_dir / "replay.journal")
         self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
@@ -166,11 +226,16 @@ class AuthShell:
                 self._pending_filter = action.pairs
             elif isinstance(action, eng.Event):
                 self.events.publish(action.topic, **action.fields)
+                if action.topic not in _LOGGED_TOPICS:
+                    continue
                 line = describe(bus.Event(action.topic, "auth", time.time(), action.fields))
-                if action.topic in _AUTHENTIC_TOPICS:
-                    self.log.info(line)
+                user = action.fields.get("user")
+                if isinstance(user, str):
+                    self.log_user(user, line, time.monotonic())
                 elif action.topic == "auth.request.rejected":
                     self.log_rejection(line)
+                else:
+                    self.log.info(line)
             else:
                 raise RuntimeError(f"unexpected action {action!r}")  # our own bug: crash, restart clean
 
@@ -282,6 +347,13 @@ class AuthShell:
             poller.register(monitor, zmq.POLLIN)
         self.log.info("Server started: control port %d on %s.", self.config.control_port,
                       ", ".join(self.config.addresses))
+        overlap = ephemeral_overlap(self.config.door_port_low, self.config.door_port_high)
+        if overlap is not None:
+            self.log.warning("server.door_ports %d-%d overlaps this host's ephemeral ports %d-%d "
+                             "(net.ipv4.ip_local_port_range): outbound connections may take door ports, and "
+                             "each such door must be moved to another port. Choose a range outside it "
+                             "(default 63000-65535) in %s.", self.config.door_port_low,
+                             self.config.door_port_high, overlap[0], overlap[1], self.config.path)
         self.events.publish("auth.started", control_port=self.config.control_port)
         next_tick = next_filter = next_users = 0.0
         while not stop.requested:
@@ -308,6 +380,7 @@ class AuthShell:
                 self.execute(self.engine.on_tick(now_ms()))
                 self.flush()
                 self.publish_hints(force=False)
+                self.log_user.summarise(time.monotonic())
                 if self.events.heartbeat_due():  # the door list is built only when it is sent
                     self.events.alive(rejections=dict(self.engine.rejections),
                                       unmatched_syns=self.engine.unmatched_syns,

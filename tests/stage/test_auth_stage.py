@@ -30,7 +30,8 @@ KEYS = SessionKeys.from_master(KEY)
 class Client:
     """Just enough of a client to drive auth: sealed P1/P2, one UDP socket for P3."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes = KEY) -> None:
+        self.keys = SessionKeys.from_master(key)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.udp.settimeout(3)
@@ -38,7 +39,7 @@ class Client:
         self.knocks = tuple(proto.Knock(20000 + i, secrets.randbits(32)) for i in range(3))
 
     def seal(self, message: proto.P1 | proto.P2) -> bytes:
-        return proto.seal(KEYS, message, user_hint(KEYS, hint_epoch(time.time())), secrets.token_bytes(24))
+        return proto.seal(self.keys, message, user_hint(self.keys, hint_epoch(time.time())), secrets.token_bytes(24))
 
     def p1(self) -> bytes:
         knocks = (self.knocks[0], self.knocks[1], self.knocks[2])
@@ -58,7 +59,7 @@ class Client:
         data, _ = self.udp.recvfrom(2048)
         header = proto.parse_header(data, accept=(proto.PacketType.P3,))
         assert isinstance(header, proto.Header), header
-        message = proto.open_packet(KEYS, header, data)
+        message = proto.open_packet(self.keys, header, data)
         assert isinstance(message, proto.P3), message
         assert message.request_id == self.request_id
         return message
@@ -168,3 +169,118 @@ def test_replayed_packets_are_refused_after_auth_restarts(stage_env: StageEnv) -
     with pytest.raises(zmq.Again):
         gate.recv_multipart()
     assert "replay" in stage_env.log("knock-auth")
+
+
+# --- issue 11: doors moved, capped, revoked --------------------------------------------
+
+
+BOB_KEY = bytes(range(101, 133))
+
+
+def _receive(sock: zmq.Socket[object], timeout_ms: int = 5000) -> tuple[bytes, bus.Message]:
+    sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    identity, frame = sock.recv_multipart()
+    return identity, bus.decode(frame)
+
+
+def _answer(sock: zmq.Socket[object], identity: bytes, command: bus.DoorOpen, stage: str,
+            ok: bool = True, detail: str = "") -> None:
+    sock.send_multipart([identity, bus.encode(bus.DoorResult(command.door_id, stage, ok, detail))])
+
+
+def _knock(capture: zmq.Socket[object], client: Client) -> None:
+    capture.send(client.datagram(client.p1()))
+    for syn in client.syns():
+        capture.send(syn)
+
+
+def _serve_both(gate: zmq.Socket[object], relay: zmq.Socket[object]) -> bus.DoorOpen:
+    opened = []
+    for sock, stage in ((gate, "gate"), (relay, "relay")):
+        identity, command = _receive(sock)
+        assert isinstance(command, bus.DoorOpen), command
+        _answer(sock, identity, command, stage)
+        opened.append(command)
+    assert opened[0] == opened[1]
+    return opened[0]
+
+
+def test_auth_moves_a_door_whose_port_is_in_use(stage_env: StageEnv) -> None:
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    capture = start_auth(stage_env)
+    time.sleep(0.5)
+    client = Client()
+    _knock(capture, client)
+    gate_id, first = _receive(gate)
+    relay_id, same = _receive(relay)
+    assert isinstance(first, bus.DoorOpen) and same == first
+    _answer(gate, gate_id, first, "gate")
+    # what the relay answers when a local process holds the port (the agreed prefix)
+    _answer(relay, relay_id, first, "relay", ok=False, detail="address_in_use: [Errno 98] Address already in use")
+    for sock in (gate, relay):
+        _, close = _receive(sock)
+        assert close == bus.DoorClose(first.door_id, "127.0.0.1", first.port)  # the gate's element goes
+        _, moved = _receive(sock)
+        assert isinstance(moved, bus.DoorOpen) and moved.port != first.port and moved.door_id != first.door_id
+    _answer(gate, gate_id, moved, "gate")  # the new door, confirmed by both stages
+    _answer(relay, relay_id, moved, "relay")
+    capture.send(client.datagram(client.p2()))
+    answer = client.p3()
+    assert (answer.status, answer.door_port) == (proto.Status.OPEN, moved.port)
+    assert "address_in_use" in stage_env.log("knock-auth")
+
+
+def test_one_user_holding_many_doors_leaves_others_their_door(stage_env: StageEnv) -> None:
+    stage_env.write_config(extra_server="max_doors_per_user = 2\n")
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    write_users(stage_env.workdir / "users.json", [LabUser("alice", key=KEY), LabUser("bob", key=BOB_KEY)])
+    stage_env.start("knock-auth")
+    capture = stage_env.socket(zmq.PUSH, connect=stage_env.endpoints.packets)
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "packets.sock").exists(), what="auth's packet socket")
+    time.sleep(0.5)
+    ports = set()
+    for _ in range(2):  # alice's doors, each from a new request
+        hog = Client()
+        _knock(capture, hog)
+        ports.add(_serve_both(gate, relay).port)
+        capture.send(hog.datagram(hog.p2()))
+        assert hog.p3().status is proto.Status.OPEN
+    hog = Client()
+    _knock(capture, hog)
+    capture.send(hog.datagram(hog.p2()))
+    assert hog.p3().status is proto.Status.UNAVAILABLE  # a third door is refused...
+    gate.setsockopt(zmq.RCVTIMEO, 300)
+    with pytest.raises(zmq.Again):
+        gate.recv_multipart()  # ...and never asked for
+    bob = Client(BOB_KEY)
+    _knock(capture, bob)
+    door = _serve_both(gate, relay)
+    assert door.user == "bob" and door.port not in ports
+    capture.send(bob.datagram(bob.p2()))
+    assert bob.p3().status is proto.Status.OPEN
+    assert "too_many_doors" in stage_env.log("knock-auth")
+
+
+def test_removing_a_user_closes_their_open_door(stage_env: StageEnv) -> None:
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    write_users(stage_env.workdir / "users.json", [LabUser("alice", key=KEY), LabUser("bob", key=BOB_KEY)])
+    stage_env.start("knock-auth")
+    capture = stage_env.socket(zmq.PUSH, connect=stage_env.endpoints.packets)
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "packets.sock").exists(), what="auth's packet socket")
+    time.sleep(0.5)
+    alice = Client()
+    _knock(capture, alice)
+    door = _serve_both(gate, relay)
+    capture.send(alice.datagram(alice.p2()))
+    assert alice.p3().status is proto.Status.OPEN
+    time.sleep(1.1)  # a new mtime for the users file
+    write_users(stage_env.workdir / "users.json", [LabUser("bob", key=BOB_KEY)])  # what knock-admin remove writes
+    started = time.monotonic()
+    for sock in (gate, relay):
+        _, close = _receive(sock, timeout_ms=6000)  # auth looks at the file every 2 s
+        assert close == bus.DoorClose(door.door_id, "127.0.0.1", door.port)
+    assert time.monotonic() - started < 6
+    assert "revoked" in stage_env.log("knock-auth")
