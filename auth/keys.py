@@ -27,9 +27,6 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from Crypto.Hash import SHA256
-from Crypto.Protocol.KDF import HKDF, scrypt
-
 MASTER_KEY_LEN = 32
 HINT_LEN = 8
 
@@ -66,6 +63,10 @@ def derive_master_key(user: str, password: str) -> bytes:
         raise KeyError_("empty password")
     name = normalise_user_name(user)
     secret = unicodedata.normalize("NFC", password).encode("utf-8")
+    # Imported here, not at the top: knock-client imports this module for its key
+    # file and constants, and pycryptodome's import alone costs it 30-40 ms.
+    from Crypto.Protocol.KDF import scrypt
+
     key = scrypt(secret, SCRYPT_SALT_PREFIX + name.encode("utf-8"), MASTER_KEY_LEN,
                  N=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     assert isinstance(key, bytes)
@@ -87,6 +88,9 @@ def decode_key(text: str) -> bytes:
 
 
 def _hkdf(master: bytes, label: bytes) -> bytes:
+    from Crypto.Hash import SHA256  # imported here for knock-client's start-up, as in derive_master_key
+    from Crypto.Protocol.KDF import HKDF
+
     out = HKDF(master, 32, b"", SHA256, context=b"dynknock v1 " + label)
     assert isinstance(out, bytes)
     return out

@@ -24,9 +24,8 @@ and is refused when group or others could read it: it is as good as a password.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,10 @@ from typing import Any
 from auth import keys
 from auth.keys import MASTER_KEY_LEN, KeyError_, encode_key
 from auth.protocol import IPAddress
+from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
 
-DEFAULT_CONFIG = Path("~/.config/dynknock/client.toml")
-DEFAULT_PORT = 62201
-DEFAULT_SERVICE = "ssh"
-SERVICE_RE = re.compile(r"^[a-z0-9_-]{1,16}$")  # what a P1 can carry (auth/protocol.py)
+DEFAULT_CONFIG = Path(DEFAULT_CONFIG_PATH)
+SERVICE_RE = re.compile(SERVICE_PATTERN)
 
 
 class ConfigError(ValueError):
@@ -133,13 +131,18 @@ def load_config(path: Path, *, required: bool) -> dict[str, ServerStanza]:
     file named with -c is, since the user clearly expected it."""
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            # Imported only when there is a file to parse: most runs (ssh's ProxyCommand
+            # with -k) have none, and tomllib costs a few ms of start-up.
+            import tomllib
+
+            try:
+                document = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: config file not found") from None
         return {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     unknown = set(document) - {"servers"}
@@ -180,7 +183,7 @@ def read_key_file(path: Path) -> bytes:
 
 def write_new_key_file(path: Path) -> str:
     """Create ``path`` (mode 0600, never overwriting) with a new random key; return its base64."""
-    key = secrets.token_bytes(MASTER_KEY_LEN)
+    key = os.urandom(MASTER_KEY_LEN)  # = secrets.token_bytes, without importing random
     try:
         keys.write_key_file(path, key)
     except KeyError_ as exc:

@@ -39,6 +39,7 @@ from typing import TypeAlias
 from auth import protocol as proto
 from auth.keys import SessionKeys, hint_epoch, user_hint
 from auth.protocol import IPAddress, Knock, PacketType, Status
+from client import crypto
 
 KNOCK_PORT_LOW = 1024  # knocks on privileged ports would look like an attack on real services
 KNOCK_PORT_HIGH = 65535
@@ -184,7 +185,7 @@ class ClientSession:
         if isinstance(header, proto.Reject):
             self.ignored[header.reason.value] += 1
             return None
-        message = proto.open_packet(self.keys, header, packet)
+        message = crypto.open_packet(self.keys, header, packet)
         if isinstance(message, proto.Reject):
             self.ignored[message.reason.value] += 1
             return None
@@ -219,8 +220,8 @@ class ClientSession:
     def _seal_p1(self, wall_ms: int) -> bytes:
         r = self.request
         message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks)
-        return proto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
+        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
 
     def _seal_p2(self, wall_ms: int) -> bytes:
         message = proto.P2(wall_ms, self.request.request_id)
-        return proto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
+        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))

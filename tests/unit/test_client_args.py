@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from client.app import Io, Settings, resolve_settings
 from client.main import (
     EXIT_HOST,
     EXIT_NO_RAW_SOCKET,
     EXIT_OK,
     EXIT_USAGE,
     RAW_SOCKET_ADVICE,
-    Io,
-    Settings,
     UsageError,
     build_parser,
-    resolve_settings,
     run,
 )
 from client.syn import SynSender

@@ -29,13 +29,13 @@ from auth.keys import SessionKeys, derive_master_key, encode_key, hint_epoch, us
 from auth.protocol import IPAddress, PacketType, Status
 from auth.replay import ReplayCache
 from auth.users import User
+from client.app import Io
 from client.knock import connect_udp, run_session
 from client.main import (
     EXIT_NO_ANSWER,
     EXIT_OK,
     EXIT_SERVICE_NOT_ALLOWED,
     EXIT_UNAVAILABLE,
-    Io,
     run,
 )
 from client.session import ClientSession, Timing, new_request
