@@ -196,8 +196,8 @@ class Engine:
         self._by_id: dict[bytes, Request] = {}
         self._by_door: dict[str, Request] = {}
         self._knocks: dict[tuple[IPAddress, int, int], Request] = {}
-        # port -> (user, client, expiry): reserved from OpenDoor until the window
-        # ends, even if the request is replaced meanwhile (invariant 5).
+        # port -> door: reserved from OpenDoor until the window ends, even if the request
+        # is replaced meanwhile (invariant 5), unless revoked (invariant 11).
         self._doors: dict[int, Door] = {}
         self._doors_of: Counter[str] = Counter()  # user -> doors held (invariant 10)
         self._busy_ports: dict[int, int] = {}  # port -> until when not to draw it again (address in use)
@@ -229,6 +229,7 @@ class Engine:
         a door whose service or source its user may no longer use closes; the rest is untouched."""
         old = self._directory
         self._directory = UserDirectory(users, self.config.skew_s)
+        self._checked.clear()  # verdicts reached under the old keys are not reused under the new
 
         def revoked(name: str) -> bool:
             before, now = old.get(name), users.get(name)
@@ -282,8 +283,6 @@ class Engine:
             return self._reject(RejectReason.STALE, source, now_ms, user=user.name)
         if message.timestamp_ms > now_ms + skew_ms:
             return self._reject(RejectReason.FUTURE, source, now_ms, user=user.name)
-        if self._replay.seen(header.nonce, now_ms):
-            return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
         if user.expired(now_ms / 1000):
             return self._reject(RejectReason.USER_EXPIRED, source, now_ms, user=user.name)
         # The nonce may be forgotten once the timestamp alone would refuse it.
