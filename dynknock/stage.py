@@ -21,7 +21,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.config import Config, ConfigError, config_path, load
-from dynknock.transport import Transport, TransportError
+from dynknock.transport import Transport, TransportError, refusals
 
 
 def setup_logging(stage: str) -> logging.Logger:
@@ -86,6 +86,9 @@ class Publisher:
         return True
 
     def alive(self, **fields: Any) -> None:
+        refused = refusals()
+        if refused:  # only over tcp+CURVE: handshakes our sockets refused, per endpoint
+            fields["bus_refused"] = refused
         self.publish(f"{self.stage}.alive", pid=os.getpid(), **fields)
 
     def close(self) -> None:

@@ -9,10 +9,19 @@ authenticator admits only clients whose public key is in ``curve_dir/public``.
 So a host on the network that is not one of ours can neither read nor inject a
 door command. Keys are made by ``knock-admin bus-keys DIR``: ``DIR/STAGE.key_secret``
 for each stage (copy to its host) and ``DIR/public/STAGE.key`` for all.
+
+Holding *a* key of ours is not enough: each bound socket admits exactly the peers
+the architecture gives it (:data:`PEERS`), so the tap key of a monitoring host
+cannot command the gate, nor the capture key read pending knocks. Each socket has
+its own ZAP domain, named after its endpoint; a handshake with any other key is
+refused, counted (:func:`refusals`, in the stage's heartbeat) and logged.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +35,50 @@ from dynknock.bus import Endpoints
 # Which stage binds each endpoint (so a client knows whose public key to expect).
 OWNER = {"packets": "auth", "knock_filter": "auth", "gate": "gate", "relay": "relay", "events": "bus", "tap": "bus"}
 KEY_NAMES = ("auth", "gate", "relay", "bus", "capture", "tap")
+# Which keys each bound socket admits: its peers in the architecture and no one else.
+# Packets come only from capture, which alone may read the knock filter (pending knocks
+# and hints); door commands only from auth; events only from the stages; the tap (read
+# only: an XPUB takes nothing from a subscriber but its subscriptions) only from monitors.
+PEERS: dict[str, frozenset[str]] = {
+    "packets": frozenset({"capture"}),
+    "knock_filter": frozenset({"capture"}),
+    "gate": frozenset({"auth"}),
+    "relay": frozenset({"auth"}),
+    "events": frozenset({"auth", "gate", "relay", "capture"}),
+    "tap": frozenset({"tap"}),
+}
+
+_refused: Counter[str] = Counter()
+_refused_lock = threading.Lock()
+_log = logging.getLogger("dynknock.transport")
+
+
+def refusals() -> dict[str, int]:
+    """Handshakes refused so far in this process, per endpoint (wrong or unknown key)."""
+    with _refused_lock:
+        return dict(_refused)
+
+
+class _SocketPeers:
+    """ZAP credentials provider for one bound socket (called in the authenticator's thread)."""
+
+    def __init__(self, endpoint: str, admitted: dict[bytes, str], known: dict[bytes, str]) -> None:
+        self.endpoint = endpoint
+        self.admitted = admitted  # z85 public key -> key name
+        self.known = known
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if domain == self.endpoint and key in self.admitted:
+            return True
+        with _refused_lock:
+            _refused[self.endpoint] += 1
+            count = _refused[self.endpoint]
+        if count & (count - 1) == 0:  # 1, 2, 4, 8...: a flood of attempts cannot flood the log
+            who = self.known.get(key, "an unknown key")
+            _log.warning("Refused %s on the %s socket (%d refusals so far): it admits only %s",
+                         f"the {who} key" if key in self.known else who, self.endpoint, count,
+                         ", ".join(sorted(self.admitted.values())))
+        return False
 
 
 class TransportError(RuntimeError):
@@ -50,10 +103,14 @@ class Transport:
 
     def bind(self, sock: zmq.Socket[Any], endpoint_name: str) -> None:
         if self.curve_dir is not None:
+            if OWNER[endpoint_name] != self.stage:
+                raise TransportError(f"the {self.stage} stage cannot bind the {endpoint_name} endpoint")
             public, secret = self._keys(self.stage)
             assert secret is not None
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_server = True
+            # The authenticator judges each socket by its own peers (start_authenticator).
+            sock.zap_domain = endpoint_name.encode()
         sock.bind(getattr(self.endpoints, endpoint_name))
 
     def connect(self, sock: zmq.Socket[Any], endpoint_name: str) -> None:
@@ -66,12 +123,19 @@ class Transport:
         sock.connect(getattr(self.endpoints, endpoint_name))
 
     def start_authenticator(self, context: zmq.Context[Any]) -> ThreadAuthenticator | None:
-        """For stages that bind: admit only clients whose public keys we hold."""
+        """For stages that bind: each socket of ours admits only the keys of its own peers."""
         if self.curve_dir is None:
             return None
+        known = {self._keys(name)[0]: name for name in KEY_NAMES if name != self.stage}
+        known[self._keys(self.stage)[0]] = self.stage
         authenticator = ThreadAuthenticator(context)
         authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(self.curve_dir / "public"))
+        for endpoint, owner in OWNER.items():
+            if owner != self.stage:
+                continue
+            admitted = {key: name for key, name in known.items() if name in PEERS[endpoint]}
+            authenticator.configure_curve_callback(domain=endpoint,
+                                                   credentials_provider=_SocketPeers(endpoint, admitted, known))
         return authenticator
 
 
