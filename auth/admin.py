@@ -8,7 +8,8 @@
 
 The file (auth/users.py) holds every user's 32-byte master key, never a
 password; it is rewritten atomically with mode 0600, and knock-auth reloads it
-when it changes. Changes take an exclusive lock on ``<file>.lock`` so that two
+when it changes, closing the doors of a user removed, given a new key or a
+service taken away. Changes take an exclusive lock on ``<file>.lock`` so that two
 admins at once cannot lose each other's changes (a lost revocation would bring
 a removed user back).
 """
@@ -264,7 +265,9 @@ def cmd_remove(args: argparse.Namespace, io: Io) -> int:
         _get(users, name, args.users_file)
         del users[name]
         save_users(args.users_file, users.values())
-    print(f"removed {name!r} from {args.users_file}", file=io.stdout)
+    # knock-auth reloads the file within a few seconds and closes the doors this user holds.
+    print(f"removed {name!r} from {args.users_file}; knock-auth closes their open doors when it reloads it "
+          f"(within a few seconds)", file=io.stdout)
     return EXIT_OK
 
 
@@ -354,7 +357,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                      help="draw a random key, write it to PATH (mode 0600, must not exist) for the user, store it")
     add.set_defaults(handler=cmd_add)
 
-    remove = commands.add_parser("remove", help="remove a user (other users are left untouched)")
+    remove = commands.add_parser("remove", help="remove a user and close their open doors "
+                                 "(other users are left untouched)")
     remove.add_argument("name", metavar="NAME")
     remove.set_defaults(handler=cmd_remove)
 

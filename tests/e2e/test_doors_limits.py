@@ -1,0 +1,198 @@
+"""Doors under pressure (issue 11 §4, §5, §6), with the real stack in the lab.
+
+* §5: an unprivileged local user (nobody) binds most of the door range in the
+  server's namespace; every knock still opens, because auth moves a door whose
+  port the relay finds taken ("address_in_use") to another port.
+* §4: one key holder hogs doors; it holds at most max_doors_per_user, and another
+  user still gets in.
+* §6: knock-admin remove closes the removed user's open door (gate element and
+  relay listener), so no new connection goes through it.
+
+Every loop here is bounded in count and time; the squatter is stopped in finally.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from dynknock import bus
+from dynknock.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT = str(VENV_BIN / "knock-client")
+ADMIN = str(VENV_BIN / "knock-admin")
+DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
+WINDOW_S = 20
+RANGE = (63000, 63063)  # 64 ports: small, so that squatting most of it matters
+SQUATTED = (63000, 63039)  # 40 of the 64
+CAP = 4
+USERS = ("alice", "bob", "carol", "dave", "erin", "hog")
+
+SQUATTER = """\
+import socket, sys, time
+held = []
+for port in range(int(sys.argv[1]), int(sys.argv[2]) + 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("0.0.0.0", port))
+    s.listen(1)
+    held.append(s)
+print("squatting", len(held), flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+class World:
+    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo, workdir: Path) -> None:
+        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, workdir
+
+    def knock(self, user: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.lab.run(self.lab.client, [CLIENT, "-u", user, "--password-stdin", "--timeout", "3", *args,
+                                              self.lab.server.ipv4],
+                            check=False, timeout=timeout, input=f"{user}-pw\n")
+
+    def door(self, user: str) -> tuple[int, float]:
+        """Knock; the door port and the seconds it took. Fails the test if no door opened."""
+        started = time.monotonic()
+        done = self.knock(user)
+        took = time.monotonic() - started
+        match = DOOR_LINE.search(done.stdout + done.stderr)
+        assert done.returncode == 0 and match, (done.returncode, done.stdout, done.stderr)
+        return int(match.group(2)), took
+
+    def ssh_echo(self, user: str, word: str) -> str:
+        ssh = " ".join(self.sshd.ssh_argv("{host}"))
+        done = self.knock(user, "--exec", f"{ssh} -p {{port}} echo {word}", timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def door_elements(self) -> str:
+        out = self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors4"]).stdout
+        return "".join(line for line in out.splitlines() if "elements" in line or "." in line)
+
+    def auth_doors(self, timeout_s: float = 8.0) -> list[dict[str, Any]]:
+        """The door table of auth's next heartbeat."""
+        with self.stack.tap("auth.alive") as sub:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if sub.poll(200):
+                    event = bus.decode_as(sub.recv_multipart()[1], bus.Event)
+                    doors = event.fields.get("doors", [])
+                    assert isinstance(doors, list)
+                    return doors
+        raise AssertionError("no auth heartbeat")
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    require_privileges()
+    workdir = Path(tempfile.mkdtemp(prefix="dynknock-e2e-doors-"))
+    with NetLab("dkd") as lab:
+        prepare_workdir(workdir)
+        config = workdir / "dynknock.toml"
+        write_config(config, workdir, lab, window_seconds=WINDOW_S, extra=f"max_doors_per_user = {CAP}\n")
+        text = config.read_text()
+        assert 'door_ports = "63000-65535"' in text  # the lab's default range, narrowed here
+        config.write_text(text.replace('door_ports = "63000-65535"', f'door_ports = "{RANGE[0]}-{RANGE[1]}"'))
+        write_users(workdir / "users.json", [LabUser(u, password=f"{u}-pw") for u in USERS])
+        sshd = start_sshd(lab, lab.server, workdir / "ssh")
+        stack = Stack(lab, workdir, REPO / "supervisord.conf")
+        try:
+            stack.start()
+            yield World(lab, stack, sshd, workdir)
+        finally:
+            stack.stop()
+
+
+def _count_topic(sub: zmq.Socket[Any], topic: str) -> int:
+    count = 0
+    while sub.poll(0):
+        if sub.recv_multipart()[0].decode() == topic:
+            count += 1
+    return count
+
+
+def test_doors_open_while_an_unprivileged_user_squats_the_door_range(world: World) -> None:
+    lab = world.lab
+    squatter = lab.popen(lab.server, ["setpriv", "--reuid=nobody", "--regid=65534", "--clear-groups",
+                                      sys.executable, "-c", SQUATTER, str(SQUATTED[0]), str(SQUATTED[1]), "90"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None
+        line = squatter.stdout.readline()
+        assert line.strip() == f"squatting {SQUATTED[1] - SQUATTED[0] + 1}", (line, squatter.stderr)
+        with world.stack.tap("auth.door.") as sub:
+            time.sleep(0.3)  # the subscription reaches the bus
+            ports, took = [], []
+            for i in range(9):  # three users in turn: each stays below its cap of doors
+                port, seconds = world.door(("alice", "bob", "carol")[i % 3])
+                ports.append(port)
+                took.append(seconds)
+            time.sleep(0.5)
+            moved = _count_topic(sub, "auth.door.moved")
+        assert all(RANGE[0] <= p <= RANGE[1] and not SQUATTED[0] <= p <= SQUATTED[1] for p in ports), ports
+        # with 40 of 64 ports squatted, nine doors without a single move would be a 1e-4 fluke
+        assert moved >= 1, moved
+        print(f"squat: 9/9 doors, {moved} moves, knock seconds median {sorted(took)[4]:.2f} "
+              f"range {min(took):.2f}-{max(took):.2f}")
+        assert world.ssh_echo("dave", "through-a-moved-range") == "through-a-moved-range"
+    finally:
+        if squatter.poll() is None:
+            squatter.terminate()
+            squatter.wait(timeout=10)
+
+
+def test_one_user_hogging_doors_leaves_others_their_door(world: World) -> None:
+    _, idle = world.door("dave")
+    hog_ok = hog_refused = 0
+    for _ in range(CAP + 4):
+        done = world.knock("hog")
+        if done.returncode == 0:
+            hog_ok += 1
+        else:
+            assert done.returncode == 6, (done.returncode, done.stderr)  # UNAVAILABLE, not a hang
+            hog_refused += 1
+    assert (hog_ok, hog_refused) == (CAP, 4)
+    held = [d for d in world.auth_doors() if d["user"] == "hog"]
+    assert len(held) == CAP, held
+    took = []
+    for _ in range(2):  # dave still opens doors (2 more: his cap is 4 too, one is held already)
+        _, seconds = world.door("dave")
+        took.append(seconds)
+    assert max(took) < 3 * idle + 1.0, (idle, took)
+    assert world.ssh_echo("erin", "still-in") == "still-in"
+    print(f"hog: {hog_ok} doors, {hog_refused} refused; dave idle {idle:.2f} s, while hogged {took}")
+
+
+def test_removed_users_open_door_is_closed(world: World) -> None:
+    port, _ = world.door("erin")
+    assert f". {port}" in world.door_elements()
+    with world.stack.tap("auth.door.revoked") as sub:
+        time.sleep(0.3)
+        world.lab.run(world.lab.server, [ADMIN, "--users-file", str(world.workdir / "users.json"), "remove", "erin"])
+        started = time.monotonic()
+        revoked = False
+        while time.monotonic() - started < 8 and not revoked:
+            revoked = bool(sub.poll(200))
+        assert revoked, "no auth.door.revoked within 8 s"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and f". {port}" in world.door_elements():
+        time.sleep(0.1)
+    assert f". {port}" not in world.door_elements()
+    # no new connection through it, long before its window ends
+    assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port, timeout=1.0) != "connected"
+    assert time.monotonic() - started < WINDOW_S - 2
+    done = world.knock("erin")
+    assert done.returncode != 0  # and no new door either
