@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,29 @@ class ConfigError(ValueError):
     pass
 
 
+FORWARD_MODES = ("auto", "kernel", "relay")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     host: str
     port: int
+    # "kernel": nftables forwards a door's connection (DNAT), no byte crosses user space;
+    # "relay": the relay stage accepts it and pumps the bytes. Resolved from
+    # services.NAME.forward ("auto": kernel when the target is on this host and the
+    # gate has nftables) when the config is read.
+    forward: str = "relay"
+
+    def door_path(self, client_version: int) -> str:
+        """How a door of this service for a client of this IP version is forwarded.
+
+        NAT cannot change the address family, so a kernel service whose target is IPv4
+        (127.0.0.1:22, say) still serves IPv6 clients through the relay.
+        """
+        if self.forward == "kernel" and ipaddress.ip_address(self.host).version == client_version:
+            return "kernel"
+        return "relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +75,7 @@ class Config:
     public_udp_ports: tuple[int, ...]
     nft_table: str
     metrics_listen: str
+    metrics_token_file: str  # "" = <runtime_dir>/metrics.token, made by knock-tap --metrics
     services: dict[str, ServiceConfig]
 
 
@@ -84,6 +103,12 @@ def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError("must be a non-empty string")
     return v
+
+
+def _optional_path(v: Any) -> str:
+    if v == "":
+        return ""
+    return str(_path(v))
 
 
 def _path(v: Any) -> Path:
@@ -189,6 +214,8 @@ SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("gate", "public_udp_ports"): (_ports, [], "UDP ports that stay reachable with stealth"),
     ("gate", "table"): (_table, "dynknock", "name of our own nftables table (inet family)"),
     ("metrics", "listen"): (_listen, "127.0.0.1:9877", "Prometheus endpoint of knock-tap --metrics"),
+    ("metrics", "token_file"): (_optional_path, "", "bearer token a scrape must send (0640 at most); "
+                                "empty: <bus.runtime_dir>/metrics.token, made if missing"),
 }
 
 
@@ -242,7 +269,8 @@ def parse(document: dict[str, Any], path: str) -> Config:
             values[(section, key)] = parser(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: {section}.{key} = {raw!r}: {exc}") from None
-    services = _services(document.get("services", {}), path)
+    services = _services(document.get("services", {}), path, values[("gate", "backend")],
+                         values[("server", "addresses")])
     low, high = values[("server", "door_ports")]
     control = values[("server", "control_port")]
     if low <= control <= high:
@@ -275,11 +303,13 @@ def parse(document: dict[str, Any], path: str) -> Config:
         public_udp_ports=values[("gate", "public_udp_ports")],
         nft_table=values[("gate", "table")],
         metrics_listen=values[("metrics", "listen")],
+        metrics_token_file=values[("metrics", "token_file")],
         services=services,
     )
 
 
-def _services(raw: Any, path: str) -> dict[str, ServiceConfig]:
+def _services(raw: Any, path: str, backend: str = "nftables", addresses: tuple[str, ...] = ()
+              ) -> dict[str, ServiceConfig]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: [services.NAME] with target = \"127.0.0.1:22\" is required")
     services: dict[str, ServiceConfig] = {}
@@ -287,14 +317,35 @@ def _services(raw: Any, path: str) -> dict[str, ServiceConfig]:
         key = f"services.{name}.target"
         if not (1 <= len(name) <= 16 and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in name)):
             raise ConfigError(f"{path}: services.{name}: name must be 1-16 of a-z 0-9 _ -")
-        if not isinstance(entry, dict) or set(entry) != {"target"}:
-            raise ConfigError(f"{path}: services.{name} must have exactly one key: target")
+        if not isinstance(entry, dict) or "target" not in entry or not set(entry) <= {"target", "forward"}:
+            raise ConfigError(f"{path}: services.{name} takes target (required) and forward (auto, kernel, relay)")
         host, sep, port = str(entry["target"]).rpartition(":")
         try:
-            ipaddress.ip_address(host.strip("[]"))
-            services[name] = ServiceConfig(name, host.strip("[]"), _port(int(port)))
+            target = ipaddress.ip_address(host.strip("[]"))
+            service = ServiceConfig(name, host.strip("[]"), _port(int(port)))
         except ValueError as exc:
             raise ConfigError(f"{path}: {key} = {entry['target']!r}: must be ADDRESS:PORT ({exc})") from None
         if not sep:
             raise ConfigError(f"{path}: {key}: must be ADDRESS:PORT")
+        services[name] = replace(service, forward=_forward(entry.get("forward", "auto"), target, backend, addresses,
+                                                           f"{path}: services.{name}.forward"))
     return services
+
+
+def _forward(mode: Any, target: ipaddress.IPv4Address | ipaddress.IPv6Address, backend: str,
+             addresses: tuple[str, ...], where: str) -> str:
+    if mode not in FORWARD_MODES:
+        raise ConfigError(f"{where} = {mode!r}: must be one of {', '.join(FORWARD_MODES)}")
+    on_this_host = (target.version == 4 and target.is_loopback) or str(target) in addresses
+    if mode == "relay" or (mode == "auto" and not (on_this_host and backend == "nftables")):
+        return "relay"
+    if backend != "nftables":
+        raise ConfigError(f"{where} = \"kernel\" needs gate.backend = \"nftables\"")
+    if target.version == 6 and target.is_loopback:
+        # Linux never routes a packet from outside to ::1 (there is no route_localnet for IPv6).
+        raise ConfigError(f"{where} = \"kernel\": an IPv6 loopback target cannot be reached by NAT; use "
+                          f"\"relay\" or a target on another local address")
+    if not on_this_host:
+        raise ConfigError(f"{where} = \"kernel\": the target must be on this host (127.0.0.0/8 or one of "
+                          f"server.addresses); use \"relay\" for other hosts")
+    return "kernel"

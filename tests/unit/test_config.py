@@ -93,7 +93,7 @@ def test_example_parses() -> None:
     assert config.public_tcp_ports == () and config.public_udp_ports == ()
     assert config.nft_table == "dynknock"
     assert config.metrics_listen == "127.0.0.1:9877"
-    assert config.services == {"ssh": ServiceConfig("ssh", "127.0.0.1", 22)}
+    assert config.services == {"ssh": ServiceConfig("ssh", "127.0.0.1", 22, "kernel")}
 
 
 def test_example_states_every_default() -> None:
@@ -316,7 +316,7 @@ def test_service_must_have_exactly_a_target(tmp_path: Path, entry: dict[str, Any
 def test_service_that_is_not_a_table(tmp_path: Path) -> None:
     path = tmp_path / "dynknock.toml"
     path.write_text('[server]\ninterface = "eth0"\naddresses = ["198.18.0.1"]\n[services]\nssh = "127.0.0.1:22"\n')
-    with pytest.raises(ConfigError, match="services.ssh must have exactly one key: target"):
+    with pytest.raises(ConfigError, match=r"services.ssh takes target \(required\) and forward"):
         cfg.load(path)
 
 
@@ -393,3 +393,55 @@ def test_every_schema_entry_has_help_and_a_checked_default() -> None:
         assert help_text, f"{section}.{key}"
         if default is not None:
             parser(default)  # defaults pass their own check
+
+
+# --- how a service's doors are forwarded ------------------------------------------------------------
+
+def _service_config(tmp_path: Path, target: str, forward: str | None = None, backend: str = "nftables") -> Config:
+    path = tmp_path / "dynknock.toml"
+    line = f'forward = "{forward}"\n' if forward else ""
+    path.write_text(f'[server]\ninterface = "eth0"\naddresses = ["198.18.0.1", "2001:db8::1"]\n'
+                    f'[gate]\nbackend = "{backend}"\n[services.ssh]\ntarget = "{target}"\n{line}')
+    return cfg.load(path)
+
+
+@pytest.mark.parametrize("target,backend,expected", [
+    ("127.0.0.1:22", "nftables", "kernel"),
+    ("127.0.0.53:2222", "nftables", "kernel"),
+    ("198.18.0.1:22", "nftables", "kernel"),
+    ("[2001:db8::1]:22", "nftables", "kernel"),
+    ("[::1]:22", "nftables", "relay"),  # Linux cannot NAT to ::1 from outside
+    ("198.18.0.9:22", "nftables", "relay"),  # another host
+    ("127.0.0.1:22", "none", "relay"),
+])
+def test_auto_forwarding(tmp_path: Path, target: str, backend: str, expected: str) -> None:
+    assert _service_config(tmp_path, target, backend=backend).services["ssh"].forward == expected
+
+
+def test_forward_relay_is_always_allowed(tmp_path: Path) -> None:
+    assert _service_config(tmp_path, "127.0.0.1:22", "relay").services["ssh"].forward == "relay"
+
+
+@pytest.mark.parametrize("target,backend,message", [
+    ("127.0.0.1:22", "none", "needs gate.backend"),
+    ("[::1]:22", "nftables", "IPv6 loopback target cannot be reached by NAT"),
+    ("198.18.0.9:22", "nftables", "the target must be on this host"),
+])
+def test_forward_kernel_refused_where_it_cannot_work(tmp_path: Path, target: str, backend: str,
+                                                     message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"services.ssh.forward = \"kernel\".*{message}"):
+        _service_config(tmp_path, target, "kernel", backend)
+
+
+def test_forward_value_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dynknock.toml: services.ssh.forward = 'fast': must be one of auto"):
+        _service_config(tmp_path, "127.0.0.1:22", "fast")
+
+
+def test_door_path_follows_the_client_version(tmp_path: Path) -> None:
+    ipv4_target = _service_config(tmp_path, "127.0.0.1:22").services["ssh"]
+    assert (ipv4_target.door_path(4), ipv4_target.door_path(6)) == ("kernel", "relay")
+    ipv6_target = _service_config(tmp_path, "[2001:db8::1]:22").services["ssh"]
+    assert (ipv6_target.door_path(4), ipv6_target.door_path(6)) == ("relay", "kernel")
+    relayed = _service_config(tmp_path, "127.0.0.1:22", "relay").services["ssh"]
+    assert (relayed.door_path(4), relayed.door_path(6)) == ("relay", "relay")
