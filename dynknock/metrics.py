@@ -5,18 +5,35 @@ prometheus_client collector renders the model at scrape time. Cumulative
 figures owned by a stage (auth's rejection counters, capture's pcap stats)
 come from that stage's heartbeat, so they are exact even though individual
 rejection events are rate limited under a flood.
+
+Only the dynknock group may read the figures (docs/SECURITY.md): the endpoint
+answers a scrape only with ``Authorization: Bearer <token>``, the token being
+the content of metrics.token_file (root:dynknock or dynknock:dynknock, mode
+0640 at most). Unset, that file is ``<bus.runtime_dir>/metrics.token``, made
+with a fresh random token when missing; so filesystem permissions decide, and
+Prometheus reads it with ``authorization: {credentials_file: ...}``. Any other
+request gets a bare 401 (or 404), never a figure.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
+import secrets
+import socket
+import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from dynknock.bus import Event
 
@@ -114,12 +131,117 @@ class ModelCollector(Collector):
         yield up
 
 
-def serve(model: MetricsModel, listen: str) -> Any:
-    """Start the HTTP endpoint on `listen` ("127.0.0.1:9877"); returns the server."""
-    from prometheus_client import start_http_server
-    from prometheus_client.registry import CollectorRegistry
+TOKEN_NAME = "metrics.token"
+MIN_TOKEN_CHARS = 16
 
+
+class TokenError(ValueError):
+    """The token file cannot be used; the message is one line naming the key and the file."""
+
+
+def token_path(token_file: str, runtime_dir: Path) -> tuple[Path, bool]:
+    """The token file, and whether we may create it (only the default one, in our own directory)."""
+    if token_file:
+        return Path(token_file), False
+    return runtime_dir / TOKEN_NAME, True
+
+
+def load_token(path: Path, create: bool) -> str:
+    """Read (or, if allowed, first make) the token; refuse a file others may read or anyone write."""
+    where = f"metrics.token_file {path}"
+    if create and not os.path.lexists(path):
+        # Written whole under a private name, then linked in: a reader never sees it half made,
+        # and of two starters racing, one token wins (link fails if the name exists).
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                os.fchmod(out.fileno(), 0o640)  # not the umask's: the group must read it
+                out.write(secrets.token_urlsafe(32) + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+        except OSError as exc:
+            raise TokenError(f"{where}: cannot create it ({exc.strerror}); make one, "
+                             "or set metrics.token_file") from None
+        finally:
+            try:
+                os.unlink(draft)
+            except OSError:
+                pass
+    try:
+        # Our own default file, in our own directory, is never a link; the admin's may be one.
+        fd = os.open(path, os.O_RDONLY | (os.O_NOFOLLOW if create else 0))
+    except FileNotFoundError:
+        raise TokenError(f"{where}: not found; make it with (umask 027; head -c 32 /dev/urandom | base64 > "
+                         f"{path}) && chgrp dynknock {path}") from None
+    except OSError as exc:
+        raise TokenError(f"{where}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)  # of the file opened, not of whatever the name points to later
+        if not stat.S_ISREG(st.st_mode):
+            raise TokenError(f"{where}: not a regular file")
+        if st.st_mode & 0o137:
+            raise TokenError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} is too open; only the dynknock "
+                             f"group may read it: chmod 640 {path}")
+        token = os.read(fd, 4096).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise TokenError(f"{where}: the token must be one word of at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def authorised(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    if header is None:
+        return False
+    scheme, _, presented = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def _handler(registry: CollectorRegistry, token: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # a client that sends nothing holds a thread only this long
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.split("?", 1)[0] != "/metrics":
+                self._bare(404)
+            elif not authorised(self.headers.get("Authorization"), token):
+                self._bare(401, {"WWW-Authenticate": 'Bearer realm="dynknock"'})
+            else:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def _bare(self, code: int, headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # a scraper every 15 s, or a prober, must not fill the log
+
+    return Handler
+
+
+def serve(model: MetricsModel, listen: str, token: str) -> ThreadingHTTPServer:
+    """Start the HTTP endpoint on `listen` ("127.0.0.1:9877") in a thread; returns the server."""
     registry = CollectorRegistry()
     registry.register(ModelCollector(model))
     host, _, port = listen.rpartition(":")
-    return start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    host = host.strip("[]")
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    server = Server((host, int(port)), _handler(registry, token))
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -18,7 +18,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.events import as_json, paper_line
-from dynknock.metrics import MetricsModel, serve
+from dynknock.metrics import MetricsModel, TokenError, load_token, serve, token_path
 from dynknock.stage import common_arguments, load_config_or_exit, transport_for
 
 _COLOURS = {"rejected": "\033[31m", "refused": "\033[31m", "opened": "\033[32m", "accepted": "\033[32m",
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="?", const="", metavar="HOST:PORT",
                         help="serve Prometheus metrics instead of printing (default address: metrics.listen)")
     args = parser.parse_args(argv)
-    # The config is needed only for what the command line does not say.
-    config = load_config_or_exit(args.config, "tap") if not args.endpoint or args.metrics == "" else None
+    # The config is needed only for what the command line does not say (metrics: always, for the token).
+    config = load_config_or_exit(args.config, "tap") if not args.endpoint or args.metrics is not None else None
     def connect(sock: zmq.Socket[Any]) -> None:
         if args.endpoint:
             sock.connect(args.endpoint)
@@ -92,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             transport_for(config, "tap").connect(sock, "tap")
     model = None
     if args.metrics is not None:
-        listen = args.metrics or (config.metrics_listen if config else "")
+        assert config is not None
+        listen = args.metrics or config.metrics_listen
+        try:
+            token = load_token(*token_path(config.metrics_token_file, config.runtime_dir))
+        except TokenError as exc:
+            print(f"knock-tap: {exc}", file=sys.stderr)
+            return 2
         model = MetricsModel()
-        serve(model, listen)
+        serve(model, listen, token)
         print(f"knock-tap: Prometheus metrics on http://{listen}/metrics", file=sys.stderr, flush=True)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     context: zmq.Context[Any] = zmq.Context()

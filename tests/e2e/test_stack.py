@@ -197,8 +197,10 @@ def test_stage_killed_restarts_and_fails_closed(world: Lab, stage: str) -> None:
 
 def scrape_metrics(world: Lab) -> dict[str, float]:
     """The metrics program of supervisord.conf, scraped over HTTP inside the server namespace."""
-    script = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9877/metrics',timeout=5).read().decode())"
-    text = world.lab.run(world.lab.server, [str(VENV_BIN / "python"), "-c", script]).stdout
+    token = (world.workdir / "run" / "metrics.token").read_text().strip()  # made by the metrics program
+    script = ("import sys,urllib.request as u;print(u.urlopen(u.Request('http://127.0.0.1:9877/metrics',"
+              "headers={'Authorization':'Bearer '+sys.stdin.read()}),timeout=5).read().decode())")
+    text = world.lab.run(world.lab.server, [str(VENV_BIN / "python"), "-c", script], input=token).stdout
     return {name: float(value) for name, value in
             (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("dynknock_"))}
 

@@ -56,8 +56,9 @@ def test_tap_prints_events_of_a_real_stage_in_paper_style_and_json(stage_env: St
     assert records[1]["port"] == 41001 and records[1]["stage"] == "gate" and records[1]["client"] == "198.18.0.2"
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def scrape(port: int, token: str) -> dict[str, float]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(request, timeout=5).read().decode()
     values = {}
     for line in text.splitlines():
         if line.startswith("dynknock_"):
@@ -71,21 +72,24 @@ def test_metrics_endpoint_counts_events(stage_env: StageEnv) -> None:
     stage_env.start("knock-bus")
     stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
     start_tap(stage_env, "--metrics", f"127.0.0.1:{port}")
-    stage_env.wait_for(lambda: _answers(port), what="metrics endpoint")
-    before = scrape(port)
+    token_file = stage_env.workdir / "run" / "metrics.token"  # made by knock-tap (dynknock/metrics.py)
+    stage_env.wait_for(token_file.exists, what="metrics token")
+    token = token_file.read_text().strip()
+    stage_env.wait_for(lambda: _answers(port, token), what="metrics endpoint")
+    before = scrape(port, token)
     assert before['dynknock_gate_rules_total{operation="added"}'] == 0
     time.sleep(1.0)
     drive_gate(stage_env, 3)
-    stage_env.wait_for(lambda: scrape(port)['dynknock_gate_rules_total{operation="added"}'] == 3, what="3 rules")
-    after = scrape(port)
+    stage_env.wait_for(lambda: scrape(port, token)['dynknock_gate_rules_total{operation="added"}'] == 3, what="3 rules")
+    after = scrape(port, token)
     assert after['dynknock_gate_rules_total{operation="refused"}'] == 1
-    stage_env.wait_for(lambda: scrape(port)['dynknock_stage_up{stage="gate"}'] == 1.0, what="gate heartbeat")
-    assert scrape(port)['dynknock_stage_up{stage="auth"}'] == 0.0  # not running in this test
+    stage_env.wait_for(lambda: scrape(port, token)['dynknock_stage_up{stage="gate"}'] == 1.0, what="gate heartbeat")
+    assert scrape(port, token)['dynknock_stage_up{stage="auth"}'] == 0.0  # not running in this test
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, token: str) -> bool:
     try:
-        scrape(port)
+        scrape(port, token)
         return True
     except OSError:
         return False
