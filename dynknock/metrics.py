@@ -51,6 +51,7 @@ class MetricsModel:
     capture: dict[str, int] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)
     gate_rules: Counter[str] = field(default_factory=Counter)
+    relay: dict[str, int] = field(default_factory=dict)  # from relay.alive: connections, deferred_accepts
 
     def apply(self, event: Event) -> None:
         topic, fields = event.topic, event.fields
@@ -67,6 +68,9 @@ class MetricsModel:
             self.capture = {k: int(v) for k, v in fields.items()
                             if k in ("received", "kernel_dropped", "interface_dropped", "forwarded", "dropped",
                                      "bus_full", "unknown_hints") and isinstance(v, int)}
+        elif topic == "relay.alive":
+            self.relay = {k: v for k, v in fields.items()
+                          if k in ("connections", "deferred_accepts") and type(v) is int}
         elif topic == "auth.request.received":
             self.requests["received"] += 1
         elif topic == "auth.door.opened":
@@ -115,6 +119,12 @@ class ModelCollector(Collector):
         for direction in ("to_service", "to_client"):
             relayed.add_metric([direction], m.relay_bytes[direction])
         yield relayed
+        yield GaugeMetricFamily("dynknock_relay_connections_open", "Connections the relay carries now",
+                                value=m.relay.get("connections", 0))
+        # Non-zero: the relay ran short of file descriptors and a connection had to wait.
+        yield CounterMetricFamily("dynknock_relay_deferred_accepts",
+                                  "Accepts the relay put off for want of a file descriptor (since relay start)",
+                                  value=m.relay.get("deferred_accepts", 0))
         rules = CounterMetricFamily("dynknock_gate_rules", "Firewall rule operations", labels=["operation"])
         for operation in ("added", "removed", "refused"):
             rules.add_metric([operation], m.gate_rules[operation])

@@ -1,0 +1,38 @@
+"""MetricsModel folds relay events into figures (dynknock/metrics.py), rendered as Prometheus text."""
+
+from __future__ import annotations
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from dynknock.bus import Event
+from dynknock.metrics import MetricsModel, ModelCollector
+
+
+def render(model: MetricsModel) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(ModelCollector(model))
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in generate_latest(registry).decode().splitlines()
+             if line.startswith("dynknock_"))}
+
+
+def test_relay_bytes_are_summed_per_direction() -> None:
+    model = MetricsModel()
+    for up, down in ((10, 100_000), (3721, 3653)):
+        model.apply(Event("relay.connection.closed", "relay", 1.0,
+                          {"bytes_to_service": up, "bytes_to_client": down}))
+    figures = render(model)
+    assert figures['dynknock_relay_bytes_total{direction="to_service"}'] == 10 + 3721
+    assert figures['dynknock_relay_bytes_total{direction="to_client"}'] == 100_000 + 3653
+
+
+def test_relay_heartbeat_gives_open_connections_and_deferred_accepts() -> None:
+    model = MetricsModel()
+    assert render(model)["dynknock_relay_deferred_accepts_total"] == 0
+    model.apply(Event("relay.alive", "relay", 1.0, {"doors": 3, "connections": 4, "deferred_accepts": 7}))
+    figures = render(model)
+    assert figures["dynknock_relay_connections_open"] == 4
+    assert figures["dynknock_relay_deferred_accepts_total"] == 7
+    model.apply(Event("relay.alive", "relay", 2.0, {"connections": True, "deferred_accepts": "x"}))  # junk
+    assert render(model)["dynknock_relay_deferred_accepts_total"] == 0
