@@ -254,4 +254,4 @@ def test_the_knocking_client_loads_only_the_standard_library_and_its_own_code() 
 def test_help_loads_neither_the_knocking_code_nor_its_imports() -> None:
     loaded = _loaded_after("from client import main\nmain.build_parser().format_help()")
     assert not loaded & {"client.app", "client.config", "auth.keys", "auth.protocol", "socket", "dataclasses",
-                         "pathlib", "ipaddress", "hashlib", "typing"}
+                         "pathlib", "ipaddress", "hashlib", "typing", "shutil"}

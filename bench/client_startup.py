@@ -1,0 +1,364 @@
+"""knock-client as a user feels it: the whole process, from start to the service's first byte.
+
+    sudo /opt/dynknock/venv/bin/python bench/client_startup.py [--runs 3] [--spawns 100]
+        [--client LABEL=PATH ...] [--tree LABEL=DIR ...] [--json PATH] [--markdown PATH]
+
+ssh's ProxyCommand starts knock-client for every connection, so Python's start-up and
+the client's imports are part of every knock. This builds the namespace lab (prefix
+"dkcs"), starts the real stack (supervisord.conf, nftables, libpcap) with a sink as the
+service (one banner byte on accept, bench/labworker.py), and in the client namespace
+measures, for each client under test, side by side and in alternating order:
+
+* ``--proxy -q -k KEYFILE``: process start (just before fork) to the first byte of the
+  banner on knock-client's stdout, ``--runs`` runs of ``--spawns`` processes;
+* ``--help``: process start to exit;
+* a password instead of a key file (``--password-stdin``, no --proxy: start to the
+  "Door is open" line) against the same with a key file: the difference should be
+  scrypt alone;
+* ``-X importtime`` (PYTHONPROFILEIMPORTTIME=1) of real ``--proxy`` runs: the median
+  self time of every module imported, so that a regression shows where it came from.
+
+Clients: ``--client LABEL=PATH`` is an installed ``knock-client`` (default: the lab
+venv's); ``--tree LABEL=DIR`` runs the code of a checkout or ``git archive`` (its
+``client`` and ``auth`` packages) with the lab venv's Python, as its console script
+would, e.g. the code before a change::
+
+    git archive 84ce791 client auth | tar -x -C /tmp/before
+    sudo /opt/dynknock/venv/bin/python bench/client_startup.py --tree before=/tmp/before \\
+        --tree after=. --client clean-venv=/tmp/venv/bin/knock-client
+
+Every loop is bounded in count and time; the lab is torn down in ``finally``.
+Results go to stdout (and --json / --markdown); docs/BENCHMARKS.md quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import select
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+PREFIX = "dkcs"
+SINK_PORT = 5201
+SERVICE = "bench"
+BANNER = b"B"
+PASSWORD_USER = "pwuser"
+PASSWORD = "correct horse battery staple"
+SPAWN_TIMEOUT_S = 10.0
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    """'median (min-max)' of per-run figures."""
+    if not values:
+        return "n/a"
+    return f"{med(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+# --- the worker, inside the client namespace -----------------------------------------------
+
+
+def _spawn_first_byte(argv: list[str], stdin_data: bytes | None, env: dict[str, str] | None) -> dict[str, Any]:
+    """Start argv; time until its first stdout byte; then end it (EOF on stdin) and reap it."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    if stdin_data is not None:
+        proc.stdin.write(stdin_data)
+        proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], SPAWN_TIMEOUT_S)
+    first = os.read(proc.stdout.fileno(), 1) if ready else b""
+    elapsed_ms = (time.perf_counter() - t0) * 1000
+    proc.stdin.close()  # --proxy: EOF upstream, the sink answers its count and closes
+    proc.stdin = None  # communicate() must not flush the closed pipe
+    try:
+        _, err = proc.communicate(timeout=SPAWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return {"ms": elapsed_ms, "first": first.decode("latin-1"), "rc": proc.returncode,
+            "stderr": err.decode(errors="replace")}
+
+
+def _spawn_to_exit(argv: list[str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=SPAWN_TIMEOUT_S, check=False, env=_user_env())
+    return {"ms": (time.perf_counter() - t0) * 1000, "rc": done.returncode}
+
+
+def parse_importtime(stderr: str) -> dict[str, tuple[int, int, int]]:
+    """{module: (self us, cumulative us, depth)} from -X importtime lines."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cumulative, name = line.split(":", 1)[1].split("|", 2)
+        depth = (len(name) - len(name.lstrip(" "))) // 2
+        out[name.strip()] = (int(self_us), int(cumulative), depth)
+    return out
+
+
+def _user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell gives knock-client: none of ours (PYTHONDONTWRITEBYTECODE, PYTHONPATH...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(extra)
+    return env
+
+
+def worker(args: dict[str, Any]) -> None:
+    client: list[str] = args["client"]
+    server: str = args["server"]
+    keys = [str(Path(args["keys_dir"]) / f"u{i}.key") for i in range(int(args["key_count"]))]
+    mode = args["mode"]
+    deadline = time.monotonic() + float(args.get("max_seconds", 300))
+    rows: list[dict[str, Any]] = []
+    base = [*client, "-q", "--timeout", "5", "-s", SERVICE]
+    count = int(args["count"])
+    offset = int(args.get("key_offset", 0))
+    for i in range(count):
+        if time.monotonic() > deadline:
+            break
+        key = keys[(offset + i) % len(keys)]
+        if mode == "proxy":
+            row = _spawn_first_byte([*base, "--proxy", "-k", key, server], None, _user_env())
+            row["ok"] = row["first"] == BANNER.decode()
+        elif mode == "importtime":
+            env = _user_env(PYTHONPROFILEIMPORTTIME="1")
+            row = _spawn_first_byte([*base, "--proxy", "-k", key, server], None, env)
+            row["ok"] = row["first"] == BANNER.decode()
+            row["modules"] = parse_importtime(row["stderr"])
+        elif mode == "keyfile-line":  # the door line on stdout (no --proxy), with a key file
+            row = _spawn_first_byte([*base, "-k", key, server], None, _user_env())
+            row["ok"] = row["first"] == "D"
+        elif mode == "password-line":  # the same with a password: scrypt on top
+            row = _spawn_first_byte([*base, "-u", PASSWORD_USER, "--password-stdin", server],
+                                    (PASSWORD + "\n").encode(), _user_env())
+            row["ok"] = row["first"] == "D"
+        elif mode == "help":
+            row = _spawn_to_exit([*client, "--help"])
+            row["ok"] = row["rc"] == 0
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        if row["ok"]:
+            row.pop("stderr", None)
+        else:
+            row["stderr"] = str(row.get("stderr", ""))[-300:]
+        rows.append(row)
+    print(json.dumps(rows))
+
+
+# --- the lab, as root -------------------------------------------------------------------------
+
+
+def _wrapper(tree: Path, directory: Path, python: str) -> Path:
+    """A console script like pip's, running `tree`'s packages (first on sys.path) with `python`.
+    The tree is byte-compiled first, as pip does on install."""
+    subprocess.run([python, "-m", "compileall", "-q", str(tree / "client"), str(tree / "auth")], check=True)
+    script = directory / f"knock-client-{secrets.token_hex(4)}"
+    script.write_text(f"#!{python}\nimport sys\nsys.path.insert(0, {str(tree.resolve())!r})\n"
+                      "from client.main import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    return script
+
+
+def _write_key(path: Path) -> bytes:
+    key = secrets.token_bytes(32)
+    path.write_text(base64.b64encode(key).decode() + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def _machine() -> str:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} CPUs, {model}, kernel {platform.release()}, Python {platform.python_version()}"
+
+
+def summarize(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    add = lines.append
+    add(f"knock-client start-up ({results['date']}; {results['machine']}; load average "
+        f"{results['load_start']} at the start, {results['load_end']} at the end)")
+    add(f"command: {results['command']}")
+    add("")
+    add("| client | `--proxy -k`, start to first banner byte: p50 ms, median of runs (range) | p99 ms (range) | "
+        "opened | `--help` p50 ms | key-file door line p50 ms | password door line p50 ms | difference | "
+        "scrypt alone p50 ms |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, r in results["clients"].items():
+        runs = r["proxy_runs"]
+        p50s = [pct([x["ms"] for x in run if x["ok"]], 50) for run in runs]
+        p99s = [pct([x["ms"] for x in run if x["ok"]], 99) for run in runs]
+        ok = sum(x["ok"] for run in runs for x in run)
+        total = sum(len(run) for run in runs)
+        help_p50 = pct([x["ms"] for x in r["help"] if x["ok"]], 50)
+        key_line = pct([x["ms"] for x in r["keyfile_line"] if x["ok"]], 50)
+        pw_line = pct([x["ms"] for x in r["password_line"] if x["ok"]], 50)
+        add(f"| {label} | {spread(p50s)} | {spread(p99s)} | {ok}/{total} | {help_p50:.1f} | {key_line:.1f} | "
+            f"{pw_line:.1f} | {pw_line - key_line:.1f} | {med(results['scrypt_ms']):.1f} |")
+    add("")
+    for label, r in results["clients"].items():
+        samples = [x["modules"] for x in r["importtime"] if x.get("modules")]
+        if not samples:
+            continue
+        names = {name for sample in samples for name in sample}
+        self_us = {name: med([s[name][0] for s in samples if name in s]) for name in names}
+        all_us = med([sum(v[0] for v in s.values()) for s in samples])
+        top_level = sorted(((med([s[n][1] for s in samples if n in s]), n) for n in names
+                            if all(s[n][2] == 0 for s in samples if n in s)), reverse=True)[:8]
+        add(f"{label}: -X importtime of {len(samples)} `--proxy` runs (medians): all imports {all_us / 1000:.1f} ms, "
+            f"{len(names)} modules. Top level (cumulative ms): "
+            + ", ".join(f"{n} {us / 1000:.1f}" for us, n in top_level))
+        top_self = sorted(((us, n) for n, us in self_us.items()), reverse=True)[:15]
+        add("  heaviest by self ms: " + ", ".join(f"{n} {us / 1000:.2f}" for us, n in top_self))
+        add("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker(json.loads(base64.b64decode(sys.argv[2])))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs of --spawns --proxy processes per client")
+    parser.add_argument("--spawns", type=int, default=100, help="processes per run")
+    parser.add_argument("--help-spawns", type=int, default=40)
+    parser.add_argument("--password-spawns", type=int, default=10)
+    parser.add_argument("--importtime-spawns", type=int, default=10)
+    parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from dynknock.netlab import NetLab
+    from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+
+    python = str(VENV_BIN / "python")
+    workdir = Path(tempfile.mkdtemp(prefix="dynknock-startup-"))
+    os.chmod(workdir, 0o755)
+    clients: dict[str, list[str]] = {}
+    for spec in args.tree:
+        label, _, tree = spec.partition("=")
+        clients[label] = [str(_wrapper(Path(tree), workdir, python))]
+    for spec in args.client:
+        label, _, path = spec.partition("=")
+        clients[label] = [path]
+    if not clients:
+        clients["installed"] = [str(VENV_BIN / "knock-client")]
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
+        "command": shlex.join(["sudo", python, "bench/client_startup.py", *(sys.argv[1:] if argv is None else argv)]),
+        "load_start": Path("/proc/loadavg").read_text().split()[0], "clients": {}}
+    try:
+        with NetLab(PREFIX) as lab:
+            keys_dir = workdir / "keys"
+            keys_dir.mkdir(mode=0o700)
+            # One user per spawn in a round (a user holds at most max_doors_per_user doors at once).
+            names = [f"u{i}" for i in range(200)]
+            users = [LabUser(n, key=_write_key(keys_dir / f"{n}.key"), services=(SERVICE,)) for n in names]
+            users.append(LabUser(PASSWORD_USER, password=PASSWORD, services=(SERVICE,)))
+            prepare_workdir(workdir)
+            write_users(workdir / "users.json", users)
+            write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=30,
+                         services={SERVICE: f"127.0.0.1:{SINK_PORT}"})
+            sink = lab.popen(lab.server, [python, str(BENCH / "labworker.py"), "sink", base64.b64encode(json.dumps(
+                {"listen": [f"127.0.0.1:{SINK_PORT}"], "lifetime_s": 1800}).encode()).decode()],
+                stdout=subprocess.PIPE, text=True)
+            assert sink.stdout is not None
+            if '"ready"' not in sink.stdout.readline():
+                raise RuntimeError("the sink did not start")
+            stack = Stack(lab, workdir, REPO / "supervisord.conf")
+            stack.start()
+            try:
+                from auth.keys import derive_master_key
+
+                results["scrypt_ms"] = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    derive_master_key("alice", PASSWORD)
+                    results["scrypt_ms"].append((time.perf_counter() - t0) * 1000)
+                offset = 0
+
+                def run(label: str, mode: str, count: int) -> list[dict[str, Any]]:
+                    nonlocal offset
+                    payload = {"client": clients[label], "server": lab.server.ipv4, "keys_dir": str(keys_dir),
+                               "key_count": len(names), "mode": mode, "count": count, "key_offset": offset,
+                               "max_seconds": 300}
+                    offset += count
+                    done = lab.run(lab.client, [python, __file__, "worker",
+                                                base64.b64encode(json.dumps(payload).encode()).decode()],
+                                   timeout=400, check=True)
+                    rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+                    bad = [r for r in rows if not r["ok"]]
+                    print(f"[startup] {label} {mode}: {len(rows) - len(bad)}/{len(rows)} ok, p50 "
+                          f"{pct([r['ms'] for r in rows if r['ok']], 50):.1f} ms"
+                          + (f"; first failure: {bad[0]}" if bad else ""), file=sys.stderr, flush=True)
+                    return rows
+
+                for label in clients:
+                    results["clients"][label] = {"proxy_runs": [], "help": [], "keyfile_line": [],
+                                                 "password_line": [], "importtime": []}
+                for label in clients:  # warm the page cache and the .pyc files of every client first
+                    run(label, "proxy", 3)
+                for round_ in range(args.runs):
+                    order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
+                    for label in order:
+                        results["clients"][label]["proxy_runs"].append(run(label, "proxy", args.spawns))
+                for label in clients:
+                    r = results["clients"][label]
+                    r["help"] = run(label, "help", args.help_spawns)
+                    r["keyfile_line"] = run(label, "keyfile-line", args.password_spawns)
+                    r["password_line"] = run(label, "password-line", args.password_spawns)
+                    r["importtime"] = run(label, "importtime", args.importtime_spawns)
+            finally:
+                stack.stop()
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["load_end"] = Path("/proc/loadavg").read_text().split()[0]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    report = summarize(results)
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
