@@ -132,7 +132,9 @@ class EngineConfig:
     # hint's budget, and the user's own address keeps its checks.
     bad_tags_per_source_per_second: int = 10
     door_retries: int = 8  # another port after "address_in_use", this often per request
-    checked_cache_max: int = 200_000  # packets whose tag was checked, remembered by bytes
+    # Packets whose tag was checked, remembered by their bytes (~0.7 KB each with the decoded
+    # message): only good tags make entries, at most hint_checks_per_second per user for ~3 min.
+    checked_cache_max: int = 50_000
 
 
 class State(enum.Enum):
