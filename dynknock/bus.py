@@ -13,7 +13,7 @@ message             sender       receivers                   socket
 Datagram            capture      auth                        PUSH -> PULL ``packets``
 Syn                 capture      auth                        PUSH -> PULL ``packets``
 KnockFilter         auth         capture                     PUB -> SUB ``filter``
-DoorOpen            auth         gate, relay                 DEALER -> ROUTER ``gate``/``relay``
+DoorOpen            auth         gate, relay (not kernel)    DEALER -> ROUTER ``gate``/``relay``
 DoorClose           auth         gate, relay                 DEALER -> ROUTER
 DoorResult          gate, relay  auth                        ROUTER -> DEALER (reply)
 ==================  ===========  =========================  ========================
@@ -106,6 +106,9 @@ class DoorOpen:
     target_port: int
     expires_at_ms: int  # wall clock; a command that arrives too late must open nothing
     single_use: bool
+    # True: the gate forwards the door's connection in the kernel (nftables DNAT) and the
+    # relay is not asked; False: the gate only admits the client, the relay forwards.
+    kernel: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,19 +8,38 @@ text is built only from values that passed. No shell is ever involved.
 The ruleset lives in our own table (``inet <table>``) and never touches anyone
 else's. Door elements carry kernel-side timeouts: a door closes on time even if
 the gate, or the whole stack, dies (fail closed).
+
+Two kinds of door:
+
+* relay doors (``doors4``/``doors6``): the input chain admits (client, door port)
+  and the relay stage accepts the connection and pumps it to the service;
+* kernel doors (``once4``/``many4`` and the map ``fwd4``, and their IPv6 twins):
+  nftables itself forwards the connection (DNAT to the service's address and port),
+  so no byte crosses user space and an established session outlives every stage.
+  A single-use door is a ``once`` element that the NAT rule deletes with the first
+  new connection it forwards: a second connection finds no element, is not
+  forwarded, and the input chain drops it as it drops any door port.
+
+Forwarding to 127.0.0.0/8 needs ``route_localnet`` on the interface (the gate sets
+it, see gate/main.py); the ``guard`` chain, before NAT, drops every packet from
+outside addressed to or from 127.0.0.0/8, so the setting opens nothing by itself:
+only a door's DNAT reaches a loopback service.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynknock.bus import DoorClose, DoorOpen
 
 _DOOR_ID = re.compile(r"[0-9a-f]{1,32}")
 # A little slack over the window for clock reading jitter between the stages.
 TIMEOUT_SLACK_MS = 2000
+# conntrack mark bits of a connection forwarded by a kernel door: the input chain admits
+# it and the gate's conntrack watcher reports its use and its bytes ("KN").
+KERNEL_DOOR_MARK = 0x4B4E0000
 
 
 class Invalid(ValueError):
@@ -37,13 +56,21 @@ class GateSettings:
     stealth: bool
     public_tcp_ports: tuple[int, ...] = ()
     public_udp_ports: tuple[int, ...] = ()
+    # (address, port) of the services a kernel door may forward to; nothing else, whatever
+    # a command says (as the relay connects only to configured targets).
+    kernel_targets: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class DoorElement:
-    set_name: str  # doors4 / doors6
+    set_name: str  # doors4 / doors6 (relay); once4 / many4 / once6 / many6 (kernel)
     address: str
     port: int
+    target: tuple[str, int] | None = None  # kernel doors: where the connection is forwarded
+
+    @property
+    def version(self) -> int:
+        return 6 if self.set_name.endswith("6") else 4
 
 
 def _element(settings: GateSettings, client: str, port: int) -> DoorElement:
@@ -61,11 +88,24 @@ def _element(settings: GateSettings, client: str, port: int) -> DoorElement:
     return DoorElement("doors4" if address.version == 4 else "doors6", str(address), port)
 
 
+def _kernel_element(settings: GateSettings, element: DoorElement, command: DoorOpen) -> DoorElement:
+    target = (command.target_host, command.target_port)
+    if target not in settings.kernel_targets:
+        raise Invalid(f"target {command.target_host}:{command.target_port} is no kernel-forwarded service")
+    if ipaddress.ip_address(command.target_host).version != element.version:
+        raise Invalid("NAT cannot forward between IPv4 and IPv6")
+    kind = "once" if command.single_use else "many"
+    return DoorElement(f"{kind}{element.version}", element.address, element.port,
+                       (str(ipaddress.ip_address(command.target_host)), command.target_port))
+
+
 def validate_open(settings: GateSettings, command: DoorOpen, now_ms: int) -> tuple[DoorElement, int]:
     """The element to add and its timeout in ms, or Invalid."""
     if not _DOOR_ID.fullmatch(command.door_id):
         raise Invalid("bad door id")
     element = _element(settings, command.client, command.port)
+    if command.kernel:
+        element = _kernel_element(settings, element, command)
     timeout_ms = command.expires_at_ms - now_ms
     if timeout_ms <= 0:
         raise Invalid(f"command arrived {-timeout_ms} ms after the door's end")
@@ -85,11 +125,30 @@ def _key(element: DoorElement) -> str:
 
 
 def add_element(settings: GateSettings, element: DoorElement, timeout_ms: int) -> str:
-    return f"add element inet {settings.table} {element.set_name} {{ {_key(element)} timeout {timeout_ms}ms }}\n"
+    """One transaction: a kernel door's target and its admission appear together or not at all."""
+    t = f"inet {settings.table}"
+    text = ""
+    if element.target is not None:
+        target = f"{element.target[0]} . {element.target[1]}"
+        text += f"add element {t} fwd{element.version} {{ {_key(element)} timeout {timeout_ms}ms : {target} }}\n"
+    return text + f"add element {t} {element.set_name} {{ {_key(element)} timeout {timeout_ms}ms }}\n"
 
 
 def delete_element(settings: GateSettings, element: DoorElement) -> str:
     return f"delete element inet {settings.table} {element.set_name} {{ {_key(element)} }}\n"
+
+
+def delete_everywhere(settings: GateSettings, element: DoorElement) -> list[str]:
+    """Deletions, one per transaction, of every place a door of this (client, port) can be.
+
+    A DoorClose does not say which kind the door was (a gate restarted in between does
+    not know either), and nft refuses a whole transaction that deletes a missing
+    element: the gate applies each and ignores "not found". A used single-use door has
+    already lost its ``once`` element to the NAT rule; its target goes with the rest.
+    """
+    v = element.version
+    names = (f"doors{v}", f"once{v}", f"many{v}", f"fwd{v}")
+    return [delete_element(settings, DoorElement(name, element.address, element.port)) for name in names]
 
 
 def ruleset(settings: GateSettings) -> str:
@@ -104,12 +163,15 @@ def ruleset(settings: GateSettings) -> str:
         f"add table {t}",
         f"add set {t} doors4 {{ type ipv4_addr . inet_service; flags timeout; }}",
         f"add set {t} doors6 {{ type ipv6_addr . inet_service; flags timeout; }}",
+        *_kernel_door_rules(settings),
         # Before the usual filter priority so our drop of the door range holds
         # even if another table would accept; we never accept for others.
         f"add chain {t} input {{ type filter hook input priority filter - 10; policy accept; }}",
         f"flush chain {t} input",
         # Connections made through a door outlive its window.
         f"add rule {t} input ct state established,related accept",
+        # A new connection that a kernel door forwarded (DNAT, marked, in _kernel_door_rules).
+        f"add rule {t} input ct status dnat ct mark and {KERNEL_DOOR_MARK:#x} == {KERNEL_DOOR_MARK:#x} accept",
         f"add rule {t} input tcp dport {doors} ip saddr . tcp dport @doors4 accept",
         f"add rule {t} input tcp dport {doors} ip6 saddr . tcp dport @doors6 accept",
         # Silently: no RST, so a scan cannot tell a door port from a dead one.
@@ -130,6 +192,40 @@ def ruleset(settings: GateSettings) -> str:
         lines.append(f"add rule {t} input drop")
     lines += _output_rules(settings)
     return "\n".join(lines) + "\n"
+
+
+def _kernel_door_rules(settings: GateSettings) -> list[str]:
+    t = f"inet {settings.table}"
+    doors = f"{settings.door_port_low}-{settings.door_port_high}"
+    lines = []
+    for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        lines += [
+            # "dynamic": the NAT rule deletes from it.
+            f"add set {t} once{v} {{ type {addr} . inet_service; flags dynamic,timeout; }}",
+            f"add set {t} many{v} {{ type {addr} . inet_service; flags timeout; }}",
+            f"add map {t} fwd{v} {{ type {addr} . inet_service : {addr} . inet_service; flags timeout; }}",
+        ]
+    lines += [
+        # Before NAT (raw priority): from outside, nothing may reach 127.0.0.0/8, whatever
+        # route_localnet says; only a door's DNAT, after this chain, leads there.
+        f"add chain {t} guard {{ type filter hook prerouting priority raw; policy accept; }}",
+        f"flush chain {t} guard",
+        f'add rule {t} guard iifname != "lo" ip daddr 127.0.0.0/8 drop',
+        f'add rule {t} guard iifname != "lo" ip saddr 127.0.0.0/8 drop',
+        f"add chain {t} doors_nat {{ type nat hook prerouting priority dstnat; policy accept; }}",
+        f"flush chain {t} doors_nat",
+    ]
+    mark = f"ct mark set ct mark or {KERNEL_DOOR_MARK:#x}"
+    for v, family in ((4, "ip"), (6, "ip6")):
+        key = f"{family} saddr . tcp dport"
+        target = f"dnat {family} to {key} map @fwd{v}"
+        # Only the first packet of a connection passes a NAT chain: deleting the element
+        # there makes the door single-use, and the connection keeps its mapping.
+        lines += [
+            f"add rule {t} doors_nat tcp dport {doors} {key} @once{v} delete @once{v} {{ {key} }} {mark} {target}",
+            f"add rule {t} doors_nat tcp dport {doors} {key} @many{v} {mark} {target}",
+        ]
+    return lines
 
 
 # ICMP that answers someone: errors about a packet received, and replies to requests.
@@ -174,3 +270,79 @@ def _output_rules(settings: GateSettings) -> list[str]:
 
 def remove_table(settings: GateSettings) -> str:
     return f"delete table inet {settings.table}\n"
+
+
+# --- what conntrack says of kernel doors ------------------------------------------------------------
+
+_CT_EVENT = re.compile(r"\[(NEW|UPDATE|DESTROY)\]\s+tcp\s+\d+\s+(?:\d+\s+)?([A-Z_]+)?\s*(.*)")
+_CT_FIELD = re.compile(r"(?<![\w-])(src|dst|sport|dport|packets|bytes|id)=(\S+)")
+# conntrack states after which a connection carries no more data.
+_CT_CLOSED_STATES = frozenset({"TIME_WAIT", "CLOSE"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSeen:
+    """One line of `conntrack -E -o id` about a connection a kernel door forwarded."""
+
+    kind: str  # "used" (a new connection), "closed" (no more data), "gone" (entry destroyed)
+    conntrack_id: int
+    client: str
+    client_port: int
+    door_port: int
+    server: str
+    bytes_in: int | None = None  # client -> service, whole IP packets (conntrack accounting)
+    bytes_out: int | None = None
+
+
+def parse_conntrack_event(line: str) -> ConnectionSeen | None:
+    """The event of a line, or None for any line that is not one of ours (it is kernel output, but
+    only a fully formed line is trusted: a torn or unexpected one is skipped, never guessed at)."""
+    match = _CT_EVENT.search(line)
+    if match is None:
+        return None
+    event, state, rest = match.group(1), match.group(2) or "", match.group(3)
+    original: dict[str, str] = {}
+    reply: dict[str, str] = {}
+    conntrack_id = None
+    for key, value in _CT_FIELD.findall(rest):
+        if key == "id":
+            conntrack_id = value
+        else:  # the original direction's fields come first, then the reply's
+            (reply if key in original else original).setdefault(key, value)
+    try:
+        client, server = str(ipaddress.ip_address(original["src"])), str(ipaddress.ip_address(original["dst"]))
+        client_port, door_port = int(original["sport"]), int(original["dport"])
+        identity = int(conntrack_id or "")
+    except (KeyError, ValueError):
+        return None
+    seen = ConnectionSeen("used", identity, client, client_port, door_port, server)
+    if event == "NEW":
+        return seen
+    if event == "UPDATE" and state in _CT_CLOSED_STATES:
+        return replace(seen, kind="closed")
+    if event == "DESTROY":
+        return replace(seen, kind="gone", bytes_in=_int_or_none(original.get("bytes")),
+                       bytes_out=_int_or_none(reply.get("bytes")))
+    return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def parse_counters(line: str) -> tuple[int, int] | None:
+    """(bytes in, bytes out) of a `conntrack -G` line, or None."""
+    byte_counts = [int(v) for k, v in _CT_FIELD.findall(line) if k == "bytes" and v.isdigit()]
+    return (byte_counts[0], byte_counts[1]) if len(byte_counts) == 2 else None
+
+
+def conntrack_get_argv(conntrack: str, seen: ConnectionSeen) -> list[str]:
+    """The conntrack command that reads one door connection's counters (before its entry is gone)."""
+    return [conntrack, "-G", "-p", "tcp", "-s", seen.client, "-d", seen.server, "--sport", str(seen.client_port),
+            "--dport", str(seen.door_port)]
+
+
+def conntrack_watch_argv(conntrack: str) -> list[str]:
+    """The conntrack command that reports the connections of kernel doors (our mark) as they come and go."""
+    mark = f"{KERNEL_DOOR_MARK:#x}/{KERNEL_DOOR_MARK:#x}"
+    return [conntrack, "-E", "-p", "tcp", "-e", "NEW,UPDATE,DESTROY", "-o", "id", "--mark", mark]

@@ -8,9 +8,13 @@ the relay's own address check stands between a door and the world.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import ipaddress
 import shutil
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -93,10 +97,103 @@ class Nft:
 
 
 def settings_from(config: Config) -> core.GateSettings:
+    kernel_targets = frozenset((str(ipaddress.ip_address(s.host)), s.port) for s in config.services.values()
+                               if s.forward == "kernel")
     return core.GateSettings(table=config.nft_table, door_port_low=config.door_port_low,
                              door_port_high=config.door_port_high, window_seconds=config.window_seconds,
                              control_port=config.control_port, stealth=config.stealth,
-                             public_tcp_ports=config.public_tcp_ports, public_udp_ports=config.public_udp_ports)
+                             public_tcp_ports=config.public_tcp_ports, public_udp_ports=config.public_udp_ports,
+                             kernel_targets=kernel_targets)
+
+
+class KernelSettings:
+    """The two sysctls kernel doors need, in this network namespace.
+
+    route_localnet lets a packet from the interface be routed to 127.0.0.0/8, which a
+    DNAT to 127.0.0.1:22 needs; the guard chain of our table drops whatever comes from
+    outside addressed there, so only a door's DNAT gets through. The value found is kept
+    in state_dir and put back when the table is removed. nf_conntrack_acct makes
+    conntrack count bytes, for the door connections' figures.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.interface = config.interface
+        self.saved = config.state_dir / f"gate-route_localnet.{config.interface}"
+        self.path = Path(f"/proc/sys/net/ipv4/conf/{config.interface}/route_localnet")
+
+    def needed(self, settings: core.GateSettings) -> bool:
+        return any(ipaddress.ip_address(host).is_loopback for host, _ in settings.kernel_targets)
+
+    def enable(self) -> None:
+        before = self.path.read_text().strip()
+        if not self.saved.exists():
+            self.saved.write_text(before + "\n")
+        self.path.write_text("1\n")
+
+    def restore(self) -> None:
+        if self.saved.exists():
+            self.path.write_text(self.saved.read_text())
+            self.saved.unlink()
+
+    @staticmethod
+    def count_bytes() -> None:
+        Path("/proc/sys/net/netfilter/nf_conntrack_acct").write_text("1\n")
+
+
+class ConntrackWatch:
+    """Reads `conntrack -E` about kernel doors' connections in a thread, hands them to the loop.
+
+    The thread only parses and asks conntrack for counters; everything it finds goes over
+    an inproc PAIR to the main loop, which alone publishes (a zmq socket is not thread-safe).
+    """
+
+    def __init__(self, context: zmq.Context[Any], conntrack: str, log: Any) -> None:
+        self.conntrack = conntrack
+        self.log = log
+        self.inbox: zmq.Socket[Any] = context.socket(zmq.PAIR)
+        self.inbox.bind("inproc://conntrack-watch")
+        self._outbox: zmq.Socket[Any] = context.socket(zmq.PAIR)
+        self._outbox.connect("inproc://conntrack-watch")
+        self.process = subprocess.Popen(core.conntrack_watch_argv(conntrack), stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        threading.Thread(target=self._read, name="conntrack-watch", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        reported: set[int] = set()
+        for line in self.process.stdout:
+            seen = core.parse_conntrack_event(line)
+            if seen is None:
+                continue
+            if seen.kind == "closed":
+                counters = self._counters(seen)
+                if counters is None:
+                    continue  # reported when the entry goes, with its counters
+                seen = dataclasses.replace(seen, bytes_in=counters[0], bytes_out=counters[1])
+                reported.add(seen.conntrack_id)
+            elif seen.kind == "gone":
+                if seen.conntrack_id in reported:
+                    reported.discard(seen.conntrack_id)
+                    continue
+                seen = dataclasses.replace(seen, kind="closed")
+            self._outbox.send_json(dataclasses.asdict(seen))  # in-process only; still no pickles
+
+    def _counters(self, seen: core.ConnectionSeen) -> tuple[int, int] | None:
+        try:
+            done = subprocess.run(core.conntrack_get_argv(self.conntrack, seen), capture_output=True, text=True,
+                                  timeout=NFT_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return core.parse_counters(done.stdout)
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.inbox.close(0)
+        self._outbox.close(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,19 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("gate")
     settings = settings_from(config)
     nft = Nft() if config.gate_backend == "nftables" else None
+    kernel = KernelSettings(config)
     if args.remove_table:
         if nft is not None:
             nft.apply(core.remove_table(settings))
+            kernel.restore()
         return 0
     if nft is not None:
         try:
             nft.apply(core.ruleset(settings))
-        except NftError as exc:
+            if settings.kernel_targets:
+                kernel.count_bytes()
+                if kernel.needed(settings):
+                    kernel.enable()
+        except (NftError, OSError) as exc:
             print(f"knock-gate: cannot install the nftables table inet {settings.table} "
                   f"(needs CAP_NET_ADMIN; gate.backend in {config.path}): {exc}", file=sys.stderr)
             return 2
-        log.info("nftables table inet %s ready (via %s): doors %d-%d%s.", settings.table, nft.via,
-                 settings.door_port_low, settings.door_port_high, ", stealth" if settings.stealth else "")
+        log.info("nftables table inet %s ready (via %s): doors %d-%d%s%s.", settings.table, nft.via,
+                 settings.door_port_low, settings.door_port_high, ", stealth" if settings.stealth else "",
+                 f", kernel forwarding to {', '.join(f'{h}:{p}' for h, p in sorted(settings.kernel_targets))}"
+                 if settings.kernel_targets else "")
     else:
         log.warning("WARNING: gate.backend = \"none\": no firewall rules. Door ports are protected only by the "
                     "relay's address check; a scan can see them. Use nftables in production.")
@@ -134,11 +239,30 @@ def main(argv: list[str] | None = None) -> int:
     if nft is None:
         events.publish("gate.backend.none", warning="no firewall: relay address check only")
     log_bad = RateLimitedLog(log)
+    watch = None
+    conntrack = shutil.which("conntrack") or "/usr/sbin/conntrack"
+    if nft is not None and settings.kernel_targets:
+        try:
+            watch = ConntrackWatch(context, conntrack, log)
+        except OSError as exc:
+            log.warning("No door connection events or byte counts: cannot run %s (%s); install conntrack",
+                        conntrack, exc)
+    doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
+    poller = zmq.Poller()
+    poller.register(commands, zmq.POLLIN)
+    if watch is not None:
+        poller.register(watch.inbox, zmq.POLLIN)
     stop = StopSignal()
     while not stop.requested:
         if events.heartbeat_due():
-            events.alive(backend=config.gate_backend)
-        if not commands.poll(500):
+            events.alive(backend=config.gate_backend, kernel_doors=len(doors),
+                         conntrack_watch=watch is not None and watch.process.poll() is None)
+        ready = dict(poller.poll(500))
+        if watch is not None and watch.inbox in ready:
+            seen = watch.inbox.recv_json()
+            assert isinstance(seen, dict)  # our own thread sent it
+            report_connection(core.ConnectionSeen(**seen), doors, events)
+        if commands not in ready:
             continue
         frames = commands.recv_multipart()
         if len(frames) != 2:
@@ -153,15 +277,42 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if isinstance(command, bus.DoorOpen):
             result = handle_open(settings, nft, command, events, log)
+            if result.ok and command.kernel:
+                forget_expired(doors)
+                doors[(command.client, command.port)] = command
         elif isinstance(command, bus.DoorClose):
             result = handle_close(settings, nft, command, events, log)
+            doors.pop((command.client, command.port), None)
         else:
             log_bad("Dropped an unexpected %s", type(command).__name__)
             continue
         commands.send_multipart([identity, bus.encode(result)])
+    if watch is not None:
+        watch.close()
     events.close()
     context.destroy(0)
     return 0
+
+
+def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen]) -> None:
+    """Doors past their window (their connections may go on: a minute's grace names them)."""
+    now = now_ms()
+    for key in [k for k, door in doors.items() if door.expires_at_ms + 60_000 < now]:
+        del doors[key]
+
+
+def report_connection(seen: core.ConnectionSeen, doors: dict[tuple[str, int], bus.DoorOpen],
+                      events: Publisher) -> None:
+    door = doors.get((str(seen.client), seen.door_port))
+    names = {"user": door.user, "door_id": door.door_id, "target": f"{door.target_host}:{door.target_port}"} \
+        if door is not None else {}
+    if seen.kind == "used":
+        events.publish("gate.connection.opened", client=seen.client, port=seen.door_port,
+                       client_port=seen.client_port, **names)
+    else:
+        events.publish("gate.connection.closed", client=seen.client, port=seen.door_port,
+                       client_port=seen.client_port, bytes_in=seen.bytes_in, bytes_out=seen.bytes_out,
+                       counted="ip packets", **names)
 
 
 def handle_open(settings: core.GateSettings, nft: Nft | None, command: bus.DoorOpen,
@@ -175,7 +326,7 @@ def handle_open(settings: core.GateSettings, nft: Nft | None, command: bus.DoorO
         events.publish("gate.rule.refused", client=command.client, port=command.port, reason=str(exc))
         return bus.DoorResult(command.door_id, "gate", False, str(exc))
     events.publish("gate.rule.added", client=element.address, port=element.port, timeout_ms=timeout_ms,
-                   user=command.user)
+                   user=command.user, forward="kernel" if element.target is not None else "relay")
     return bus.DoorResult(command.door_id, "gate", True)
 
 
@@ -184,11 +335,12 @@ def handle_close(settings: core.GateSettings, nft: Nft | None, command: bus.Door
     try:
         element = core.validate_close(settings, command)
         if nft is not None:
-            try:
-                nft.apply(core.delete_element(settings, element))
-            except NftError as exc:
-                if "No such file" not in str(exc):  # already expired or never added: closed is closed
-                    raise
+            for deletion in core.delete_everywhere(settings, element):
+                try:
+                    nft.apply(deletion)
+                except NftError as exc:
+                    if "No such file" not in str(exc):  # already expired or never added: closed is closed
+                        raise
     except (core.Invalid, NftError) as exc:
         events.publish("gate.rule.refused", client=command.client, port=command.port, reason=str(exc))
         return bus.DoorResult(command.door_id, "gate", False, str(exc))

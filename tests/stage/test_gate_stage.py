@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import pytest
 import zmq
 
 from dynknock import bus
+from dynknock.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv
 
 pytestmark = pytest.mark.stage
@@ -72,3 +74,35 @@ def test_gate_nftables_adds_and_removes_elements_with_only_cap_net_admin(stage_e
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert int(fields["CapEff"], 16) == 1 << 12
     assert fields["Uid"].split()[0] != "0"
+
+
+def sysctl(netns: str, path: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "cat", path], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_gate_kernel_door_elements_route_localnet_and_its_restore(stage_env: StageEnv, netns: str) -> None:
+    """A kernel door is a once/fwd element pair; route_localnet is set while the table lives, restored after."""
+    stage_env.write_config(backend="nftables")  # ssh -> 127.0.0.1:22 on this host: forward = auto = kernel
+    route_localnet = "/proc/sys/net/ipv4/conf/lo/route_localnet"
+    assert sysctl(netns, route_localnet) == "0"
+    stage_env.start("knock-gate", prefix=("ip", "netns", "exec", netns, *GATE_PRIVILEGES))
+    sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.gate)
+    kernel_door = dataclasses.replace(door(port=41236, client="198.18.0.8"), kernel=True)
+    assert ask(sock, kernel_door).ok
+    assert "198.18.0.8 . 41236 timeout" in nft_set(netns, "once4")
+    fwd = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "map", "inet", "dkstage", "fwd4"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "198.18.0.8 . 41236 timeout" in fwd and ": 127.0.0.1 . 22" in fwd
+    assert sysctl(netns, route_localnet) == "1"
+    assert sysctl(netns, "/proc/sys/net/netfilter/nf_conntrack_acct") == "1"
+    # Only a configured kernel target: another port of the same host is refused.
+    other = ask(sock, dataclasses.replace(kernel_door, door_id="cd34", port=41237, target_port=23))
+    assert not other.ok and "no kernel-forwarded service" in other.detail
+    assert ask(sock, bus.DoorClose("ab12", "198.18.0.8", 41236)).ok
+    assert "41236" not in nft_set(netns, "once4")
+    # Uninstall: the table goes and route_localnet is what it was.
+    removed = subprocess.run(["ip", "netns", "exec", netns, *GATE_PRIVILEGES, str(VENV_BIN / "knock-gate"), "-c",
+                              str(stage_env.config), "--remove-table"], capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    assert sysctl(netns, route_localnet) == "0"

@@ -199,9 +199,30 @@ BASE_RULESET = [
     "add table inet dynknock",
     "add set inet dynknock doors4 { type ipv4_addr . inet_service; flags timeout; }",
     "add set inet dynknock doors6 { type ipv6_addr . inet_service; flags timeout; }",
+    "add set inet dynknock once4 { type ipv4_addr . inet_service; flags dynamic,timeout; }",
+    "add set inet dynknock many4 { type ipv4_addr . inet_service; flags timeout; }",
+    "add map inet dynknock fwd4 { type ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout; }",
+    "add set inet dynknock once6 { type ipv6_addr . inet_service; flags dynamic,timeout; }",
+    "add set inet dynknock many6 { type ipv6_addr . inet_service; flags timeout; }",
+    "add map inet dynknock fwd6 { type ipv6_addr . inet_service : ipv6_addr . inet_service; flags timeout; }",
+    "add chain inet dynknock guard { type filter hook prerouting priority raw; policy accept; }",
+    "flush chain inet dynknock guard",
+    'add rule inet dynknock guard iifname != "lo" ip daddr 127.0.0.0/8 drop',
+    'add rule inet dynknock guard iifname != "lo" ip saddr 127.0.0.0/8 drop',
+    "add chain inet dynknock doors_nat { type nat hook prerouting priority dstnat; policy accept; }",
+    "flush chain inet dynknock doors_nat",
+    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip saddr . tcp dport @once4 delete @once4"
+    " { ip saddr . tcp dport } ct mark set ct mark or 0x4b4e0000 dnat ip to ip saddr . tcp dport map @fwd4",
+    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip saddr . tcp dport @many4"
+    " ct mark set ct mark or 0x4b4e0000 dnat ip to ip saddr . tcp dport map @fwd4",
+    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip6 saddr . tcp dport @once6 delete @once6"
+    " { ip6 saddr . tcp dport } ct mark set ct mark or 0x4b4e0000 dnat ip6 to ip6 saddr . tcp dport map @fwd6",
+    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip6 saddr . tcp dport @many6"
+    " ct mark set ct mark or 0x4b4e0000 dnat ip6 to ip6 saddr . tcp dport map @fwd6",
     "add chain inet dynknock input { type filter hook input priority filter - 10; policy accept; }",
     "flush chain inet dynknock input",
     "add rule inet dynknock input ct state established,related accept",
+    "add rule inet dynknock input ct status dnat ct mark and 0x4b4e0000 == 0x4b4e0000 accept",
     "add rule inet dynknock input tcp dport 40000-49999 ip saddr . tcp dport @doors4 accept",
     "add rule inet dynknock input tcp dport 40000-49999 ip6 saddr . tcp dport @doors6 accept",
     "add rule inet dynknock input tcp dport 40000-49999 drop",
@@ -234,7 +255,8 @@ OUTPUT_STEALTH = OUTPUT_CHAIN + [
 def test_ruleset_without_stealth_guards_only_the_door_range() -> None:
     text = core.ruleset(replace(SETTINGS, stealth=False, public_tcp_ports=(80,)))
     assert text == "\n".join(BASE_RULESET + OUTPUT_CHAIN) + "\n"
-    assert "input drop" not in text and "output" not in text.split("flush chain inet dynknock output")[1] and "dport { 80 }" not in text  # public ports only matter with stealth
+    assert "output" not in text.split("flush chain inet dynknock output")[1]  # no output rules without stealth
+    assert "input drop" not in text and "dport { 80 }" not in text  # public ports only matter with stealth
 
 
 def test_ruleset_with_stealth_drops_everything_else() -> None:
@@ -263,13 +285,16 @@ def test_ruleset_uses_the_table_and_range_given() -> None:
     text = core.ruleset(replace(SETTINGS, table="other", door_port_low=50000, door_port_high=50015))
     assert all(" inet other" in line for line in text.splitlines())
     assert "dynknock" not in text
-    assert text.count("tcp dport 50000-50015") == 3
+    assert text.count("tcp dport 50000-50015") == 7  # 3 input rules, 4 kernel-door NAT rules
 
 
 def test_ruleset_never_flushes_the_door_sets() -> None:
     """Doors open when the gate restarts stay open until their own timeouts."""
     text = core.ruleset(SETTINGS)
-    assert "flush set" not in text and "delete" not in text and "flush ruleset" not in text
+    assert "flush set" not in text and "flush map" not in text and "flush ruleset" not in text
+    # The only deletion is the NAT rule's own, of a single-use element as its connection starts.
+    assert [line for line in text.splitlines() if "delete" in line] == [
+        line for line in text.splitlines() if line.startswith("add rule inet dynknock doors_nat") and "@once" in line]
     assert text.index("ct state established,related accept") < text.index("dport 40000-49999 drop")
 
 
@@ -327,3 +352,93 @@ def test_random_door_ids_and_clocks_never_escape_validation(door_id: str, now_of
         return
     assert re.fullmatch(r"[0-9a-f]{1,32}", door_id)
     assert 0 < timeout_ms <= WINDOW_MS + core.TIMEOUT_SLACK_MS
+
+
+# --- kernel doors ------------------------------------------------------------------------------------
+
+KERNEL = replace(SETTINGS, kernel_targets=frozenset({("127.0.0.1", 22), ("2001:db8::1", 2222)}))
+
+
+def kernel_open(client: str = "203.0.113.7", host: str = "127.0.0.1", port: int = 22, single_use: bool = True
+                ) -> DoorOpen:
+    return replace(door_open(client=client), target_host=host, target_port=port, single_use=single_use, kernel=True)
+
+
+def test_kernel_door_single_use_is_a_once_element_with_its_target() -> None:
+    element, timeout_ms = core.validate_open(KERNEL, kernel_open(), NOW)
+    assert element == core.DoorElement("once4", "203.0.113.7", 40001, ("127.0.0.1", 22))
+    assert core.add_element(KERNEL, element, timeout_ms) == (
+        "add element inet dynknock fwd4 { 203.0.113.7 . 40001 timeout 30000ms : 127.0.0.1 . 22 }\n"
+        "add element inet dynknock once4 { 203.0.113.7 . 40001 timeout 30000ms }\n")
+
+
+def test_kernel_door_for_many_connections_and_ipv6() -> None:
+    element, _ = core.validate_open(KERNEL, kernel_open("2001:db8::7", "2001:db8::1", 2222, single_use=False), NOW)
+    assert element == core.DoorElement("many6", "2001:db8::7", 40001, ("2001:db8::1", 2222))
+
+
+@pytest.mark.parametrize("command,reason", [
+    (kernel_open(host="127.0.0.1", port=23), "no kernel-forwarded service"),
+    (kernel_open(host="10.0.0.1", port=22), "no kernel-forwarded service"),
+    (kernel_open(client="2001:db8::7"), "between IPv4 and IPv6"),
+    (kernel_open(client="203.0.113.7", host="2001:db8::1", port=2222), "between IPv4 and IPv6"),
+])
+def test_kernel_door_only_to_configured_targets_of_the_same_family(command: DoorOpen, reason: str) -> None:
+    with pytest.raises(Invalid, match=reason):
+        core.validate_open(KERNEL, command, NOW)
+
+
+def test_kernel_door_refused_when_no_service_is_kernel_forwarded() -> None:
+    with pytest.raises(Invalid, match="no kernel-forwarded service"):
+        core.validate_open(SETTINGS, kernel_open(), NOW)
+
+
+def test_close_deletes_every_place_a_door_can_be() -> None:
+    element = core.validate_close(KERNEL, door_close(client="203.0.113.7", port=40001))
+    assert core.delete_everywhere(KERNEL, element) == [
+        f"delete element inet dynknock {name} {{ 203.0.113.7 . 40001 }}\n"
+        for name in ("doors4", "once4", "many4", "fwd4")]
+
+
+CONNTRACK_LINES = {
+    "new": "[1796056694.093435]\t    [NEW] tcp      6 120 SYN_SENT src=198.18.5.2 dst=198.18.5.1 sport=54820"
+           " dport=64000 [UNREPLIED] src=127.0.0.1 dst=198.18.5.2 sport=2222 dport=54820 mark=1263403008 id=322452664",
+    "established": "[1796056694.093508]\t [UPDATE] tcp      6 432000 ESTABLISHED src=198.18.5.2 dst=198.18.5.1"
+                   " sport=54820 dport=64000 src=127.0.0.1 dst=198.18.5.2 sport=2222 dport=54820 [ASSURED]"
+                   " mark=1263403008 id=322452664",
+    "time_wait": "[1796056694.101911]\t [UPDATE] tcp      6 120 TIME_WAIT src=198.18.5.2 dst=198.18.5.1 sport=54820"
+                 " dport=64000 src=127.0.0.1 dst=198.18.5.2 sport=2222 dport=54820 [ASSURED] mark=1263403008"
+                 " id=322452664",
+    "destroy": "[1796056696.189563]\t[DESTROY] tcp      6 117 TIME_WAIT src=198.18.5.2 dst=198.18.5.1 sport=54820"
+               " dport=64000 packets=5 bytes=278 src=127.0.0.1 dst=198.18.5.2 sport=2222 dport=54820 packets=5"
+               " bytes=5268 [ASSURED] mark=1263403008 id=322452664 [USERSPACE] portid=3129579917 progname=conntrack",
+}
+
+
+def test_conntrack_events_of_a_door_connection() -> None:
+    seen = {name: core.parse_conntrack_event(line) for name, line in CONNTRACK_LINES.items()}
+    used = core.ConnectionSeen("used", 322452664, "198.18.5.2", 54820, 64000, "198.18.5.1")
+    assert seen["new"] == used
+    assert seen["established"] is None
+    assert seen["time_wait"] == replace(used, kind="closed")
+    # Each direction counted on its own (and "portid=" is not the entry's id).
+    assert seen["destroy"] == replace(used, kind="gone", bytes_in=278, bytes_out=5268)
+
+
+@pytest.mark.parametrize("line", ["", "conntrack v1.4.7 (conntrack-tools): 7 flow events have been shown.",
+                                  CONNTRACK_LINES["new"][:60],
+                                  CONNTRACK_LINES["new"].replace("src=198.18.5.2", "src=x"),
+                                  CONNTRACK_LINES["new"].replace(" id=322452664", ""),
+                                  "[NEW] udp      17 30 src=1.2.3.4 dst=5.6.7.8 sport=1 dport=2 id=3"])
+def test_conntrack_lines_that_are_not_a_whole_event_are_skipped(line: str) -> None:
+    assert core.parse_conntrack_event(line) is None
+
+
+def test_counters_of_a_conntrack_get_line() -> None:
+    line = ("tcp      6 117 TIME_WAIT src=198.18.0.2 dst=198.18.0.1 sport=1 dport=64000 packets=5 bytes=278"
+            " src=127.0.0.1 dst=198.18.0.2 sport=22 dport=1 packets=5 bytes=5268 [ASSURED] mark=1263403008 use=1")
+    assert core.parse_counters(line) == (278, 5268)
+    assert core.parse_counters("conntrack v1.4.7: 0 flow entries") is None
+    seen = core.ConnectionSeen("closed", 1, "198.18.0.2", 1, 64000, "198.18.0.1")
+    assert core.conntrack_get_argv("conntrack", seen) == [
+        "conntrack", "-G", "-p", "tcp", "-s", "198.18.0.2", "-d", "198.18.0.1", "--sport", "1", "--dport", "64000"]
