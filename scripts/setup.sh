@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything dynknock needs on Debian/Ubuntu, idempotently:
-# apt packages, the "dynknock" system user, and a virtualenv in /opt/dynknock/venv
-# built from this checkout (system Python, so the unprivileged stages can run it).
-# Safe to run again: a second run only refreshes the installed code.
+# Installs or upgrades dynknock on Debian/Ubuntu, idempotently, one line of progress per step:
+# apt packages, the "dynknock" system user, its directories, a virtualenv in
+# /opt/dynknock/venv built from this checkout (system Python, so the unprivileged stages
+# can run it), /etc/dynknock/supervisord.conf and the systemd unit dynknock.service.
+# Run it again after `git pull` to upgrade: users, config and the replay journal stay, and a
+# running stack is restarted onto the new code. scripts/uninstall.sh undoes it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=/opt/dynknock/venv
+etc=/etc/dynknock
+unit=/etc/systemd/system/dynknock.service
+ctl_socket=/run/dynknock-supervisor.sock
+
+step() { echo "setup: $*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (sudo $0): it installs packages and creates a system user" >&2
@@ -19,32 +26,79 @@ for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
+    step "apt: installing ${missing[*]} (apt-get update + install, may take a minute)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    step "apt: all ${#apt_packages[@]} packages already installed"
 fi
 # openssh-server's package scripts may start an sshd on the host; dynknock's demo and
 # tests run their own sshd inside a namespace and need none here.
 
-getent group dynknock >/dev/null || groupadd --system dynknock
-getent passwd dynknock >/dev/null || useradd --system --gid dynknock --no-create-home \
-    --home-dir /var/lib/dynknock --shell /usr/sbin/nologin dynknock
-install -d -m 0750 -o root -g dynknock /etc/dynknock
+if getent passwd dynknock >/dev/null; then
+    step "user: dynknock exists"
+else
+    step "user: creating system user and group dynknock"
+    getent group dynknock >/dev/null || groupadd --system dynknock
+    useradd --system --gid dynknock --no-create-home --home-dir /var/lib/dynknock \
+        --shell /usr/sbin/nologin dynknock
+fi
+
+step "directories: $etc (root:dynknock 0750), /var/lib/dynknock (dynknock 0700), /var/log/dynknock"
+install -d -m 0750 -o root -g dynknock "$etc"
 install -d -m 0700 -o dynknock -g dynknock /var/lib/dynknock
 install -d -m 0750 -o root -g dynknock /var/log/dynknock
+# After an uninstall and a reinstall the user may have another uid: the replay journal and
+# the users file kept from before must still be the service's.
+chown -R dynknock:dynknock /var/lib/dynknock
+if [ -e "$etc/users.json" ]; then chgrp dynknock "$etc/users.json"; fi
 
 if [ ! -x "$venv/bin/python" ]; then
+    step "venv: creating $venv"
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
 fi
+step "pip: installing dynknock from $repo and its dependencies into $venv (about 30 s the first time)"
 # A copy, not an editable install: the unprivileged stages must be able to read the
 # code wherever this checkout lives.
-"$venv/bin/pip" install -q --upgrade "$repo[dev]"
+"$venv/bin/pip" install -q --upgrade "$repo[server,dev]"
 "$venv/bin/pip" install -q --force-reinstall --no-deps "$repo"
 chmod -R a+rX /opt/dynknock
+
+step "commands: knock-client knock-admin knock-tap supervisord supervisorctl in /usr/local/bin"
 for tool in knock-client knock-admin knock-tap; do
     ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
 done
-command -v supervisord >/dev/null || ln -sf "$venv/bin/supervisord" /usr/local/bin/supervisord
-echo "setup: dynknock installed in $venv"
+for tool in supervisord supervisorctl; do
+    command -v "$tool" >/dev/null || ln -sf "$venv/bin/$tool" "/usr/local/bin/$tool"
+done
+
+# supervisord.conf is part of the program (commands, privileges), not of the settings (those
+# are in dynknock.toml): an upgrade replaces it, keeping a changed one as .old.
+if [ -e "$etc/supervisord.conf" ] && ! cmp -s "$repo/supervisord.conf" "$etc/supervisord.conf"; then
+    step "supervisord.conf: replacing $etc/supervisord.conf (the previous one kept as supervisord.conf.old)"
+    cp -p "$etc/supervisord.conf" "$etc/supervisord.conf.old"
+else
+    step "supervisord.conf: installing $etc/supervisord.conf"
+fi
+install -m 0640 -o root -g root "$repo/supervisord.conf" "$etc/supervisord.conf"
+
+step "systemd: installing $unit"
+install -m 0644 -o root -g root "$repo/packaging/dynknock.service" "$unit"
+systemd_running=false
+[ -d /run/systemd/system ] && systemd_running=true
+if $systemd_running; then systemctl daemon-reload; fi
+
+# Upgrade: a running stack restarts onto the code just installed.
+if $systemd_running && systemctl is-active --quiet dynknock; then
+    step "restart: systemctl restart dynknock (onto the new code)"
+    systemctl restart dynknock
+elif [ -S "$ctl_socket" ] && "$venv/bin/supervisorctl" -c "$etc/supervisord.conf" pid >/dev/null 2>&1; then
+    step "restart: supervisorctl reload (supervisord re-reads its config and restarts every stage)"
+    "$venv/bin/supervisorctl" -c "$etc/supervisord.conf" reload >/dev/null
+else
+    step "not running; start it with: systemctl enable --now dynknock (or supervisord -c $etc/supervisord.conf)"
+fi
+if [ ! -e "$etc/dynknock.toml" ]; then step "next: cp examples/dynknock.toml $etc/ and edit it (see README.md)"; fi
+step "done: dynknock installed in $venv"
