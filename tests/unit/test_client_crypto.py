@@ -178,6 +178,8 @@ def test_session_keys_refuse_a_short_master() -> None:
 
 def test_derive_master_key_matches_auth_keys_and_refuses_what_it_refuses() -> None:
     assert C.derive_master_key("  Zoë ", "pässword") == K.derive_master_key("  Zoë ", "pässword")
+    salt = K.SCRYPT_SALT_PREFIX + b"alice"
+    assert C.scrypt_openssl(b"pw", salt) == K.derive_master_key("alice", "pw")
     for user, password in (("alice", ""), ("bad user", "x"), ("", "x")):
         with pytest.raises(K.KeyError_):
             C.derive_master_key(user, password)
