@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -37,20 +39,24 @@ def start_tap(env: StageEnv, *args: str) -> subprocess.Popen[str]:
     return process
 
 
-def test_tap_prints_events_of_a_real_stage_in_paper_style_and_json(stage_env: StageEnv) -> None:
+def test_tap_prints_events_of_a_real_stage_in_plain_english_paper_style_and_json(stage_env: StageEnv) -> None:
     stage_env.start("knock-bus")
     stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
     lines_tap = start_tap(stage_env, "--topic", "gate.rule.", "--count", "3")
+    paper_tap = start_tap(stage_env, "--paper", "--topic", "gate.rule.", "--count", "3")
     json_tap = start_tap(stage_env, "--json", "--topic", "gate.", "--count", "3")
     time.sleep(1.5)  # subscriptions travel to the proxy before the events (a tap sees only what follows)
     drive_gate(stage_env, 2)
     lines, _ = lines_tap.communicate(timeout=10)
+    paper = paper_tap.communicate(timeout=10)[0].splitlines()
     records = [json.loads(line) for line in json_tap.communicate(timeout=10)[0].splitlines()]
     printed = lines.splitlines()
-    assert len(printed) == 3
-    assert printed[0].endswith("Firewall opened port 41000 for 198.18.0.2 (10000 ms).") or \
-        "Firewall opened port 41000 for 198.18.0.2" in printed[0]
-    assert printed[0][:4].isdigit() and printed[0][10] == " " and printed[0][16] == "."  # 2026-11-26 23:04.49
+    assert len(printed) == 3 and len(paper) == 3
+    stamp, text = printed[0].split(" ", 1)
+    assert text == "Firewall opened port 41000 for 198.18.0.2 (10000 ms).", printed[0]
+    assert abs(datetime.datetime.fromisoformat(stamp).timestamp() - time.time()) < 60, stamp  # ISO 8601
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}\.\d{2}", paper[0][:19]), paper[0]  # 2026-11-26 23:04.49
+    assert paper[0][20:] == text
     assert "Firewall refused port 80 for 198.18.0.2: port 80 outside the door range" in printed[2]
     assert [r["topic"] for r in records] == ["gate.rule.added", "gate.rule.added", "gate.rule.refused"]
     assert records[1]["port"] == 41001 and records[1]["stage"] == "gate" and records[1]["client"] == "198.18.0.2"
