@@ -20,7 +20,8 @@ Invariants:
    (source address, destination port, ISN); any other SYN changes nothing.
 3. A nonce is remembered (and journalled) only when its packet is accepted, so
    a copy raced from another address cannot burn the real packet's nonce.
-4. P3 OPEN is sent only after both gate and relay confirmed the door.
+4. P3 OPEN is sent only after every stage that opens the door confirmed it: gate and
+   relay for a relayed door, the gate alone for a door the kernel forwards.
 5. A door port is in use by at most one door at a time.
 6. Nothing unauthenticated ever gets a reply, and rejection events are rate
    limited per user named (and in all for none), the counters always count. A
@@ -55,8 +56,12 @@ from auth.protocol import IPAddress, RejectReason, Status
 from auth.replay import ReplayCache
 from auth.users import User, UserDirectory
 
-# --- actions -----------------------------------------------------------------
+# Who opens a door: the gate admits the client and the relay forwards; or, for a door the
+# kernel forwards (services.NAME.forward), the gate alone.
+DOOR_STAGES = frozenset({"gate", "relay"})
+KERNEL_DOOR_STAGES = frozenset({"gate"})
 
+# --- actions -----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class SendReply:
@@ -76,6 +81,7 @@ class OpenDoor:
     target_host: str
     target_port: int
     expires_at_ms: int  # absolute: a command delivered late must not open a door for longer
+    stages: frozenset[str] = DOOR_STAGES  # {"gate"}: the kernel forwards it; with "relay": the relay does
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,12 @@ class Service:
     name: str
     host: str
     port: int
+    forward: str = "relay"  # "kernel": doors of same-family clients are forwarded by the gate alone
+
+    def door_stages(self, client: IPAddress) -> frozenset[str]:
+        """The stages that open a door of this service for this client."""
+        same_family = ipaddress.ip_address(self.host).version == client.version
+        return KERNEL_DOOR_STAGES if self.forward == "kernel" and same_family else DOOR_STAGES
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +170,7 @@ class Request:
     door_id: str = ""
     door_port: int = 0
     door_expires_ms: int = 0
+    door_stages: frozenset[str] = DOOR_STAGES  # who must confirm this request's door
     confirmed: set[str] = field(default_factory=set)
     reply_to: tuple[IPAddress, int, IPAddress] | None = None
     state_since_ms: int = 0
@@ -176,7 +189,6 @@ class Door:
     expires_ms: int
 
 
-DOOR_STAGES = frozenset({"gate", "relay"})
 # The detail of a DoorResult(ok=False) when the port is held by another socket (the relay
 # binds it): the door moves to another port instead of failing.
 ADDRESS_IN_USE = "address_in_use"
@@ -349,14 +361,14 @@ class Engine:
 
     def on_door_result(self, door_id: str, stage: str, ok: bool, detail: str, now_ms: int) -> list[Action]:
         request = self._by_door.get(door_id)
-        if request is None or request.state is not State.OPENING or stage not in DOOR_STAGES:
+        if request is None or request.state is not State.OPENING or stage not in request.door_stages:
             return []  # late answer for a door already given up: nothing to do
         if not ok:
             if detail.startswith(ADDRESS_IN_USE) and request.retries < self.config.door_retries:
                 return self._move_door(request, stage, detail, now_ms)
             return self._door_failed(request, f"{stage}: {detail}", now_ms)
         request.confirmed.add(stage)
-        if request.confirmed != DOOR_STAGES:
+        if request.confirmed != request.door_stages:
             return []
         request.state, request.state_since_ms = State.OPEN, now_ms
         actions: list[Action] = [Event("auth.door.opened", {
@@ -379,6 +391,8 @@ class Engine:
             return []
         actions: list[Action] = []
         for request in list(self._by_door.values()):
+            if "relay" not in request.door_stages:
+                continue  # a kernel door: no listener of the relay's to lose
             if request.state in (State.OPENING, State.OPEN) and now_ms < request.door_expires_ms:
                 actions += self._door_failed(request, "relay restarted", now_ms)
         return actions
@@ -531,12 +545,13 @@ class Engine:
         request.door_port = port
         request.door_id = self._random_bytes(8).hex()
         request.door_expires_ms = now_ms + self.config.window_s * 1000
+        request.door_stages = service.door_stages(request.client)
         self._by_door[request.door_id] = request
         self._doors[port] = Door(request.door_id, request.user, request.client, port, request.service,
                                  request.door_expires_ms)
         self._doors_of[request.user] += 1
         return [OpenDoor(request.door_id, request.user, request.client, port, service.name,
-                         service.host, service.port, request.door_expires_ms)]
+                         service.host, service.port, request.door_expires_ms, request.door_stages)]
 
     def _move_door(self, request: Request, stage: str, detail: str, now_ms: int) -> list[Action]:
         """A local process holds the port: close what either stage opened, open on another port.

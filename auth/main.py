@@ -110,7 +110,7 @@ class UserLog:
 
 def engine_config(config: Config) -> eng.EngineConfig:
     return eng.EngineConfig(
-        services={n: eng.Service(n, s.host, s.port) for n, s in config.services.items()},
+        services={n: eng.Service(n, s.host, s.port, s.forward) for n, s in config.services.items()},
         door_port_low=config.door_port_low, door_port_high=config.door_port_high,
         window_s=config.window_seconds, skew_s=config.clock_skew_seconds,
         knock_timeout_s=config.knock_timeout_seconds,
@@ -200,15 +200,16 @@ class AuthShell:
             elif isinstance(action, eng.OpenDoor):
                 command = bus.DoorOpen(action.door_id, action.user, str(action.client), action.port,
                                        action.target_host, action.target_port, action.expires_at_ms,
-                                       self.config.single_use)
+                                       self.config.single_use, kernel="relay" not in action.stages)
+                stages = {stage: sock for stage, sock in self.door_stages.items() if stage in action.stages}
                 # All or nothing: if a stage is not connected, send to none, so no
                 # stage opens a door the other cannot (IMMEDIATE makes POLLOUT mean "connected").
-                down = [stage for stage, sock in self.door_stages.items() if not sock.poll(0, zmq.POLLOUT)]
+                down = [stage for stage, sock in stages.items() if not sock.poll(0, zmq.POLLOUT)]
                 if down:
                     self.execute(self.engine.on_door_result(action.door_id, down[0], False,
                                                             "stage not running", now_ms()))
                     continue
-                for stage, sock in self.door_stages.items():
+                for stage, sock in stages.items():
                     try:
                         sock.send(bus.encode(command), zmq.NOBLOCK)
                     except zmq.Again:

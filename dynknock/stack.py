@@ -50,10 +50,14 @@ class LabUser:
 def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
                  window_seconds: int = 30, table: str = "dynknock", extra: str = "",
                  public_tcp_ports: tuple[int, ...] = (), services: dict[str, str] | None = None,
-                 bus_extra: str = "") -> None:
-    """The lab's server config; `extra` lines go into [server], `bus_extra` into [bus]."""
+                 bus_extra: str = "", forward: dict[str, str] | None = None) -> None:
+    """The lab's server config; `extra` lines go into [server], `bus_extra` into [bus];
+    `forward` gives services.NAME.forward where a test wants other than "auto"."""
     services = services or {"ssh": "127.0.0.1:22"}
-    service_text = "".join(f'\n[services.{name}]\ntarget = "{target}"\n' for name, target in services.items())
+    forward = forward or {}
+    service_text = "".join(f'\n[services.{name}]\ntarget = "{target}"\n'
+                           + (f'forward = "{forward[name]}"\n' if name in forward else "")
+                           for name, target in services.items())
     path.write_text(f"""\
 [server]
 interface = "{lab.server.interface}"

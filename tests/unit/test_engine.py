@@ -725,3 +725,48 @@ def test_nothing_unauthenticated_gets_a_reply_or_opens_anything(junk: bytes) -> 
     actions = engine.on_datagram(OTHER, 1, SERVER, junk, NOW)
     assert all(isinstance(a, Event) for a in actions)
     assert sum(engine.rejections.values()) == 1
+
+
+# --- doors the kernel forwards (services.NAME.forward = "kernel") ------------------------------------
+
+KERNEL_CONFIG = EngineConfig({"ssh": Service("ssh", "127.0.0.1", 22, "kernel"),
+                              "web6": Service("web6", "2001:db8::1", 8080, "kernel")},
+                             door_port_low=40000, door_port_high=40009)
+CLIENT6 = ipaddress.ip_address("2001:db8:77::7")
+
+
+def test_a_kernel_door_opens_with_the_gates_confirmation_alone() -> None:
+    engine = make_engine(config=KERNEL_CONFIG)
+    alice = Client(ALICE)
+    door = open_door(engine, alice)
+    assert door.stages == frozenset({"gate"})
+    assert engine.on_door_result(door.door_id, "relay", True, "", NOW) == []  # not asked, not counted
+    actions = engine.on_door_result(door.door_id, "gate", True, "", NOW)
+    assert "auth.door.opened" in topics(actions)
+    p3 = alice.read(one(send(engine, alice, alice.p2()), SendReply))
+    assert p3.status is Status.OPEN and p3.door_port == door.port
+
+
+def test_a_relay_restart_does_not_fail_a_kernel_door() -> None:
+    engine = make_engine(config=KERNEL_CONFIG)
+    alice = Client(ALICE)
+    door = open_door(engine, alice)
+    engine.on_door_result(door.door_id, "gate", True, "", NOW)
+    assert not of(engine.on_door_stage_lost("relay", NOW + 10), CloseDoor)
+    assert alice.read(one(send(engine, alice, alice.p2(NOW + 20), NOW + 20), SendReply)).status is Status.OPEN
+
+
+def test_an_ipv6_client_of_an_ipv4_kernel_service_is_relayed() -> None:
+    engine = make_engine(config=KERNEL_CONFIG)
+    alice = Client(ALICE, address=CLIENT6)
+    door = open_door(engine, alice)
+    assert door.stages == frozenset({"gate", "relay"})
+    assert engine.on_door_result(door.door_id, "gate", True, "", NOW) == []  # the relay must confirm too
+    assert "auth.door.opened" in topics(engine.on_door_result(door.door_id, "relay", True, "", NOW))
+
+
+def test_relayed_services_still_need_both_stages() -> None:
+    engine = make_engine()
+    door = open_door(engine, Client(ALICE))
+    assert door.stages == frozenset({"gate", "relay"})
+    assert engine.on_door_result(door.door_id, "gate", True, "", NOW) == []
