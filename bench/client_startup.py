@@ -56,7 +56,7 @@ PREFIX = "dkcs"
 SINK_PORT = 5201
 SERVICE = "bench"
 BANNER = b"B"
-PASSWORD_USER = "pwuser"
+PASSWORD_USERS = 30  # pw0..pw29, round-robin: a user holds at most max_doors_per_user (8) doors at once
 PASSWORD = "correct horse battery staple"
 SPAWN_TIMEOUT_S = 10.0
 
@@ -161,7 +161,7 @@ def worker(args: dict[str, Any]) -> None:
             row = _spawn_first_byte([*base, "-k", key, server], None, _user_env())
             row["ok"] = row["first"] == "D"
         elif mode == "password-line":  # the same with a password: scrypt on top
-            row = _spawn_first_byte([*base, "-u", PASSWORD_USER, "--password-stdin", server],
+            row = _spawn_first_byte([*base, "-u", f"pw{(offset + i) % PASSWORD_USERS}", "--password-stdin", server],
                                     (PASSWORD + "\n").encode(), _user_env())
             row["ok"] = row["first"] == "D"
         elif mode == "help":
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             # One user per spawn in a round (a user holds at most max_doors_per_user doors at once).
             names = [f"u{i}" for i in range(200)]
             users = [LabUser(n, key=_write_key(keys_dir / f"{n}.key"), services=(SERVICE,)) for n in names]
-            users.append(LabUser(PASSWORD_USER, password=PASSWORD, services=(SERVICE,)))
+            users += [LabUser(f"pw{i}", password=PASSWORD, services=(SERVICE,)) for i in range(PASSWORD_USERS)]
             prepare_workdir(workdir)
             write_users(workdir / "users.json", users)
             write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=30,
