@@ -102,9 +102,14 @@ class RawSynSender:
         self._sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
         self._family = family
         self._bound: IPAddress | None = None
-        # A raw TCP socket also receives a copy of every incoming TCP segment; we
-        # never read them, so keep the buffer that silently fills as small as allowed.
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        # A raw TCP socket also receives a copy of every incoming TCP segment (on Linux;
+        # BSDs and macOS never pass TCP to raw sockets); we never read them, so keep the
+        # buffer that silently fills as small as allowed. Only an optimisation: a kernel
+        # that refuses the size must not stop the knock.
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        except OSError:
+            pass
 
     def send(self, source: IPAddress, destination: IPAddress, port: int, isn: int) -> None:
         if self._bound != source:

@@ -165,3 +165,23 @@ def test_raw_syn_to_a_closed_local_port_draws_the_kernel_rst(family: socket.Addr
         sender.close()
         sniffer.close()
         holder.close()
+
+
+def test_raw_sender_opens_when_the_kernel_refuses_the_tiny_receive_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The small SO_RCVBUF only saves memory on Linux; a kernel that refuses it (EINVAL)
+    # must not turn into "cannot open a raw socket for the SYN knocks".
+    import errno
+
+    class RefusingSocket:
+        def __init__(self, *args: object) -> None:
+            self.closed = False
+
+        def setsockopt(self, *args: object) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(socket, "socket", RefusingSocket)
+    sender = RawSynSender(socket.AF_INET)
+    sender.close()
