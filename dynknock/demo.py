@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dynknock.netlab import NetLab, require_privileges, start_sshd
+from dynknock.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
 from dynknock.stack import VENV_BIN, Stack, prepare_workdir, write_config
 
 PASSWORD = "demo password, not a secret"
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"knock-demo: {conf} not found (run from the checkout, or pass --supervisord-conf)", file=sys.stderr)
         return 2
     try:
-        require_privileges()
-    except RuntimeError as exc:
+        require_lab_support()
+    except LabUnavailable as exc:  # one line saying what this machine lacks, not a traceback
         print(f"knock-demo: {exc}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="dynknock-demo-"))
@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(lab, workdir, conf)
         tap = None
         try:
-            stack.start()
+            try:
+                stack.start()
+            except RuntimeError as exc:  # e.g. a stage that cannot start here: say which, no traceback
+                print(f"knock-demo: {exc}", file=sys.stderr)
+                return 1
             tap = subprocess.Popen([str(VENV_BIN / "knock-tap"), "--endpoint", stack.endpoints.tap],
                                    stdout=subprocess.PIPE, text=True)
             time.sleep(0.5)

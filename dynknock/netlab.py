@@ -49,8 +49,12 @@ __all__ = [
     "SSH_HOST_KEY_ALIAS",
     "CommandError",
     "Host",
+    "LabUnavailable",
     "NetLab",
     "SshdInfo",
+    "explain_netns_failure",
+    "explain_nft_failure",
+    "require_lab_support",
     "require_privileges",
     "start_sshd",
 ]
@@ -162,6 +166,62 @@ def require_privileges() -> None:
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise RuntimeError(f"`ip netns` is unavailable (exit {probe.returncode}): {probe.stderr.strip()}")
+
+
+class LabUnavailable(RuntimeError):
+    """This machine cannot build the lab; str() is one line saying what is missing."""
+
+
+def explain_netns_failure(stderr: str) -> str:
+    """One line for a failed `ip netns exec`, from what ip said."""
+    said = next((line.strip() for line in stderr.splitlines() if line.strip()), "no message")
+    if "make-rslave" in said or "make-rprivate" in said:
+        return (f"`ip netns exec` does not work here ({said}): / must be a mount point; in a chroot or "
+                f"container run `mount --bind / /` first")
+    return f"`ip netns exec` does not work here: {said}"
+
+
+def explain_nft_failure(stderr: str | None) -> str:
+    """One line for nft failing in a fresh namespace (None: the nft command itself is missing)."""
+    if stderr is None:
+        return "nftables is not installed: the `nft` command is missing (apt-get install nftables)"
+    said = next((line.strip() for line in stderr.splitlines() if line.strip()), "no message")
+    return (f"nftables is not usable in this kernel ({said}): load it with `modprobe nf_tables` "
+            f"or use a kernel with CONFIG_NF_TABLES")
+
+
+_LAB_SUPPORTED = False
+
+
+def require_lab_support(probe: str = "dkprobe") -> None:
+    """Raise LabUnavailable (one line) unless namespaces, `ip netns exec` and nftables all work.
+
+    The namespace probe runs once per process, in a throw-away namespace, so that neither the
+    machine's own firewall nor any lab is touched; require_privileges() runs every time.
+    """
+    global _LAB_SUPPORTED
+    try:
+        require_privileges()  # every time: cheap, and privileges can change (tests drop them)
+    except RuntimeError as exc:
+        raise LabUnavailable(str(exc)) from None
+    if _LAB_SUPPORTED:
+        return
+    _delete_namespace(probe)
+    added = _run_plain(["ip", "netns", "add", probe], check=False)
+    if added.returncode != 0:
+        raise LabUnavailable(f"cannot create a network namespace: {added.stderr.strip() or added.returncode}")
+    try:
+        entered = _run_plain(["ip", "netns", "exec", probe, "true"], check=False)
+        if entered.returncode != 0:
+            raise LabUnavailable(explain_netns_failure(entered.stderr))
+        if shutil.which("nft") is None:
+            raise LabUnavailable(explain_nft_failure(None))
+        nft = _run_plain(["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "dkprobe"], check=False)
+        if nft.returncode != 0:
+            raise LabUnavailable(explain_nft_failure(nft.stderr))
+    finally:
+        _run_plain(["ip", "netns", "del", probe], check=False)
+    _LAB_SUPPORTED = True
 
 
 def _run_plain(
@@ -317,7 +377,7 @@ class NetLab:
     # -- lifecycle ---------------------------------------------------------
 
     def __enter__(self) -> NetLab:
-        require_privileges()
+        require_lab_support()
         self._active = True
         try:
             self._remove_namespaces()
