@@ -4,5 +4,11 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
+# tests/e2e/test_real_server.py checks the systemd unit with systemd-analyze (package systemd;
+# a container may lack it; systemd need not be PID 1 for that).
+if ! command -v systemd-analyze >/dev/null; then
+    echo "test: installing systemd (for systemd-analyze verify)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 cd "$repo"
 exec /opt/dynknock/venv/bin/pytest "$@"
