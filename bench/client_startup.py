@@ -11,7 +11,9 @@ measures, for each client under test, side by side and in alternating order:
 
 * ``--proxy -q -k KEYFILE``: process start (just before fork) to the first byte of the
   banner on knock-client's stdout, ``--runs`` runs of ``--spawns`` processes;
-* ``--help``: process start to exit;
+* ``--help``: process start to exit; the same for a run that does every import and opens
+  the sockets but stops at a missing key file (start-up without the knock), and for the
+  client's interpreter alone (``python -c pass``: the floor);
 * a password instead of a key file (``--password-stdin``, no --proxy: start to the
   "Door is open" line) against the same with a key file: the difference should be
   scrypt alone;
@@ -145,9 +147,16 @@ def worker(args: dict[str, Any]) -> None:
     base = [*client, "-q", "--timeout", "5", "-s", SERVICE]
     count = int(args["count"])
     offset = int(args.get("key_offset", 0))
+    pace = float(args.get("pace_s", 0.0))
+    next_start = time.monotonic()
     for i in range(count):
         if time.monotonic() > deadline:
             break
+        # The server's capture admits 10 datagrams a second per source address (burst 20,
+        # capture/fairness.py) and every spawn comes from the client's one address: unpaced,
+        # the spawns would measure that limit (a dropped P1 costs a 250 ms resend), not start-up.
+        time.sleep(max(0.0, next_start - time.monotonic()))
+        next_start = time.monotonic() + pace
         key = keys[(offset + i) % len(keys)]
         if mode == "proxy":
             row = _spawn_first_byte([*base, "--proxy", "-k", key, server], None, _user_env())
@@ -166,6 +175,13 @@ def worker(args: dict[str, Any]) -> None:
             row["ok"] = row["first"] == "D"
         elif mode == "help":
             row = _spawn_to_exit([*client, "--help"])
+            row["ok"] = row["rc"] == 0
+        elif mode == "no-key":  # every import and the sockets, no knock: the key file is missing (exit 2)
+            row = _spawn_to_exit([*client, "--proxy", "-q", "-k", "/nonexistent/dynknock.key", server])
+            row["ok"] = row["rc"] == 2
+        elif mode == "python":  # the client's interpreter alone: the floor
+            interpreter = Path(client[0]).read_text().splitlines()[0].removeprefix("#!").strip()
+            row = _spawn_to_exit([interpreter, "-c", "pass"])
             row["ok"] = row["rc"] == 0
         else:
             raise SystemExit(f"unknown mode {mode}")
@@ -215,9 +231,9 @@ def summarize(results: dict[str, Any]) -> str:
     add(f"command: {results['command']}")
     add("")
     add("| client | `--proxy -k`, start to first banner byte: p50 ms, median of runs (range) | p99 ms (range) | "
-        "opened | `--help` p50 ms | key-file door line p50 ms | password door line p50 ms | difference | "
-        "scrypt alone p50 ms |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "opened | `--help` p50 ms | start-up without the knock p50 ms | interpreter alone p50 ms | "
+        "key-file door line p50 ms | password door line p50 ms | difference | scrypt alone p50 ms |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in results["clients"].items():
         runs = r["proxy_runs"]
         p50s = [pct([x["ms"] for x in run if x["ok"]], 50) for run in runs]
@@ -227,7 +243,10 @@ def summarize(results: dict[str, Any]) -> str:
         help_p50 = pct([x["ms"] for x in r["help"] if x["ok"]], 50)
         key_line = pct([x["ms"] for x in r["keyfile_line"] if x["ok"]], 50)
         pw_line = pct([x["ms"] for x in r["password_line"] if x["ok"]], 50)
-        add(f"| {label} | {spread(p50s)} | {spread(p99s)} | {ok}/{total} | {help_p50:.1f} | {key_line:.1f} | "
+        no_key = pct([x["ms"] for x in r["no_key"] if x["ok"]], 50)
+        floor = pct([x["ms"] for x in r["python"] if x["ok"]], 50)
+        add(f"| {label} | {spread(p50s)} | {spread(p99s)} | {ok}/{total} | {help_p50:.1f} | {no_key:.1f} | "
+            f"{floor:.1f} | {key_line:.1f} | "
             f"{pw_line:.1f} | {pw_line - key_line:.1f} | {med(results['scrypt_ms']):.1f} |")
     add("")
     for label, r in results["clients"].items():
@@ -258,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--help-spawns", type=int, default=40)
     parser.add_argument("--password-spawns", type=int, default=10)
     parser.add_argument("--importtime-spawns", type=int, default=10)
+    parser.add_argument("--pace", type=float, default=0.25, metavar="SECONDS",
+                        help="least time between two process starts (the server's per-source limit: 10 datagrams/s)")
     parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--json", type=Path)
@@ -317,11 +338,12 @@ def main(argv: list[str] | None = None) -> int:
                     nonlocal offset
                     payload = {"client": clients[label], "server": lab.server.ipv4, "keys_dir": str(keys_dir),
                                "key_count": len(names), "mode": mode, "count": count, "key_offset": offset,
-                               "max_seconds": 300}
+                               "max_seconds": 600,
+                               "pace_s": 0.0 if mode in ("help", "no-key", "python") else args.pace}
                     offset += count
                     done = lab.run(lab.client, [python, __file__, "worker",
                                                 base64.b64encode(json.dumps(payload).encode()).decode()],
-                                   timeout=400, check=True)
+                                   timeout=700, check=True)
                     rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
                     bad = [r for r in rows if not r["ok"]]
                     print(f"[startup] {label} {mode}: {len(rows) - len(bad)}/{len(rows)} ok, p50 "
@@ -331,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 for label in clients:
                     results["clients"][label] = {"proxy_runs": [], "help": [], "keyfile_line": [],
-                                                 "password_line": [], "importtime": []}
+                                                 "password_line": [], "importtime": [], "no_key": [],
+                                                 "python": []}
                 for label in clients:  # warm the page cache and the .pyc files of every client first
                     run(label, "proxy", 3)
                 for round_ in range(args.runs):
@@ -341,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 for label in clients:
                     r = results["clients"][label]
                     r["help"] = run(label, "help", args.help_spawns)
+                    r["no_key"] = run(label, "no-key", args.help_spawns)
+                    r["python"] = run(label, "python", args.help_spawns)
                     r["keyfile_line"] = run(label, "keyfile-line", args.password_spawns)
                     r["password_line"] = run(label, "password-line", args.password_spawns)
                     r["importtime"] = run(label, "importtime", args.importtime_spawns)
