@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dynknock.config import load
 from dynknock.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
 from dynknock.stack import VENV_BIN, Stack, prepare_workdir, write_config
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                                    stdout=subprocess.PIPE, text=True)
             time.sleep(0.5)
             say("The attacker scans the control port and a door port: no answer at all")
-            for port in (62201, 22, 40000):
+            door_port = load(workdir / "dynknock.toml").door_port_low  # one of the door range
+            for port in (62201, 22, door_port):
                 print(f"   attacker -> {lab.server.ipv4}:{port}: "
                       f"{lab.tcp_probe(lab.attacker, lab.server.ipv4, port, timeout=0.5)}")
             ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv("{host}"))
