@@ -284,3 +284,62 @@ def test_removing_a_user_closes_their_open_door(stage_env: StageEnv) -> None:
         assert close == bus.DoorClose(door.door_id, "127.0.0.1", door.port)
     assert time.monotonic() - started < 6
     assert "revoked" in stage_env.log("knock-auth")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_replay_and_junk_flood_under_one_hint_leaves_another_user_in(stage_env: StageEnv) -> None:
+    """Issue 11 §3 in auth alone (capture sheds before this; here auth gets the whole flood)."""
+    gate = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.gate)
+    relay = stage_env.socket(zmq.ROUTER, bind=stage_env.endpoints.relay)
+    events = stage_env.socket(zmq.SUB, bind=stage_env.endpoints.events)  # auth's PUB connects here
+    events.setsockopt(zmq.SUBSCRIBE, b"")
+    write_users(stage_env.workdir / "users.json", [LabUser("alice", key=KEY), LabUser("bob", key=BOB_KEY)])
+    auth = stage_env.start("knock-auth")
+    capture = stage_env.socket(zmq.PUSH, connect=stage_env.endpoints.packets)
+    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "packets.sock").exists(), what="auth's packet socket")
+    stage_env.wait_for(lambda: events.poll(100) and events.recv_multipart()[0] == b"auth.alive", timeout_s=6,
+                       what="auth's heartbeat on our events socket (then its events reach us)")
+    alice = Client()
+    seen_p1 = alice.datagram(alice.p1())  # what an eavesdropper captured: a live P1, and junk under its hint
+    capture.send(seen_p1)
+    hint = alice.p1()[2:10]
+    junk = [bus.encode(bus.Datagram(f"198.51.{i // 250}.{i % 250 + 1}", 4000, "127.0.0.1",
+                                    b"\x01\x01" + hint + secrets.token_bytes(120))) for i in range(2000)]
+    cpu_before = _cpu_seconds(auth.pid)
+    started = time.monotonic()
+    flood = 0
+    for i in range(20):  # 20 rounds of 1,000 replays and 1,000 junk: 40,000 datagrams
+        for _ in range(1000):
+            capture.send(seen_p1)
+        for frame in junk[(i % 2) * 1000:(i % 2) * 1000 + 1000]:
+            capture.send(frame)
+        flood += 2000
+    # bob knocks behind the whole flood
+    bob = Client(BOB_KEY)
+    knock_at = time.monotonic()
+    _knock(capture, bob)
+    door = _serve_both(gate, relay)
+    capture.send(bob.datagram(bob.p2()))
+    answer = bob.p3()
+    latency = time.monotonic() - knock_at
+    assert (answer.status, answer.door_port, door.user) == (proto.Status.OPEN, door.port, "bob")
+    elapsed = time.monotonic() - started
+    cpu = _cpu_seconds(auth.pid) - cpu_before
+    topics_seen: list[bytes] = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if events.poll(100):
+            topics_seen.append(events.recv_multipart()[0])
+    published = topics_seen.count(b"auth.request.rejected")
+    assert published >= 20  # alice's budget of the second was used: the events do flow, limited
+    # At most 20 rejection events a second for alice (and 20 naming nobody), however big the flood.
+    assert published <= 2 * 20 * (elapsed + 2), (published, elapsed)
+    log = stage_env.log("knock-auth")
+    assert log.count("Rejected") <= 10 * (elapsed + 3), log.count("Rejected")
+    print(f"flood of {flood} datagrams under one hint: bob OPEN {latency:.2f} s after his P1 (queued behind "
+          f"the flood), auth CPU {cpu:.2f} s ({cpu / flood * 1e6:.1f} us per datagram incl. bus decode), "
+          f"{published} rejection events in {elapsed:.1f} s")
