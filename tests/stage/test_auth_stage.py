@@ -343,3 +343,25 @@ def test_replay_and_junk_flood_under_one_hint_leaves_another_user_in(stage_env: 
     print(f"flood of {flood} datagrams under one hint: bob OPEN {latency:.2f} s after his P1 (queued behind "
           f"the flood), auth CPU {cpu:.2f} s ({cpu / flood * 1e6:.1f} us per datagram incl. bus decode), "
           f"{published} rejection events in {elapsed:.1f} s")
+
+
+def test_a_key_holder_cycling_requests_cannot_grow_the_log(stage_env: StageEnv) -> None:
+    """Issue 11 §6: one key holder cycling doors grew auth.log by 6.8 MB in 36 s."""
+    capture = start_auth(stage_env)
+    time.sleep(0.5)
+    log_path = stage_env.workdir / "knock-auth.log"
+    before = log_path.stat().st_size
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 3 and sent < 20_000:  # bounded in count and time
+        client = Client()  # a fresh request id each time: every P1 replaces the last one
+        capture.send(client.datagram(client.p1()))
+        sent += 1
+    time.sleep(1.5)
+    grown = log_path.stat().st_size - before
+    lines = stage_env.log("knock-auth").splitlines()
+    about_alice = [line for line in lines if "alice" in line and "suppressed" not in line]
+    # a burst of 20 lines, then one a second (plus the summaries): not one line per packet
+    assert len(about_alice) <= 20 + 6, len(about_alice)
+    assert grown < 8 * 1024, grown
+    print(f"key holder sent {sent} fresh P1s in 3 s: auth.log grew {grown} bytes, {len(about_alice)} lines about alice")
