@@ -210,8 +210,8 @@ def _kernel_door_rules(settings: GateSettings) -> list[str]:
         # route_localnet says; only a door's DNAT, after this chain, leads there.
         f"add chain {t} guard {{ type filter hook prerouting priority raw; policy accept; }}",
         f"flush chain {t} guard",
-        f'add rule {t} guard iifname != "lo" ip daddr 127.0.0.0/8 drop',
-        f'add rule {t} guard iifname != "lo" ip saddr 127.0.0.0/8 drop',
+        f'add rule {t} guard iifname != "lo" ip daddr 127.0.0.0/8 counter drop',
+        f'add rule {t} guard iifname != "lo" ip saddr 127.0.0.0/8 counter drop',
         f"add chain {t} doors_nat {{ type nat hook prerouting priority dstnat; policy accept; }}",
         f"flush chain {t} doors_nat",
     ]

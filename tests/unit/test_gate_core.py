@@ -207,8 +207,8 @@ BASE_RULESET = [
     "add map inet dynknock fwd6 { type ipv6_addr . inet_service : ipv6_addr . inet_service; flags timeout; }",
     "add chain inet dynknock guard { type filter hook prerouting priority raw; policy accept; }",
     "flush chain inet dynknock guard",
-    'add rule inet dynknock guard iifname != "lo" ip daddr 127.0.0.0/8 drop',
-    'add rule inet dynknock guard iifname != "lo" ip saddr 127.0.0.0/8 drop',
+    'add rule inet dynknock guard iifname != "lo" ip daddr 127.0.0.0/8 counter drop',
+    'add rule inet dynknock guard iifname != "lo" ip saddr 127.0.0.0/8 counter drop',
     "add chain inet dynknock doors_nat { type nat hook prerouting priority dstnat; policy accept; }",
     "flush chain inet dynknock doors_nat",
     "add rule inet dynknock doors_nat tcp dport 40000-49999 ip saddr . tcp dport @once4 delete @once4"
