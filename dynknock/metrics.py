@@ -52,6 +52,9 @@ class MetricsModel:
     last_seen: dict[str, float] = field(default_factory=dict)
     gate_rules: Counter[str] = field(default_factory=Counter)
     relay: dict[str, int] = field(default_factory=dict)  # from relay.alive: connections, deferred_accepts
+    # Doors the kernel forwards (gate.connection.*, from conntrack): bytes are whole IP packets.
+    kernel_connections: Counter[str] = field(default_factory=Counter)
+    kernel_bytes: Counter[str] = field(default_factory=Counter)
 
     def apply(self, event: Event) -> None:
         topic, fields = event.topic, event.fields
@@ -86,6 +89,14 @@ class MetricsModel:
                 value = fields.get(f"bytes_{direction}", 0)
                 if isinstance(value, int):
                     self.relay_bytes[direction] += value
+        elif topic == "gate.connection.opened":
+            self.kernel_connections["opened"] += 1
+        elif topic == "gate.connection.closed":
+            self.kernel_connections["closed"] += 1
+            for direction, key in (("to_service", "bytes_in"), ("to_client", "bytes_out")):
+                value = fields.get(key)
+                if type(value) is int:
+                    self.kernel_bytes[direction] += value
         elif topic.startswith("gate.rule."):
             self.gate_rules[topic.rsplit(".", 1)[1]] += 1
 
@@ -125,6 +136,17 @@ class ModelCollector(Collector):
         yield CounterMetricFamily("dynknock_relay_deferred_accepts",
                                   "Accepts the relay put off for want of a file descriptor (since relay start)",
                                   value=m.relay.get("deferred_accepts", 0))
+        kernel = CounterMetricFamily("dynknock_kernel_door_connections",
+                                     "Connections through doors the kernel forwards", labels=["event"])
+        for event in ("opened", "closed"):
+            kernel.add_metric([event], m.kernel_connections[event])
+        yield kernel
+        kernel_bytes = CounterMetricFamily("dynknock_kernel_door_bytes",
+                                           "Bytes through kernel doors, closed connections (whole IP packets, "
+                                           "conntrack accounting)", labels=["direction"])
+        for direction in ("to_service", "to_client"):
+            kernel_bytes.add_metric([direction], m.kernel_bytes[direction])
+        yield kernel_bytes
         rules = CounterMetricFamily("dynknock_gate_rules", "Firewall rule operations", labels=["operation"])
         for operation in ("added", "removed", "refused"):
             rules.add_metric([operation], m.gate_rules[operation])

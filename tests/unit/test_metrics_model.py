@@ -36,3 +36,16 @@ def test_relay_heartbeat_gives_open_connections_and_deferred_accepts() -> None:
     assert figures["dynknock_relay_deferred_accepts_total"] == 7
     model.apply(Event("relay.alive", "relay", 2.0, {"connections": True, "deferred_accepts": "x"}))  # junk
     assert render(model)["dynknock_relay_deferred_accepts_total"] == 0
+
+
+def test_kernel_door_connections_and_bytes_from_the_gates_conntrack_events() -> None:
+    model = MetricsModel()
+    model.apply(Event("gate.connection.opened", "gate", 1.0, {"client": "198.18.0.2", "port": 64000}))
+    for up, down in ((278, 5268), (1200, 310_000)):
+        model.apply(Event("gate.connection.closed", "gate", 2.0, {"bytes_in": up, "bytes_out": down}))
+    model.apply(Event("gate.connection.closed", "gate", 3.0, {"bytes_in": None, "bytes_out": True}))  # unknown
+    figures = render(model)
+    assert figures['dynknock_kernel_door_connections_total{event="opened"}'] == 1
+    assert figures['dynknock_kernel_door_connections_total{event="closed"}'] == 3
+    assert figures['dynknock_kernel_door_bytes_total{direction="to_service"}'] == 278 + 1200
+    assert figures['dynknock_kernel_door_bytes_total{direction="to_client"}'] == 5268 + 310_000
