@@ -24,6 +24,9 @@ _TEMPLATES: dict[str, str] = {
     "gate.rule.removed": "Firewall closed port {port} for {client}.",
     "gate.rule.refused": "Firewall refused port {port} for {client}: {reason}",
     "gate.backend.none": "WARNING: no firewall backend: {warning}",
+    "gate.connection.opened": "Connection from {client} through the kernel door on port {port}.",
+    "gate.connection.closed": "Connection from {client} through the kernel door on port {port} closed: "
+                              "{bytes_in} bytes in, {bytes_out} bytes out (IP packets).",
     "relay.door.listening": "Relay listening on port {port} for {client}.",
     "relay.door.refused": "Relay refused port {port} for {client}: {reason}",
     "relay.door.closed": "Relay closed port {port} for {client} ({why}).",
