@@ -78,6 +78,11 @@ PAPER_LINES = [
     (event("relay.connection.closed", port=40001, client="10.0.0.3", bytes_to_service=10, bytes_to_client=20),
      "Connection from 10.0.0.3 on port 40001 closed: 10 bytes in, 20 bytes out."),
     (event("capture.started", interface="eth0"), "Capture started on eth0."),
+    (event("gate.connection.opened", port=64001, client="10.0.0.3", client_port=5555),
+     "Connection from 10.0.0.3 through the kernel door on port 64001."),
+    (event("gate.connection.closed", port=64001, client="10.0.0.3", bytes_in=278, bytes_out=5268),
+     "Connection from 10.0.0.3 through the kernel door on port 64001 closed: 278 bytes in, 5268 bytes out "
+     "(IP packets)."),
 ]
 
 
