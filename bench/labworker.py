@@ -372,15 +372,34 @@ def _ipv4(src: bytes, dst: bytes, proto_num: int, payload: bytes, ident: int) ->
 
 
 def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: str, dst_ip: str,
-                 control_port: int, seed: int) -> list[bytes]:
-    """Pre-built Ethernet frames, so the send loop does nothing but send."""
+                 control_port: int, seed: int, hints: list[bytes] | None = None,
+                 packets: list[bytes] | None = None) -> list[bytes]:
+    """Pre-built Ethernet frames, so the send loop does nothing but send.
+
+    "hint": right-sized P1/P2 junk under a user's live hint (sniffed from one of its packets),
+    each from a random spoofed source of the lab's /24, so no per-source limit helps;
+    "replay": the exact payloads of a captured exchange (`packets`), over and over.
+    """
     rng = random.Random(seed)
     src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
     eth = dst_mac + src_mac + b"\x08\x00"
     frames = []
     p1_len = proto.PACKET_LEN[proto.PacketType.P1]
+    p2_len = proto.PACKET_LEN[proto.PacketType.P2]
     for i in range(count):
         sport = rng.randrange(1024, 65536)
+        if kind in ("hint", "replay"):
+            if kind == "hint":
+                assert hints
+                kind_byte, size = (proto.PacketType.P1, p1_len) if i % 2 else (proto.PacketType.P2, p2_len)
+                payload = bytes([proto.VERSION, kind_byte.value]) + hints[i % len(hints)] + rng.randbytes(size - 10)
+                source = src[:3] + bytes([rng.randrange(100, 250)])
+            else:
+                assert packets
+                payload, source = packets[i % len(packets)], src
+            udp = struct.pack("!HHHH", sport, control_port, 8 + len(payload), 0) + payload
+            frames.append(eth + _ipv4(source, dst, 17, udp, i & 0xFFFF))
+            continue
         if kind == "syn":
             dport = rng.randrange(1, 65536)
             tcp = struct.pack("!HHIIBBHHH", sport, dport, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
@@ -403,7 +422,9 @@ def cmd_flood(args: dict[str, Any]) -> None:
     src_mac = bytes.fromhex(Path(f"/sys/class/net/{ifname}/address").read_text().strip().replace(":", ""))
     dst_mac = bytes.fromhex(args["dst_mac"].replace(":", ""))
     frames = build_frames(args["kind"], 4096, dst_mac, src_mac, args["src_ip"], args["dst_ip"],
-                          int(args.get("control_port", CONTROL_PORT)), int(args.get("seed", 0)))
+                          int(args.get("control_port", CONTROL_PORT)), int(args.get("seed", 0)),
+                          [bytes.fromhex(h) for h in args.get("hints", [])],
+                          [bytes.fromhex(p) for p in args.get("packets", [])])
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((ifname, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
