@@ -1,8 +1,9 @@
 """Doors under pressure (issue 11 §4, §5, §6), with the real stack in the lab.
 
 * §5: an unprivileged local user (nobody) binds most of the door range in the
-  server's namespace; every knock still opens, because auth moves a door whose
-  port the relay finds taken ("address_in_use") to another port.
+  server's namespace; every knock still opens: auth moves a relayed door whose
+  port the relay finds taken ("address_in_use") to another port, and a door the
+  kernel forwards (nftables DNAT, before any socket lookup) never minds the squatter.
 * §4: one key holder hogs doors; it holds at most max_doors_per_user, and another
   user still gets in.
 * §6: knock-admin remove closes the removed user's open door (gate element and
@@ -39,7 +40,7 @@ WINDOW_S = 20
 RANGE = (63000, 63063)  # 64 ports: small, so that squatting most of it matters
 SQUATTED = (63000, 63039)  # 40 of the 64
 CAP = 4
-USERS = ("alice", "bob", "carol", "dave", "erin", "hog")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "hog")
 
 SQUATTER = """\
 import socket, sys, time
@@ -63,18 +64,18 @@ class World:
                                               self.lab.server.ipv4],
                             check=False, timeout=timeout, input=f"{user}-pw\n")
 
-    def door(self, user: str) -> tuple[int, float]:
+    def door(self, user: str, *args: str) -> tuple[int, float]:
         """Knock; the door port and the seconds it took. Fails the test if no door opened."""
         started = time.monotonic()
-        done = self.knock(user)
+        done = self.knock(user, *args)
         took = time.monotonic() - started
         match = DOOR_LINE.search(done.stdout + done.stderr)
         assert done.returncode == 0 and match, (done.returncode, done.stdout, done.stderr)
         return int(match.group(2)), took
 
-    def ssh_echo(self, user: str, word: str) -> str:
+    def ssh_echo(self, user: str, word: str, *service: str) -> str:
         ssh = " ".join(self.sshd.ssh_argv("{host}"))
-        done = self.knock(user, "--exec", f"{ssh} -p {{port}} echo {word}", timeout=60)
+        done = self.knock(user, *service, "--exec", f"{ssh} -p {{port}} echo {word}", timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -102,11 +103,16 @@ def world() -> Iterator[World]:
     with NetLab("dkd") as lab:
         prepare_workdir(workdir)
         config = workdir / "dynknock.toml"
-        write_config(config, workdir, lab, window_seconds=WINDOW_S, extra=f"max_doors_per_user = {CAP}\n")
+        # ssh relayed (the relay binds each door port: what a squatter can block); sshk the same
+        # sshd forwarded by the kernel.
+        write_config(config, workdir, lab, window_seconds=WINDOW_S, extra=f"max_doors_per_user = {CAP}\n",
+                     services={"ssh": "127.0.0.1:22", "sshk": "127.0.0.1:22"},
+                     forward={"ssh": "relay", "sshk": "kernel"})
         text = config.read_text()
         assert 'door_ports = "63000-65535"' in text  # the lab's default range, narrowed here
         config.write_text(text.replace('door_ports = "63000-65535"', f'door_ports = "{RANGE[0]}-{RANGE[1]}"'))
-        write_users(workdir / "users.json", [LabUser(u, password=f"{u}-pw") for u in USERS])
+        write_users(workdir / "users.json", [LabUser(u, password=f"{u}-pw", services=("ssh", "sshk"))
+                                             for u in USERS])
         sshd = start_sshd(lab, lab.server, workdir / "ssh")
         stack = Stack(lab, workdir, REPO / "supervisord.conf")
         try:
@@ -148,6 +154,9 @@ def test_doors_open_while_an_unprivileged_user_squats_the_door_range(world: Worl
         print(f"squat: 9/9 doors, {moved} moves, knock seconds median {sorted(took)[4]:.2f} "
               f"range {min(took):.2f}-{max(took):.2f}")
         assert world.ssh_echo("dave", "through-a-moved-range") == "through-a-moved-range"
+        # a kernel-forwarded door may land on a squatted port, and works all the same
+        kernel_ports = [world.door("frank", "-s", "sshk")[0] for _ in range(2)]
+        assert world.ssh_echo("frank", "kernel-door", "-s", "sshk") == "kernel-door", kernel_ports
     finally:
         if squatter.poll() is None:
             squatter.terminate()
