@@ -67,6 +67,7 @@ def _udp_sizes_v6(control_port: int) -> str:
     return f"(ip6 and ip6[6] = 17 and ip6[42:2] = {control_port} and ({' or '.join(parts)}))"
 
 
+NOT_VLAN = " and not vlan"  # the end of every Ethernet filter (capture/bpf.py reads it there)
 _SYN_V4 = "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn)"
 _SYN_V6 = "(ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
 
@@ -86,7 +87,7 @@ def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tu
         wanted = " or ".join(f"(src host {a} and tcp dst port {p})" for a, p in pair_list)
         text = f"({to_us}) and (({udp}) or (({_SYN_V4} or {_SYN_V6}) and ({wanted})))"
     # Last: libpcap's first `vlan` shifts the offsets of whatever follows it (module docstring).
-    return f"{text} and not vlan" if linktype == DLT_EN10MB else text
+    return text + NOT_VLAN if linktype == DLT_EN10MB else text
 
 
 CLIENT_SIZES = frozenset(size for kind, size in PACKET_LEN.items() if kind is not PacketType.P3)

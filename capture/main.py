@@ -15,6 +15,7 @@ from typing import Any
 import pcap
 import zmq
 
+from capture.bpf import KernelFilter
 from capture.core import MAX_FILTER_PAIRS, WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
 from capture.fairness import Shedder, fair_order
 from dynknock import bus
@@ -30,11 +31,12 @@ from dynknock.stage import (
 )
 
 STATS_EVERY_S = 2.0
+SNAPLEN = 256
 REJECT_EVENTS_PER_SECOND = 20
 # Frames taken from the kernel per turn of the loop: a flood fills the ring faster than a
 # turn drains it, and one unbounded read (readpkts) then keeps the loop from auth's
 # filter messages (new knocks' SYNs wait for them) for as long as the flood lasts.
-MAX_BATCH = 1024
+MAX_BATCH = 256
 
 
 class RejectBudget:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config_or_exit(args.config, "capture")
     log = setup_logging("capture")
     try:
-        handle = pcap.pcap(name=config.interface, snaplen=256, promisc=False, immediate=True,
+        handle = pcap.pcap(name=config.interface, snaplen=SNAPLEN, promisc=False, immediate=True,
                            timeout_ms=50, buffer_size=8 * 1024 * 1024)
     except OSError as exc:
         print(f"knock-capture: cannot open interface {config.interface!r} (key server.interface in "
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     addresses = frozenset(config.addresses)
     linktype = handle.datalink()
     current_filter = build_filter(addresses, config.control_port, (), linktype=linktype)
-    handle.setfilter(current_filter)
+    kernel_filter = KernelFilter(handle, linktype, SNAPLEN)
+    kernel_filter.first(current_filter)
     drop_privileges(config.run_as)
     if config.bus_transport == "ipc":
         # Capture only connects, but into a directory others can write anyone could plant
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         wanted = build_filter(addresses, config.control_port, pairs, linktype=linktype)
                 if wanted != current_filter:
-                    handle.setfilter(wanted)
+                    # Swapped in one system call: libpcap's setfilter loses what arrives meanwhile.
+                    kernel_filter.change(wanted)
                     current_filter = wanted
         batch.clear()
         handle.dispatch(MAX_BATCH, lambda _ts, frame: take(frame))
