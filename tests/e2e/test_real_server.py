@@ -1,16 +1,16 @@
 """The README's "Install on a real server", run line by line on a fresh simulated server.
 
 The server is the lab's server namespace plus a machine of its own: a private mount
-namespace (overlays on /etc, /opt, /usr/local, /var and /root whose writes land in a tmpfs, a
-fresh tmpfs on /run) and a private PID namespace, in which nothing of dynknock is installed
-(no /etc/dynknock, /var/lib/dynknock, /var/log/dynknock, venv, commands, unit or user).
-So setup.sh, useradd, the uninstaller's userdel and everything else run for real, and this
-machine's own files, users and processes never change. setup.sh alone uses this host's
-network namespace, for pip's downloads (the lab has no way out); the stack runs in the lab's. The commands come from the README
-itself (only `sudo` is dropped where it is not installed: the test runs as root), the
-config is edited only where the README says, and a client in the client namespace knocks
-and reaches sshd. Then the operator's days: supervisorctl, a reboot, an upgrade, an
-uninstall.
+namespace (overlays on /etc, /opt, /usr/local, /var and /root whose writes land in a tmpfs,
+a fresh tmpfs on /run) and a private PID namespace, in which nothing of dynknock is
+installed (no /etc/dynknock, /var/lib/dynknock, /var/log/dynknock, venv, commands, unit or
+user). So setup.sh, useradd, the uninstaller's userdel and everything else run for real,
+and this machine's own files, users and processes never change. setup.sh alone uses this
+host's network namespace, for pip's downloads (the lab has no way out); the stack runs in
+the lab's. The commands come from the README itself (only `sudo` is dropped where it is
+not installed: the test runs as root), the config is edited only where the README says,
+and a client in the client namespace knocks and reaches sshd. Then the operator's days:
+supervisorctl, descriptor limits, logs, a reboot, an upgrade, an uninstall.
 """
 
 from __future__ import annotations
@@ -317,6 +317,22 @@ def test_supervisorctl_is_root_only_and_restarts_a_stage(server: Server) -> None
                                 "supervisorctl -s unix:///run/dynknock-supervisor.sock pid", check=False)
     assert not denied.stdout.strip().isdigit(), denied.stdout
     assert "ermission denied" in denied.stdout + denied.stderr, denied.stdout + denied.stderr
+
+
+NOFILE = {"relay": 16384, "bus": 4096, "auth": 4096, "gate": 1024, "capture": 1024, "metrics": 1024}
+
+
+def test_descriptor_limits_are_set_per_program(server: Server) -> None:
+    def limit(pid: str) -> tuple[int, int]:
+        line = next(line for line in server.machine.run(f"cat /proc/{pid}/limits").stdout.splitlines()
+                    if line.startswith("Max open files"))
+        soft, hard = line.split()[3:5]
+        return int(soft), int(hard)
+
+    supervisord = server.supervisorctl("pid").strip()
+    assert limit(supervisord)[0] >= 16384  # minfds: raised to it if lower, never lowered
+    found = {stage: limit(str(pid)) for stage, pid in server.pids().items()}
+    assert found == {stage: (n, n) for stage, n in NOFILE.items()}, found
 
 
 def test_logs_rotate(server: Server) -> None:
