@@ -20,7 +20,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 apt_packages=(python3 python3-venv python3-dev gcc libpcap-dev nftables iproute2 iputils-ping
-              openssh-server openssh-client tcpdump util-linux procps)
+              openssh-server openssh-client tcpdump util-linux procps
+              conntrack)  # the gate's `conntrack -E`: kernel doors' connection events and byte counts
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
