@@ -137,6 +137,56 @@ def _user_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _library_knock(tree: str | None, key: str, server: str, timing: dict[str, float]) -> dict[str, Any]:
+    """bench/labworker.py's knock_and_connect with the client code under test (a tree, or the venv's)."""
+    if tree is not None and tree not in sys.path:
+        sys.path.insert(0, tree)
+    if str(BENCH) not in sys.path:
+        sys.path.insert(1, str(BENCH))
+    import labworker
+
+    from client.session import Timing
+
+    fields: dict[str, Any] = {k: int(v) if k == "max_bursts" else float(v) for k, v in timing.items()}
+    result: dict[str, Any] = labworker.knock_and_connect(Path(key), server, SERVICE, Timing(**fields))
+    if "door_ms" in result:
+        result["ms"] = result["door_ms"]
+    return result
+
+
+def _phases(argv: list[str]) -> dict[str, Any]:
+    """One --proxy run under strace (seccomp-filtered to a few syscalls, so the rest runs at full speed):
+    ms from exec to the P1 (first UDP send), the P2 (second), the P3 (first receive), the door's connect
+    and the banner written to stdout."""
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as trace:
+        traced = ["strace", "--seccomp-bpf", "-f", "-ttt", "-o", trace.name, "-e",
+                  "trace=execve,sendto,send,recvfrom,recv,connect,write", *argv]
+        row = _spawn_first_byte(traced, None, _user_env())
+        lines = trace.read().splitlines()
+    marks: dict[str, float] = {}
+    sends = 0
+    for line in lines:
+        parts = line.split(None, 2)
+        if len(parts) < 3 or "resumed>" in parts[2] and "= -1" in parts[2]:
+            continue
+        stamp, call = float(parts[1]), parts[2]
+        if call.startswith("execve(") and "exec" not in marks:
+            marks["exec"] = stamp
+        elif call.startswith(("sendto(", "send(")) and "sa_family" not in call:  # UDP: connected, no address
+            sends += 1
+            marks.setdefault("p1" if sends == 1 else "p2" if sends == 2 else "resend", stamp)
+        elif call.startswith(("recvfrom(", "recv(")) and "p3" not in marks and "= -1" not in call:
+            marks["p3"] = stamp
+        elif call.startswith("connect(") and "p3" in marks and "door" not in marks:
+            marks["door"] = stamp
+        elif call.startswith("write(1,") and "banner" not in marks:
+            marks["banner"] = stamp
+    start = marks.get("exec", 0.0)
+    row["phases"] = {k: (v - start) * 1000 for k, v in marks.items()}
+    row["ok"] = row["first"] == BANNER.decode() and "p1" in marks
+    return row
+
+
 def worker(args: dict[str, Any]) -> None:
     client: list[str] = args["client"]
     server: str = args["server"]
@@ -173,6 +223,10 @@ def worker(args: dict[str, Any]) -> None:
             row = _spawn_first_byte([*base, "-u", f"pw{(offset + i) % PASSWORD_USERS}", "--password-stdin", server],
                                     (PASSWORD + "\n").encode(), _user_env())
             row["ok"] = row["first"] == "D"
+        elif mode == "library":  # the knock alone, in this process: bursts and PENDING rounds are visible
+            row = _library_knock(args.get("tree"), key, server, args.get("timing", {}))
+        elif mode == "phases":  # where the time goes: the syscalls that mark each phase, under strace
+            row = _phases([*base, "--proxy", "-k", key, server])
         elif mode == "help":
             row = _spawn_to_exit([*client, "--help"])
             row["ok"] = row["rc"] == 0
@@ -249,6 +303,30 @@ def summarize(results: dict[str, Any]) -> str:
             f"{floor:.1f} | {key_line:.1f} | "
             f"{pw_line:.1f} | {pw_line - key_line:.1f} | {med(results['scrypt_ms']):.1f} |")
     add("")
+    if any(r["library"] for r in results["clients"].values()):
+        add(f"The knock alone (client library in one process, bench/labworker.py's knock_and_connect, timing "
+            f"overrides {results.get('timing') or 'none'}): key file read to the banner through the door.")
+        add("")
+        add("| client | knocks | opened | p50 ms | p90 ms | p99 ms | max ms | opened in the first burst | "
+            "PENDING answers | bursts > 1 |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label, r in results["clients"].items():
+            rows = r["library"]
+            ok = [x for x in rows if x.get("ok")]
+            ms = [x["ms"] for x in ok]
+            first = sum(1 for x in ok if x.get("bursts") == 1 and not x.get("pending"))
+            add(f"| {label} | {len(rows)} | {len(ok)} | {pct(ms, 50):.1f} | {pct(ms, 90):.1f} | {pct(ms, 99):.1f} | "
+                f"{max(ms, default=float('nan')):.1f} | {first} | {sum(x.get('pending', 0) for x in rows)} | "
+                f"{sum(1 for x in rows if x.get('bursts', 1) > 1)} |")
+        add("")
+    for label, r in results["clients"].items():
+        phased = [x["phases"] for x in r.get("phases", []) if x.get("ok")]
+        if phased:
+            phase_names = ("p1", "p2", "p3", "door", "banner")
+            add(f"{label}: {len(phased)} --proxy runs under strace, ms from exec (medians): "
+                + ", ".join(f"{n} {med([p[n] for p in phased if n in p]):.1f}" for n in phase_names)
+                + f"; resends in {sum(1 for p in phased if 'resend' in p)}")
+            add("")
     for label, r in results["clients"].items():
         samples = [x["modules"] for x in r["importtime"] if x.get("modules")]
         if not samples:
@@ -277,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--help-spawns", type=int, default=40)
     parser.add_argument("--password-spawns", type=int, default=10)
     parser.add_argument("--importtime-spawns", type=int, default=10)
+    parser.add_argument("--library-knocks", type=int, default=100,
+                        help="knocks with the client library in one process (bursts and PENDING rounds counted)")
+    parser.add_argument("--timing", type=json.loads, default={}, metavar="JSON",
+                        help="client.session.Timing fields for the library knocks, e.g. '{\"knock_gap_s\": 0.002}'")
+    parser.add_argument("--phases", type=int, default=0, metavar="N",
+                        help="also N --proxy runs under strace, for the time of each phase (exec, P1, P2, P3, door)")
     parser.add_argument("--pace", type=float, default=0.25, metavar="SECONDS",
                         help="least time between two process starts (the server's per-source limit: 10 datagrams/s)")
     parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
@@ -292,9 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dynknock-startup-"))
     os.chmod(workdir, 0o755)
     clients: dict[str, list[str]] = {}
+    trees: dict[str, str] = {}
     for spec in args.tree:
         label, _, tree = spec.partition("=")
         clients[label] = [str(_wrapper(Path(tree), workdir, python))]
+        trees[label] = str(Path(tree).resolve())
     for spec in args.client:
         label, _, path = spec.partition("=")
         clients[label] = [path]
@@ -303,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
         "command": shlex.join(["sudo", python, "bench/client_startup.py", *(sys.argv[1:] if argv is None else argv)]),
-        "load_start": Path("/proc/loadavg").read_text().split()[0], "clients": {}}
+        "load_start": Path("/proc/loadavg").read_text().split()[0], "clients": {}, "timing": args.timing}
     try:
         with NetLab(PREFIX) as lab:
             keys_dir = workdir / "keys"
@@ -338,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                     nonlocal offset
                     payload = {"client": clients[label], "server": lab.server.ipv4, "keys_dir": str(keys_dir),
                                "key_count": len(names), "mode": mode, "count": count, "key_offset": offset,
-                               "max_seconds": 600,
+                               "max_seconds": 600, "tree": trees.get(label), "timing": args.timing,
                                "pace_s": 0.0 if mode in ("help", "no-key", "python") else args.pace}
                     offset += count
                     done = lab.run(lab.client, [python, __file__, "worker",
@@ -354,15 +440,20 @@ def main(argv: list[str] | None = None) -> int:
                 for label in clients:
                     results["clients"][label] = {"proxy_runs": [], "help": [], "keyfile_line": [],
                                                  "password_line": [], "importtime": [], "no_key": [],
-                                                 "python": []}
+                                                 "python": [], "library": []}
                 for label in clients:  # warm the page cache and the .pyc files of every client first
                     run(label, "proxy", 3)
                 for round_ in range(args.runs):
                     order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
                     for label in order:
                         results["clients"][label]["proxy_runs"].append(run(label, "proxy", args.spawns))
+                for round_ in range(args.runs if args.library_knocks else 0):
+                    order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
+                    for label in order:
+                        results["clients"][label]["library"] += run(label, "library", args.library_knocks // args.runs)
                 for label in clients:
                     r = results["clients"][label]
+                    r["phases"] = run(label, "phases", args.phases) if args.phases else []
                     r["help"] = run(label, "help", args.help_spawns)
                     r["no_key"] = run(label, "no-key", args.help_spawns)
                     r["python"] = run(label, "python", args.help_spawns)
