@@ -52,8 +52,11 @@ else
 fi
 
 if nft list table inet "$table" >/dev/null 2>&1; then
-    say "nftables: deleting table inet $table"
-    nft delete table inet "$table"
+    say "nftables: deleting table inet $table (knock-gate --remove-table: also puts route_localnet back)"
+    if ! { [ -x "$venv/bin/knock-gate" ] && [ -e "$etc/dynknock.toml" ] &&
+           "$venv/bin/knock-gate" --remove-table -c "$etc/dynknock.toml" >/dev/null 2>&1; }; then
+        nft delete table inet "$table"
+    fi
 else
     say "nftables: no table inet $table"
 fi
