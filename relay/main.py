@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             events.publish("relay.door.refused", client=command.client, port=command.port, reason=detail)
             return bus.DoorResult(command.door_id, "relay", False, detail)
         table.add(door)
-        log.info("Binded port %d for %s. (%s)", door.port, door.user, door.client)
+        log.info("Listening on door port %d for %s (%s).", door.port, door.user, door.client)
         events.publish("relay.door.listening", user=door.user, client=str(door.client), port=door.port)
         return bus.DoorResult(command.door_id, "relay", True)
 
