@@ -6,9 +6,14 @@ junk carrying that user's live hint, and copies of the captured P1/P2. Each cost
 auth an AEAD check, so capture sheds them before they are forwarded:
 
 * Exact copies: every P1 and P2 is sealed afresh (new nonce, client/session.py),
-  so the same payload twice is always a replay, whatever source it claims.
-  The payloads forwarded recently are remembered (first in, first out, bounded
-  in number and age). Only forwarded payloads are remembered, and forwarding is
+  so the same payload twice is a replay. The payloads forwarded recently are
+  remembered with the sources they came from (first in, first out, bounded in
+  number and age). A copy from a source already seen is shed; a copy from a new
+  source is forwarded, up to SOURCES_PER_PAYLOAD sources: an on-path attacker
+  who races a copy from its own address must not get the client's own packet,
+  arriving later from the client's address, shed here (PROTOCOL.md invariant 3:
+  auth refuses the copy and accepts the original), while a replay flood from
+  spoofed sources costs auth at most that many packets per captured payload. Only forwarded payloads are remembered, and forwarding is
   rate limited below, so a flood of distinct junk can push a remembered payload
   out only at the pace the budgets allow: a replay then passes at most once per
   REPLAY_CAPACITY forwarded packets, never at the flood's rate.
@@ -92,30 +97,43 @@ class _Buckets:
         return bucket if bucket[0] >= 1.0 else None
 
 
+# Sources a payload may come from before its copies are shed whatever their source: the
+# client's own, an on-path attacker's racing copy, and room for a NAT changing its mind.
+SOURCES_PER_PAYLOAD = 4
+
+
 class ReplayFilter:
-    """The payloads forwarded lately, oldest first, at most `capacity` of them and none older than ttl_s."""
+    """The payloads forwarded lately with their sources, oldest first, at most `capacity` payloads and
+    none older than ttl_s."""
 
     def __init__(self, capacity: int, ttl_s: float) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
-        self._seen: OrderedDict[bytes, float] = OrderedDict()  # oldest first, as _Buckets
+        # payload -> (first forwarded, sources it came from); oldest first, as _Buckets
+        self._seen: OrderedDict[bytes, tuple[float, tuple[bytes, ...]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def seen(self, payload: bytes, now: float) -> bool:
-        when = self._seen.get(payload)
-        return when is not None and now - when < self.ttl_s
+    def seen(self, payload: bytes, source: bytes, now: float) -> bool:
+        entry = self._seen.get(payload)
+        if entry is None or now - entry[0] >= self.ttl_s:
+            return False
+        return source in entry[1] or len(entry[1]) >= SOURCES_PER_PAYLOAD
 
-    def remember(self, payload: bytes, now: float) -> None:
+    def remember(self, payload: bytes, source: bytes, now: float) -> None:
         seen = self._seen
+        entry = seen.get(payload)
+        if entry is not None and now - entry[0] < self.ttl_s:
+            seen[payload] = (entry[0], (*entry[1], source))  # keeps its place: its age is its first copy's
+            return
         seen.pop(payload, None)  # a stale copy moves to the young end
         while seen:
-            oldest, when = next(iter(seen.items()))
+            oldest, (when, _) = next(iter(seen.items()))
             if len(seen) < self.capacity and now - when < self.ttl_s:
                 break
             seen.popitem(last=False)
-        seen[payload] = now
+        seen[payload] = (now, (source,))
 
 
 class Shedder:
@@ -132,7 +150,7 @@ class Shedder:
     def admit(self, hint: bytes, source: bytes, payload: bytes, now: float) -> str | None:
         """None if this datagram may be forwarded (it then counts against every budget), else why it
         is shed (also counted in `dropped`)."""
-        if self.replays.seen(payload, now):
+        if self.replays.seen(payload, source, now):
             reason = DUPLICATE
         else:
             # Test every bucket before taking from any: a datagram shed by one costs the others nothing.
@@ -145,7 +163,7 @@ class Shedder:
                 by_source[0] -= 1.0
                 by_hint[0] -= 1.0
                 total[0] -= 1.0
-                self.replays.remember(payload, now)
+                self.replays.remember(payload, source, now)
                 return None
             reason = HINT_BUDGET if by_hint is None else SOURCE_BUDGET if by_source is None else TOTAL_BUDGET
         self.dropped[reason] += 1

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from capture.fairness import (
     DUPLICATE,
+    SOURCES_PER_PAYLOAD,
     HINT_BUDGET,
     SOURCE_BUDGET,
     TOTAL_BUDGET,
@@ -36,15 +37,30 @@ def spoofed(n: int) -> bytes:
 # --- replays ----------------------------------------------------------------------------------
 
 
-def test_an_exact_copy_is_shed_whatever_source_it_claims() -> None:
+def test_an_exact_copy_from_a_source_already_seen_is_shed() -> None:
     shedder = Shedder()
     p1 = junk(1)
     assert shedder.admit(ALICE, ALICE_HOME, p1, 0.0) is None
     assert shedder.admit(ALICE, ALICE_HOME, p1, 0.1) == DUPLICATE
-    assert shedder.admit(ALICE, ATTACKER, p1, 0.2) == DUPLICATE
-    assert shedder.admit(ALICE, spoofed(9), p1, 100.0) == DUPLICATE
+    assert shedder.admit(ALICE, ATTACKER, p1, 0.2) is None  # auth refuses it (wrong source), without AEAD
+    assert shedder.admit(ALICE, ATTACKER, p1, 0.3) == DUPLICATE
     assert shedder.admit(ALICE, ALICE_HOME, junk(2), 100.0) is None  # a new sealing passes
-    assert shedder.dropped[DUPLICATE] == 3
+    assert shedder.dropped[DUPLICATE] == 2
+
+
+def test_a_copy_raced_from_another_address_does_not_shed_the_clients_own() -> None:
+    """PROTOCOL.md invariant 3: an on-path attacker's copy arrives first; the client's packet must still pass."""
+    shedder = Shedder()
+    p2 = junk(3, 82)
+    assert shedder.admit(ALICE, ATTACKER, p2, 0.0) is None
+    assert shedder.admit(ALICE, ALICE_HOME, p2, 0.01) is None
+
+
+def test_copies_from_many_sources_pass_at_most_a_few_times() -> None:
+    shedder = Shedder()
+    p1 = junk(4)
+    admitted = sum(shedder.admit(ALICE, spoofed(i), p1, i / 1000) is None for i in range(1000))
+    assert admitted == SOURCES_PER_PAYLOAD
 
 
 def test_a_replay_flood_is_shed_whole_and_costs_no_budget() -> None:
@@ -54,7 +70,9 @@ def test_a_replay_flood_is_shed_whole_and_costs_no_budget() -> None:
         assert shedder.admit(ALICE, ALICE_HOME, packet, 0.0) is None
     admitted = sum(shedder.admit(ALICE, spoofed(i), captured[i % 2], i / 120_000) is None
                    for i in range(1, 240_001))  # 2 s at 120,000 packets/s from 65,536 addresses
-    assert admitted == 0 and shedder.dropped[DUPLICATE] == 240_000
+    # Each captured packet from at most SOURCES_PER_PAYLOAD - 1 more sources, then never again.
+    assert admitted == 2 * (SOURCES_PER_PAYLOAD - 1)
+    assert shedder.dropped[DUPLICATE] == 240_000 - admitted
     # Alice's own next knock still has her whole budget.
     assert all(shedder.admit(ALICE, ALICE_HOME, junk(10 + n), 2.0) is None for n in range(10))
 
@@ -62,11 +80,11 @@ def test_a_replay_flood_is_shed_whole_and_costs_no_budget() -> None:
 def test_replay_memory_is_bounded_by_count_and_age() -> None:
     replays = ReplayFilter(capacity=100, ttl_s=10.0)
     for n in range(1000):
-        replays.remember(junk(n), n / 1000)
+        replays.remember(junk(n), ALICE_HOME, n / 1000)
     assert len(replays) == 100
-    assert replays.seen(junk(999), 1.0) and not replays.seen(junk(899), 1.0)
-    assert not replays.seen(junk(999), 11.0)  # older than ttl
-    replays.remember(junk(5000), 20.0)  # and old entries go when the next comes
+    assert replays.seen(junk(999), ALICE_HOME, 1.0) and not replays.seen(junk(899), ALICE_HOME, 1.0)
+    assert not replays.seen(junk(999), ALICE_HOME, 11.0)  # older than ttl
+    replays.remember(junk(5000), ALICE_HOME, 20.0)  # and old entries go when the next comes
     assert len(replays) == 1
 
 
@@ -86,8 +104,9 @@ def test_distinct_junk_cannot_flush_a_replay_at_the_floods_rate() -> None:
         else:
             shedder.admit(ALICE, spoofed(i), junk(i + 10), now)
     forwarded = limits.hint_burst + 4 * limits.hint_rate
-    assert replays_through <= forwarded / limits.replay_capacity + 1
-    assert forwarded < limits.replay_capacity and replays_through == 0  # 2,500 forwarded in 4 s
+    assert forwarded < limits.replay_capacity  # 2,500 forwarded in 4 s: the captured P1 stays remembered
+    # From spoofed sources a copy passes while its new sources are few, never at the flood's rate.
+    assert replays_through <= SOURCES_PER_PAYLOAD - 1
 
 
 # --- budgets --------------------------------------------------------------------------------------
