@@ -13,10 +13,11 @@ auth an AEAD check, so capture sheds them before they are forwarded:
   who races a copy from its own address must not get the client's own packet,
   arriving later from the client's address, shed here (PROTOCOL.md invariant 3:
   auth refuses the copy and accepts the original), while a replay flood from
-  spoofed sources costs auth at most that many packets per captured payload. Only forwarded payloads are remembered, and forwarding is
-  rate limited below, so a flood of distinct junk can push a remembered payload
-  out only at the pace the budgets allow: a replay then passes at most once per
-  REPLAY_CAPACITY forwarded packets, never at the flood's rate.
+  spoofed sources costs auth at most that many packets per captured payload.
+  Only forwarded payloads are remembered, and forwarding is rate limited below,
+  so a flood of distinct junk can push a remembered payload out only at the pace
+  the budgets allow: a replay then passes at most once per REPLAY_CAPACITY
+  forwarded packets, never at the flood's rate.
 * Budgets: token buckets per (hint, source address), per hint, and for all
   hints together. A flood under one hint from one address is held by the first,
   so the same user's knocks from their own address still pass; a flood from

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from capture.fairness import (
     DUPLICATE,
-    SOURCES_PER_PAYLOAD,
     HINT_BUDGET,
     SOURCE_BUDGET,
+    SOURCES_PER_PAYLOAD,
     TOTAL_BUDGET,
     Limits,
     ReplayFilter,
