@@ -205,9 +205,9 @@ def derive_master_key(user: str, password: str) -> bytes:
     """auth.keys.derive_master_key: the same key, from pycryptodome's scrypt when it is installed
     (a dependency of the package), else from OpenSSL's (hashlib).
 
-    pycryptodome is preferred although importing it costs 30-40 ms: its scrypt is about 1.6x
-    faster than OpenSSL's here (~80 against ~130 ms on the lab machine, bench/client_startup.py),
-    which more than pays for the import. Only password runs come here; key files never import it.
+    pycryptodome is preferred although importing it costs 15-35 ms: its scrypt is so much
+    faster than OpenSSL's that, in a fresh process on the lab machine, import and scrypt take
+    ~70 ms against OpenSSL's ~95 ms. Only password runs come here; key files never import it.
     """
     if not password:
         raise KeyError_("empty password")
