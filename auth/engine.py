@@ -272,9 +272,12 @@ class Engine:
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, source, now_ms)
         user, keys = found
-        # Invariant 8: a nonce accepted before (or answered ADDRESS_MISMATCH) is a replay,
-        # whatever the rest of the packet says; no tag check needed to refuse it.
-        if self._replay.seen(header.nonce, now_ms) or header.nonce in self._mismatch_nonces:
+        # Invariant 8: a nonce accepted before is a replay, whatever the rest of the packet
+        # says; no tag check needed to refuse it. Not a nonce answered ADDRESS_MISMATCH: that
+        # answer may have gone to a copy raced from elsewhere, and the client's own P2 from
+        # the declared address must still be answered (invariant 3); _on_p2 keeps its one
+        # answer per nonce, and copies reach it without AEAD through the checked cache.
+        if self._replay.seen(header.nonce, now_ms):
             return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
         checked = self._checked.get(header.nonce)
         if checked is not None and checked[0] == payload:

@@ -62,7 +62,7 @@ PREFIX = "dka"
 NONE_PREFIX = "dkan"
 WINDOW_S = 5
 CONTROL_PORT = 62201
-DOOR_LOW, DOOR_HIGH = 40000, 49999
+DOOR_LOW, DOOR_HIGH = 63000, 65535  # the lab's door range (dynknock.stack.write_config)
 CLIENT = str(VENV_BIN / "knock-client")
 PYTHON = str(VENV_BIN / "python")
 STAGES = ("capture", "auth", "gate", "relay", "bus")
@@ -601,7 +601,10 @@ def world() -> Iterator[World]:
     bob = Keyholder("bob", BOB_KEY)
     with NetLab(PREFIX) as lab:
         prepare_workdir(workdir)
-        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S)
+        # These attacks were written against relayed doors (a listener to kill, a set element to look
+        # for): keep that path under attack here. Kernel doors are attacked in test_kernel_doors.py and
+        # test_stealth.py.
+        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S, forward={"ssh": "relay"})
         bob_key_file = workdir / "bob.key"
         bob_key_file.write_text(base64.b64encode(BOB_KEY).decode() + "\n")
         bob_key_file.chmod(0o600)
@@ -652,13 +655,17 @@ def _note_payloads(world: World, keyholder: Keyholder, frames: list[Frame]) -> N
 def _replay(world: World, frames: list[bytes | float], origin: Host) -> dict[str, Any]:
     """Inject frames from origin and report what the server did about them."""
     client = world.lab.client.ipv4
+    shed_before = world.events.next_alive("capture").get("shed", {}).get("duplicate", 0)
     mark = world.events.mark()
     world.inject(origin, frames)
     time.sleep(1.0)
     events = world.events.since(mark)
+    shed_after = world.events.next_alive("capture").get("shed", {}).get("duplicate", 0)
     rejected = [e.fields for e in events if e.topic == "auth.request.rejected" and e.fields.get("source") == client]
+    # A copy from a source capture has seen it from is shed there, unparsed and uncounted by auth.
+    reasons = Counter(f["reason"] for f in rejected) + Counter({"capture_duplicate": shed_after - shed_before})
     return {
-        "reasons": Counter(f["reason"] for f in rejected),
+        "reasons": reasons,
         "opening": [e.topic for e in events if e.topic in ("auth.request.received", "auth.request.retry",
                                                            "auth.knock.matched", "auth.door.opened",
                                                            "gate.rule.added", "relay.door.listening")],
@@ -697,9 +704,13 @@ def test_replay_of_a_recorded_exchange_opens_nothing(world: World) -> None:
                 allowed = legit if phase == "immediate" else set()
                 assert outcome["doors"] <= allowed, (phase, origin.role, outcome)
                 assert outcome["opening"] == [], (phase, origin.role, outcome)
-                # Every authentic packet was refused as a replay (P1 and P2); the SYNs,
-                # with no request pending, never even left the kernel's filter.
-                assert outcome["reasons"] == Counter({"replay": authenticated}), (phase, origin.role, outcome)
+                # Every authentic packet was refused as a replay (P1 and P2): by capture, which saw
+                # it from this source before, or by auth's nonce journal (capture forgets after
+                # 5 minutes or a restart of its own); no AEAD either way. The SYNs, with no
+                # request pending, never even left the kernel's filter.
+                reasons = outcome["reasons"]
+                assert set(reasons) <= {"replay", "capture_duplicate"}, (phase, origin.role, outcome)
+                assert reasons["replay"] + reasons["capture_duplicate"] == authenticated, (phase, origin.role, outcome)
         replies = read_pcap(at_client) + read_pcap(at_attacker)
         assert replies == [], f"{phase}: the server answered a replay: {[f.kind for f in replies]}"
     record_figures("replay", frames_recorded=len(recorded), frames_replayed_per_round=len(sent),
@@ -883,9 +894,18 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world:
                                                                           for d in (-60, 0, 60)}
     payloads = [p for group in groups.values() for p in group]
     expected: Counter[str] = Counter()
+    under_live_hints = 0
     for payload in payloads:
         if _passes_kernel_filter(payload):
-            expected["bad_tag" if payload[2:10] in held else "unknown_user"] += 1
+            if payload[2:10] in held:
+                under_live_hints += 1
+            else:
+                expected["unknown_user"] += 1
+    # Every forgery under a live hint is accounted for, but no longer one tag check each (issue 11
+    # §3): capture sheds what exceeds its budgets per (hint, source) and per hint, and auth checks
+    # at most a few bad tags per (source, hint) a second and sets the rest aside unchecked.
+    live_hint_outcomes = ("bad_tag", "hint_over_budget", "shed")
+    expected["live_hint"] = under_live_hints
     for _, reason in hostile:
         expected[reason] += 1
     pids = world.pids()
@@ -897,10 +917,17 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world:
         frames.append(world.udp_from(lab.attacker, payload))
         if index % 500 == 499:
             frames.append(0.02)  # a breath for capture's ring, so the counts are exact
-    frames += [world.udp_from(lab.attacker, p) for p, _ in hostile]
+    # The hostile key holder, from its own address, once the budgets the flood used have refilled.
+    hostile_frames: list[bytes | float] = [world.udp_from(lab.client, p) for p, _ in hostile]
     from_server = f"ip src host {lab.server.ipv4} or ip6 src host {lab.server.ipv6} and not icmp6"
+
+    def shed(alive: dict[str, Any]) -> int:
+        return sum(v for v in alive.get("shed", {}).values() if isinstance(v, int))
+
     with world.sniff(lab.attacker, from_server) as replies:
         sent = world.inject(lab.attacker, frames)
+        time.sleep(1.5)
+        sent += world.inject(lab.client, hostile_frames)
         deadline = time.monotonic() + 10
         while True:
             after = world.rejections()
@@ -910,10 +937,15 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world:
             # counts it there (unknown_hints); auth counts the unknown users it still sees.
             in_capture = capture_after.get("unknown_hints", 0) - capture_before.get("unknown_hints", 0)
             delta["unknown_user"] += in_capture
+            delta["shed"] = shed(capture_after) - shed(capture_before)
+            outcomes = {k: delta.pop(k, 0) for k in live_hint_outcomes}
+            delta["live_hint"] = sum(outcomes.values())
             delta = +delta
             if delta == expected or time.monotonic() > deadline:
                 break
     assert sent == len(payloads) + len(hostile)
+    # The tags auth still checked were a handful a second, not one per forgery.
+    assert outcomes["bad_tag"] <= 100, outcomes
     assert world.pids() == pids, "a stage restarted"
     assert world.doors() == set()
     opening = [e.topic for e in world.events.since(mark) if e.topic in ("auth.request.received", "gate.rule.added")]
@@ -921,7 +953,8 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world:
     assert read_pcap(replies) == [], "the server answered a forgery"
     record_figures("forgery", packets_tried=sent, by_group={k: len(v) for k, v in groups.items()},
                    hostile_key_holder=len(hostile), passed_kernel_filter=sum(expected.values()) - len(hostile),
-                   rejections_delta=dict(delta), unknown_user_dropped_by_capture=in_capture,
+                   rejections_delta=dict(delta), live_hint_outcomes=outcomes,
+                   unknown_user_dropped_by_capture=in_capture,
                    doors_wrongly_opened=0, crashes=0)
     # Every packet the kernel let through was counted under its reason (by capture or auth); nothing else moved.
     assert delta == expected, f"rejection counters moved by {dict(delta)}, expected {dict(expected)}"
@@ -1390,7 +1423,7 @@ def test_bad_start_is_refused_with_one_line(world: World, case: str, stage: str)
 def test_local_unprivileged_user_cannot_reach_the_bus(world: World) -> None:
     lab = world.lab
     run_dir = world.workdir / "run"
-    target_port = DOOR_LOW + 4242
+    target_port = DOOR_LOW + 1242
     mark = world.events.mark()
     argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", PYTHON,
             world.tool("bus_intruder.py", BUS_INTRUDER_TOOL), str(run_dir), lab.attacker.ipv4, str(target_port)]

@@ -770,3 +770,24 @@ def test_relayed_services_still_need_both_stages() -> None:
     door = open_door(engine, Client(ALICE))
     assert door.stages == frozenset({"gate", "relay"})
     assert engine.on_door_result(door.door_id, "gate", True, "", NOW) == []
+
+
+def test_a_p2_copy_answered_address_mismatch_does_not_refuse_the_clients_own() -> None:
+    """The lab's race (tests/e2e/test_attacks.py): an on-path attacker sends the client's first burst
+    from its own address before the client's arrives. Its P1 copy is refused (wrong source) and leaves
+    the NAT note for its address; its P2 copy is answered ADDRESS_MISMATCH (sealed: it learns nothing).
+    The client's own P1, knocks and P2, arriving late and unchanged, must open and answer the door
+    (invariant 3), with no AEAD for any further copy."""
+    engine = make_engine()
+    alice = Client(ALICE, address=ipaddress.ip_address("198.18.0.2"))  # not global: the NAT note applies
+    attacker = ipaddress.ip_address("198.18.0.3")
+    p1, p2 = alice.p1(), alice.p2()
+    assert rejected(send(engine, alice, p1, source=attacker)) == ["wrong_source"]
+    copy = one(send(engine, alice, p2, source=attacker), SendReply)
+    assert copy.destination == attacker
+    assert Client(ALICE, address=attacker).read(copy).status is Status.ADDRESS_MISMATCH
+    assert not of(send(engine, alice, p2, source=attacker), SendReply)  # one answer per nonce
+    door = one(send(engine, alice, p1) + knock(engine, alice), OpenDoor)
+    confirm(engine, door)
+    answer = alice.read(one(send(engine, alice, p2), SendReply))
+    assert (answer.status, answer.door_port) == (Status.OPEN, door.port)
