@@ -305,7 +305,8 @@ def summarize(results: dict[str, Any]) -> str:
     add("")
     if any(r["library"] for r in results["clients"].values()):
         add(f"The knock alone (client library in one process, bench/labworker.py's knock_and_connect, timing "
-            f"overrides {results.get('timing') or 'none'}): key file read to the banner through the door.")
+            f"overrides {results.get('timing') or 'none'}, flood {results.get('flood') or 'none'}): key file "
+            "read to the banner through the door.")
         add("")
         add("| client | knocks | opened | p50 ms | p90 ms | p99 ms | max ms | opened in the first burst | "
             "PENDING answers | bursts > 1 |")
@@ -361,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="client.session.Timing fields for the library knocks, e.g. '{\"knock_gap_s\": 0.002}'")
     parser.add_argument("--phases", type=int, default=0, metavar="N",
                         help="also N --proxy runs under strace, for the time of each phase (exec, P1, P2, P3, door)")
+    parser.add_argument("--flood", choices=("syn", "junk", "sized"),
+                        help="during the library knocks, bench/labworker.py's flood of this kind from the attacker")
+    parser.add_argument("--flood-rate", type=int, default=50_000, metavar="PPS")
     parser.add_argument("--pace", type=float, default=0.25, metavar="SECONDS",
                         help="least time between two process starts (the server's per-source limit: 10 datagrams/s)")
     parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
@@ -389,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
         "command": shlex.join(["sudo", python, "bench/client_startup.py", *(sys.argv[1:] if argv is None else argv)]),
-        "load_start": Path("/proc/loadavg").read_text().split()[0], "clients": {}, "timing": args.timing}
+        "load_start": Path("/proc/loadavg").read_text().split()[0], "clients": {}, "timing": args.timing,
+        "flood": f"{args.flood} at {args.flood_rate}/s" if args.flood else None}
     try:
         with NetLab(PREFIX) as lab:
             keys_dir = workdir / "keys"
@@ -447,10 +452,27 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
                     for label in order:
                         results["clients"][label]["proxy_runs"].append(run(label, "proxy", args.spawns))
-                for round_ in range(args.runs if args.library_knocks else 0):
-                    order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
-                    for label in order:
-                        results["clients"][label]["library"] += run(label, "library", args.library_knocks // args.runs)
+                flood: list[subprocess.Popen[str]] = []
+                if args.flood and args.library_knocks:
+                    # bench/labworker.py's flood from the attacker's namespace, for the library knocks only.
+                    mac = lab.run(lab.server, ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+                    flood = [lab.popen(lab.attacker, [python, str(BENCH / "labworker.py"), "flood",
+                                                      base64.b64encode(json.dumps({
+                                                          "kind": args.flood, "rate": args.flood_rate, "seconds": 600,
+                                                          "dst_mac": mac, "src_ip": lab.attacker.ipv4,
+                                                          "dst_ip": lab.server.ipv4, "seed": 1}).encode()).decode()],
+                                       stdout=subprocess.PIPE, text=True)]
+                    time.sleep(2.0)  # the sender builds its frames, then floods
+                try:
+                    for round_ in range(args.runs if args.library_knocks else 0):
+                        order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
+                        for label in order:
+                            results["clients"][label]["library"] += run(label, "library",
+                                                                        args.library_knocks // args.runs)
+                finally:
+                    for proc in flood:
+                        proc.terminate()
+                        proc.wait(10)
                 for label in clients:
                     r = results["clients"][label]
                     r["phases"] = run(label, "phases", args.phases) if args.phases else []

@@ -16,6 +16,9 @@ What the server does, and why the session behaves as it does (auth/engine.py):
   along too, in case the request was dropped meanwhile (knock timeout).
 * While the door is being opened a P2 gets no immediate answer; P3 OPEN
   follows on its own as soon as the door is confirmed.
+* Shortly after the first burst's P2 the three SYNs go out once more (the knock
+  echo, ``Timing.knock_echo_s``) unless the answer came first: a SYN that raced
+  ahead of the server's knock filter is then seen without a PENDING round.
 
 Invariants:
 1. One session is one request: its request_id and knocks never change, however
@@ -111,6 +114,12 @@ class Timing(NamedTuple):
     # No gap is needed before P2: the server holds its answer to a P2 that
     # arrives while the door is being opened and sends P3 the moment it opens.
     p2_gap_s: float = 0.0
+    # The first burst's SYNs go out once more this long after P2 unless the answer came
+    # first. A SYN that raced ahead of the server's knock filter (slow under load or a
+    # flood) is then seen without a PENDING round (pending_wait_s and more), and the door
+    # opens on the P2 the server holds. Duplicate knocks are harmless: the server counts
+    # a knock once and its filter drops it once seen. 0 disables.
+    knock_echo_s: float = 0.005
 
 
 # --- the session ---------------------------------------------------------------
@@ -129,6 +138,8 @@ class ClientSession:
         self.finished = False
         self.wake_at = 0.0  # monotonic time at which the shell must call on_wake
         self._deadline = 0.0
+        self._resend_at = 0.0  # the next burst
+        self._echo_at: float | None = None  # the knock echo after the first burst, if still due
         self._interval = timing.first_interval_s
         self._resend_for_pending = False
 
@@ -141,9 +152,14 @@ class ClientSession:
         return self._burst(now, wall_ms, grow=True)
 
     def on_wake(self, now: float, wall_ms: int) -> list[Command]:
-        """The shell's timer fired (now >= wake_at): resend, or give up."""
+        """The shell's timer fired (now >= wake_at): echo the knocks, resend, or give up."""
         if self.finished:
             return []
+        if self._echo_at is not None and now >= self._echo_at and now < self._resend_at:
+            self._echo_at = None
+            self._update_wake()
+            return [SendKnocks(self.request.knocks)]
+        self._echo_at = None
         if now >= self._deadline or self.bursts >= self.timing.max_bursts:
             self.finished = True
             return [Finished(None)]
@@ -162,9 +178,10 @@ class ClientSession:
             # Knocks are missing: resend soon rather than after the backoff,
             # but never later than the resend already planned.
             resend_at = now + self.timing.pending_wait_s * self.timing.backoff ** (self.pending - 1)
-            if resend_at < self.wake_at:
-                self.wake_at = resend_at
+            if resend_at < self._resend_at:
+                self._resend_at = resend_at
                 self._resend_for_pending = True
+                self._update_wake()
             return []
         self.finished = True
         return [Finished(answer)]
@@ -204,10 +221,17 @@ class ClientSession:
         # P2 is sealed before the pauses run, stamped with the wall time it will
         # leave at; a few ms of error are nothing against the server's 60 s window.
         commands.append(SendDatagram(PacketType.P2, self._seal_p2(wall_ms + int((gap + p2_gap) * 1000))))
-        self.wake_at = min(now + gap + p2_gap + self._interval, self._deadline)
+        self._resend_at = min(now + gap + p2_gap + self._interval, self._deadline)
+        echo = self.timing.knock_echo_s
+        if self.bursts == 1 and echo > 0 and now + gap + p2_gap + echo < self._resend_at:
+            self._echo_at = now + gap + p2_gap + echo
+        self._update_wake()
         if grow:
             self._interval = min(self._interval * self.timing.backoff, self.timing.max_interval_s)
         return commands
+
+    def _update_wake(self) -> None:
+        self.wake_at = self._resend_at if self._echo_at is None else min(self._echo_at, self._resend_at)
 
     def _hint(self, wall_ms: int) -> bytes:
         return user_hint(self.keys, hint_epoch(wall_ms / 1000))

@@ -367,6 +367,17 @@ def test_lost_knocks_get_pending_then_resent(key_file: Path, config_args: list[s
     assert len({p1.request_id for _, p1 in server.seen.p1}) == 1
 
 
+def test_raced_knocks_are_echoed_without_a_second_p1(key_file: Path, config_args: list[str]) -> None:
+    # The first round of SYNs is lost (as when they race ahead of the server's knock filter):
+    # the echo shortly after P2 completes the knocks, the door opens on the P2 the server holds,
+    # and no second burst (P1, P2) is needed.
+    with FakeServer(alice(), drop_knock_rounds=1) as server:
+        result = knock(server, ["-k", str(key_file), *config_args])
+    assert result.code == EXIT_OK, result.err
+    assert len(server.seen.p1) == 1 and len(server.seen.p2) == 1
+    assert server.seen.syns[:3] == server.seen.syns[3:6]
+
+
 def test_junk_is_ignored_and_counted(key_file: Path) -> None:
     with FakeServer(alice(), junk_before_first_reply=True) as server:
         endpoint = connect_udp("127.0.0.1", server.port)

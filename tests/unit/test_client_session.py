@@ -85,6 +85,7 @@ def test_no_gap_means_no_pause() -> None:
 def test_resend_keeps_request_and_knocks_but_seals_afresh() -> None:
     session = make_session()
     first = datagrams(session.start(0.0, WALL_MS))
+    session.on_wake(session.wake_at, WALL_MS)  # the knock echo
     second = datagrams(session.on_wake(session.wake_at, WALL_MS + 500))
     h1, p1_first = open_client_packet(first[0].payload)
     h2, p1_second = open_client_packet(second[0].payload)
@@ -97,7 +98,7 @@ def test_resend_keeps_request_and_knocks_but_seals_afresh() -> None:
 
 
 def test_backoff_doubles_up_to_the_cap_and_stops_at_the_deadline() -> None:
-    timing = Timing(timeout_s=10.0, knock_gap_s=0.0, first_interval_s=0.25, max_interval_s=2.0)
+    timing = Timing(timeout_s=10.0, knock_gap_s=0.0, first_interval_s=0.25, max_interval_s=2.0, knock_echo_s=0.0)
     session = make_session(timing)
     session.start(0.0, WALL_MS)
     waits = []
@@ -114,7 +115,7 @@ def test_backoff_doubles_up_to_the_cap_and_stops_at_the_deadline() -> None:
 
 
 def test_bursts_are_bounded_even_with_a_long_timeout() -> None:
-    session = make_session(Timing(timeout_s=3600.0, max_bursts=4, knock_gap_s=0.0))
+    session = make_session(Timing(timeout_s=3600.0, max_bursts=4, knock_gap_s=0.0, knock_echo_s=0.0))
     session.start(0.0, WALL_MS)
     results = [session.on_wake(session.wake_at, WALL_MS) for _ in range(4)]
     assert results[-1] == [Finished(None)]
@@ -122,7 +123,7 @@ def test_bursts_are_bounded_even_with_a_long_timeout() -> None:
 
 
 def test_pending_resends_soon_without_growing_the_interval() -> None:
-    timing = Timing(knock_gap_s=0.0, first_interval_s=1.0, pending_wait_s=0.2)
+    timing = Timing(knock_gap_s=0.0, first_interval_s=1.0, pending_wait_s=0.2, knock_echo_s=0.0)
     session = make_session(timing)
     session.start(0.0, WALL_MS)
     assert session.wake_at == pytest.approx(1.0)
@@ -195,3 +196,47 @@ def test_new_request_redraws_a_repeated_port() -> None:
     draws = iter([5, 5, 5, 7, 9])
     request = new_request("ssh", ME, token_bytes=os.urandom, randbelow=lambda n: next(draws))
     assert [k.port for k in request.knocks] == [KNOCK_PORT_LOW + 5, KNOCK_PORT_LOW + 7, KNOCK_PORT_LOW + 9]
+
+
+# --- the knock echo: the first burst's SYNs once more, shortly after P2 ----------------
+
+
+def test_first_burst_echoes_the_knocks_once_before_any_resend() -> None:
+    timing = Timing(knock_gap_s=0.005, knock_echo_s=0.005, first_interval_s=0.25)
+    session = make_session(timing)
+    session.start(0.0, WALL_MS)
+    assert session.wake_at == pytest.approx(0.010)  # P2 left at 0.005; the echo 5 ms later
+    assert session.on_wake(0.010, WALL_MS) == [SendKnocks(REQUEST.knocks)]
+    assert session.bursts == 1
+    assert session.wake_at == pytest.approx(0.005 + 0.25)  # the resend is where it was
+    second = session.on_wake(session.wake_at, WALL_MS)
+    assert [type(c) for c in second] == [SendDatagram, Pause, SendKnocks, SendDatagram]
+    # Only the first burst races the server's filter (P1 is new to it): no echo after a resend.
+    assert session.wake_at == pytest.approx(0.255 + 0.005 + 0.5)
+
+
+def test_an_answer_before_the_echo_means_no_echo() -> None:
+    session = make_session(Timing(knock_echo_s=0.005))
+    session.start(0.0, WALL_MS)
+    assert session.on_datagram(p3(Status.OPEN, port=40001), 0.007) != []
+    assert session.on_wake(0.010, WALL_MS) == []
+
+
+def test_pending_before_the_echo_keeps_both_echo_and_the_quick_resend() -> None:
+    timing = Timing(knock_gap_s=0.005, knock_echo_s=0.005, pending_wait_s=0.02)
+    session = make_session(timing)
+    session.start(0.0, WALL_MS)
+    session.on_datagram(p3(Status.PENDING), 0.006)  # a SYN raced ahead of the server's filter
+    assert session.wake_at == pytest.approx(0.010)
+    assert session.on_wake(0.010, WALL_MS) == [SendKnocks(REQUEST.knocks)]
+    assert session.wake_at == pytest.approx(0.026)  # still resent soon if the echo did not do it
+    assert [type(c) for c in session.on_wake(0.026, WALL_MS)] == [SendDatagram, Pause, SendKnocks, SendDatagram]
+
+
+def test_no_echo_when_disabled_or_past_the_deadline() -> None:
+    session = make_session(Timing(knock_echo_s=0.0, first_interval_s=0.25))
+    session.start(0.0, WALL_MS)
+    assert session.wake_at == pytest.approx(0.005 + 0.25)
+    late = make_session(Timing(timeout_s=0.008, knock_echo_s=0.005))
+    late.start(0.0, WALL_MS)
+    assert late.on_wake(late.wake_at, WALL_MS) == [Finished(None)]
