@@ -334,7 +334,11 @@ class Bench:
             users.append(LabUser(name, key=write_key(Path(self.key(name))), services=(SERVICE, RELAY_SERVICE)))
         write_users(self.workdir / "users.json", users)
         # A public port for the direct path, and our sink as the service behind the relay.
+        # The door caps (server.max_doors_per_user 8, max_doors_total 1,000 by default) are raised:
+        # the latency rows knock 120 times as two users with doors of window_s, and the scale row
+        # opens 1,000 doors at once on top of them. What the caps do is tested in test_doors_limits.
         write_config(self.workdir / "dynknock.toml", self.workdir, self.lab, window_seconds=s.window_s,
+                     extra="max_doors_per_user = 10000\nmax_doors_total = 65535",
                      public_tcp_ports=(DIRECT_PORT,),
                      services={SERVICE: f"127.0.0.1:{SINK_PORT}", RELAY_SERVICE: f"127.0.0.1:{SINK_PORT}"},
                      forward={RELAY_SERVICE: "relay"})
