@@ -653,6 +653,19 @@ def client_timing() -> str:
                                                                    "first_interval_s") if hasattr(t, name))
 
 
+def client_startup_results() -> tuple[str, str]:
+    """(headline row, section) of bench/client_startup.py's last figures, kept in bench/client_startup_results.md:
+    that benchmark runs on its own (the whole process, many runs), this report keeps its figures in place."""
+    path = BENCH / "client_startup_results.md"
+    if not path.exists():
+        return "", ""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(("<!--", "     "))]
+    rows = [line for line in lines if line.startswith("| ")]
+    if not rows:
+        return "", ""
+    return rows[0], "\n".join(line for line in lines if line != rows[0])
+
+
 def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: Sizes, smoke: bool,
            elapsed_s: float) -> str:
     body: list[str] = []
@@ -682,6 +695,9 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
                 f"{fmt(st['max'])} | {fmt(st['p3_p50'])} | {fmt(st['connect_p50'], 2)} | {st['first_burst']} |")
             return st
 
+        startup_row, startup_text = client_startup_results()
+        if startup_row:
+            add(startup_row)
         row("**library, knock-client's timing**", lat["default"])
         for gap, rows in lat["sweep"].items():
             row(f"library, knock_gap_s = {float(gap):g}", rows)
@@ -692,6 +708,9 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
         add("'first burst': knocks opened without any resend (a SYN that races ahead of the server's knock filter")
         add("is dropped in the kernel and costs a PENDING round of `pending_wait_s`).")
         add("")
+        if startup_text:
+            add(startup_text.rstrip())
+            add("")
         add(f"- scrypt KDF (a password instead of a key file), {len(lat['kdf_ms'])} runs: median "
             f"{fmt(med(lat['kdf_ms']))} ms, on top of any figure above.")
         if lat["server_side_ms"]:
