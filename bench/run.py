@@ -659,7 +659,10 @@ def client_startup_results() -> tuple[str, str]:
     path = BENCH / "client_startup_results.md"
     if not path.exists():
         return "", ""
-    lines = [line for line in path.read_text().splitlines() if not line.startswith(("<!--", "     "))]
+    text = path.read_text()
+    if text.startswith("<!--"):
+        text = text.split("-->", 1)[1]
+    lines = text.strip("\n").splitlines()
     rows = [line for line in lines if line.startswith("| ")]
     if not rows:
         return "", ""
