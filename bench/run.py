@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ SERVICE = "bench"  # forward = "auto": the kernel forwards its doors (IPv4 clien
 RELAY_SERVICE = "benchr"  # the same sink with forward = "relay", for the relay's row
 STAGES = ("capture", "auth", "gate", "relay", "bus")
 DOOR_MODES = ("direct", "kernel", "relay")
+RAISED_CAPS = "max_doors_per_user = 10000\nmax_doors_total = 65535"
+DEFAULT_CAPS = "max_doors_per_user = 8\nmax_doors_total = 1000"  # dynknock.config's defaults
 # junk, right-sized junk, a SYN scan; and an eavesdropper's floods: junk under one user's live
 # hint from spoofed sources, and replays of one captured exchange (issue 11 §3).
 FLOOD_KINDS = ("junk", "sized", "syn", "hint", "replay")  # straight to the service; a kernel door; a relayed door
@@ -93,6 +96,7 @@ class Sizes:
     flood_seconds: float = 6.0  # at least; the flood goes on until the knocks during it are done
     flood_max_seconds: float = 20.0
     flood_trials: int = 12
+    hog_knocks: int = 40
     stream_seconds: float = 3.0
     stream_reps: int = 5
     shaped_rate: str = "1gbit"  # a link slower than this machine's CPUs, for context
@@ -109,6 +113,7 @@ class Sizes:
 
 SMOKE = Sizes(knocks=6, spawns=1, kdf_runs=1, gap_sweep=(0.01,), gap_sweep_knocks=3, direct_connects=5,
               flood_rate=20_000, flood_senders=1, flood_seconds=1.0, flood_max_seconds=6.0, flood_trials=2,
+              hog_knocks=10,
               stream_seconds=0.5,
               stream_reps=1, parallel_streams=3, scale_clients=12, scale_procs=2, scale_spread_s=0.5,
               micro_seconds=0.2, nft_singles=3, nft_batch=20, bus_messages=5_000, window_s=60)
@@ -329,7 +334,7 @@ class Bench:
         prepare_workdir(self.workdir)
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
         users = []
-        for name in ["lat0", "lat1", "spawn", "flood", "stream", "sweep", "victim"] + \
+        for name in ["lat0", "lat1", "spawn", "flood", "stream", "sweep", "victim", "hog"] + \
                 [f"scale{i}" for i in range(s.scale_clients)]:
             users.append(LabUser(name, key=write_key(Path(self.key(name))), services=(SERVICE, RELAY_SERVICE)))
         write_users(self.workdir / "users.json", users)
@@ -338,7 +343,7 @@ class Bench:
         # the latency rows knock 120 times as two users with doors of window_s, and the scale row
         # opens 1,000 doors at once on top of them. What the caps do is tested in test_doors_limits.
         write_config(self.workdir / "dynknock.toml", self.workdir, self.lab, window_seconds=s.window_s,
-                     extra="max_doors_per_user = 10000\nmax_doors_total = 65535",
+                     extra=RAISED_CAPS,
                      public_tcp_ports=(DIRECT_PORT,),
                      services={SERVICE: f"127.0.0.1:{SINK_PORT}", RELAY_SERVICE: f"127.0.0.1:{SINK_PORT}"},
                      forward={RELAY_SERVICE: "relay"})
@@ -499,6 +504,34 @@ class Bench:
                 "capture_before": cap0, "capture_after": cap1, "trials": trials, "victim_trials": victim}
             time.sleep(0.2 if s is SMOKE else 1.0)  # let the queues drain before the next phase
         self.results["flood"] = phases
+        self.bench_hog()
+
+    def set_caps(self, caps: str) -> None:
+        """Rewrite the door caps in the config and restart auth onto them (supervisord restarts it)."""
+        path = self.workdir / "dynknock.toml"
+        text = path.read_text()
+        old = RAISED_CAPS if RAISED_CAPS in text else DEFAULT_CAPS
+        path.write_text(text.replace(old, caps))
+        self.stack.kill_stage("auth")
+        self.stack.wait_alive(30)
+        time.sleep(0.5)
+
+    def bench_hog(self) -> None:
+        """One key holder, from one address, knocks as fast as it can for door after door (issue 11 §4),
+        with the shipped caps; another user knocks meanwhile."""
+        s = self.sizes
+        log("hog: one user knocks for doors back to back, the shipped door caps; another user knocks meanwhile")
+        self.set_caps(DEFAULT_CAPS)
+        try:
+            hog = self.worker_popen(self.lab.attacker, "knocks", {
+                "server": self.lab.server.ipv4, "key_files": [self.key("hog")], "count": s.hog_knocks,
+                "timing": {**self.client_timing, "timeout_s": 2.0}, "max_seconds": 60})
+            time.sleep(1.0)  # the hog holds its doors by now
+            others = self.knocks(s.flood_trials, ["flood"], pause_s=0.1, max_seconds=60)
+            hog_rows = [r for r in self.collect(hog, 120) if "i" in r]
+        finally:
+            self.set_caps(RAISED_CAPS)
+        self.results["hog"] = {"hog": hog_rows, "others": others}
 
     # -- 3. relay throughput --------------------------------------------------------------------------
 
@@ -791,6 +824,32 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
             within = sum(1 for r in rows if r.get("ok") and r["door_ms"] <= limit)
             bars.append((f"knocks during the flood ({names[kind]}) open within 3x idle", f"{within}/{len(rows)}",
                          within == len(rows) >= min(10, sizes.flood_trials)))
+
+    hog = results.get("hog")
+    if hog and idle:
+        limit = 3 * idle["p50"]
+        rows, mine = hog["others"], hog["hog"]
+        opened = sum(1 for r in mine if r.get("ok"))
+        refused = Counter(r.get("error", "?") for r in mine if not r.get("ok"))
+        st = door_stats(rows)
+        within = sum(1 for r in rows if r.get("ok") and r["door_ms"] <= limit)
+        add("### One key holder hogging doors")
+        add("")
+        add("With the shipped caps (max_doors_per_user 8, max_doors_total 1,000; auth restarted onto them),")
+        add(f"one user knocks {len(mine)} times back to back from the attacker's address, each door held for its")
+        add("window; another user knocks from the client meanwhile.")
+        add("")
+        add("| who | knocks | opened | refused | p50 ms | max ms | within 3x idle |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
+        why = ", ".join(f"{k} {v}" for k, v in refused.items())
+        add(f"| the hog | {len(mine)} | {opened} | {sum(refused.values())} ({why}) "
+            f"| {fmt(door_stats(mine)['p50'])} | {fmt(door_stats(mine)['max'])} | |")
+        add(f"| another user, meanwhile | {len(rows)} | {st['ok']} | {len(rows) - st['ok']} | {fmt(st['p50'])} | "
+            f"{fmt(st['max'])} | {within}/{len(rows)} |")
+        add("")
+        bars.append(("one user hogging doors holds at most 8", f"{opened} opened", opened <= 8))
+        bars.append(("another user's knocks while one hogs open within 3x idle", f"{within}/{len(rows)}",
+                     within == len(rows) > 0))
 
     relay = results.get("relay")
     if relay:
