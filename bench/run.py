@@ -527,7 +527,8 @@ class Bench:
                 "server": self.lab.server.ipv4, "key_files": [self.key("hog")], "count": s.hog_knocks,
                 "timing": {**self.client_timing, "timeout_s": 2.0}, "max_seconds": 60})
             time.sleep(1.0)  # the hog holds its doors by now
-            others = self.knocks(s.flood_trials, ["flood"], pause_s=0.1, max_seconds=60)
+            # Three other users in turn, so that none reaches its own cap of 8 in the phase.
+            others = self.knocks(s.flood_trials, ["flood", "victim", "spawn"], pause_s=0.1, max_seconds=60)
             hog_rows = [r for r in self.collect(hog, 120) if "i" in r]
         finally:
             self.set_caps(RAISED_CAPS)
