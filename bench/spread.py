@@ -1,0 +1,85 @@
+"""The spread of several bench runs: median and range of the figures the issues set goals for.
+
+    bench/spread.py RUN1.json RUN2.json RUN3.json     (files written by bench/run.py --json)
+
+One run's figure is a sample, not a result: docs/BENCHMARKS.md quotes this table beside the
+run it shows in full.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FLOOD_NAMES = {"junk": "random junk", "sized": "P1-size junk", "syn": "SYN scan",
+               "hint": "junk under one user's live hint (spoofed sources)", "replay": "one captured P1/P2 replayed"}
+
+
+def spread(values: list[float], digits: int = 1, unit: str = "") -> str:
+    return f"{statistics.median(values):.{digits}f}{unit} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def table(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    sys.path[:0] = [str(HERE), str(HERE.parent)]
+    run = runpy.run_path(str(HERE / "run.py"), run_name="spread")
+    door_stats, gbps, cpu_per_gb, med = run["door_stats"], run["gbps"], run["cpu_per_gb"], run["med"]
+    results = [r["results"] for r in runs]
+    idle = [door_stats(r["latency"]["default"]) for r in results]
+    out = [("library knock, idle, p50 ms", spread([i["p50"] for i in idle])),
+           ("library knock, idle, p99 ms", spread([i["p99"] for i in idle])),
+           ("knock-client process (bench/run.py spawns), p50 ms",
+            spread([door_stats(r["latency"]["spawns"])["p50"] for r in results]))]
+    for kind, name in FLOOD_NAMES.items():
+        counts, rates, own = [], [], []
+        for r, i in zip(results, idle, strict=True):
+            phase = r["flood"][kind]
+            during = [t for t in phase["trials"] if t.get("during_flood")]
+            opened = sum(1 for t in during if t.get("ok"))
+            within = sum(1 for t in during if t.get("ok") and t["door_ms"] <= 3 * i["p50"])
+            counts.append(f"{opened}/{len(during)} opened, {within} within 3x idle")
+            rates.append(phase["offered"] / phase["seconds"])
+            victim = [t for t in phase.get("victim_trials", []) if t.get("i") is not None]
+            own.append(f"{sum(1 for t in victim if t.get('ok'))}/{len(victim)}")
+        out.append((f"flood: {name}: offered pkt/s", spread(rates, 0)))
+        out.append((f"flood: {name}: another user's knocks, runs in order", "; ".join(counts)))
+        if kind in ("hint", "replay"):
+            out.append((f"flood: {name}: the flooded user's own knocks opened, runs in order", ", ".join(own)))
+    hog = []
+    for r, i in zip(results, idle, strict=True):
+        mine, others = r["hog"]["hog"], r["hog"]["others"]
+        within = sum(1 for t in others if t.get("ok") and t["door_ms"] <= 3 * i["p50"])
+        hog.append(f"hog {sum(1 for t in mine if t.get('ok'))}/{len(mine)} opened, others "
+                   f"{sum(1 for t in others if t.get('ok'))}/{len(others)} opened and {within} within 3x idle")
+    out.append(("one key holder hogging doors, runs in order", "; ".join(hog)))
+    for mode in ("kernel", "relay"):
+        single = [r["relay"]["single"] for r in results]
+        parallel = [r["relay"]["parallel"] for r in results]
+        one = [med([gbps(a) / gbps(b) for a, b in zip(s[mode], s["direct"], strict=True)]) for s in single]
+        out.append((f"{mode} / direct, one stream (median of the rounds of each run)", spread(one, 2, "x")))
+        out.append((f"{mode} / direct, 100 streams", spread([gbps(p[mode]) / gbps(p["direct"]) for p in parallel],
+                                                            2, "x")))
+        cpu = [med([cpu_per_gb(x) for x in s[mode]]) / med([cpu_per_gb(x) for x in s["direct"]]) for s in single]
+        out.append((f"{mode}: machine CPU per GB / direct's, one stream", spread(cpu, 2, "x")))
+    scale = [door_stats(r["scale"]["rows"]) for r in results]
+    out.append(("1,000 clients in 3 s: opened", ", ".join(f"{s['ok']}/{s['n']}" for s in scale)))
+    for key in ("p50", "p99", "max"):
+        out.append((f"1,000 clients: {key} ms", spread([s[key] for s in scale])))
+    out.append(("1,000 clients: opened on the first burst", ", ".join(str(s["first_burst"]) for s in scale)))
+    return out
+
+
+def main(paths: list[str]) -> int:
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    print(f"| figure | median (range) of {len(runs)} runs |\n|---|---|")
+    for name, value in table(runs):
+        print(f"| {name} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
