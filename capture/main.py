@@ -7,6 +7,7 @@ moves packets that passed the filter to auth and follows auth's knock filter.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import time
@@ -113,13 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     reject_budget = RejectBudget(REJECT_EVENTS_PER_SECOND)
     shedder = Shedder()
 
-    def report(frame: bytes, reason: str, now: float) -> None:
+    def report(source: bytes, reason: str, now: float) -> None:
         """Rejections made here, reported (one budget for all, whatever the flood); an unknown hint is
-        auth's `unknown_user`, reported in the same words."""
+        auth's `unknown_user`, reported in the same words. The source is peek_datagram's: no parse."""
         if reject_budget.take(now):
-            source = parse_frame(linktype, bytes(frame), addresses, config.control_port)
-            where = source.source if isinstance(source, bus.Datagram) else "?"
-            events.publish("capture.packet.rejected", reason=reason, source=where)
+            events.publish("capture.packet.rejected", reason=reason, source=str(ipaddress.ip_address(source)))
     hints_generation = -1
     unknown_hints = 0
     batch: list[bytes] = []
@@ -186,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             hint, source, payload = peeked
             if hints is not None and hint not in hints:
                 unknown_hints += 1  # no current user's packet: not worth a parse
-                report(frame, "unknown_user", now)
+                report(source, "unknown_user", now)
                 continue
             shed = shedder.admit(hint, source, payload, now)
             if shed is not None:
-                report(frame, shed, now)  # a replay or over budget: no crypto spent, and told at a bounded rate
+                report(source, shed, now)  # a replay or over budget: no crypto spent, and told at a bounded rate
                 continue
             datagrams.append((hint, frame))
         # SYNs cost auth a look-up, datagrams an AEAD check each: SYNs first, then one datagram
