@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -611,6 +613,31 @@ class NetLab:
             timeout=timeout + 10,
         )
         return result.stdout.strip()
+
+    @contextmanager
+    def sniff(self, host: Host, bpf: str, path: Path) -> Iterator[Path]:
+        """tcpdump on host's interface into `path` from when it says it listens (a handshake, not a
+        sleep); the file is complete when the block ends."""
+        proc = self.popen(host, ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-i", host.interface,
+                                 "-w", str(path), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        ready = selector.select(10)
+        selector.close()
+        line = proc.stderr.readline() if ready else ""
+        if "listening on" not in line:
+            raise RuntimeError(f"tcpdump did not start on {host.ns}: {line!r}")
+        try:
+            yield path
+        finally:
+            time.sleep(0.2)  # what is in flight reaches the file
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
     def can_connect(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> bool:
         return self.tcp_probe(host, address, port, timeout) == "connected"

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_conf
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
+INJECT_TOOL = Path(__file__).resolve().parent / "tools" / "inject_frames.py"
 PREFIX = "dka"
 NONE_PREFIX = "dkan"
 WINDOW_S = 5
@@ -88,22 +89,6 @@ def record_figures(section: str, **values: Any) -> None:
 
 # --- tools run inside the lab's namespaces (written into the work directory) ---
 
-INJECT_TOOL = r'''
-"""inject.py IFACE FILE: send the frames of FILE (one hex frame a line, or "sleep S") with libpcap."""
-import sys, time
-import pcap
-handle = pcap.pcap(name=sys.argv[1], promisc=False, immediate=True, timeout_ms=10)
-sent = 0
-with open(sys.argv[2]) as lines:
-    for line in lines:
-        line = line.strip()
-        if line.startswith("sleep "):
-            time.sleep(float(line[6:]))
-        elif line:
-            handle.sendpacket(bytes.fromhex(line))
-            sent += 1
-print(sent)
-'''
 
 FLOOD_TOOL = r'''
 """flood.py IFACE SRC_MAC DST_MAC SRC_IP DST_IP CONTROL_PORT SECONDS MAX_PACKETS
@@ -471,7 +456,7 @@ class World:
         """Send whole Ethernet frames from host's eth0 (a float is a pause in seconds)."""
         path = self.scratch("frames.txt")
         path.write_text("".join(f"sleep {f}\n" if isinstance(f, float) else f.hex() + "\n" for f in frames))
-        done = self.lab.run(host, [PYTHON, self.tool("inject.py", INJECT_TOOL), host.interface, str(path)],
+        done = self.lab.run(host, [PYTHON, str(INJECT_TOOL), host.interface, str(path)],
                             timeout=60)
         return int(done.stdout.strip())
 
@@ -558,31 +543,9 @@ class World:
     def rejections(self, timeout: float = 8.0) -> dict[str, int]:
         return dict(self.events.next_alive("auth", timeout)["rejections"])
 
-    @contextmanager
-    def sniff(self, host: Host, bpf: str, lab: NetLab | None = None) -> Iterator[Path]:
+    def sniff(self, host: Host, bpf: str, lab: NetLab | None = None) -> AbstractContextManager[Path]:
         """tcpdump on host's eth0 into a file; the file is complete when the block ends."""
-        lab = lab or self.lab
-        path = self.scratch(f"{host.role}.pcap")
-        proc = lab.popen(host, ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-i", host.interface,
-                                "-w", str(path), bpf],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        ready = selector.select(10)
-        selector.close()
-        line = proc.stderr.readline() if ready else ""
-        assert "listening on" in line, f"tcpdump did not start: {line!r}"
-        try:
-            yield path
-        finally:
-            time.sleep(0.2)
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        return (lab or self.lab).sniff(host, bpf, self.scratch(f"{host.role}.pcap"))
 
 
 def _log_offsets() -> dict[str, int]:

@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -230,14 +229,9 @@ def test_a_neighbour_cannot_reach_the_loopback_service_although_route_localnet_i
         path = kernel_lab.workdir / f"guard-{secrets.token_hex(4)}.txt"
         path.write_text("".join(f.hex() + "\n" for f in frames))
         path.chmod(0o644)
-        capture = kernel_lab.workdir / f"guard-{secrets.token_hex(4)}.pcap"
-        dump = lab.popen(lab.attacker, ["tcpdump", "-n", "-U", "-i", lab.attacker.interface, "-w", str(capture),
-                                        "tcp and not arp"], stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
-        lab.run(lab.attacker, [PYTHON, str(INJECT_TOOL), lab.attacker.interface, str(path)])
-        time.sleep(1.0)
-        dump.send_signal(signal.SIGTERM)
-        dump.wait(timeout=10)
+        with lab.sniff(lab.attacker, "tcp", kernel_lab.workdir / f"guard-{secrets.token_hex(4)}.pcap") as capture:
+            lab.run(lab.attacker, [PYTHON, str(INJECT_TOOL), lab.attacker.interface, str(path)])
+            time.sleep(1.0)  # time for an answer, if there is one
         replies = []
         with capture.open("rb") as handle:
             for _, raw in dpkt.pcap.Reader(handle):

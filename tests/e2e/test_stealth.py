@@ -31,7 +31,6 @@ import base64
 import os
 import re
 import secrets
-import selectors
 import socket
 import struct
 import subprocess
@@ -40,7 +39,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -455,25 +454,8 @@ class StealthLab:
         done = self.lab.run(host, [PYTHON, str(INJECT_TOOL), host.interface, str(path)], timeout=120)
         return int(done.stdout.strip())
 
-    @contextmanager
-    def sniff(self, host: Host, bpf: str) -> Iterator[Path]:
-        path = self.workdir / f"sniff-{secrets.token_hex(4)}.pcap"
-        proc = self.lab.popen(host, ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-i", host.interface,
-                                     "-w", str(path), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-        assert proc.stderr is not None
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        ready = selector.select(10)
-        selector.close()
-        line = proc.stderr.readline() if ready else ""
-        assert "listening on" in line, f"tcpdump did not start: {line!r}"
-        try:
-            yield path
-        finally:
-            time.sleep(0.3)
-            proc.terminate()
-            proc.wait(timeout=10)
+    def sniff(self, host: Host, bpf: str) -> AbstractContextManager[Path]:
+        return self.lab.sniff(host, bpf, self.workdir / f"sniff-{secrets.token_hex(4)}.pcap")
 
     def knock(self) -> int:
         done = self.lab.run(self.lab.client, [CLIENT, "-u", "bob", "-k", str(self.key_file), "--timeout", "5",
