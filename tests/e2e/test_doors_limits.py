@@ -178,9 +178,9 @@ def test_one_user_hogging_doors_leaves_others_their_door(world: World) -> None:
     assert len(held) == CAP, held
     took = []
     for _ in range(2):  # dave still opens doors (2 more: his cap is 4 too, one is held already)
-        _, seconds = world.door("dave")
+        _, seconds = world.door("dave")  # fails the test unless the door opened
         took.append(seconds)
-    assert max(took) < 3 * idle + 1.0, (idle, took)
+    # How fast (against his idle knock) is bench/run.py's hog phase, not a timed assertion here.
     assert world.ssh_echo("erin", "still-in") == "still-in"
     print(f"hog: {hog_ok} doors, {hog_refused} refused; dave idle {idle:.2f} s, while hogged {took}")
 
