@@ -28,7 +28,9 @@ from auth.users import User, save_users
 from dynknock import bus
 from dynknock.netlab import NetLab
 
-VENV_BIN = Path("/opt/dynknock/venv/bin")
+# The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
+# e.g. a second checkout tested beside this one.
+VENV_BIN = Path(os.environ.get("DYNKNOCK_VENV", "/opt/dynknock/venv")) / "bin"
 STAGES = ("bus", "auth", "gate", "relay", "capture")
 ALIVE_TOPICS = ("auth.alive", "gate.alive", "relay.alive", "capture.alive")
 SERVICE_USER = "dynknock"
