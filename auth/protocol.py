@@ -3,7 +3,7 @@
 Every packet is ``header || ciphertext || tag``:
 
     header (34 bytes, authenticated as associated data, not encrypted)
-      version  u8   = 1
+      version  u8   = 1 or 2
       type     u8   1 = P1, 2 = P2, 3 = P3
       hint     8 B  rotating user hint (auth/keys.py)
       nonce   24 B  random XChaCha20-Poly1305 nonce
@@ -13,6 +13,13 @@ Every packet is ``header || ciphertext || tag``:
 Sizes are fixed per type (P1 130, P2 82, P3 98 bytes) so that capture can drop
 everything else in the kernel and the size says nothing. Decoders never raise on
 hostile input: every failure is a :class:`Reject` with a :class:`RejectReason`.
+
+Version 2 (issue 14, a fleet of gateways) is version 1 with one more input to the
+tag: the associated data is ``header || server address`` (17 bytes, the address
+layout below), the address the client sent the packet to (for P3: the address it
+comes from). Nothing more travels: the receiver knows that address, so a v2 packet
+sniffed on its way to one gateway fails the tag at any other address. Sizes,
+plaintexts and keys are those of version 1.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from typing import Final, TypeAlias
 
 from auth.keys import HINT_LEN, SessionKeys
 
-VERSION: Final = 1
+VERSION: Final = 1  # unbound; what seal() writes without a server address
+BOUND_VERSION: Final = 2  # bound to the server address (seal(..., server=...))
+VERSIONS: Final = (VERSION, BOUND_VERSION)
 NONCE_LEN: Final = 24
 TAG_LEN: Final = 16
 KNOCK_COUNT: Final = 3
@@ -255,29 +264,35 @@ def _direction_key(keys: SessionKeys, kind: PacketType) -> bytes:
     return keys.server_to_client if kind is PacketType.P3 else keys.client_to_server
 
 
-def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes) -> bytes:
-    """Encrypt and authenticate a message into a wire packet."""
+def associated_data(header: bytes, server: IPAddress | None) -> bytes:
+    """What the tag covers besides the ciphertext: the header, and in version 2 the server address."""
+    return header if server is None else header + _pack_address(server)
+
+
+def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server: IPAddress | None = None) -> bytes:
+    """Encrypt and authenticate a message into a wire packet: version 1, or 2 bound to `server`."""
     if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN:
         raise ValueError("hint must be 8 bytes and nonce 24 bytes")
     kind, plain = encode_plaintext(message)
-    header = _HEADER.pack(VERSION, kind, hint, nonce)
+    header = _HEADER.pack(VERSION if server is None else BOUND_VERSION, kind, hint, nonce)
     # Imported here, not at the top: knock-client uses this module's codec but its own
     # ChaCha20-Poly1305 (client/crypto.py), and pycryptodome's import alone costs 30-40 ms.
     # Once loaded, the import statement costs ~0.2 us against ~28 us of sealing.
     from Crypto.Cipher import ChaCha20_Poly1305
 
     cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, kind), nonce=nonce)
-    cipher.update(header)
+    cipher.update(associated_data(header, server))
     ciphertext, tag = cipher.encrypt_and_digest(plain)
     return header + ciphertext + tag
 
 
-def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1, PacketType.P2)) -> Header | Reject:
+def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1, PacketType.P2),
+                 versions: tuple[int, ...] = VERSIONS) -> Header | Reject:
     """Cheap checks before any crypto: size, version, type. Never raises."""
     if len(packet) < HEADER_LEN:
         return Reject(RejectReason.BAD_SIZE, str(len(packet)))
     version, raw_type, hint, nonce = _HEADER.unpack_from(packet)
-    if version != VERSION:
+    if version not in versions:
         return Reject(RejectReason.BAD_VERSION, str(version))
     if raw_type not in PacketType.__members__.values() or PacketType(raw_type) not in accept:
         return Reject(RejectReason.BAD_TYPE, str(raw_type))
@@ -287,12 +302,17 @@ def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1,
     return Header(version, kind, hint, nonce)
 
 
-def open_packet(keys: SessionKeys, header: Header, packet: bytes) -> Message | Reject:
-    """Verify the tag over header and ciphertext, then decode. Never raises."""
+def open_packet(keys: SessionKeys, header: Header, packet: bytes, server: IPAddress | None = None) -> Message | Reject:
+    """Verify the tag over header (and, version 2, the server address) and ciphertext, then decode.
+
+    `server`: the address the packet was sent to (P1, P2) or came from (P3). Never raises.
+    """
     from Crypto.Cipher import ChaCha20_Poly1305  # see seal()
 
+    if header.version == BOUND_VERSION and server is None:
+        return Reject(RejectReason.BAD_VERSION, "2 without a server address to check")
     cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, header.type), nonce=header.nonce)
-    cipher.update(packet[:HEADER_LEN])
+    cipher.update(associated_data(packet[:HEADER_LEN], server if header.version == BOUND_VERSION else None))
     try:
         plain = cipher.decrypt_and_verify(packet[HEADER_LEN:-TAG_LEN], packet[-TAG_LEN:])
     except ValueError:

@@ -236,21 +236,28 @@ def _direction_key(keys: SessionKeys, kind: proto.PacketType) -> bytes:
     return keys.server_to_client if kind is proto.PacketType.P3 else keys.client_to_server
 
 
-def seal(keys: SessionKeys, message: proto.Message, hint: bytes, nonce: bytes) -> bytes:
-    """Encrypt and authenticate a message into a wire packet (= auth.protocol.seal)."""
+def seal(keys: SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
+         server: proto.IPAddress | None = None) -> bytes:
+    """Encrypt and authenticate a message into a wire packet (= auth.protocol.seal; v2 with `server`)."""
     if len(hint) != HINT_LEN or len(nonce) != proto.NONCE_LEN:
         raise ValueError("hint must be 8 bytes and nonce 24 bytes")
     kind, plain = proto.encode_plaintext(message)
-    header = _HEADER.pack(proto.VERSION, kind, hint, nonce)
-    ciphertext, tag = xchacha20poly1305_encrypt(_direction_key(keys, kind), nonce, header, plain)
+    header = _HEADER.pack(proto.VERSION if server is None else proto.BOUND_VERSION, kind, hint, nonce)
+    ciphertext, tag = xchacha20poly1305_encrypt(_direction_key(keys, kind), nonce,
+                                                proto.associated_data(header, server), plain)
     return header + ciphertext + tag
 
 
-def open_packet(keys: SessionKeys, header: proto.Header, packet: bytes) -> proto.Message | proto.Reject:
+def open_packet(keys: SessionKeys, header: proto.Header, packet: bytes,
+                server: proto.IPAddress | None = None) -> proto.Message | proto.Reject:
     """Verify the tag over header and ciphertext, then decode. Never raises (= auth.protocol.open_packet)."""
+    if header.version == proto.BOUND_VERSION and server is None:
+        return proto.Reject(proto.RejectReason.BAD_VERSION, "2 without a server address to check")
+    bound = server if header.version == proto.BOUND_VERSION else None
     try:
         plain = xchacha20poly1305_decrypt(_direction_key(keys, header.type), header.nonce,
-                                          packet[:proto.HEADER_LEN], packet[proto.HEADER_LEN:-proto.TAG_LEN],
+                                          proto.associated_data(packet[:proto.HEADER_LEN], bound),
+                                          packet[proto.HEADER_LEN:-proto.TAG_LEN],
                                           packet[-proto.TAG_LEN:])
     except ValueError:
         return proto.Reject(proto.RejectReason.BAD_TAG)

@@ -16,7 +16,16 @@ KnockFilter         auth         capture                     PUB -> SUB ``filter
 DoorOpen            auth         gate, relay (not kernel)    DEALER -> ROUTER ``gate``/``relay``
 DoorClose           auth         gate, relay                 DEALER -> ROUTER
 DoorResult          gate, relay  auth                        ROUTER -> DEALER (reply)
+Reply               auth         gate (fleet only)           DEALER -> ROUTER ``gate``
 ==================  ===========  =========================  ========================
+
+A fleet (several gateway hosts, one auth host; docs/ARCHITECTURE.md) adds no endpoint:
+auth keeps one DEALER per gateway's gate (and relay), capture names its gateway in
+Datagram/Syn, and auth hands each P3 to the gateway the request came to as a Reply,
+which that gateway's gate sends from its control port. Fields added since version 1
+are optional with a default (a frame without them reads as from the one local
+gateway), so BUS_VERSION stays 1: old and new stages of one host still understand
+each other; a new kind (Reply) is refused as unknown by an old gate, nothing else.
 
 Monitoring path (never on the control path): every stage publishes
 :class:`Event` on hierarchical topics (``auth.request.rejected``,
@@ -54,6 +63,7 @@ class Datagram:
     source_port: int
     destination: str
     payload: bytes
+    gateway: str = ""  # the gateway whose capture saw it ("": the one local gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,7 @@ class Syn:
     source: str
     port: int
     isn: int
+    gateway: str = ""  # as Datagram.gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +140,22 @@ class DoorResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """A sealed P3 for a gateway's gate to send from (source, control port) to the client.
+
+    In a fleet the auth host has no control port of the gateways' addresses: the P3 must
+    leave from the address and port the client knocked at, or the client's NAT drops it.
+    No answer is sent back (UDP is lossy anyway: the client sends P2 again).
+    """
+
+    KIND: ClassVar[str] = "reply"
+    source: str  # the gateway address the request was sent to
+    destination: str
+    port: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     KIND: ClassVar[str] = "event"
     topic: str
@@ -137,9 +164,10 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | Event
+Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | Reply | Event
 _CATALOGUE: Final[dict[str, type[Any]]] = {
-    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, Event)
+    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, Reply,
+                              Event)
 }
 _PY_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "str": (str,), "int": (int,), "bytes": (bytes,), "bool": (bool,), "float": (float, int),

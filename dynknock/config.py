@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,16 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway host of a fleet, as the auth host sees it ([gateways.NAME])."""
+
+    name: str
+    addresses: tuple[str, ...]  # its server addresses: a packet to one of them was sent to this gateway
+    gate: str  # tcp://HOST:PORT its gate binds
+    relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     interface: str
@@ -77,6 +88,17 @@ class Config:
     metrics_listen: str
     metrics_token_file: str  # "" = <runtime_dir>/metrics.token, made by knock-tap --metrics
     services: dict[str, ServiceConfig]
+    # The name of this host's gateway (server.gateway, default the host name): capture tags what
+    # it sees with it, so auth commands this gateway's gate and relay and labels its events.
+    gateway: str = "local"
+    # The auth host of a fleet ([gateways.NAME]); empty: one host, one implicit gateway, as before.
+    gateways: dict[str, GatewayConfig] = field(default_factory=dict)
+    # A fleet refuses protocol version 1 (a v1 request is not bound to a gateway) unless this is true.
+    fleet_accepts_v1: bool = False
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.gateways)
 
 
 def _port(v: Any) -> int:
@@ -131,6 +153,20 @@ def _ports(v: Any) -> tuple[int, ...]:
     if not isinstance(v, list):
         raise ValueError("must be a list of ports")
     return tuple(_port(p) for p in v)
+
+
+def _gateway_name(v: Any) -> str:
+    if v == "":
+        return _default_gateway()
+    name = _str(v)
+    if len(name) > 63 or not all(c in "abcdefghijklmnopqrstuvwxyz0123456789_.-" for c in name):
+        raise ValueError("must be 1-63 of a-z 0-9 _ . -")
+    return name
+
+
+def _default_gateway() -> str:
+    host = socket.gethostname().split(".")[0].lower()
+    return host if host and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in host) else "local"
 
 
 def _port_range(v: Any) -> tuple[int, int]:
@@ -204,6 +240,9 @@ SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
     ("server", "users_file"): (_path, "/etc/dynknock/users.json", "users and their keys (mode 0600)"),
     ("server", "state_dir"): (_path, "/var/lib/dynknock", "replay journal"),
     ("server", "run_as"): (_str, "dynknock", "unprivileged user of the stages"),
+    ("server", "gateway"): (_gateway_name, "", "name of this host's gateway (default: the host name)"),
+    ("server", "fleet_accepts_v1"): (_bool, False, "auth host of a fleet: also accept protocol version 1 "
+                                     "(not bound to a gateway: a copy sniffed at one gateway may open at another)"),
     ("bus", "runtime_dir"): (_path, "/run/dynknock", "directory of the ipc sockets (0750)"),
     ("bus", "transport"): (_transport, "ipc", '"ipc" (one host) or "tcp" (stages on several hosts, CURVE)'),
     ("bus", "curve_dir"): (_path, "/etc/dynknock/curve", "tcp only: CURVE keys (knock-admin bus-keys)"),
@@ -251,11 +290,11 @@ def load(path: Path) -> Config:
 
 def parse(document: dict[str, Any], path: str) -> Config:
     values: dict[tuple[str, str], Any] = {}
-    known_sections = {s for s, _ in SCHEMA} | {"services"}
+    known_sections = {s for s, _ in SCHEMA} | {"services", "gateways"}
     for section in document:
         if section not in known_sections:
             raise ConfigError(f"{path}: unknown section [{section}]")
-        if section != "services":
+        if section not in ("services", "gateways"):
             if not isinstance(document[section], dict):
                 raise ConfigError(f"{path}: [{section}] must be a table")
             for key in document[section]:
@@ -277,6 +316,9 @@ def parse(document: dict[str, Any], path: str) -> Config:
         raise ConfigError(f"{path}: server.control_port {control} lies inside server.door_ports")
     if values[("bus", "transport")] == "tcp" and not values[("bus", "tcp_endpoints")]:
         raise ConfigError(f"{path}: bus.tcp_endpoints is required with bus.transport = \"tcp\"")
+    gateways = _gateways(document.get("gateways", {}), path)
+    if gateways and values[("bus", "transport")] != "tcp":
+        raise ConfigError(f"{path}: [gateways.NAME] (a fleet) needs bus.transport = \"tcp\"")
     return Config(
         path=path,
         interface=values[("server", "interface")],
@@ -305,7 +347,46 @@ def parse(document: dict[str, Any], path: str) -> Config:
         metrics_listen=values[("metrics", "listen")],
         metrics_token_file=values[("metrics", "token_file")],
         services=services,
+        gateway=values[("server", "gateway")],
+        gateways=gateways,
+        fleet_accepts_v1=values[("server", "fleet_accepts_v1")],
     )
+
+
+def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:
+    """[gateways.NAME] tables (auth host of a fleet): addresses, gate, relay (optional)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [gateways] must be tables [gateways.NAME]")
+    gateways: dict[str, GatewayConfig] = {}
+    owner: dict[str, str] = {}
+    for name, entry in raw.items():
+        where = f"{path}: gateways.{name}"
+        try:
+            _gateway_name(name or "-")
+            if not name:
+                raise ValueError("must not be empty")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: name {exc}") from None
+        if not isinstance(entry, dict) or not {"addresses", "gate"} <= set(entry) \
+                or not set(entry) <= {"addresses", "gate", "relay"}:
+            raise ConfigError(f"{where} takes addresses and gate (required) and relay")
+        try:
+            addresses = _addresses(entry["addresses"])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}.addresses = {entry['addresses']!r}: {exc}") from None
+        for address in addresses:
+            if address in owner:
+                raise ConfigError(f"{where}.addresses: {address} is also gateway {owner[address]}'s")
+            owner[address] = name
+        urls = {}
+        for key in ("gate", "relay"):
+            url = entry.get(key, "")
+            if not isinstance(url, str) or (url or key == "gate") and not (
+                    url.startswith("tcp://") and ":" in url[6:]):
+                raise ConfigError(f"{where}.{key} = {url!r}: must look like \"tcp://198.18.0.11:7003\"")
+            urls[key] = url
+        gateways[name] = GatewayConfig(name, addresses, urls["gate"], urls["relay"])
+    return gateways
 
 
 def _services(raw: Any, path: str, backend: str = "nftables", addresses: tuple[str, ...] = ()

@@ -31,11 +31,12 @@ from dynknock.bus import (
     Endpoints,
     Event,
     KnockFilter,
+    Reply,
     RuntimeDirError,
     Syn,
 )
 
-ALL_CLASSES = (Datagram, Syn, KnockFilter, DoorOpen, DoorClose, DoorResult, Event)
+ALL_CLASSES = (Datagram, Syn, KnockFilter, DoorOpen, DoorClose, DoorResult, Reply, Event)
 SAMPLES: dict[type[Any], Any] = {
     Datagram: Datagram("203.0.113.7", 40000, "198.18.0.1", b"\x01\x01" + bytes(128)),
     Syn: Syn("2001:db8::7", 15075, 0x54841860),
@@ -43,6 +44,7 @@ SAMPLES: dict[type[Any], Any] = {
     DoorOpen: DoorOpen("00ff", "alice", "203.0.113.7", 40001, "127.0.0.1", 22, 1_700_000_030_000, True),
     DoorClose: DoorClose("00ff", "203.0.113.7", 40001),
     DoorResult: DoorResult("00ff", "gate", False, "nft failed"),
+    Reply: Reply("198.18.0.11", "203.0.113.7", 40000, b"\x01\x03" + bytes(96)),
     Event: Event("auth.request.received", "auth", 1_700_000_000.25, {"user": "alice", "client": "203.0.113.7"}),
 }
 
@@ -76,7 +78,7 @@ def test_catalogue_is_complete() -> None:
 
 def test_wire_body_is_a_versioned_map_of_named_fields() -> None:
     assert body_of(SAMPLES[Syn]) == {"v": BUS_VERSION, "k": "syn", "source": "2001:db8::7", "port": 15075,
-                                     "isn": 0x54841860}
+                                     "isn": 0x54841860, "gateway": ""}
     # bytes travel as msgpack bin, not str
     raw = msgpack.unpackb(bus.encode(SAMPLES[Datagram]), raw=True)
     assert raw[b"payload"] == SAMPLES[Datagram].payload and raw[b"source"] == b"203.0.113.7"
@@ -94,6 +96,15 @@ def test_optional_fields_may_be_missing() -> None:
     event_body = body_of(SAMPLES[Event])
     del event_body["fields"]
     assert bus.decode(pack(event_body)) == Event("auth.request.received", "auth", 1_700_000_000.25, {})
+
+
+def test_gateway_is_optional_so_a_frame_of_an_older_capture_reads_as_the_local_gateway() -> None:
+    for message in (SAMPLES[Datagram], SAMPLES[Syn]):
+        body = body_of(dataclasses.replace(message, gateway="gw-b"))
+        assert body["gateway"] == "gw-b"
+        assert bus.decode(pack(body)) == dataclasses.replace(message, gateway="gw-b")
+        del body["gateway"]
+        assert bus.decode(pack(body)) == message and message.gateway == ""
 
 
 def test_unknown_extra_keys_are_ignored() -> None:
@@ -122,6 +133,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     DoorOpen: st.builds(DoorOpen, texts, texts, texts, ints, texts, ints, ints, st.booleans()),
     DoorClose: st.builds(DoorClose, texts, texts, ints),
     DoorResult: st.builds(DoorResult, texts, texts, st.booleans(), texts),
+    Reply: st.builds(Reply, texts, texts, ints, st.binary(max_size=300)),
     Event: st.builds(Event, texts, texts, st.floats(allow_nan=False), st.dictionaries(texts, values, max_size=8)),
 }
 
@@ -273,7 +285,8 @@ def test_wrong_field_type_is_refused(cls: type[Any], name: str, value: Any) -> N
 
 @pytest.mark.parametrize("cls,name", [(Datagram, "source_port"), (Syn, "port"), (Syn, "isn"),
                                       (KnockFilter, "generation"), (DoorOpen, "port"), (DoorOpen, "target_port"),
-                                      (DoorOpen, "expires_at_ms"), (DoorClose, "port")],
+                                      (DoorOpen, "expires_at_ms"), (DoorClose, "port"),
+                                      (Reply, "port")],
                          ids=lambda v: getattr(v, "__name__", v))
 def test_bool_where_int_expected_is_refused(cls: type[Any], name: str) -> None:
     for value in (True, False):

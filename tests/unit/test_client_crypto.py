@@ -11,6 +11,7 @@ client installs with no dependencies) and nothing the --help path does not need.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -113,11 +114,24 @@ def test_packet_vectors_open_and_seal(name: str) -> None:
     kind = PacketType[v["type"]]
     header = proto.parse_header(packet, accept=(kind,))
     assert isinstance(header, proto.Header)
-    message = C.open_packet(keys, header, packet)
-    assert message == proto.open_packet(keys, header, packet)
+    server = MV_server(v)
+    message = C.open_packet(keys, header, packet, server)
+    assert message == proto.open_packet(keys, header, packet, server)
     assert not isinstance(message, proto.Reject)
     hint, nonce = bytes.fromhex(v["inputs"]["hint"]), bytes.fromhex(v["inputs"]["nonce"])
-    assert C.seal(keys, message, hint, nonce) == packet
+    assert C.seal(keys, message, hint, nonce, server) == packet
+    if server is not None:  # version 2: at any other server address the tag fails
+        other = proto.parse_header(packet, accept=(kind,))
+        assert isinstance(other, proto.Header) and other.version == 2
+        elsewhere = ipaddress.ip_address("198.18.0.1")
+        assert C.open_packet(keys, header, packet, elsewhere) == proto.Reject(proto.RejectReason.BAD_TAG)
+        assert C.open_packet(keys, header, packet) == proto.Reject(proto.RejectReason.BAD_VERSION,
+                                                                  "2 without a server address to check")
+
+
+def MV_server(v: dict[str, Any]) -> proto.IPAddress | None:  # noqa: N802 - reads as the vector's field
+    bound = v["inputs"].get("server_address")
+    return None if bound is None else ipaddress.ip_address(bound["address"])
 
 
 def test_packet_vector_with_the_wrong_direction_key_is_bad_tag() -> None:

@@ -445,3 +445,54 @@ def test_door_path_follows_the_client_version(tmp_path: Path) -> None:
     assert (ipv6_target.door_path(4), ipv6_target.door_path(6)) == ("relay", "kernel")
     relayed = _service_config(tmp_path, "127.0.0.1:22", "relay").services["ssh"]
     assert (relayed.door_path(4), relayed.door_path(6)) == ("relay", "relay")
+
+
+# --- a fleet: several gateway hosts, one auth host (issue 14) -----------------------------------
+
+TCP_BUS = {"transport": "tcp", "tcp_endpoints": {name: f"tcp://198.18.0.9:{7100 + i}"
+                                                 for i, name in enumerate(cfg.ENDPOINT_NAMES)}}
+
+
+def fleet_document(gateways: dict[str, Any]) -> dict[str, Any]:
+    document = copy.deepcopy(MINIMAL)
+    document["bus"] = copy.deepcopy(TCP_BUS)
+    document["gateways"] = gateways
+    return document
+
+
+def test_one_host_is_one_implicit_gateway_named_after_the_host(tmp_path: Path) -> None:
+    config = cfg.load(write(tmp_path, MINIMAL))
+    assert not config.fleet and config.gateways == {}
+    assert config.gateway and config.gateway == cfg._default_gateway()
+    assert cfg.load(write(tmp_path, with_value("server", "gateway", "edge-1.a"))).gateway == "edge-1.a"
+
+
+def test_gateways_of_a_fleet(tmp_path: Path) -> None:
+    config = cfg.load(write(tmp_path, fleet_document({
+        "gw-a": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.1:7103", "relay": "tcp://198.18.0.1:7104"},
+        "gw-b": {"addresses": ["198.18.0.11", "2001:db8:d::11"], "gate": "tcp://198.18.0.11:7103"}})))
+    assert config.fleet and not config.fleet_accepts_v1
+    assert config.gateways["gw-a"] == cfg.GatewayConfig("gw-a", ("198.18.0.1",), "tcp://198.18.0.1:7103",
+                                                        "tcp://198.18.0.1:7104")
+    assert config.gateways["gw-b"].relay == "" and config.gateways["gw-b"].addresses[1] == "2001:db8:d::11"
+
+
+@pytest.mark.parametrize("gateways,words", [
+    ({"gw-a": {"addresses": ["198.18.0.1"]}}, "gateways.gw-a takes addresses and gate"),
+    ({"gw-a": {"addresses": ["198.18.0.1"], "gate": "ipc:///x"}}, "gateways.gw-a.gate = 'ipc:///x'"),
+    ({"gw-a": {"addresses": ["nope"], "gate": "tcp://198.18.0.1:7103"}}, "gateways.gw-a.addresses"),
+    ({"gw-a": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.1:7103", "ssh": 1}}, "takes addresses"),
+    ({"GW": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.1:7103"}}, "gateways.GW: name"),
+    ({"a": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.1:7103"},
+      "b": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.2:7103"}}, "is also gateway a's"),
+])
+def test_bad_gateway_names_the_key(tmp_path: Path, gateways: dict[str, Any], words: str) -> None:
+    message, _ = error_of(tmp_path, fleet_document(gateways))
+    assert words in message
+
+
+def test_a_fleet_needs_the_tcp_bus(tmp_path: Path) -> None:
+    document = fleet_document({"gw-a": {"addresses": ["198.18.0.1"], "gate": "tcp://198.18.0.1:7103"}})
+    del document["bus"]
+    message, _ = error_of(tmp_path, document)
+    assert "needs bus.transport" in message

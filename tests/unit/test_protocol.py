@@ -58,14 +58,20 @@ def _make_vectors_module() -> Any:
 MV = _make_vectors_module()
 
 
-def decode(keys: K.SessionKeys, packet: bytes,
-           accept: tuple[PacketType, ...] = ALL_TYPES) -> proto.Message | Reject:
+def _server(v: dict[str, Any]) -> proto.IPAddress | None:
+    """The server address a version-2 vector is bound to (None: version 1)."""
+    bound = v["inputs"].get("server_address")
+    return None if bound is None else ipaddress.ip_address(bound["address"])
+
+
+def decode(keys: K.SessionKeys, packet: bytes, accept: tuple[PacketType, ...] = ALL_TYPES,
+           server: proto.IPAddress | None = None) -> proto.Message | Reject:
     """What a receiver does: cheap header checks, then the AEAD. Must never raise."""
     header = proto.parse_header(packet, accept)
     if isinstance(header, Reject):
         assert header.reason in CODEC_REASONS
         return header
-    result = proto.open_packet(keys, header, packet)
+    result = proto.open_packet(keys, header, packet, server)
     assert not isinstance(result, Reject) or result.reason in CODEC_REASONS
     return result
 
@@ -140,6 +146,7 @@ def test_hchacha20_reference_matches_the_draft_vector() -> None:
 def test_the_vector_set_is_complete_and_current() -> None:
     expected = {"keys.json", "p1_ipv4.json", "p1_ipv6.json", "p1_as_seen.json", "p2.json"}
     expected |= {f"p3_{s.name.lower()}.json" for s in Status}
+    expected |= {"v2_p1_ipv4.json", "v2_p1_ipv6.json", "v2_p2.json", "v2_p3_open.json"}  # bound to a gateway
     assert set(VECTORS) == expected
     # The files are exactly what the generator writes from the code today.
     assert MV.main(["--check"]) == 0
@@ -184,7 +191,7 @@ def test_vector_seal(name: str) -> None:
     assert plaintext.hex() == v["derived"]["plaintext"]
     assert K.user_hint(keys, inputs["epoch"]).hex() == inputs["hint"]
     assert K.hint_epoch(message.timestamp_ms / 1000) == inputs["epoch"]
-    packet = proto.seal(keys, message, bytes.fromhex(inputs["hint"]), bytes.fromhex(inputs["nonce"]))
+    packet = proto.seal(keys, message, bytes.fromhex(inputs["hint"]), bytes.fromhex(inputs["nonce"]), _server(v))
     assert packet.hex() == v["packet"]
     assert len(packet) == v["packet_len"] == proto.PACKET_LEN[kind]
 
@@ -196,9 +203,9 @@ def test_vector_open(name: str) -> None:
     keys = K.SessionKeys.from_master(bytes.fromhex(inputs["master_key"]))
     packet = bytes.fromhex(v["packet"])
     header = proto.parse_header(packet, ALL_TYPES)
-    assert header == proto.Header(1, PacketType[v["type"]], bytes.fromhex(inputs["hint"]),
+    assert header == proto.Header(v["version"], PacketType[v["type"]], bytes.fromhex(inputs["hint"]),
                                   bytes.fromhex(inputs["nonce"]))
-    assert proto.open_packet(keys, header, packet) == MV.message_from_json(v["type"], inputs["message"])
+    assert proto.open_packet(keys, header, packet, _server(v)) == MV.message_from_json(v["type"], inputs["message"])
     # The receiver of the other direction only accepts its own types.
     server_side = proto.parse_header(packet)
     client_side = proto.parse_header(packet, (PacketType.P3,))
@@ -220,10 +227,17 @@ def test_vector_against_independent_construction(name: str) -> None:
         assert reference_hkdf(master, label).hex() == derived["session_keys"][field]
     assert reference_hint(bytes.fromhex(derived["session_keys"]["hint"]), inputs["epoch"]).hex() == inputs["hint"]
     type_byte = PacketType[v["type"]].value
-    header = bytes([1, type_byte]) + bytes.fromhex(inputs["hint"]) + bytes.fromhex(inputs["nonce"])
+    header = bytes([v["version"], type_byte]) + bytes.fromhex(inputs["hint"]) + bytes.fromhex(inputs["nonce"])
     assert header.hex() == derived["header"]
+    server = _server(v)
+    # Version 2 (docs/PROTOCOL.md): the associated data is the header, then the server address as
+    # family (4 or 6) and 16 bytes, the address left-aligned and zero-padded.
+    associated = header if server is None else (
+        header + bytes([server.version]) + server.packed.ljust(16, b"\0"))
+    assert associated.hex() == derived["associated_data"]
     key = bytes.fromhex(derived["session_keys"][derived["direction_key"]])
-    sealed = reference_xchacha_seal(key, bytes.fromhex(inputs["nonce"]), header, bytes.fromhex(derived["plaintext"]))
+    sealed = reference_xchacha_seal(key, bytes.fromhex(inputs["nonce"]), associated,
+                                    bytes.fromhex(derived["plaintext"]))
     assert (header + sealed).hex() == v["packet"] == derived["header"] + derived["ciphertext"] + derived["tag"]
 
 
@@ -314,13 +328,13 @@ def test_every_bit_flip_of_a_vector_is_rejected(name: str) -> None:
     v = PACKET_VECTORS[name]
     keys = K.SessionKeys.from_master(bytes.fromhex(v["inputs"]["master_key"]))
     packet = bytes.fromhex(v["packet"])
-    assert not isinstance(decode(keys, packet), Reject)
+    assert not isinstance(decode(keys, packet, server=_server(v)), Reject)
     reasons = set()
     for index in range(len(packet)):
         for bit in range(8):
             mutated = bytearray(packet)
             mutated[index] ^= 1 << bit
-            result = decode(keys, bytes(mutated))
+            result = decode(keys, bytes(mutated), server=_server(v))
             assert isinstance(result, Reject), (index, bit)
             reasons.add(result.reason)
             if index >= 2:  # hint, nonce, ciphertext, tag: all covered by the tag
@@ -390,8 +404,10 @@ def test_bad_size() -> None:
 def test_bad_version() -> None:
     p1 = proto.seal(KEYS, _p1(), HINT, NONCE)
     for version in range(256):
-        if version != 1:
+        if version not in (1, 2):
             assert decode(KEYS, bytes([version]) + p1[1:]) == Reject(RejectReason.BAD_VERSION, str(version))
+    # Version 2 without the address it is bound to cannot be checked: refused, never opened unbound.
+    assert decode(KEYS, bytes([2]) + p1[1:]) == Reject(RejectReason.BAD_VERSION, "2 without a server address to check")
 
 
 def test_bad_type() -> None:
@@ -505,3 +521,35 @@ def test_seal_refuses_bad_hint_or_nonce() -> None:
 def test_session_keys_never_print_their_bytes() -> None:
     assert KEYS.client_to_server.hex() not in repr(KEYS)
     assert repr(KEYS) == "SessionKeys(<redacted>)"
+
+
+# --- version 2: bound to the server address (issue 14) ------------------------------
+
+
+@given(messages, hints, nonces, st.ip_addresses(), st.ip_addresses())
+def test_v2_opens_only_at_the_address_it_was_bound_to(message: proto.Message, hint: bytes, nonce: bytes,
+                                                       server: proto.IPAddress, other: proto.IPAddress) -> None:
+    packet = proto.seal(KEYS, message, hint, nonce, server)
+    header = proto.parse_header(packet, ALL_TYPES)
+    assert isinstance(header, proto.Header) and header.version == proto.BOUND_VERSION
+    assert proto.open_packet(KEYS, header, packet, server) == message
+    if other != server:
+        assert proto.open_packet(KEYS, header, packet, other) == Reject(RejectReason.BAD_TAG)
+    # A receiver that takes only version 1 refuses it before any crypto, and the other way round.
+    assert proto.parse_header(packet, ALL_TYPES, versions=(1,)) == Reject(RejectReason.BAD_VERSION, "2")
+    v1 = proto.seal(KEYS, message, hint, nonce)
+    assert proto.parse_header(v1, ALL_TYPES, versions=(2,)) == Reject(RejectReason.BAD_VERSION, "1")
+    # Version 1 ignores the address: it binds nothing.
+    header1 = proto.parse_header(v1, ALL_TYPES)
+    assert isinstance(header1, proto.Header)
+    assert proto.open_packet(KEYS, header1, v1, other) == message
+
+
+def test_v2_header_rewritten_to_v1_fails_the_tag() -> None:
+    message = proto.P2(MV.TIMESTAMP_MS, MV.REQUEST_ID)
+    server = ipaddress.ip_address("198.18.0.11")
+    packet = bytearray(proto.seal(KEYS, message, HINT, NONCE, server))
+    packet[0] = 1  # a sniffer strips the binding: the header is authenticated, so the tag fails
+    header = proto.parse_header(bytes(packet))
+    assert isinstance(header, proto.Header)
+    assert proto.open_packet(KEYS, header, bytes(packet), server) == Reject(RejectReason.BAD_TAG)

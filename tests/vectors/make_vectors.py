@@ -88,25 +88,31 @@ def _session_keys_json(keys: K.SessionKeys) -> dict[str, str]:
 
 
 def packet_vector(description: str, message: proto.Message, nonce_tag: int,
-                  master: bytes = MASTER_KEY) -> dict[str, Any]:
+                  master: bytes = MASTER_KEY, server: proto.IPAddress | None = None) -> dict[str, Any]:
+    """Version 1, or with `server` version 2 (the server address joins the associated data)."""
     keys = K.SessionKeys.from_master(master)
     epoch = K.hint_epoch(message.timestamp_ms / 1000)
     hint = K.user_hint(keys, epoch)
     nonce = _nonce(nonce_tag)
     kind, plaintext = proto.encode_plaintext(message)
-    packet = proto.seal(keys, message, hint, nonce)
+    packet = proto.seal(keys, message, hint, nonce, server)
     assert len(packet) == proto.PACKET_LEN[kind]
+    inputs: dict[str, Any] = {
+        "master_key": master.hex(),
+        "epoch": epoch,
+        "hint": hint.hex(),
+        "nonce": nonce.hex(),
+        "message": message_to_json(message),
+    }
+    if server is not None:
+        inputs["server_address"] = _address_json(server)
     return {
         "description": description,
         "type": kind.name,
-        "inputs": {
-            "master_key": master.hex(),
-            "epoch": epoch,
-            "hint": hint.hex(),
-            "nonce": nonce.hex(),
-            "message": message_to_json(message),
-        },
+        "version": proto.VERSION if server is None else proto.BOUND_VERSION,
+        "inputs": inputs,
         "derived": {
+            "associated_data": proto.associated_data(packet[: proto.HEADER_LEN], server).hex(),
             "session_keys": _session_keys_json(keys),
             "direction_key": "server_to_client" if kind is proto.PacketType.P3 else "client_to_server",
             "plaintext": plaintext.hex(),
@@ -172,6 +178,18 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     for i, (status, port, window, address) in enumerate(p3s):
         p3 = proto.P3(ts + 1600, REQUEST_ID, status, port, window, address)
         out[f"p3_{status.name.lower()}.json"] = packet_vector(f"P3 {status.name}", p3, 0x80 + 0x10 * i)
+    # Version 2: the same messages bound to the gateway address they are sent to (P3: sent from).
+    gateway4 = ipaddress.IPv4Address("198.18.0.11")
+    gateway6 = ipaddress.IPv6Address("2001:db8:d::11")
+    out["v2_p1_ipv4.json"] = packet_vector("v2: P1 of p1_ipv4 bound to gateway 198.18.0.11", p1s[0][2], 0xE0,
+                                           server=gateway4)
+    out["v2_p1_ipv6.json"] = packet_vector("v2: P1 of p1_ipv6 bound to gateway 2001:db8:d::11", p1s[1][2], 0xE8,
+                                           server=gateway6)
+    out["v2_p2.json"] = packet_vector("v2: P2 of p2 bound to gateway 198.18.0.11", proto.P2(ts + 1500, REQUEST_ID),
+                                      0xF0, server=gateway4)
+    out["v2_p3_open.json"] = packet_vector(
+        "v2: P3 OPEN from gateway 198.18.0.11", proto.P3(ts + 1600, REQUEST_ID, proto.Status.OPEN, 58201, 30, v4),
+        0xF8, server=gateway4)
     return out
 
 
