@@ -69,6 +69,7 @@ class SendReply:
     port: int
     source: IPAddress  # the server address the request came to, so the reply passes NAT
     payload: bytes
+    gateway: str = ""  # the gateway that address belongs to ("": the one local gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class OpenDoor:
     target_port: int
     expires_at_ms: int  # absolute: a command delivered late must not open a door for longer
     stages: frozenset[str] = DOOR_STAGES  # {"gate"}: the kernel forwards it; with "relay": the relay does
+    gateway: str = ""  # where: the gateway whose capture saw the request ("": the one local gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class CloseDoor:
     door_id: str
     client: IPAddress
     port: int
+    gateway: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,9 @@ class EngineConfig:
     # Packets whose tag was checked, remembered by their bytes (~0.7 KB each with the decoded
     # message): only good tags make entries, at most hint_checks_per_second per user for ~3 min.
     checked_cache_max: int = 50_000
+    # Wire protocol versions accepted (auth/protocol.py): a fleet drops 1, whose packets are
+    # not bound to the gateway they were sent to (server.fleet_accepts_v1).
+    versions: tuple[int, ...] = proto.VERSIONS
 
 
 class State(enum.Enum):
@@ -178,6 +184,8 @@ class Request:
     reply_to: tuple[IPAddress, int, IPAddress] | None = None
     state_since_ms: int = 0
     retries: int = 0
+    gateway: str = ""  # the gateway the P1 came to: its knocks, P2s and door are all there
+    version: int = proto.VERSION  # the P1's wire version: P3s answer in it (2: bound to the gateway address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,7 @@ class Door:
     port: int
     service: str
     expires_ms: int
+    gateway: str = ""
 
 
 # The detail of a DoorResult(ok=False) when the port is held by another socket (the relay
@@ -267,8 +276,9 @@ class Engine:
     # --- inputs --------------------------------------------------------------
 
     def on_datagram(self, source: IPAddress, source_port: int, destination: IPAddress,
-                    payload: bytes, now_ms: int) -> list[Action]:
-        header = proto.parse_header(payload)
+                    payload: bytes, now_ms: int, gateway: str = "") -> list[Action]:
+        """A P1 or P2 seen at `gateway`, sent to its address `destination` (version 2 is bound to it)."""
+        header = proto.parse_header(payload, versions=self.config.versions)
         if isinstance(header, proto.Reject):
             return self._reject(header.reason, source, now_ms, header.detail)
         found = self._directory.find(header.hint, now_ms / 1000)
@@ -283,17 +293,20 @@ class Engine:
         if self._replay.seen(header.nonce, now_ms):
             return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
         checked = self._checked.get(header.nonce)
-        if checked is not None and checked[0] == payload:
+        # Version 2: the verdict holds for these bytes sent to this address only (a copy sent to
+        # another gateway is checked again, and fails).
+        seen_as = payload if header.version == proto.VERSION else payload + destination.packed
+        if checked is not None and checked[0] == seen_as:
             message = checked[1]  # the very bytes whose tag was checked: same verdict, no AEAD
         else:
             refused = self._spend_check(header.hint, source, now_ms)
             if refused is not None:
                 return self._reject(refused, source, now_ms, user=user.name)
-            message = proto.open_packet(keys, header, payload)
+            message = proto.open_packet(keys, header, payload, destination)
             if isinstance(message, proto.Reject) and message.reason is RejectReason.BAD_TAG:
                 self._bad_tags[(header.hint, source)] += 1
                 return self._reject(message.reason, source, now_ms, message.detail, user.name)
-            self._remember_checked(header.nonce, payload, message, now_ms)
+            self._remember_checked(header.nonce, seen_as, message, now_ms)
         if isinstance(message, proto.Reject):
             return self._reject(message.reason, source, now_ms, message.detail, user.name)
         # From here on the packet is authentic (or a copy of an authentic one): rejections
@@ -308,10 +321,11 @@ class Engine:
         # The nonce may be forgotten once the timestamp alone would refuse it.
         nonce_expiry = message.timestamp_ms + skew_ms + 1
         if isinstance(message, proto.P1):
-            return self._on_p1(user, keys, message, header.nonce, nonce_expiry, source, now_ms)
+            return self._on_p1(user, keys, message, header.nonce, nonce_expiry, source, now_ms,
+                               gateway, header.version)
         if isinstance(message, proto.P2):
             return self._on_p2(user, keys, message, header.nonce, nonce_expiry,
-                               source, source_port, destination, now_ms)
+                               source, source_port, destination, now_ms, gateway, header.version)
         raise AssertionError("parse_header accepts only P1 and P2")
 
     def _spend_check(self, hint: bytes, source: IPAddress, now_ms: int) -> RejectReason | None:
@@ -350,7 +364,12 @@ class Engine:
         self._checked = {n: entry for n, entry in self._checked.items() if entry[2] > now_ms}
         self._next_checked_sweep = now_ms + 10_000
 
-    def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int) -> list[Action]:
+    def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int, gateway: str = "") -> list[Action]:
+        """A SYN seen at `gateway`: a knock only for a request whose P1 came to that gateway."""
+        request = self._knocks.get((source, port, isn))
+        if request is not None and request.gateway != gateway:
+            self.unmatched_syns += 1  # a copy at another gateway: the knock still waits where it belongs
+            return []
         request = self._knocks.pop((source, port, isn), None)
         if request is not None:
             self._pair_removed(source, port)
@@ -380,12 +399,12 @@ class Engine:
         actions: list[Action] = [Event("auth.door.opened", {
             "user": request.user, "client": _addr(request.client), "port": request.door_port,
             "service": request.service, "window": self.config.window_s,
-            "latency_ms": now_ms - request.created_ms})]
+            "latency_ms": now_ms - request.created_ms, **({"gateway": request.gateway} if request.gateway else {})})]
         if request.reply_to is not None:
             actions.append(self._answer(request, now_ms))
         return actions
 
-    def on_door_stage_lost(self, stage: str, now_ms: int) -> list[Action]:
+    def on_door_stage_lost(self, stage: str, now_ms: int, gateway: str = "") -> list[Action]:
         """A door stage's connection dropped: it died or restarted.
 
         The relay's listeners die with it, so every door it confirmed is gone: fail those
@@ -397,8 +416,8 @@ class Engine:
             return []
         actions: list[Action] = []
         for request in list(self._by_door.values()):
-            if "relay" not in request.door_stages:
-                continue  # a kernel door: no listener of the relay's to lose
+            if "relay" not in request.door_stages or request.gateway != gateway:
+                continue  # a kernel door: no listener of the relay's to lose; or another gateway's relay
             if request.state in (State.OPENING, State.OPEN) and now_ms < request.door_expires_ms:
                 actions += self._door_failed(request, "relay restarted", now_ms)
         return actions
@@ -444,7 +463,7 @@ class Engine:
     # --- P1 / P2 -------------------------------------------------------------
 
     def _on_p1(self, user: User, keys: SessionKeys, p1: proto.P1, nonce: bytes, nonce_expiry: int,
-               source: IPAddress, now_ms: int) -> list[Action]:
+               source: IPAddress, now_ms: int, gateway: str = "", version: int = proto.VERSION) -> list[Action]:
         if p1.address is None:
             if not user.nat:
                 return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
@@ -465,7 +484,7 @@ class Engine:
         if not user.allows_source(client):
             return self._reject(RejectReason.SOURCE_NOT_ALLOWED, source, now_ms, user=user.name)
         existing = self._requests.get((user.name, client))
-        if existing is not None and existing.request_id == p1.request_id:
+        if existing is not None and existing.request_id == p1.request_id and existing.gateway == gateway:
             self._replay.remember(nonce, nonce_expiry)  # a retransmitted P1: same request
             return [Event("auth.request.retry", {"user": user.name, "client": _addr(client)})]
         mine = [r for r in self._requests.values() if r.user == user.name and r.state is not State.OPEN]
@@ -479,11 +498,13 @@ class Engine:
             actions.append(Event("auth.request.replaced", {"user": user.name, "client": _addr(client)}))
             actions += self._drop(existing)
         request = Request(user.name, keys, client, p1.request_id, p1.service, now_ms,
-                          {(k.port, k.isn) for k in p1.knocks}, state_since_ms=now_ms)
+                          {(k.port, k.isn) for k in p1.knocks}, state_since_ms=now_ms, gateway=gateway,
+                          version=version)
         self._requests[(user.name, client)] = request
         self._by_id[p1.request_id] = request
         actions.append(Event("auth.request.received", {
-            "user": user.name, "client": _addr(client), "source": _addr(source), "service": p1.service}))
+            "user": user.name, "client": _addr(client), "source": _addr(source), "service": p1.service,
+            **({"gateway": gateway} if gateway else {})}))
         if p1.service not in user.services or p1.service not in self.config.services:
             request.state = State.DENIED
             request.remaining.clear()
@@ -499,7 +520,8 @@ class Engine:
         return actions + self._filter_update()
 
     def _on_p2(self, user: User, keys: SessionKeys, p2: proto.P2, nonce: bytes, nonce_expiry: int,
-               source: IPAddress, source_port: int, destination: IPAddress, now_ms: int) -> list[Action]:
+               source: IPAddress, source_port: int, destination: IPAddress, now_ms: int,
+               gateway: str = "", version: int = proto.VERSION) -> list[Action]:
         request = self._by_id.get(p2.request_id)
         if request is None or request.user != user.name:
             mismatch = self._mismatches.get(p2.request_id)
@@ -511,10 +533,14 @@ class Engine:
                     return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
                 self._mismatch_nonces[nonce] = nonce_expiry
                 reply = proto.P3(now_ms, p2.request_id, Status.ADDRESS_MISMATCH, 0, 0, source)
-                return [SendReply(source, source_port, destination, self._seal(user.name, keys, reply, now_ms))]
+                sealed = self._seal(user.name, keys, reply, now_ms, destination if version != proto.VERSION else None)
+                return [SendReply(source, source_port, destination, sealed, gateway)]
             return self._reject(RejectReason.NO_REQUEST, source, now_ms, user=user.name)
         if request.client != source:
             return self._reject(RejectReason.WRONG_SOURCE, source, now_ms, "P2 from another address", user.name)
+        if request.gateway != gateway:
+            return self._reject(RejectReason.WRONG_GATEWAY, source, now_ms, f"P2 at {gateway or 'local'}, request "
+                                f"at {request.gateway or 'local'}", user.name)
         self._replay.remember(nonce, nonce_expiry)
         request.reply_to = (source, source_port, destination)
         if request.state is State.OPENING:
@@ -554,10 +580,10 @@ class Engine:
         request.door_stages = service.door_stages(request.client)
         self._by_door[request.door_id] = request
         self._doors[port] = Door(request.door_id, request.user, request.client, port, request.service,
-                                 request.door_expires_ms)
+                                 request.door_expires_ms, request.gateway)
         self._doors_of[request.user] += 1
         return [OpenDoor(request.door_id, request.user, request.client, port, service.name,
-                         service.host, service.port, request.door_expires_ms, request.door_stages)]
+                         service.host, service.port, request.door_expires_ms, request.door_stages, request.gateway)]
 
     def _move_door(self, request: Request, stage: str, detail: str, now_ms: int) -> list[Action]:
         """A local process holds the port: close what either stage opened, open on another port.
@@ -569,7 +595,7 @@ class Engine:
         self._release(old_port)
         self._busy_ports[old_port] = now_ms + self.config.window_s * 1000
         request.retries += 1
-        actions: list[Action] = [CloseDoor(old_id, request.client, old_port)]
+        actions: list[Action] = [CloseDoor(old_id, request.client, old_port, request.gateway)]
         port = self._allocate_port()
         if port is None:
             request.door_id = ""
@@ -587,7 +613,7 @@ class Engine:
         if request is not None:
             self._forget(request)
         self._release(door.port)
-        return [CloseDoor(door.door_id, door.client, door.port),
+        return [CloseDoor(door.door_id, door.client, door.port, door.gateway),
                 Event("auth.door.revoked", {"user": door.user, "client": _addr(door.client), "port": door.port,
                                             "detail": why})]
 
@@ -603,7 +629,7 @@ class Engine:
         self.rejections[RejectReason.DOOR_FAILED.value] += 1
         actions: list[Action] = []
         if close:  # compensate: whichever stage did open must close again, so nothing is half-open
-            actions.append(CloseDoor(request.door_id, request.client, request.door_port))
+            actions.append(CloseDoor(request.door_id, request.client, request.door_port, request.gateway))
         actions.append(self._rejection_event(RejectReason.DOOR_FAILED, request.client, request.user, detail))
         self._by_door.pop(request.door_id, None)
         self._release(request.door_port)
@@ -631,7 +657,7 @@ class Engine:
         if request.state is State.OPENING:
             # The OpenDoor is already out: without this the door would open, unknown
             # to anyone, for its whole window (e.g. after its user was removed).
-            actions.append(CloseDoor(request.door_id, request.client, request.door_port))
+            actions.append(CloseDoor(request.door_id, request.client, request.door_port, request.gateway))
             self._release(request.door_port)
         self._forget(request)
         return actions
@@ -662,11 +688,14 @@ class Engine:
             status = {State.AWAITING_KNOCKS: Status.PENDING, State.OPENING: Status.PENDING,
                       State.DENIED: Status.SERVICE_NOT_ALLOWED, State.FAILED: Status.UNAVAILABLE}[request.state]
             p3 = proto.P3(now_ms, request.request_id, status, 0, 0, destination)
-        return SendReply(destination, port, source, self._seal(request.user, request.keys, p3, now_ms))
+        bound = source if request.version != proto.VERSION else None  # v2: bound to the address it leaves from
+        return SendReply(destination, port, source, self._seal(request.user, request.keys, p3, now_ms, bound),
+                         request.gateway)
 
-    def _seal(self, user: str, keys: SessionKeys, message: proto.P3, now_ms: int) -> bytes:
+    def _seal(self, user: str, keys: SessionKeys, message: proto.P3, now_ms: int,
+              server: IPAddress | None = None) -> bytes:
         hint = user_hint(keys, hint_epoch(now_ms / 1000))
-        return proto.seal(keys, message, hint, self._random_bytes(proto.NONCE_LEN))
+        return proto.seal(keys, message, hint, self._random_bytes(proto.NONCE_LEN), server)
 
     # --- rejections and the knock filter -------------------------------------
 
@@ -722,8 +751,8 @@ class Engine:
         return self._directory.hints(now_ms / 1000)
 
     def open_doors(self) -> list[dict[str, Any]]:
-        return [{"user": d.user, "client": _addr(d.client), "port": d.port, "expires_ms": d.expires_ms}
-                for d in self._doors.values()]
+        return [{"user": d.user, "client": _addr(d.client), "port": d.port, "expires_ms": d.expires_ms,
+                 **({"gateway": d.gateway} if d.gateway else {})} for d in self._doors.values()]
 
 
 def parse_address(text: str) -> IPAddress:

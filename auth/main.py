@@ -25,9 +25,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from auth import engine as eng
+from auth import protocol as proto
 from auth.replay import ReplayCache, ReplayJournal
 from auth.users import User, UsersFileError, load_users
-from dynknock import bus
+from dynknock import bus, replies
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
 from dynknock.stage import (
@@ -114,31 +115,14 @@ def engine_config(config: Config) -> eng.EngineConfig:
         door_port_low=config.door_port_low, door_port_high=config.door_port_high,
         window_s=config.window_seconds, skew_s=config.clock_skew_seconds,
         knock_timeout_s=config.knock_timeout_seconds,
-        max_doors_per_user=config.max_doors_per_user, max_doors_total=config.max_doors_total)
+        max_doors_per_user=config.max_doors_per_user, max_doors_total=config.max_doors_total,
+        # A fleet takes only version 2 (bound to the gateway address) unless told otherwise.
+        versions=(proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS)
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:
-    """One UDP socket per server address, bound to the control port, for sending only.
-
-    The firewall (gate, stealth) drops inbound packets to the control port
-    before they reach this socket; capture sees them anyway, since libpcap taps
-    the interface before netfilter. Nothing is ever read from these sockets.
-    """
-    sockets: dict[str, socket.socket] = {}
-    for address in config.addresses:
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        # FREEBIND: the address may come up after us (e.g. IPv6 DAD still running).
-        level, option = ((socket.IPPROTO_IPV6, 78) if family == socket.AF_INET6 else (socket.IPPROTO_IP, 15))
-        try:
-            sock.setsockopt(level, option, 1)
-        except OSError:
-            pass
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        sock.bind((address, config.control_port))
-        sock.setblocking(False)
-        sockets[address] = sock
-    return sockets
+    """The control port of each server address, to send P3 from (dynknock/replies.py)."""
+    return replies.reply_sockets(config.addresses, config.control_port)
 
 
 class AuthShell:
@@ -158,20 +142,33 @@ class AuthShell:
         transport.bind(self.packets, "packets")
         self.filter = self._socket(zmq.PUB)
         transport.bind(self.filter, "knock_filter")
-        self.door_stages: dict[str, zmq.Socket[Any]] = {}
-        for stage in ("gate", "relay"):
-            sock = self._socket(zmq.DEALER)
-            # IMMEDIATE: never queue a door command for a stage that is not
-            # connected; the send fails now and the door fails closed.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            transport.connect(sock, stage)
-            self.door_stages[stage] = sock
+        # (gateway, stage) -> socket. One host: the one local gateway "", by the endpoint table. A fleet:
+        # each gateway's gate (and relay) by its own url ([gateways.NAME]).
+        self.door_stages: dict[tuple[str, str], zmq.Socket[Any]] = {}
+        gateways = [(g.name, {"gate": g.gate, "relay": g.relay}) for g in config.gateways.values()] \
+            or [("", {"gate": "", "relay": ""})]
+        for gateway, urls in gateways:
+            for stage, url in urls.items():
+                if gateway and not url:
+                    continue  # a gateway without relay: its relay doors fail closed
+                sock = self._socket(zmq.DEALER)
+                # IMMEDIATE: never queue a door command for a stage that is not
+                # connected; the send fails now and the door fails closed.
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                if url:
+                    transport.connect_url(sock, url, stage)
+                else:
+                    transport.connect(sock, stage)
+                self.door_stages[(gateway, stage)] = sock
+        # Which gateway an address belongs to: a capture may only report packets sent to its own.
+        self.gateway_of = {address: g.name for g in config.gateways.values() for address in g.addresses}
         # A dropped connection means the stage died or restarted (a restarted relay has lost
         # its listeners): the engine must stop counting on the doors that stage confirmed.
-        self.door_monitors: dict[zmq.Socket[Any], str] = {
-            sock.get_monitor_socket(zmq.EVENT_DISCONNECTED): stage for stage, sock in self.door_stages.items()}
+        self.door_monitors: dict[zmq.Socket[Any], tuple[str, str]] = {
+            sock.get_monitor_socket(zmq.EVENT_DISCONNECTED): key for key, sock in self.door_stages.items()}
         self.events = Publisher(self.context, transport, "auth")
-        self.replies = reply_sockets(config)
+        # A fleet's P3s leave from the gateways (bus.Reply): the auth host binds no control port.
+        self.replies = {} if config.fleet else reply_sockets(config)
         self.filter_generation = 0
         self.filter_pairs: list[list[Any]] = []
         self._pending_filter: frozenset[tuple[str, int]] | None = None
@@ -201,10 +198,12 @@ class AuthShell:
                 command = bus.DoorOpen(action.door_id, action.user, str(action.client), action.port,
                                        action.target_host, action.target_port, action.expires_at_ms,
                                        self.config.single_use, kernel="relay" not in action.stages)
-                stages = {stage: sock for stage, sock in self.door_stages.items() if stage in action.stages}
+                stages = {stage: sock for (gateway, stage), sock in self.door_stages.items()
+                          if gateway == action.gateway and stage in action.stages}
                 # All or nothing: if a stage is not connected, send to none, so no
                 # stage opens a door the other cannot (IMMEDIATE makes POLLOUT mean "connected").
                 down = [stage for stage, sock in stages.items() if not sock.poll(0, zmq.POLLOUT)]
+                down += sorted(action.stages - set(stages))  # a gateway without relay
                 if down:
                     self.execute(self.engine.on_door_result(action.door_id, down[0], False,
                                                             "stage not running", now_ms()))
@@ -217,7 +216,7 @@ class AuthShell:
                                                                 "stage not running", now_ms()))
             elif isinstance(action, eng.CloseDoor):
                 close = bus.DoorClose(action.door_id, str(action.client), action.port)
-                for sock in self.door_stages.values():
+                for sock in (sock for (gateway, _), sock in self.door_stages.items() if gateway == action.gateway):
                     try:
                         sock.send(bus.encode(close), zmq.NOBLOCK)
                     except zmq.Again:
@@ -241,17 +240,22 @@ class AuthShell:
                 raise RuntimeError(f"unexpected action {action!r}")  # our own bug: crash, restart clean
 
     def _send_reply(self, reply: eng.SendReply) -> None:
-        sock = self.replies.get(str(reply.source))
-        if sock is None:
-            family = socket.AF_INET6 if reply.destination.version == 6 else socket.AF_INET
-            sock = next((s for s in self.replies.values() if s.family == family), None)
-        if sock is None:
-            self.log_rejection("No reply socket for %s", reply.destination)
+        if self.config.fleet:
+            # From the gateway the client knocked at (its NAT passes only that), by its gate.
+            gate = self.door_stages.get((reply.gateway, "gate"))
+            message = bus.Reply(str(reply.source), str(reply.destination), reply.port, reply.payload)
+            try:
+                if gate is None:
+                    raise zmq.Again
+                gate.send(bus.encode(message), zmq.NOBLOCK)
+            except zmq.Again:  # that gate is down: the client asks again (P2), or gives up
+                self.log_rejection("No reply to %s: gateway %s's gate is not connected", reply.destination,
+                                   reply.gateway)
             return
-        try:
-            sock.sendto(reply.payload, (str(reply.destination), reply.port))
-        except OSError as exc:
-            self.log_rejection("Reply to %s failed: %s", reply.destination, exc)
+        failed = replies.send_reply(self.replies, str(reply.source), str(reply.destination), reply.port,
+                                    reply.payload)
+        if failed:
+            self.log_rejection("%s", failed)
 
     def publish_hints(self, force: bool) -> None:
         hints = self.engine.hints(now_ms())
@@ -280,13 +284,26 @@ class AuthShell:
             self.log_rejection("Dropped a bad bus message: %s", exc)
             return
         now = now_ms()
+        # One host: one implicit gateway, whatever capture calls it. A fleet: the gateway named must be one
+        # of ours, and a datagram must have been sent to one of its addresses (its door opens there).
+        gateway = message.gateway if self.config.fleet and isinstance(message, bus.Datagram | bus.Syn) else ""
+        if self.config.fleet and gateway not in self.config.gateways:
+            self.log_rejection("Dropped a packet from unknown gateway %r (not in [gateways] of %s)", gateway,
+                               self.config.path)
+            return
         try:
             if isinstance(message, bus.Datagram):
+                if self.config.fleet and self.gateway_of.get(str(ipaddress.ip_address(message.destination))) \
+                        != gateway:
+                    self.log_rejection("Dropped a datagram to %s reported by gateway %s, whose address it is not",
+                                       message.destination, gateway)
+                    return
                 actions = self.engine.on_datagram(ipaddress.ip_address(message.source), message.source_port,
-                                                  ipaddress.ip_address(message.destination), message.payload, now)
+                                                  ipaddress.ip_address(message.destination), message.payload, now,
+                                                  gateway)
             elif isinstance(message, bus.Syn):
                 actions = self.engine.on_syn(ipaddress.ip_address(message.source), message.port,
-                                             message.isn, now)
+                                             message.isn, now, gateway)
             else:
                 self.log_rejection("Dropped an unexpected %s on the packet socket", type(message).__name__)
                 return
@@ -307,16 +324,17 @@ class AuthShell:
             self._publish_filter()
 
     def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
-        stage = self.door_monitors[monitor]
+        gateway, stage = self.door_monitors[monitor]
         while True:
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.log.info("Lost the connection to %s: its doors are given up.", stage)
+                self.log.info("Lost the connection to %s%s: its doors are given up.", stage,
+                              f" of gateway {gateway}" if gateway else "")
                 self.flush()  # keep the order of effects
-                self.execute(self.engine.on_door_stage_lost(stage, now_ms()))
+                self.execute(self.engine.on_door_stage_lost(stage, now_ms(), gateway))
 
     def on_result(self, frame: bytes) -> None:
         try:

@@ -77,6 +77,7 @@ class RejectReason(enum.Enum):
     DOOR_FAILED = "door_failed"  # gate or relay did not confirm
     TOO_MANY_DOORS = "too_many_doors"  # the user (or all users) hold max_doors_per_user (max_doors_total)
     HINT_OVER_BUDGET = "hint_over_budget"  # too many tag checks under this hint this second (a flood)
+    WRONG_GATEWAY = "wrong_gateway"  # a fleet: P2 or knock seen at another gateway than the request's P1
 
 
 class Status(enum.IntEnum):

@@ -7,6 +7,7 @@ moves packets that passed the filter to auth and follows auth's knock filter.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -26,6 +27,7 @@ from dynknock.stage import (
     StopSignal,
     common_arguments,
     drop_privileges,
+    gateway_label,
     load_config_or_exit,
     setup_logging,
     transport_for,
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from_auth.setsockopt(zmq.LINGER, 0)
     from_auth.setsockopt(zmq.SUBSCRIBE, b"")
     transport.connect(from_auth, "knock_filter")
-    events = Publisher(context, transport, "capture")
+    events = Publisher(context, transport, "capture", gateway_label(config))
+    # A fleet's auth serves several gateways: each packet names the one it was seen at (one host: not needed).
+    gateway = gateway_label(config)
     log_drop = RateLimitedLog(log)
 
     poller = zmq.Poller()
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(parsed, str):
                 dropped_python += 1
                 continue
+            if gateway:
+                parsed = dataclasses.replace(parsed, gateway=gateway)
             try:
                 to_auth.send(bus.encode(parsed), zmq.NOBLOCK)
                 forwarded += 1

@@ -70,6 +70,7 @@ class Settings(NamedTuple):
     password_stdin: bool = False
     exec_argv: tuple[str, ...] | None = None
     proxy: bool = False
+    bind: bool = False  # protocol v2: packets bound to the server address (issue 14, a fleet)
 
 
 class Io:
@@ -132,6 +133,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
         source_ip=source_ip,
         quiet=args.quiet,
         password_stdin=args.password_stdin,
+        bind=bool(getattr(args, "bind", False)),
         exec_argv=exec_argv,
         proxy=args.proxy,
     )
@@ -248,7 +250,8 @@ class Client:
         request = new_request(s.service, declared)
         for round_ in (1, 2):
             self._announce(request)
-            session = ClientSession(keys, request, Timing(timeout_s=s.timeout))
+            session = ClientSession(keys, request, Timing(timeout_s=s.timeout),
+                                    server=endpoint.server if s.bind else None)
             try:
                 outcome = run_session(session, endpoint, syn, self.io.clock)
             except OSError as exc:

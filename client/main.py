@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="declare this address instead of the local one (behind NAT: your public address)")
     address.add_argument("--nat", action="store_const", const=True, default=None,
                          help='declare the address "as seen" by the server (the server must allow it for you)')
+    parser.add_argument("--bind", action="store_true",
+                        help="protocol version 2: bind each packet to the server address (a fleet of gateways "
+                             "requires it; the server must see that address, not one behind a NAT of its own)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print only errors and the door line (nothing at all with --exec/--proxy)")
     parser.add_argument("--password-stdin", action="store_true",

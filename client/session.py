@@ -127,8 +127,11 @@ class Timing(NamedTuple):
 
 class ClientSession:
     def __init__(self, keys: SessionKeys, request: Request, timing: Timing,
-                 nonces: Callable[[int], bytes] = secrets.token_bytes) -> None:
+                 nonces: Callable[[int], bytes] = secrets.token_bytes, server: IPAddress | None = None) -> None:
         self.keys = keys
+        # Protocol v2 (a fleet): every packet bound to the server address, so a copy sniffed on its
+        # way there opens nothing at another gateway; None: version 1, as before.
+        self.server = server
         self.request = request
         self.timing = timing
         self._nonces = nonces
@@ -197,7 +200,7 @@ class ClientSession:
         if isinstance(header, proto.Reject):
             self.ignored[header.reason.value] += 1
             return None
-        message = crypto.open_packet(self.keys, header, packet)
+        message = crypto.open_packet(self.keys, header, packet, self.server)
         if isinstance(message, proto.Reject):
             self.ignored[message.reason.value] += 1
             return None
@@ -239,8 +242,8 @@ class ClientSession:
     def _seal_p1(self, wall_ms: int) -> bytes:
         r = self.request
         message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks)
-        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
+        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN), self.server)
 
     def _seal_p2(self, wall_ms: int) -> bytes:
         message = proto.P2(wall_ms, self.request.request_id)
-        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN))
+        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN), self.server)

@@ -63,8 +63,10 @@ class RateLimitedLog:
 class Publisher:
     """Publishes events to knock-bus. Never blocks: a slow or absent tap loses events, nothing else."""
 
-    def __init__(self, context: zmq.Context[Any], transport: Transport, stage: str) -> None:
+    def __init__(self, context: zmq.Context[Any], transport: Transport, stage: str, gateway: str = "") -> None:
         self.stage = stage
+        # A gateway stage of a fleet names its gateway in every event, so one tap tells hosts apart.
+        self.gateway = gateway
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
@@ -72,6 +74,8 @@ class Publisher:
         self._last_alive = 0.0
 
     def publish(self, topic: str, **fields: Any) -> None:
+        if self.gateway:
+            fields.setdefault("gateway", self.gateway)
         try:
             self._socket.send_multipart(bus.event(topic, self.stage, **fields), zmq.NOBLOCK)
         except zmq.Again:
@@ -93,6 +97,12 @@ class Publisher:
 
     def close(self) -> None:
         self._socket.close(0)
+
+
+def gateway_label(config: Config) -> str:
+    """The gateway name a gateway stage tags its packets and events with: over tcp (stages may be on
+    several hosts) server.gateway; over ipc (one host, one gateway) nothing, as before."""
+    return config.gateway if config.bus_transport == "tcp" else ""
 
 
 def common_arguments(description: str) -> argparse.ArgumentParser:

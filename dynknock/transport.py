@@ -122,6 +122,16 @@ class Transport:
             sock.curve_serverkey = server_public
         sock.connect(getattr(self.endpoints, endpoint_name))
 
+    def connect_url(self, sock: zmq.Socket[Any], url: str, owner: str) -> None:
+        """Connect to an endpoint not in our table (a fleet's auth reaches each gateway's gate and
+        relay by its own url), expecting the key of stage `owner` to answer."""
+        if self.curve_dir is not None:
+            public, secret = self._keys(self.stage)
+            assert secret is not None
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.curve_serverkey = self._keys(owner)[0]
+        sock.connect(url)
+
     def start_authenticator(self, context: zmq.Context[Any]) -> ThreadAuthenticator | None:
         """For stages that bind: each socket of ours admits only the keys of its own peers."""
         if self.curve_dir is None:

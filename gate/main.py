@@ -11,6 +11,7 @@ import ctypes
 import dataclasses
 import ipaddress
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -19,13 +20,14 @@ from typing import Any
 
 import zmq
 
-from dynknock import bus
+from dynknock import bus, replies
 from dynknock.config import Config
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
     StopSignal,
     common_arguments,
+    gateway_label,
     load_config_or_exit,
     now_ms,
     prepare_bus,
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = context.socket(zmq.ROUTER)
     commands.setsockopt(zmq.LINGER, 0)
     transport.bind(commands, "gate")
-    events = Publisher(context, transport, "gate")
+    events = Publisher(context, transport, "gate", gateway_label(config))
     if nft is None:
         events.publish("gate.backend.none", warning="no firewall: relay address check only")
     log_bad = RateLimitedLog(log)
@@ -248,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("No door connection events or byte counts: cannot run %s (%s); install conntrack",
                         conntrack, exc)
     doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
+    # A fleet's gateway sends the P3s auth hands it (bus.Reply) from its control port; bound at the first
+    # one, so that on one host (auth sends, and holds the port) the gate never binds it.
+    reply_from: dict[str, socket.socket] | None = None
     poller = zmq.Poller()
     poller.register(commands, zmq.POLLIN)
     if watch is not None:
@@ -283,6 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(command, bus.DoorClose):
             result = handle_close(settings, nft, command, events, log)
             doors.pop((command.client, command.port), None)
+        elif isinstance(command, bus.Reply):
+            if reply_from is None:
+                try:
+                    reply_from = replies.reply_sockets(config.addresses, config.control_port)
+                except OSError as exc:
+                    log_bad("Cannot send P3 from the control port %d (server.addresses, server.control_port in "
+                            "%s): %s", config.control_port, config.path, exc)
+                    continue
+            failed = replies.send_reply(reply_from, command.source, command.destination, command.port,
+                                        command.payload)
+            if failed:
+                log_bad("%s", failed)
+            continue  # no answer: auth does not wait for one
         else:
             log_bad("Dropped an unexpected %s", type(command).__name__)
             continue

@@ -33,6 +33,7 @@ from dynknock.stage import (
     StopSignal,
     common_arguments,
     drop_privileges,
+    gateway_label,
     load_config_or_exit,
     now_ms,
     prepare_bus,
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = context.socket(zmq.ROUTER)
     commands.setsockopt(zmq.LINGER, 0)
     transport.bind(commands, "relay")
-    events = Publisher(context, transport, "relay")
+    events = Publisher(context, transport, "relay", gateway_label(config))
     log_bad = RateLimitedLog(log)
     poller = zmq.Poller()
     poller.register(commands, zmq.POLLIN)

@@ -57,9 +57,10 @@ def aead(monkeypatch: pytest.MonkeyPatch) -> Iterator[AeadCounter]:
     counter = AeadCounter()
     real = proto.open_packet
 
-    def counting(keys: SessionKeys, header: proto.Header, packet: bytes) -> proto.Message | proto.Reject:
+    def counting(keys: SessionKeys, header: proto.Header, packet: bytes,
+                 server: proto.IPAddress | None = None) -> proto.Message | proto.Reject:
         counter.calls += 1
-        return real(keys, header, packet)
+        return real(keys, header, packet, server)
 
     monkeypatch.setattr(proto, "open_packet", counting)  # the engine calls it as proto.open_packet
     yield counter

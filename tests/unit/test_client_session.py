@@ -240,3 +240,21 @@ def test_no_echo_when_disabled_or_past_the_deadline() -> None:
     late = make_session(Timing(timeout_s=0.008, knock_echo_s=0.005))
     late.start(0.0, WALL_MS)
     assert late.on_wake(late.wake_at, WALL_MS) == [Finished(None)]
+
+
+def test_a_bound_session_seals_version_2_for_its_server_and_takes_only_p3_bound_to_it() -> None:
+    server, elsewhere = ipaddress.ip_address("198.18.0.11"), ipaddress.ip_address("198.18.0.1")
+    nonces = itertools.count(1)
+    session = ClientSession(KEYS, REQUEST, Timing(), lambda n: next(nonces).to_bytes(n, "big"), server=server)
+    sent = datagrams(session.start(0.0, WALL_MS))
+    for datagram in sent:
+        header = proto.parse_header(datagram.payload)
+        assert isinstance(header, proto.Header) and header.version == proto.BOUND_VERSION
+        assert not isinstance(proto.open_packet(KEYS, header, datagram.payload, server), proto.Reject)
+        assert proto.open_packet(KEYS, header, datagram.payload, elsewhere) == proto.Reject(proto.RejectReason.BAD_TAG)
+    answer = proto.P3(WALL_MS, REQUEST.request_id, Status.OPEN, 40001, 30, ME)
+    hint = user_hint(KEYS, hint_epoch(WALL_MS / 1000))
+    session.on_datagram(proto.seal(KEYS, answer, hint, b"m" * 24, elsewhere), 0.1)  # bound to another gateway
+    assert session.ignored == {"bad_tag": 1} and not session.finished
+    session.on_datagram(proto.seal(KEYS, answer, hint, b"o" * 24, server), 0.1)
+    assert session.finished
