@@ -55,12 +55,17 @@ class MetricsModel:
     # Doors the kernel forwards (gate.connection.*, from conntrack): bytes are whole IP packets.
     kernel_connections: Counter[str] = field(default_factory=Counter)
     kernel_bytes: Counter[str] = field(default_factory=Counter)
+    # A fleet: (gateway, stage) -> last heartbeat, from the stages that name their gateway.
+    gateway_seen: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         topic, fields = event.topic, event.fields
         stage = topic.split(".", 1)[0]
         if topic.endswith(".alive"):
             self.last_seen[stage] = event.time
+            gateway = fields.get("gateway")
+            if isinstance(gateway, str) and gateway:
+                self.gateway_seen[(gateway, stage)] = event.time
         if topic == "auth.alive":
             rejections = fields.get("rejections", {})
             if isinstance(rejections, dict):
@@ -161,6 +166,12 @@ class ModelCollector(Collector):
         for stage in STAGES:
             up.add_metric([stage], 1.0 if now - m.last_seen.get(stage, 0.0) <= ALIVE_WITHIN_S else 0.0)
         yield up
+        if m.gateway_seen:  # a fleet: each gateway's stages, by host (a gateway once heard from stays listed)
+            gateway_up = GaugeMetricFamily("dynknock_gateway_stage_up", "1 if this gateway's stage's heartbeat "
+                                           "was seen recently", labels=["gateway", "stage"])
+            for (gateway, stage), seen in sorted(m.gateway_seen.items()):
+                gateway_up.add_metric([gateway, stage], 1.0 if now - seen <= ALIVE_WITHIN_S else 0.0)
+            yield gateway_up
 
 
 TOKEN_NAME = "metrics.token"

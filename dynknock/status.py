@@ -20,17 +20,23 @@ from dynknock.events import paper_line
 from dynknock.transport import Transport
 
 STAGES = ("capture", "auth", "gate", "relay")
+GATEWAY_STAGES = ("capture", "gate", "relay")
 
 
 @dataclass
 class Summary:
     alive: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> heartbeat fields
     recent: deque[bus.Event] = field(default_factory=lambda: deque(maxlen=5))
+    # A fleet: gateway name -> stage -> heartbeat fields, from events that name their gateway.
+    gateways: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def apply(self, event: bus.Event) -> None:
         stage = event.topic.split(".", 1)[0]
         if event.topic.endswith(".alive"):
             self.alive[stage] = event.fields
+            gateway = event.fields.get("gateway")
+            if isinstance(gateway, str) and gateway:
+                self.gateways.setdefault(gateway, {})[stage] = event.fields
         elif event.topic in ("auth.request.rejected", "relay.connection.refused", "gate.rule.refused"):
             self.recent.append(event)
 
@@ -59,13 +65,16 @@ def collect(transport: Transport, seconds: float = 2.5) -> Summary:
 
 def render(summary: Summary, now_ms: int) -> str:
     lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in STAGES)]
+    for gateway, stages in sorted(summary.gateways.items()):  # a fleet: each gateway heard from, by host
+        lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {'up' if s in stages else 'DOWN'}"
+                                                       for s in GATEWAY_STAGES))
     auth = summary.alive.get("auth", {})
     doors = auth.get("doors", []) if isinstance(auth.get("doors"), list) else []
     lines.append(f"Doors open: {len(doors)}")
     for door in sorted(doors, key=lambda d: d.get("expires_ms", 0)):
         left = max(0, (int(door.get("expires_ms", 0)) - now_ms) // 1000)
         lines.append(f"  {door.get('user', '?'):<16} {door.get('client', '?'):<40} port {door.get('port', '?'):<6}"
-                     f" {left:>4} s left")
+                     f" {left:>4} s left" + (f"  at {door['gateway']}" if door.get("gateway") else ""))
     rejections = auth.get("rejections", {})
     if isinstance(rejections, dict) and rejections:
         counts = ", ".join(f"{reason} {count}" for reason, count in sorted(rejections.items()))

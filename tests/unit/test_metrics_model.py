@@ -49,3 +49,18 @@ def test_kernel_door_connections_and_bytes_from_the_gates_conntrack_events() -> 
     assert figures['dynknock_kernel_door_connections_total{event="closed"}'] == 3
     assert figures['dynknock_kernel_door_bytes_total{direction="to_service"}'] == 278 + 1200
     assert figures['dynknock_kernel_door_bytes_total{direction="to_client"}'] == 5268 + 310_000
+
+
+def test_a_fleet_shows_each_gateways_stages_labelled_by_gateway() -> None:
+    import time
+
+    model = MetricsModel()
+    now = time.time()
+    model.apply(Event("gate.alive", "gate", now, {"gateway": "gw-a"}))
+    model.apply(Event("gate.alive", "gate", now - 60, {"gateway": "gw-b"}))  # gw-b's gate went silent
+    model.apply(Event("capture.alive", "capture", now, {"gateway": "gw-b"}))
+    figures = render(model)
+    assert figures['dynknock_gateway_stage_up{gateway="gw-a",stage="gate"}'] == 1.0
+    assert figures['dynknock_gateway_stage_up{gateway="gw-b",stage="gate"}'] == 0.0
+    assert figures['dynknock_gateway_stage_up{gateway="gw-b",stage="capture"}'] == 1.0
+    assert not [name for name in render(MetricsModel()) if name.startswith("dynknock_gateway")]  # one host: none
