@@ -36,7 +36,7 @@ from typing import Any
 
 import dpkt
 
-from auth.protocol import PACKET_LEN, VERSION, PacketType
+from auth.protocol import PACKET_LEN, VERSIONS, PacketType
 from dynknock.bus import Datagram, Syn
 
 # Past this many pending (source, port) pairs every SYN to us passes the kernel and
@@ -53,7 +53,9 @@ DLT_RAW_ALT = 101
 
 
 def _udp_sizes_v4(control_port: int) -> str:
-    parts = [f"(udp[4:2] = {8 + size} and udp[8] = {VERSION} and udp[9] = {kind.value})"
+    # Wire versions 1 and 2 (2: bound to the gateway address, a fleet): auth decides which it takes.
+    parts = [f"(udp[4:2] = {8 + size} and udp[8] >= {min(VERSIONS)} and udp[8] <= {max(VERSIONS)} "
+             f"and udp[9] = {kind.value})"
              for kind, size in PACKET_LEN.items() if kind is not PacketType.P3]
     return f"(ip and udp dst port {control_port} and ({' or '.join(parts)}))"
 
@@ -62,7 +64,8 @@ def _udp_sizes_v6(control_port: int) -> str:
     # libpcap cannot index the UDP header of IPv6 (udp[] is IPv4 only): read it at
     # fixed offsets from the IPv6 header, which assumes no extension headers
     # (ip6[6] = 17 checks that the next header is UDP straight away).
-    parts = [f"(ip6[4:2] = {8 + size} and ip6[48] = {VERSION} and ip6[49] = {kind.value})"
+    parts = [f"(ip6[4:2] = {8 + size} and ip6[48] >= {min(VERSIONS)} and ip6[48] <= {max(VERSIONS)} "
+             f"and ip6[49] = {kind.value})"
              for kind, size in PACKET_LEN.items() if kind is not PacketType.P3]
     return f"(ip6 and ip6[6] = 17 and ip6[42:2] = {control_port} and ({' or '.join(parts)}))"
 

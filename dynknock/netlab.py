@@ -339,7 +339,9 @@ class NetLab:
     when the block raised.
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, extra_hosts: Sequence[tuple[str, str, str]] = ()) -> None:
+        """`extra_hosts`: more machines on the same bridge, as (role, IPv4, IPv6), in namespace
+        {prefix}-{role} (a fleet's second gateway and auth host, say); see :meth:`host`."""
         # Namespace names become file names under /run/netns; keep them
         # simple so they are also safe inside ip's batch syntax and logs.
         if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
@@ -367,7 +369,9 @@ class NetLab:
             ipv6=ATTACKER_IPV6,
             bridge_port="v-atk",
         )
-        self.hosts: tuple[Host, ...] = (self.server, self.client, self.attacker)
+        extra = tuple(Host(role=role, ns=f"{prefix}-{role}", ipv4=_check_ipv4(ipv4), ipv6=ipv6,
+                           bridge_port=f"v-{role}"[:15]) for role, ipv4, ipv6 in extra_hosts)
+        self.hosts: tuple[Host, ...] = (self.server, self.client, self.attacker, *extra)
         self.namespaces: tuple[str, ...] = (self.bridge_ns,) + tuple(h.ns for h in self.hosts)
         self._procs: list[subprocess.Popen[Any]] = []
         # Next free slot in EXTRA_IPV4_NETWORK, shared by all hosts so two
@@ -493,6 +497,13 @@ class NetLab:
         self._ip(host.ns, "addr", "add", host.ipv4_cidr, "dev", host.interface)
         self._ip(host.ns, "addr", "add", host.ipv6_cidr, "dev", host.interface, "nodad")
         self._ip(host.ns, "link", "set", host.interface, "up")
+
+    def host(self, role: str) -> Host:
+        """A host of this lab by its role (server, client, attacker, or one of extra_hosts)."""
+        for host in self.hosts:
+            if host.role == role:
+                return host
+        raise KeyError(f"no host {role!r} in lab {self.prefix!r}")
 
     # -- helpers -----------------------------------------------------------
 

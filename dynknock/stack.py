@@ -26,11 +26,12 @@ import zmq
 from auth.keys import derive_master_key
 from auth.users import User, save_users
 from dynknock import bus
-from dynknock.netlab import NetLab
+from dynknock.netlab import Host, NetLab
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
 # e.g. a second checkout tested beside this one.
-VENV_BIN = Path(os.environ.get("DYNKNOCK_VENV", "/opt/dynknock/venv")) / "bin"
+DEFAULT_VENV = Path("/opt/dynknock/venv")
+VENV_BIN = Path(os.environ.get("DYNKNOCK_VENV", str(DEFAULT_VENV))) / "bin"
 STAGES = ("bus", "auth", "gate", "relay", "capture")
 ALIVE_TOPICS = ("auth.alive", "gate.alive", "relay.alive", "capture.alive")
 SERVICE_USER = "dynknock"
@@ -107,11 +108,32 @@ def prepare_workdir(workdir: Path) -> None:
         os.chmod(sub, mode)
 
 
+def lab_supervisord_conf(conf: Path, out: Path, log_dir: Path | None = None) -> Path:
+    """A copy of `conf` whose programs are those of the install under test (DYNKNOCK_VENV) and,
+    with `log_dir`, whose logs go there (several stacks of one lab must not share log files)."""
+    text = conf.read_text(encoding="utf-8").replace(f"{DEFAULT_VENV}/", f"{VENV_BIN.parent}/")
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        text = text.replace("/var/log/dynknock/", f"{log_dir}/")
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
 class Stack:
-    def __init__(self, lab: NetLab, workdir: Path, supervisord_conf: Path) -> None:
+    def __init__(self, lab: NetLab, workdir: Path, supervisord_conf: Path, host: Host | None = None,
+                 config_path: Path | None = None, name: str = "") -> None:
+        """`host` (default the lab's server) runs supervisord with `config_path` (default
+        workdir/dynknock.toml); `name` tells several stacks of one lab apart (their logs)."""
         self.lab = lab
         self.workdir = workdir
-        self.config_path = workdir / "dynknock.toml"
+        self.host = host or lab.server
+        self.config_path = config_path or workdir / "dynknock.toml"
+        self.name = name
+        if VENV_BIN.parent != DEFAULT_VENV or name:
+            # The programs of the install under test, not of /opt/dynknock/venv; a named stack logs apart.
+            suffix = f"-{name}" if name else ""
+            supervisord_conf = lab_supervisord_conf(supervisord_conf, workdir / f"supervisord{suffix}.conf",
+                                                    workdir / f"log-{name}" if name else None)
         self.supervisord_conf = supervisord_conf
         self.endpoints = bus.Endpoints.in_directory(workdir / "run")
         self.process: Any = None
@@ -129,8 +151,9 @@ class Stack:
         if supervisord is None:
             raise RuntimeError("supervisord not found: run scripts/setup.sh first")
         # supervisord echoes its own log; keep it in the work directory, not on the terminal.
-        self.output = open(self.workdir / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = self.lab.popen(self.lab.server, [*PRIVATE_RUN, supervisord, "-c", str(self.supervisord_conf)],
+        self.output = open(self.workdir / f"supervisord{'-' + self.name if self.name else ''}.out",  # noqa: SIM115
+                           "ab")  # closed in stop()
+        self.process = self.lab.popen(self.host, [*PRIVATE_RUN, supervisord, "-c", str(self.supervisord_conf)],
                                       env=env, stdout=self.output, stderr=subprocess.STDOUT)
         if wait:
             self.wait_alive(timeout_s)

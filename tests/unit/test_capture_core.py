@@ -131,10 +131,11 @@ def udp_bytes(dport: int, payload: bytes, src: str, dst: str) -> bytes:
 
 def test_filter_without_pairs_passes_only_control_datagrams() -> None:
     text = build_filter([SERVER4, SERVER6], CONTROL, [])
-    udp4 = (f"(ip and udp dst port {CONTROL} and ((udp[4:2] = {8 + P1_LEN} and udp[8] = {VERSION} and udp[9] = 1)"
-            f" or (udp[4:2] = {8 + P2_LEN} and udp[8] = {VERSION} and udp[9] = 2)))")
-    udp6 = (f"(ip6 and ip6[6] = 17 and ip6[42:2] = {CONTROL} and ((ip6[4:2] = {8 + P1_LEN} and ip6[48] = {VERSION}"
-            f" and ip6[49] = 1) or (ip6[4:2] = {8 + P2_LEN} and ip6[48] = {VERSION} and ip6[49] = 2)))")
+    udp4 = (f"(ip and udp dst port {CONTROL} and ((udp[4:2] = {8 + P1_LEN} and udp[8] >= 1 and udp[8] <= 2"
+            f" and udp[9] = 1) or (udp[4:2] = {8 + P2_LEN} and udp[8] >= 1 and udp[8] <= 2 and udp[9] = 2)))")
+    udp6 = (f"(ip6 and ip6[6] = 17 and ip6[42:2] = {CONTROL} and ((ip6[4:2] = {8 + P1_LEN} and ip6[48] >= 1"
+            f" and ip6[48] <= 2 and ip6[49] = 1) or (ip6[4:2] = {8 + P2_LEN} and ip6[48] >= 1 and ip6[48] <= 2"
+            f" and ip6[49] = 2)))")
     assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and ({udp4} or {udp6}) and not vlan"
     assert "tcp" not in text  # no SYN reaches Python while nothing is pending
     assert f"= {8 + P3_LEN}" not in text  # P3 is the server's, never the client's
@@ -294,8 +295,11 @@ def _frames() -> list[Frame]:
             _datagram(f"v{fam} P2 size, P1 type", udp(client, server, CONTROL, control_payload(P2_LEN, 1)), False),
             _datagram(f"v{fam} P1 size, P3 type", udp(client, server, CONTROL, control_payload(P1_LEN, 3)), False),
             _datagram(f"v{fam} P3", udp(client, server, CONTROL, control_payload(P3_LEN, 3)), False),
+            _datagram(f"v{fam} P1 version 2 (bound to the gateway)",
+                      udp(client, server, CONTROL, control_payload(P1_LEN, 1, VERSION + 1)), True),
+            _datagram(f"v{fam} P2 version 2", udp(client, server, CONTROL, control_payload(P2_LEN, 2, 2)), True),
             _datagram(f"v{fam} P1 wrong version",
-                      udp(client, server, CONTROL, control_payload(P1_LEN, 1, VERSION + 1)), False),
+                      udp(client, server, CONTROL, control_payload(P1_LEN, 1, VERSION + 2)), False),
             _datagram(f"v{fam} P2 version 0", udp(client, server, CONTROL, control_payload(P2_LEN, 2, 0)), False),
             _datagram(f"v{fam} P1 one byte short", udp(client, server, CONTROL, control_payload(P1_LEN - 1, 1)), False),
             _datagram(f"v{fam} P1 one byte long", udp(client, server, CONTROL, control_payload(P1_LEN + 1, 1)), False),
@@ -376,7 +380,9 @@ def test_frame_names_are_unique() -> None:
 def test_filter_without_pairs_passes_exactly_the_client_datagrams(tmp_path: Path, linktype: int) -> None:
     expression = build_filter([SERVER4, SERVER6], CONTROL, [], linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.without_pairs}
-    assert passing(tmp_path, expression, linktype) == {"v4 P1", "v4 P2", "v6 P1", "v6 P2"}
+    assert passing(tmp_path, expression, linktype) == {"v4 P1", "v4 P2", "v6 P1", "v6 P2", "v4 P2 version 2",
+                                                       "v6 P2 version 2", "v4 P1 version 2 (bound to the gateway)",
+                                                       "v6 P1 version 2 (bound to the gateway)"}
 
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])

@@ -496,3 +496,12 @@ def test_a_fleet_needs_the_tcp_bus(tmp_path: Path) -> None:
     del document["bus"]
     message, _ = error_of(tmp_path, document)
     assert "needs bus.transport" in message
+
+
+def test_fleet_examples_parse() -> None:
+    examples = EXAMPLE.parent / "fleet"
+    auth_host = cfg.load(examples / "auth-host.toml")
+    assert auth_host.fleet and set(auth_host.gateways) == {"gw-a", "gw-b"}
+    gateway = cfg.load(examples / "gateway.toml")
+    assert not gateway.fleet and gateway.gateway == "gw-a"
+    assert gateway.addresses == auth_host.gateways["gw-a"].addresses
