@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         events.alive(received=received, kernel_dropped=kernel_dropped,
                      interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
                      bus_full=bus_full, unknown_hints=unknown_hints, wrapped=wrapped, shed=dict(shedder.dropped),
-                     filter_pairs=current_filter.count("src host"))
+                     filter_pairs=current_filter.count("src host"),
+                     filter_generation=generation)  # -1: no knock filter from auth yet (knocks cannot pass)
     log.info("Capture stopped.")
     events.close()
     context.destroy(0)

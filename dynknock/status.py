@@ -63,11 +63,19 @@ def collect(transport: Transport, seconds: float = 2.5) -> Summary:
     return summary
 
 
+def _state(stage: str, stages: dict[str, dict[str, Any]]) -> str:
+    if stage not in stages:
+        return "DOWN"
+    # A capture that has no knock filter from auth yet passes P1/P2 but no knock: not ready.
+    if stage == "capture" and stages[stage].get("filter_generation") == -1:
+        return "waiting"
+    return "up"
+
+
 def render(summary: Summary, now_ms: int) -> str:
     lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in STAGES)]
     for gateway, stages in sorted(summary.gateways.items()):  # a fleet: each gateway heard from, by host
-        lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {'up' if s in stages else 'DOWN'}"
-                                                       for s in GATEWAY_STAGES))
+        lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {_state(s, stages)}" for s in GATEWAY_STAGES))
     auth = summary.alive.get("auth", {})
     doors = auth.get("doors", []) if isinstance(auth.get("doors"), list) else []
     lines.append(f"Doors open: {len(doors)}")

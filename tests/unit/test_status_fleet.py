@@ -28,3 +28,11 @@ def test_one_host_shows_no_gateway_lines() -> None:
     for stage in ("capture", "auth", "gate", "relay"):
         summary.apply(alive(stage))
     assert not [line for line in render(summary, 0).splitlines() if "gateway" in line]
+
+
+def test_a_gateways_capture_without_a_knock_filter_from_auth_is_waiting() -> None:
+    summary = Summary()
+    summary.apply(alive("capture", gateway="gw-a", filter_generation=-1))
+    assert "  gateway gw-a: capture waiting  gate DOWN  relay DOWN" in render(summary, 0).splitlines()
+    summary.apply(alive("capture", gateway="gw-a", filter_generation=0))
+    assert "  gateway gw-a: capture up  gate DOWN  relay DOWN" in render(summary, 0).splitlines()
