@@ -7,23 +7,21 @@ client/syn.py, the packet cryptography client/crypto.py.
 
 Start-up is part of what a user waits for (ssh starts knock-client for every
 connection), so what only some runs need is imported where it is used: subprocess
-(--exec), threading (--proxy), getpass, datetime (the explanation of a silence).
+(--exec), threading (--proxy: imported while the server opens the door), getpass,
+datetime (the explanation of a silence), pathlib (--key-gen).
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import NamedTuple, TextIO
 
 from auth import protocol as proto
 from auth.keys import KeyError_, SessionKeys
-from auth.protocol import IPAddress, Status
+from auth.protocol import Status
 from client import crypto
 from client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
 from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE
@@ -40,10 +38,21 @@ from client.main import (
     PROG,
     RAW_SOCKET_ADVICE,
     SKEW_S,
+    Options,
     UsageError,
 )
+from client.paths import expand_user
 from client.session import ClientSession, Request, Timing, new_request
-from client.syn import RawSynSender, SynSender
+from client.syn import RawSynSender
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from typing import NamedTuple, TextIO
+
+    from auth.protocol import IPAddress
+    from client.syn import SynSender
+else:  # typing.NamedTuple without typing's start-up (client/lean.py)
+    from client.lean import NamedTuple
 
 
 def _getpass(prompt: str) -> str:
@@ -61,7 +70,7 @@ class Settings(NamedTuple):
     port: int
     user: str | None
     service: str
-    key_file: Path | None
+    key_file: str | None  # as client/paths.py's expand_user wrote it
     family: int | None
     timeout: float
     nat: bool
@@ -95,11 +104,11 @@ class Io:
         self.proxy_out_fd = proxy_out_fd
 
 
-def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
     """Merge: command line over the [servers.HOST] stanza over defaults."""
     if args.host is None:
         raise UsageError("HOST is required (or --key-gen PATH)")
-    config_path = (args.config or Path(DEFAULT_CONFIG_PATH)).expanduser()
+    config_path = expand_user(args.config or DEFAULT_CONFIG_PATH)
     stanzas = load_config(config_path, required=args.config is not None)
     stanza = stanzas.get(args.host, ServerStanza(name=args.host))
     if args.password_stdin and args.proxy:
@@ -119,7 +128,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
         source_ip, nat = args.source_ip, bool(args.nat)
     else:
         source_ip, nat = stanza.source_ip, bool(stanza.nat)
-    key_file = args.key_file.expanduser() if args.key_file is not None else stanza.key_file
+    key_file = expand_user(args.key_file) if args.key_file is not None else stanza.key_file
     return Settings(
         host=stanza.host or args.host,
         port=args.port or stanza.port or DEFAULT_PORT,
@@ -137,11 +146,11 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
     )
 
 
-def execute(args: argparse.Namespace, io: Io) -> int:
+def execute(args: Options, io: Io) -> int:
     """Everything after the options parsed: --key-gen, or the knock."""
     try:
         if args.key_gen is not None:
-            return _key_gen(args, io)
+            return _key_gen(args.key_gen, args, io)
         settings = resolve_settings(args, io.environ)
     except (UsageError, ConfigError) as exc:
         _error(io, str(exc))
@@ -149,10 +158,12 @@ def execute(args: argparse.Namespace, io: Io) -> int:
     return Client(settings, io).run()
 
 
-def _key_gen(args: argparse.Namespace, io: Io) -> int:
+def _key_gen(key_gen: str, args: Options, io: Io) -> int:
     if args.host is not None:
         raise UsageError("--key-gen takes no HOST")
-    path = args.key_gen.expanduser()
+    from pathlib import Path  # for mkdir(parents=True); only --key-gen writes a file
+
+    path = Path(expand_user(key_gen))
     encoded = write_new_key_file(path)
     print(encoded, file=io.stdout)
     print(f"New key written to {path} (mode 0600). Give the line above to the server's admin, who saves it "

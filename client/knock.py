@@ -14,12 +14,18 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from auth import protocol as proto
-from auth.protocol import IPAddress
 from client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
-from client.syn import SynSender
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    from auth.protocol import IPAddress
+    from client.syn import SynSender
+else:  # typing.NamedTuple without typing's start-up (client/lean.py)
+    from client.lean import NamedTuple
 
 RECV_SIZE = 2048  # larger than any packet of ours, so an oversized one is seen whole and refused
 

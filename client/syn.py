@@ -16,12 +16,19 @@ without root.
 from __future__ import annotations
 
 import ipaddress
-import secrets
 import socket
 import struct
-from typing import Final, Protocol
 
-from auth.protocol import IPAddress
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    import secrets
+    from typing import Final, Protocol
+
+    from auth.protocol import IPAddress
+else:  # the same without typing's and secrets' start-up (client/lean.py); SynSender is a plain base
+    from client.lean import secrets
+
+    Protocol = object
 
 # source port, destination port, sequence, acknowledgement, data offset,
 # flags, window, checksum, urgent pointer
