@@ -261,7 +261,7 @@ class Client:
             self._announce(request)
             session = ClientSession(keys, request, Timing(timeout_s=s.timeout))
             try:
-                outcome = run_session(session, endpoint, syn, self.io.clock)
+                outcome = run_session(session, endpoint, syn, self.io.clock, idle=self._prepare_door)
             except OSError as exc:
                 _error(self.io, f"sending to {s.host}: {exc.strerror or exc}")
                 return EXIT_ERROR
@@ -287,6 +287,11 @@ class Client:
                 return EXIT_UNAVAILABLE
             return answer
         raise AssertionError("the loop returns in its second round")
+
+    def _prepare_door(self) -> None:
+        """Run while the server works on the first burst: what is needed once the door opens."""
+        if self.settings.proxy:
+            from client import proxy  # noqa: F401 - threading: only --proxy needs it, and not before the door
 
     def _announce(self, request: Request) -> None:
         # The paper's client shows the knocks; they are spent once used, so

@@ -94,8 +94,13 @@ class Clock(NamedTuple):
     sleep: Callable[[float], None] = time.sleep
 
 
-def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, clock: Clock | None = None) -> Outcome:
-    """Drive one session to its end: an authentic final P3, or giving up."""
+def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, clock: Clock | None = None,
+                idle: Callable[[], object] | None = None) -> Outcome:
+    """Drive one session to its end: an authentic final P3, or giving up.
+
+    ``idle`` runs once, in the first wait (a pause of the session, or the wait for its
+    answer), which it shortens by as long as it takes: work the run needs only once the
+    exchange is over, done while the server works (--proxy loads its threads there)."""
     clock = clock or Clock()
     sock = endpoint.sock
     refused = 0
@@ -112,9 +117,19 @@ def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, cloc
                 for knock in command.knocks:
                     syn.send(endpoint.local, endpoint.server, knock.port, knock.isn)
             elif isinstance(command, Pause):
-                clock.sleep(command.seconds)
+                seconds = command.seconds
+                if idle is not None:
+                    began = clock.monotonic()
+                    idle()
+                    idle = None
+                    seconds -= clock.monotonic() - began
+                if seconds > 0:
+                    clock.sleep(seconds)
             else:
                 raise RuntimeError(f"unexpected command {command!r}")
+        if idle is not None:
+            idle()
+            idle = None
         now = clock.monotonic()
         if now >= session.wake_at:
             commands = session.on_wake(now, clock.wall_ms())
