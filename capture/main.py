@@ -16,9 +16,10 @@ from typing import Any
 import pcap
 import zmq
 
+from auth.protocol import PacketType
 from capture.bpf import KernelFilter
-from capture.core import MAX_FILTER_PAIRS, WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
-from capture.fairness import Shedder, fair_order
+from capture.core import WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
+from capture.fairness import Admissions, Shedder, fair_order
 from dynknock import bus
 from dynknock.stage import (
     Publisher,
@@ -38,6 +39,12 @@ REJECT_EVENTS_PER_SECOND = 20
 # turn drains it, and one unbounded read (readpkts) then keeps the loop from auth's
 # filter messages (new knocks' SYNs wait for them) for as long as the flood lasts.
 MAX_BATCH = 256
+P1_TYPE = PacketType.P1.value
+# Capture's scheduling priority, set while it is still root. A P1's knocks follow it by 5 ms and pass
+# the kernel only once capture has read the P1 and admitted its sender (capture/fairness.py
+# Admissions): with both CPUs busy (1,000 clients knocking, or a flood) capture waited its turn
+# behind the busy processes for longer than that. Its work per packet is bounded by its budgets.
+NICE = -5
 
 
 class RejectBudget:
@@ -72,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     addresses = frozenset(config.addresses)
     linktype = handle.datalink()
     current_filter = build_filter(addresses, config.control_port, (), linktype=linktype)
-    kernel_filter = KernelFilter(handle, linktype, SNAPLEN)
+    kernel_filter = KernelFilter(handle, linktype, SNAPLEN, addresses, config.control_port)
     kernel_filter.first(current_filter)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    except OSError as exc:  # not root (a test): the same, at the usual priority
+        log.info("Capture keeps its priority (%s).", exc)
     drop_privileges(config.run_as)
     if config.bus_transport == "ipc":
         # Capture only connects, but into a directory others can write anyone could plant
@@ -120,12 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         if reject_budget.take(now):
             events.publish("capture.packet.rejected", reason=reason, source=str(ipaddress.ip_address(source)))
     hints_generation = -1
+    auth_pairs: list[tuple[str, int]] = []
+    admitted = Admissions()  # P1s' senders, before auth has named their pairs (capture/fairness.py)
+    filter_changes = 0
+    filter_form = "pairs"
+    filter_dirty = False
     unknown_hints = 0
     batch: list[bytes] = []
     take = batch.append
     while not stop.requested:
         # A full batch may have left frames in a ring block libpcap holds: come straight back.
-        ready = dict(poller.poll(0 if len(batch) >= MAX_BATCH else 500))
+        ready = dict(poller.poll(0 if len(batch) >= MAX_BATCH or filter_dirty else 500 if not admitted else 100))
         if from_auth in ready:
             # Each message is the whole list: only the newest matters. Compiling every one
             # in turn made capture fall behind as soon as knocks came in quickly.
@@ -153,19 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                     log_drop("Dropped an unexpected %s on the filter socket", type(message).__name__)
             if newest is not None and newest.generation != generation:
                 generation = newest.generation
-                if len(newest.pairs) > MAX_FILTER_PAIRS:
-                    wanted = build_filter(addresses, config.control_port, (), all_syns=True, linktype=linktype)
+                pairs = valid_pairs(newest.pairs)
+                if pairs is None:
+                    log_drop("Dropped a filter message with a bad pair")
                 else:
-                    pairs = valid_pairs(newest.pairs)
-                    if pairs is None:
-                        log_drop("Dropped a filter message with a bad pair")
-                        wanted = current_filter
-                    else:
-                        wanted = build_filter(addresses, config.control_port, pairs, linktype=linktype)
-                if wanted != current_filter:
-                    # Swapped in one system call: libpcap's setfilter loses what arrives meanwhile.
-                    kernel_filter.change(wanted)
-                    current_filter = wanted
+                    auth_pairs = pairs
+                    admitted.narrowed(source for source, _ in pairs)  # auth has read those P1s
+                    filter_dirty = True
         batch.clear()
         handle.dispatch(MAX_BATCH, lambda _ts, frame: take(frame))
         now = time.monotonic()
@@ -192,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
                 report(source, shed, now)  # a replay or over budget: no crypto spent, and told at a bounded rate
                 continue
             datagrams.append((hint, frame))
+            if hints is not None and payload[1] == P1_TYPE and kernel_filter.atomic:
+                # Its knocks follow 5 ms behind: let them in now, auth narrows it later.
+                if admitted.p1(str(ipaddress.ip_address(source)), hint, now):
+                    filter_dirty = True
+        if admitted and admitted.expire(now):
+            filter_dirty = True
+        if filter_dirty:
+            # Before this batch goes to auth: the knocks of its P1s are on their way already.
+            filter_dirty = False
+            filter_form = kernel_filter.knocks(auth_pairs, admitted.sources())
+            filter_changes += 1
         # SYNs cost auth a look-up, datagrams an AEAD check each: SYNs first, then one datagram
         # of each hint in turn, so no hint's burst queues ahead of another hint's first datagram.
         for frame in syns + fair_order(datagrams):
@@ -199,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(parsed, str):
                 dropped_python += 1
                 continue
+            if admitted and isinstance(parsed, bus.Syn) and admitted.syn(parsed.source):
+                filter_dirty = True  # more SYNs than a knock sends: no client's, closed on the next turn
             try:
                 to_auth.send(bus.encode(parsed), zmq.NOBLOCK)
                 forwarded += 1
@@ -211,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         events.alive(received=received, kernel_dropped=kernel_dropped,
                      interface_dropped=if_dropped, forwarded=forwarded, dropped=dropped_python,
                      bus_full=bus_full, unknown_hints=unknown_hints, wrapped=wrapped, shed=dict(shedder.dropped),
-                     filter_pairs=current_filter.count("src host"))
+                     filter_pairs=len(auth_pairs), filter_admitted=len(admitted), admitted=admitted.total,
+                     admit_full=admitted.full,
+                     filter_changes=filter_changes, filter_form=filter_form)
     log.info("Capture stopped.")
     events.close()
     context.destroy(0)
