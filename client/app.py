@@ -13,9 +13,9 @@ datetime (the explanation of a silence), pathlib (--key-gen).
 
 from __future__ import annotations
 
+import _socket  # not socket: see client/knock.py
 import ipaddress
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping
 
@@ -90,7 +90,7 @@ class Io:
 
     def __init__(self, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
                  getpass: Callable[[str], str] = _getpass,
-                 open_syn_sender: Callable[[socket.AddressFamily], SynSender] = RawSynSender,
+                 open_syn_sender: Callable[[int], SynSender] = RawSynSender,
                  clock: Clock | None = None, environ: Mapping[str, str] | None = None,
                  proxy_in_fd: int = 0, proxy_out_fd: int = 1) -> None:
         self.stdin: TextIO = sys.stdin if stdin is None else stdin
@@ -188,36 +188,41 @@ class Client:
 
     def run(self) -> int:
         s = self.settings
-        family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(s.family or 0, socket.AF_UNSPEC)
+        family = {4: _socket.AF_INET, 6: _socket.AF_INET6}.get(s.family or 0, _socket.AF_UNSPEC)
         try:
             endpoint = connect_udp(s.host, s.port, family)
         except ResolveError as exc:
             _error(self.io, str(exc))
             return EXIT_HOST
-        with endpoint.sock:
-            # Before anything is sent or asked: a client that cannot knock must not send a P1.
+        try:
+            return self._knock(endpoint)
+        finally:
+            endpoint.sock.close()
+
+    def _knock(self, endpoint: Endpoint) -> int:
+        # Before anything is sent or asked: a client that cannot knock must not send a P1.
+        try:
+            syn = self.io.open_syn_sender(endpoint.family)
+        except PermissionError:
+            print(RAW_SOCKET_ADVICE, file=self.io.stderr)
+            return EXIT_NO_RAW_SOCKET
+        except OSError as exc:
+            _error(self.io, f"cannot open a raw socket for the SYN knocks: {exc.strerror or exc}")
+            return EXIT_ERROR
+        try:
             try:
-                syn = self.io.open_syn_sender(endpoint.family)
-            except PermissionError:
-                print(RAW_SOCKET_ADVICE, file=self.io.stderr)
-                return EXIT_NO_RAW_SOCKET
-            except OSError as exc:
-                _error(self.io, f"cannot open a raw socket for the SYN knocks: {exc.strerror or exc}")
-                return EXIT_ERROR
-            try:
-                try:
-                    keys = crypto.session_keys(self._master_key())
-                    declared = self._declared_address(endpoint)
-                except (UsageError, ConfigError, KeyError_) as exc:
-                    _error(self.io, str(exc))
-                    return EXIT_USAGE
-                answer = self._exchange(keys, endpoint, syn, declared)
-            finally:
-                # The raw socket is a privilege: never keep it through --exec or --proxy.
-                syn.close()
-            if isinstance(answer, int):
-                return answer
-            return self._door_open(answer, endpoint)
+                keys = crypto.session_keys(self._master_key())
+                declared = self._declared_address(endpoint)
+            except (UsageError, ConfigError, KeyError_) as exc:
+                _error(self.io, str(exc))
+                return EXIT_USAGE
+            answer = self._exchange(keys, endpoint, syn, declared)
+        finally:
+            # The raw socket is a privilege: never keep it through --exec or --proxy.
+            syn.close()
+        if isinstance(answer, int):
+            return answer
+        return self._door_open(answer, endpoint)
 
     # --- before the exchange ---------------------------------------------------
 
@@ -387,7 +392,7 @@ class Client:
     def _proxy(self, port: int, endpoint: Endpoint) -> int:
         peer = endpoint.peer
         address = (peer[0], port) + peer[2:]  # keep flow info and scope id for IPv6
-        conn = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        conn = _socket.socket(endpoint.family, _socket.SOCK_STREAM)
         try:
             conn.settimeout(self.settings.timeout)
             conn.connect(address)
@@ -397,8 +402,10 @@ class Client:
             _error(self.io, f"the door opened but connecting to {self.settings.host} port {port} failed: "
                             f"{exc.strerror or exc}")
             return EXIT_ERROR
-        from client import proxy  # threading: only --proxy needs it
+        from client import proxy  # threading: only --proxy needs it (loaded already: _prepare_door)
 
-        with conn:
+        try:
             return proxy.pipe(conn, self.io.proxy_in_fd, self.io.proxy_out_fd)
+        finally:
+            conn.close()
 

@@ -9,9 +9,9 @@ inputs; every decision stays in the session.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
-import socket
 import time
 from collections.abc import Callable
 
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
     from client.lean import NamedTuple
 
+# Sockets come from _socket, the C module that the socket module wraps: socket.py turns every
+# constant into an enum member and imports selectors, ~1.5 ms of knock-client's start-up, and
+# adds nothing used here (its exceptions are _socket's and the builtins). client/syn.py and
+# client/app.py do the same.
+
 RECV_SIZE = 2048  # larger than any packet of ours, so an oversized one is seen whole and refused
 
 
@@ -39,34 +44,34 @@ class ResolveError(Exception):
 class Endpoint(NamedTuple):
     """The server as reached by our UDP socket, and the local address the kernel picked."""
 
-    sock: socket.socket
+    sock: _socket.socket
     server: IPAddress
     local: IPAddress
     peer: tuple[object, ...]  # the socket's peer address, kept for IPv6 scope ids
 
     @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET if isinstance(self.server, ipaddress.IPv4Address) else socket.AF_INET6
+    def family(self) -> int:
+        return _socket.AF_INET if isinstance(self.server, ipaddress.IPv4Address) else _socket.AF_INET6
 
 
 def parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
-def connect_udp(host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> Endpoint:
+def connect_udp(host: str, port: int, family: int = _socket.AF_UNSPEC) -> Endpoint:
     """Resolve and connect. Connecting a UDP socket sends nothing; it only asks
     the routing table, which tells us our source address and whether a route exists."""
     try:
         # An ASCII name goes as bytes: a str is always run through the idna codec, whose
         # import costs start-up ~1 ms, and is unchanged by it (non-ASCII names still go as str).
         name: str | bytes = host.encode("ascii") if host.isascii() else host
-        infos = socket.getaddrinfo(name, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    except socket.gaierror as exc:
-        wanted = {socket.AF_INET: " IPv4", socket.AF_INET6: " IPv6"}.get(family, "")
+        infos = _socket.getaddrinfo(name, port, family, _socket.SOCK_DGRAM, _socket.IPPROTO_UDP)
+    except _socket.gaierror as exc:
+        wanted = {_socket.AF_INET: " IPv4", _socket.AF_INET6: " IPv6"}.get(family, "")
         raise ResolveError(f"cannot resolve {host!r} to an{wanted} address: {exc.strerror}") from None
     errors: list[str] = []
     for af, kind, proto_num, _, sockaddr in infos:
-        sock = socket.socket(af, kind, proto_num)
+        sock = _socket.socket(af, kind, proto_num)
         try:
             sock.connect(sockaddr)
             local = sock.getsockname()
@@ -149,7 +154,7 @@ def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, cloc
         commands = session.on_datagram(packet, clock.monotonic())
 
 
-def _send(sock: socket.socket, payload: bytes) -> int:
+def _send(sock: _socket.socket, payload: bytes) -> int:
     """Send one datagram; returns how many pending ICMP port unreachables surfaced."""
     refused = 0
     for _ in range(2):

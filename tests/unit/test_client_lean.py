@@ -83,7 +83,7 @@ def test_randbelow_is_uniform_and_in_range() -> None:
 
 # The modules the start-up no longer pays for, and why each matters (bench/client_startup_results.md).
 NOT_ON_THE_KEY_FILE_PATH = ("argparse", "typing", "dataclasses", "inspect", "pathlib", "hmac", "hashlib", "_hashlib",
-                            "secrets", "base64", "re", "random", "gettext", "Crypto")
+                            "socket", "selectors", "secrets", "base64", "re", "random", "gettext", "Crypto")
 
 
 def test_a_proxy_run_with_a_key_file_imports_none_of_the_slow_modules(tmp_path: Path) -> None:
