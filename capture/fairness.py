@@ -203,10 +203,10 @@ def fair_order(items: Iterable[tuple[bytes, T]]) -> list[T]:
 # within the hint's budget; at most ADMIT_PER_HINT sources are admitted at once under one hint (junk
 # under one sniffed hint must not take the others' places) and ADMIT_MAX in all; a scan from any
 # other address stays in the kernel.
-ADMIT_S = 1.0
+ADMIT_S = 0.5
 ADMIT_SYNS = 12
 ADMIT_PER_HINT = 16
-ADMIT_MAX = 256
+ADMIT_MAX = 1024
 
 
 class Admissions:
