@@ -156,6 +156,14 @@ class EngineConfig:
     # Wire protocol versions accepted (auth/protocol.py): a fleet drops 1, whose packets are
     # not bound to the gateway they were sent to (server.fleet_accepts_v1).
     versions: tuple[int, ...] = proto.VERSIONS
+    # A P2 that arrives while its request still awaits knocks is held this long before it is
+    # answered PENDING: the client echoes its SYNs 5 ms after P2 (client/session.py), and a SYN
+    # that raced capture's filter then completes the request and this same P2 gets OPEN, instead
+    # of the client's PENDING round. Once per request, at most max_held_p2_per_user per user and
+    # max_held_p2_total in all (past those: PENDING at once). 0: PENDING at once, always.
+    p2_hold_ms: int = 0
+    max_held_p2_per_user: int = 8
+    max_held_p2_total: int = 1024
 
 
 class State(enum.Enum):
@@ -186,6 +194,8 @@ class Request:
     retries: int = 0
     gateway: str = ""  # the gateway the P1 came to: its knocks, P2s and door are all there
     version: int = proto.VERSION  # the P1's wire version: P3s answer in it (2: bound to the gateway address)
+    held_until_ms: int = 0  # a P2 held (p2_hold_ms) until then; 0: none held
+    held_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +257,9 @@ class Engine:
         # filter is not recomputed (one str() per pending knock) after every packet.
         self._pairs: Counter[tuple[str, int]] = Counter()
         self._pairs_changed = False
+        # request_id -> request whose P2 is held: in order of their deadlines (the hold is one constant)
+        self._held: dict[bytes, Request] = {}
+        self._held_of: Counter[str] = Counter()
 
     # --- users ---------------------------------------------------------------
 
@@ -545,11 +558,54 @@ class Engine:
         request.reply_to = (source, source_port, destination)
         if request.state is State.OPENING:
             return []  # answered as soon as the door is confirmed
+        if request.state is State.AWAITING_KNOCKS and self._hold(request, now_ms):
+            return []  # answered when the knocks complete, or PENDING at the deadline (on_timer)
         return [self._answer(request, now_ms)]
+
+    # --- held P2s ------------------------------------------------------------
+
+    def _hold(self, request: Request, now_ms: int) -> bool:
+        if request.request_id in self._held:
+            return True  # a second P2 meanwhile: the answer goes to it (reply_to), at the same deadline
+        config = self.config
+        if config.p2_hold_ms <= 0 or request.held_once or len(self._held) >= config.max_held_p2_total \
+                or self._held_of[request.user] >= config.max_held_p2_per_user:
+            return False
+        request.held_once = True
+        request.held_until_ms = now_ms + config.p2_hold_ms
+        self._held[request.request_id] = request
+        self._held_of[request.user] += 1
+        return True
+
+    def _unhold(self, request: Request) -> None:
+        if self._held.pop(request.request_id, None) is not None:
+            request.held_until_ms = 0
+            self._held_of[request.user] -= 1
+            if self._held_of[request.user] <= 0:
+                del self._held_of[request.user]
+
+    def next_deadline_ms(self) -> int | None:
+        """When on_timer has something to do (a held P2's deadline), or None."""
+        for request in self._held.values():
+            return request.held_until_ms
+        return None
+
+    def on_timer(self, now_ms: int) -> list[Action]:
+        """Answer PENDING to the held P2s whose knocks did not come in time."""
+        actions: list[Action] = []
+        while self._held:
+            request = next(iter(self._held.values()))
+            if request.held_until_ms > now_ms:
+                break
+            self._unhold(request)
+            if request.state is State.AWAITING_KNOCKS and request.reply_to is not None:
+                actions.append(self._answer(request, now_ms))
+        return actions
 
     # --- doors ---------------------------------------------------------------
 
     def _knocks_complete(self, request: Request, now_ms: int) -> list[Action]:
+        self._unhold(request)  # its P2 is answered below (refused) or when the door opens
         actions: list[Action] = [Event("auth.knock.complete", {"user": request.user, "client": _addr(request.client)})]
         request.state_since_ms = now_ms
         refusal: tuple[RejectReason, str] | None = None
@@ -663,6 +719,7 @@ class Engine:
         return actions
 
     def _forget(self, request: Request) -> None:
+        self._unhold(request)
         for port, isn in request.remaining:
             key = (request.client, port, isn)
             if self._knocks.get(key) is request:  # another request may have declared the same knock

@@ -17,15 +17,29 @@ From the master key, HKDF-SHA256 derives three independent keys:
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import binascii
 import os
 import stat
 import struct
 import unicodedata
-from dataclasses import dataclass
-from pathlib import Path
+
+# typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
+# this module on every start, so it imports neither pathlib (the caller's Path is only used) nor
+# dataclasses, typing or base64 (binascii is what base64 calls): ~15 ms of start-up together.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from hashlib import sha256 as _sha256
+    from pathlib import Path
+else:
+    # The interpreter's own SHA-256 rather than hashlib's: hashlib (and hmac) load OpenSSL's
+    # libcrypto, ~4 ms of knock-client's start-up for a few short HMACs (see hmac_sha256).
+    try:
+        from _sha2 import sha256 as _sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256 as _sha256  # Python 3.11
+        except ImportError:  # a build without the built-in hashes (some FIPS builds)
+            from hashlib import sha256 as _sha256
 
 MASTER_KEY_LEN = 32
 HINT_LEN = 8
@@ -44,6 +58,22 @@ SCRYPT_SALT_PREFIX = b"dynknock/v1/scrypt/"
 # the same user across minutes (within one epoch they are linkable, as are the
 # packets of one exchange by their addresses anyway).
 HINT_EPOCH_SECONDS = 60
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))  # RFC 2104's inner and outer pads, as translate() tables
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_SHA256_BLOCK = 64
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104): ``hmac.digest(key, message, "sha256")`` without importing hmac, whose
+    OpenSSL costs knock-client more start-up than all its HMACs take (tests/unit/test_keys_hmac.py
+    checks the two agree)."""
+    if len(key) > _SHA256_BLOCK:
+        key = _sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    inner = _sha256(key.translate(_IPAD) + message).digest()
+    return _sha256(key.translate(_OPAD) + inner).digest()
 
 
 class KeyError_(ValueError):
@@ -74,12 +104,13 @@ def derive_master_key(user: str, password: str) -> bytes:
 
 
 def encode_key(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
+    return binascii.b2a_base64(key, newline=False).decode("ascii")  # = base64.b64encode
 
 
 def decode_key(text: str) -> bytes:
     try:
-        key = base64.b64decode(text.strip(), validate=True)
+        # = base64.b64decode(text, validate=True): ASCII only, strict alphabet and padding
+        key = binascii.a2b_base64(text.strip().encode("ascii"), strict_mode=True)
     except ValueError as exc:
         raise KeyError_("key is not valid base64") from exc
     if len(key) != MASTER_KEY_LEN:
@@ -96,13 +127,48 @@ def _hkdf(master: bytes, label: bytes) -> bytes:
     return out
 
 
-@dataclass(frozen=True, slots=True)
 class SessionKeys:
-    """The three keys derived from one master key."""
+    """The three keys derived from one master key. Immutable, compared and hashed by value: a
+    frozen slotted dataclass written out, since the dataclasses module costs knock-client ~10 ms."""
+
+    __slots__ = ("hint", "client_to_server", "server_to_client")
+    __match_args__ = ("hint", "client_to_server", "server_to_client")
 
     hint: bytes
     client_to_server: bytes
     server_to_client: bytes
+
+    def __init__(self, hint: bytes, client_to_server: bytes, server_to_client: bytes) -> None:
+        object.__setattr__(self, "hint", hint)
+        object.__setattr__(self, "client_to_server", client_to_server)
+        object.__setattr__(self, "server_to_client", server_to_client)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError  # only on this error path
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, SessionKeys)
+        return (self.hint, self.client_to_server, self.server_to_client) == (
+            other.hint, other.client_to_server, other.server_to_client)
+
+    def __hash__(self) -> int:
+        return hash((self.hint, self.client_to_server, self.server_to_client))
+
+    def __getstate__(self) -> list[bytes]:  # copy and pickle, as a frozen slotted dataclass allows
+        return [self.hint, self.client_to_server, self.server_to_client]
+
+    def __setstate__(self, state: list[bytes]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_master(cls, master: bytes) -> SessionKeys:
@@ -123,20 +189,21 @@ def hint_epoch(unix_seconds: float) -> int:
 
 
 def user_hint(keys: SessionKeys, epoch: int) -> bytes:
-    mac = hmac.new(keys.hint, b"epoch" + struct.pack("!Q", epoch), hashlib.sha256)
-    return mac.digest()[:HINT_LEN]
+    return hmac_sha256(keys.hint, b"epoch" + struct.pack("!Q", epoch))[:HINT_LEN]
 
 
-def read_key_file(path: Path) -> bytes:
-    """A base64 master key from a file only its owner can read."""
+def read_key_file(path: str | Path) -> bytes:
+    """A base64 master key from a file only its owner can read. knock-client names files by
+    strings (client/paths.py), the server by pathlib.Path; both print the same."""
     try:
-        st = path.stat()
+        st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise KeyError_(f"{path}: key file is not a regular file")
         if st.st_mode & 0o077:
             raise KeyError_(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets group or others read it, "
                             f"and it is as good as a password: chmod 600 {path}")
-        text = path.read_text(encoding="ascii")
+        with open(path, encoding="ascii") as handle:  # = Path.read_text, for a str as well
+            text = handle.read()
     except FileNotFoundError:
         raise KeyError_(f"{path}: key file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -45,6 +45,9 @@ from dynknock.stage import (
 from dynknock.transport import Transport, TransportError
 
 TICK_S = 0.2
+# How long a P2 that came before its knocks waits for them (the client's SYN echo follows it by 5 ms)
+# before it is answered PENDING: EngineConfig.p2_hold_ms.
+P2_HOLD_MS = 25
 FILTER_REFRESH_S = 2.0
 USERS_CHECK_S = 2.0
 # Logged (each user's within that user's budget, see UserLog): the story of every door.
@@ -117,7 +120,8 @@ def engine_config(config: Config) -> eng.EngineConfig:
         knock_timeout_s=config.knock_timeout_seconds,
         max_doors_per_user=config.max_doors_per_user, max_doors_total=config.max_doors_total,
         # A fleet takes only version 2 (bound to the gateway address) unless told otherwise.
-        versions=(proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS)
+        versions=(proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS,
+        p2_hold_ms=P2_HOLD_MS)
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:
@@ -376,7 +380,11 @@ class AuthShell:
         self.events.publish("auth.started", control_port=self.config.control_port)
         next_tick = next_filter = next_users = 0.0
         while not stop.requested:
-            for sock, _ in poller.poll(int(TICK_S * 1000)):
+            timeout_ms = int(TICK_S * 1000)
+            deadline = self.engine.next_deadline_ms()
+            if deadline is not None:
+                timeout_ms = max(0, min(timeout_ms, deadline - now_ms() + 1))
+            for sock, _ in poller.poll(timeout_ms):
                 if sock in self.door_monitors:
                     self.on_monitor(sock)
                     continue
@@ -393,6 +401,9 @@ class AuthShell:
                         self.flush()  # keep the order of effects
                         self.on_result(frame)
             self.flush()
+            deadline = self.engine.next_deadline_ms()
+            if deadline is not None and now_ms() >= deadline:
+                self.execute(self.engine.on_timer(now_ms()))
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S

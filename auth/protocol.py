@@ -27,10 +27,83 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass
-from typing import Final, TypeAlias
 
 from auth.keys import HINT_LEN, SessionKeys
+
+# typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
+# this module on every start (ssh starts it for every connection): typing costs it ~3 ms, and the
+# dataclasses module ~10 ms (it imports inspect, ast, dis, tokenize), so at run time the records
+# below are made by _frozen_record, which mypy never sees.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from dataclasses import dataclass
+    from typing import Any, Final, TypeAlias
+else:
+    def dataclass(*, frozen: bool = False, slots: bool = False, **options: object) -> Callable[[type], type]:
+        """``@dataclass(frozen=True, slots=True)`` for a class of plain fields, as _frozen_record makes
+        it; anything else (other options, ``field()``) is handed to the real dataclasses module."""
+
+        def wrap(cls: type) -> type:
+            names = tuple(cls.__dict__.get("__annotations__", {}))
+            if (frozen and slots and not options
+                    and not any(type(cls.__dict__.get(n)).__module__ == "dataclasses" for n in names)):
+                return _frozen_record(cls, names)
+            import dataclasses
+
+            return dataclasses.dataclass(frozen=frozen, slots=slots, **options)(cls)
+
+        return wrap
+
+
+def _frozen_record(cls: type, names: tuple[str, ...]) -> type:
+    """What ``@dataclass(frozen=True, slots=True)`` makes of a class whose fields have plain
+    defaults or none: __slots__, __init__, __repr__, __eq__, __hash__, __match_args__, and
+    assignment refused with dataclasses.FrozenInstanceError, __getstate__/__setstate__ (copy,
+    pickle). Not dataclasses.fields() or replace(): nothing uses them on packets.
+    tests/unit/test_protocol.py checks each record against a real dataclass of the same fields."""
+    body = {k: v for k, v in cls.__dict__.items() if k not in names and k not in ("__dict__", "__weakref__")}
+    defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+    params = ", ".join(f"{n}=_default_{n}" if n in defaults else n for n in names)
+    own = ", ".join(f"self.{n}" for n in names)
+    other = ", ".join(f"other.{n}" for n in names)
+    fields = ", ".join(f"{n}={{self.{n}!r}}" for n in names)
+    source = (f"def __init__(self, {params}):\n"
+              + "".join(f"    _set(self, {n!r}, {n})\n" for n in names)
+              + f"def __repr__(self):\n    return f'{{type(self).__qualname__}}({fields})'\n"
+              f"def __eq__(self, other):\n    if other.__class__ is self.__class__:\n"
+              f"        return ({own},) == ({other},)\n    return NotImplemented\n"
+              f"def __hash__(self):\n    return hash(({own},))\n"
+              f"def __getstate__(self):\n    return [{own}]\n"
+              "def __setstate__(self, state):\n    for name, value in zip(__slots__, state):\n"
+              "        _set(self, name, value)\n")
+    namespace: dict[str, Any] = {"_set": object.__setattr__, "__slots__": names,
+                                 **{f"_default_{n}": v for n, v in defaults.items()}}
+    exec(source, namespace)  # the source is built above from the class's own field names only
+    for name in ("__init__", "__repr__", "__eq__", "__hash__", "__getstate__", "__setstate__"):
+        function = namespace[name]
+        function.__qualname__ = f"{cls.__qualname__}.{name}"
+        body[name] = function
+    body["__setattr__"] = _refuse_assignment
+    body["__delattr__"] = _refuse_deletion
+    body["__slots__"] = names
+    body["__match_args__"] = names
+    for name in names:
+        body.pop(name, None)  # a default lives in __init__; a class attribute would shadow the slot
+    return type(cls)(cls.__name__, cls.__bases__, body)
+
+
+def _refuse_assignment(self: object, name: str, value: object) -> None:
+    from dataclasses import FrozenInstanceError  # only on this error path
+
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _refuse_deletion(self: object, name: str) -> None:
+    from dataclasses import FrozenInstanceError
+
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
 
 VERSION: Final = 1  # unbound; what seal() writes without a server address
 BOUND_VERSION: Final = 2  # bound to the server address (seal(..., server=...))

@@ -191,3 +191,101 @@ def fair_order(items: Iterable[tuple[bytes, T]]) -> list[T]:
         rank += 1
         lists = [queue for queue in lists if len(queue) > rank]
     return out
+
+
+# A P1 under a live hint, within the budgets above, admits SYNs from its sender to any port in the
+# kernel at once, before auth has read it (capture/bpf.py KernelFilter.knocks): a client sends its
+# knocks 5 ms after P1, and the round trip capture -> auth -> capture for the exact pairs took longer
+# under a flood or at 1,000 clients in 3 s (the SYNs were dropped in the kernel and the knock cost a
+# PENDING round). auth's pairs narrow it again: an admission ends when auth's filter names the source,
+# after ADMIT_S, or after ADMIT_SYNS SYNs from it (3 knocks, their echo, resends), whichever comes
+# first. So a P1 copied by an eavesdropper and sent from spoofed sources buys each source a few SYNs,
+# within the hint's budget; at most ADMIT_PER_HINT sources are admitted at once under one hint (junk
+# under one sniffed hint must not take the others' places) and ADMIT_MAX in all; a scan from any
+# other address stays in the kernel.
+ADMIT_S = 0.5
+ADMIT_SYNS = 12
+ADMIT_PER_HINT = 16
+ADMIT_MAX = 1024
+
+
+class Admissions:
+    """Sources whose SYNs pass the kernel filter to any port for a while; each method says whether the
+    set changed (the filter must then be rebuilt)."""
+
+    def __init__(self, seconds: float = ADMIT_S, syns: int = ADMIT_SYNS, limit: int = ADMIT_MAX,
+                 per_hint: int = ADMIT_PER_HINT) -> None:
+        self.seconds, self.syns, self.limit, self.per_hint = seconds, syns, limit, per_hint
+        self._until: dict[str, float] = {}  # source -> end, oldest first (seconds is one constant)
+        self._left: dict[str, int] = {}  # source -> SYNs it may still pass
+        self._hint: dict[str, bytes] = {}  # source -> the hint of the P1 that admitted it
+        self._of_hint: dict[bytes, int] = {}  # hint -> sources it holds admitted
+        self.total = 0  # admissions made
+        self.full = 0  # P1s that found the table full
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._until
+
+    def sources(self) -> list[str]:
+        return list(self._until)
+
+    def p1(self, source: str, hint: bytes, now: float) -> bool:
+        """A P1 under hint admitted by the budgets, from source: admit the source (again) for `seconds`."""
+        if source in self._until:
+            del self._until[source]  # to the young end: its new end is the latest
+            self._until[source], self._left[source] = now + self.seconds, self.syns
+            return False
+        if len(self._until) >= self.limit or self._of_hint.get(hint, 0) >= self.per_hint:
+            self.full += 1
+            return False
+        self._until[source], self._left[source], self._hint[source] = now + self.seconds, self.syns, hint
+        self._of_hint[hint] = self._of_hint.get(hint, 0) + 1
+        self.total += 1
+        return True
+
+    def narrowed(self, sources: Iterable[str]) -> bool:
+        """auth's filter names these sources: their exact pairs take over."""
+        changed = False
+        for source in sources:
+            if source in self._until:
+                self._drop(source)
+                changed = True
+        return changed
+
+    def syn(self, source: str) -> bool:
+        """A SYN from source reached user space; past `syns` of them the source is no client's knock."""
+        left = self._left.get(source)
+        if left is None:
+            return False
+        if left > 1:
+            self._left[source] = left - 1
+            return False
+        self._drop(source)
+        return True
+
+    def expire(self, now: float) -> bool:
+        changed = False
+        while self._until:
+            source, until = next(iter(self._until.items()))
+            if until > now:
+                break
+            self._drop(source)
+            changed = True
+        return changed
+
+    def next_end(self) -> float | None:
+        for until in self._until.values():
+            return until
+        return None
+
+    def _drop(self, source: str) -> None:
+        del self._until[source]
+        del self._left[source]
+        hint = self._hint.pop(source)
+        if self._of_hint[hint] <= 1:
+            del self._of_hint[hint]
+        else:
+            self._of_hint[hint] -= 1

@@ -7,23 +7,21 @@ client/syn.py, the packet cryptography client/crypto.py.
 
 Start-up is part of what a user waits for (ssh starts knock-client for every
 connection), so what only some runs need is imported where it is used: subprocess
-(--exec), threading (--proxy), getpass, datetime (the explanation of a silence).
+(--exec), threading (--proxy: imported while the server opens the door), getpass,
+datetime (the explanation of a silence), pathlib (--key-gen).
 """
 
 from __future__ import annotations
 
-import argparse
+import _socket  # not socket: see client/knock.py
 import ipaddress
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import NamedTuple, TextIO
 
 from auth import protocol as proto
 from auth.keys import KeyError_, SessionKeys
-from auth.protocol import IPAddress, Status
+from auth.protocol import Status
 from client import crypto
 from client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
 from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE
@@ -40,10 +38,21 @@ from client.main import (
     PROG,
     RAW_SOCKET_ADVICE,
     SKEW_S,
+    Options,
     UsageError,
 )
+from client.paths import expand_user
 from client.session import ClientSession, Request, Timing, new_request
-from client.syn import RawSynSender, SynSender
+from client.syn import RawSynSender
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from typing import NamedTuple, TextIO
+
+    from auth.protocol import IPAddress
+    from client.syn import SynSender
+else:  # typing.NamedTuple without typing's start-up (client/lean.py)
+    from client.lean import NamedTuple
 
 
 def _getpass(prompt: str) -> str:
@@ -61,7 +70,7 @@ class Settings(NamedTuple):
     port: int
     user: str | None
     service: str
-    key_file: Path | None
+    key_file: str | None  # as client/paths.py's expand_user wrote it
     family: int | None
     timeout: float
     nat: bool
@@ -82,7 +91,7 @@ class Io:
 
     def __init__(self, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
                  getpass: Callable[[str], str] = _getpass,
-                 open_syn_sender: Callable[[socket.AddressFamily], SynSender] = RawSynSender,
+                 open_syn_sender: Callable[[int], SynSender] = RawSynSender,
                  clock: Clock | None = None, environ: Mapping[str, str] | None = None,
                  proxy_in_fd: int = 0, proxy_out_fd: int = 1) -> None:
         self.stdin: TextIO = sys.stdin if stdin is None else stdin
@@ -96,11 +105,11 @@ class Io:
         self.proxy_out_fd = proxy_out_fd
 
 
-def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
     """Merge: command line over the [servers.HOST] stanza over defaults."""
     if args.host is None:
         raise UsageError("HOST is required (or --key-gen PATH)")
-    config_path = (args.config or Path(DEFAULT_CONFIG_PATH)).expanduser()
+    config_path = expand_user(args.config or DEFAULT_CONFIG_PATH)
     stanzas = load_config(config_path, required=args.config is not None)
     stanza = stanzas.get(args.host, ServerStanza(name=args.host))
     if args.password_stdin and args.proxy:
@@ -120,7 +129,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
         source_ip, nat = args.source_ip, bool(args.nat)
     else:
         source_ip, nat = stanza.source_ip, bool(stanza.nat)
-    key_file = args.key_file.expanduser() if args.key_file is not None else stanza.key_file
+    key_file = expand_user(args.key_file) if args.key_file is not None else stanza.key_file
     return Settings(
         host=stanza.host or args.host,
         port=args.port or stanza.port or DEFAULT_PORT,
@@ -133,17 +142,17 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
         source_ip=source_ip,
         quiet=args.quiet,
         password_stdin=args.password_stdin,
-        bind=bool(getattr(args, "bind", False)),
+        bind=args.bind,
         exec_argv=exec_argv,
         proxy=args.proxy,
     )
 
 
-def execute(args: argparse.Namespace, io: Io) -> int:
+def execute(args: Options, io: Io) -> int:
     """Everything after the options parsed: --key-gen, or the knock."""
     try:
         if args.key_gen is not None:
-            return _key_gen(args, io)
+            return _key_gen(args.key_gen, args, io)
         settings = resolve_settings(args, io.environ)
     except (UsageError, ConfigError) as exc:
         _error(io, str(exc))
@@ -151,10 +160,12 @@ def execute(args: argparse.Namespace, io: Io) -> int:
     return Client(settings, io).run()
 
 
-def _key_gen(args: argparse.Namespace, io: Io) -> int:
+def _key_gen(key_gen: str, args: Options, io: Io) -> int:
     if args.host is not None:
         raise UsageError("--key-gen takes no HOST")
-    path = args.key_gen.expanduser()
+    from pathlib import Path  # for mkdir(parents=True); only --key-gen writes a file
+
+    path = Path(expand_user(key_gen))
     encoded = write_new_key_file(path)
     print(encoded, file=io.stdout)
     print(f"New key written to {path} (mode 0600). Give the line above to the server's admin, who saves it "
@@ -179,36 +190,41 @@ class Client:
 
     def run(self) -> int:
         s = self.settings
-        family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(s.family or 0, socket.AF_UNSPEC)
+        family = {4: _socket.AF_INET, 6: _socket.AF_INET6}.get(s.family or 0, _socket.AF_UNSPEC)
         try:
             endpoint = connect_udp(s.host, s.port, family)
         except ResolveError as exc:
             _error(self.io, str(exc))
             return EXIT_HOST
-        with endpoint.sock:
-            # Before anything is sent or asked: a client that cannot knock must not send a P1.
+        try:
+            return self._knock(endpoint)
+        finally:
+            endpoint.sock.close()
+
+    def _knock(self, endpoint: Endpoint) -> int:
+        # Before anything is sent or asked: a client that cannot knock must not send a P1.
+        try:
+            syn = self.io.open_syn_sender(endpoint.family)
+        except PermissionError:
+            print(RAW_SOCKET_ADVICE, file=self.io.stderr)
+            return EXIT_NO_RAW_SOCKET
+        except OSError as exc:
+            _error(self.io, f"cannot open a raw socket for the SYN knocks: {exc.strerror or exc}")
+            return EXIT_ERROR
+        try:
             try:
-                syn = self.io.open_syn_sender(endpoint.family)
-            except PermissionError:
-                print(RAW_SOCKET_ADVICE, file=self.io.stderr)
-                return EXIT_NO_RAW_SOCKET
-            except OSError as exc:
-                _error(self.io, f"cannot open a raw socket for the SYN knocks: {exc.strerror or exc}")
-                return EXIT_ERROR
-            try:
-                try:
-                    keys = crypto.session_keys(self._master_key())
-                    declared = self._declared_address(endpoint)
-                except (UsageError, ConfigError, KeyError_) as exc:
-                    _error(self.io, str(exc))
-                    return EXIT_USAGE
-                answer = self._exchange(keys, endpoint, syn, declared)
-            finally:
-                # The raw socket is a privilege: never keep it through --exec or --proxy.
-                syn.close()
-            if isinstance(answer, int):
-                return answer
-            return self._door_open(answer, endpoint)
+                keys = crypto.session_keys(self._master_key())
+                declared = self._declared_address(endpoint)
+            except (UsageError, ConfigError, KeyError_) as exc:
+                _error(self.io, str(exc))
+                return EXIT_USAGE
+            answer = self._exchange(keys, endpoint, syn, declared)
+        finally:
+            # The raw socket is a privilege: never keep it through --exec or --proxy.
+            syn.close()
+        if isinstance(answer, int):
+            return answer
+        return self._door_open(answer, endpoint)
 
     # --- before the exchange ---------------------------------------------------
 
@@ -253,7 +269,7 @@ class Client:
             session = ClientSession(keys, request, Timing(timeout_s=s.timeout),
                                     server=endpoint.server if s.bind else None)
             try:
-                outcome = run_session(session, endpoint, syn, self.io.clock)
+                outcome = run_session(session, endpoint, syn, self.io.clock, idle=self._prepare_door)
             except OSError as exc:
                 _error(self.io, f"sending to {s.host}: {exc.strerror or exc}")
                 return EXIT_ERROR
@@ -279,6 +295,11 @@ class Client:
                 return EXIT_UNAVAILABLE
             return answer
         raise AssertionError("the loop returns in its second round")
+
+    def _prepare_door(self) -> None:
+        """Run while the server works on the first burst: what is needed once the door opens."""
+        if self.settings.proxy:
+            from client import proxy  # noqa: F401 - threading: only --proxy needs it, and not before the door
 
     def _announce(self, request: Request) -> None:
         # The paper's client shows the knocks; they are spent once used, so
@@ -374,7 +395,7 @@ class Client:
     def _proxy(self, port: int, endpoint: Endpoint) -> int:
         peer = endpoint.peer
         address = (peer[0], port) + peer[2:]  # keep flow info and scope id for IPv6
-        conn = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        conn = _socket.socket(endpoint.family, _socket.SOCK_STREAM)
         try:
             conn.settimeout(self.settings.timeout)
             conn.connect(address)
@@ -384,8 +405,10 @@ class Client:
             _error(self.io, f"the door opened but connecting to {self.settings.host} port {port} failed: "
                             f"{exc.strerror or exc}")
             return EXIT_ERROR
-        from client import proxy  # threading: only --proxy needs it
+        from client import proxy  # threading: only --proxy needs it (loaded already: _prepare_door)
 
-        with conn:
+        try:
             return proxy.pipe(conn, self.io.proxy_in_fd, self.io.proxy_out_fd)
+        finally:
+            conn.close()
 

@@ -25,18 +25,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NamedTuple
 
 from auth import keys
 from auth.keys import MASTER_KEY_LEN, KeyError_, encode_key
-from auth.protocol import IPAddress
-from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from client.defaults import DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from client.paths import expand_user
 
-DEFAULT_CONFIG = Path(DEFAULT_CONFIG_PATH)
-SERVICE_RE = re.compile(SERVICE_PATTERN)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, NamedTuple
+
+    from auth.protocol import IPAddress
+else:  # typing.NamedTuple without typing's start-up (client/lean.py)
+    from client.lean import NamedTuple
 
 
 class ConfigError(ValueError):
@@ -53,7 +56,7 @@ class ServerStanza(NamedTuple):
     port: int | None = None
     user: str | None = None
     service: str | None = None
-    key_file: Path | None = None
+    key_file: str | None = None  # as client/paths.py's expand_user wrote it
     family: int | None = None  # 4 or 6
     nat: bool | None = None
     source_ip: IPAddress | None = None
@@ -81,15 +84,17 @@ def _user(value: Any) -> str:
 
 
 def _service(value: Any) -> str:
-    if not isinstance(value, str) or not SERVICE_RE.match(value):
+    import re  # only a config file with a service comes here; most runs read no config file
+
+    if not isinstance(value, str) or not re.match(SERVICE_PATTERN, value):
         raise ValueError("must be 1-16 characters of a-z 0-9 _ -")
     return value
 
 
-def _key_file(value: Any) -> Path:
+def _key_file(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a path")
-    return Path(value).expanduser()
+    return expand_user(value)
 
 
 def _family(value: Any) -> int:
@@ -126,7 +131,7 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 
 
-def load_config(path: Path, *, required: bool) -> dict[str, ServerStanza]:
+def load_config(path: str | Path, *, required: bool) -> dict[str, ServerStanza]:
     """Parse the config file. A missing default file is no error; a missing
     file named with -c is, since the user clearly expected it."""
     try:
@@ -154,7 +159,7 @@ def load_config(path: Path, *, required: bool) -> dict[str, ServerStanza]:
     return {name: _stanza(path, name, body) for name, body in servers.items()}
 
 
-def _stanza(path: Path, name: str, body: Any) -> ServerStanza:
+def _stanza(path: str | Path, name: str, body: Any) -> ServerStanza:
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: servers.{name} must be a table")
     values: dict[str, Any] = {}
@@ -174,7 +179,7 @@ def _stanza(path: Path, name: str, body: Any) -> ServerStanza:
 # --- key files -----------------------------------------------------------------
 
 
-def read_key_file(path: Path) -> bytes:
+def read_key_file(path: str | Path) -> bytes:
     try:
         return keys.read_key_file(path)
     except KeyError_ as exc:

@@ -6,12 +6,13 @@ The client does the same computations here without it, for two reasons:
 * start-up: ``knock-client`` is started by ssh for every connection, and importing
   pycryptodome's ChaCha20-Poly1305 costs 30-40 ms (cffi parsing C declarations, or
   ctypes running ``file`` through ``platform.architecture()``), more than the whole
-  knock. These functions import nothing beyond ``hmac``, ``hashlib`` and ``struct``;
+  knock. These functions import nothing beyond ``struct`` and the interpreter's SHA-256
+  (:func:`auth.keys.hmac_sha256`; hmac and hashlib would load OpenSSL, another ~4 ms);
 * installation: the client needs no third-party package for a key file, and only
   pycryptodome's wheel (for a faster scrypt, see :func:`derive_master_key`) for a password.
 
 What is here: XChaCha20-Poly1305 (RFC 8439 with the HChaCha20 nonce extension of
-draft-irtf-cfrg-xchacha), HKDF-SHA256 (RFC 5869) with ``hmac``, scrypt, and
+draft-irtf-cfrg-xchacha), HKDF-SHA256 (RFC 5869) with that HMAC, scrypt, and
 :func:`seal` / :func:`open_packet`, auth/protocol.py's functions of the same names
 with these primitives. Packets are at most 130 bytes: pure Python costs ~0.3 ms a packet.
 
@@ -22,13 +23,11 @@ pycryptodome and ``cryptography``.
 Timing: Python integers are not constant-time. The client seals its own packets and
 verifies answers with a key only it and the server hold; a forged answer is dropped
 without any reply, so nothing on the network can time the verification. The tag is
-still compared with :func:`hmac.compare_digest`.
+still compared with :func:`hmac.compare_digest` (imported from where hmac gets it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 import unicodedata
 
@@ -42,8 +41,20 @@ from auth.keys import (
     SCRYPT_SALT_PREFIX,
     KeyError_,
     SessionKeys,
+    hmac_sha256,
     normalise_user_name,
 )
+
+# hmac.compare_digest is this very function (hmac.py imports it from _operator); importing it
+# from there spares knock-client the hmac module's OpenSSL (auth.keys.hmac_sha256).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from hmac import compare_digest
+else:
+    try:
+        from _operator import _compare_digest as compare_digest
+    except ImportError:  # another interpreter
+        from hmac import compare_digest
 
 _MASK = 0xFFFFFFFF
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
@@ -171,7 +182,7 @@ def xchacha20poly1305_encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: b
 def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes, tag: bytes) -> bytes:
     """The plaintext, or ValueError when the tag does not verify (nothing is decrypted then)."""
     subkey, inner_nonce, one_time_key = _xchacha_keys(key, nonce)
-    if not hmac.compare_digest(_tag(one_time_key, aad, ciphertext), tag):
+    if not compare_digest(_tag(one_time_key, aad, ciphertext), tag):
         raise ValueError("MAC check failed")
     return chacha20_xor(subkey, 1, inner_nonce, ciphertext)
 
@@ -181,17 +192,17 @@ def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
     """RFC 5869 with an empty salt (HashLen zero bytes), as pycryptodome's HKDF(secret, length, b"", SHA256)."""
-    prk = hmac.digest(bytes(32), secret, "sha256")
+    prk = hmac_sha256(bytes(32), secret)
     out, block, counter = b"", b"", 1
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        block = hmac_sha256(prk, block + info + bytes((counter,)))
         out += block
         counter += 1
     return out[:length]
 
 
 def session_keys(master: bytes) -> SessionKeys:
-    """auth.keys.SessionKeys.from_master, with hmac instead of pycryptodome's HKDF."""
+    """auth.keys.SessionKeys.from_master, with auth.keys.hmac_sha256 instead of pycryptodome's HKDF."""
     if len(master) != MASTER_KEY_LEN:
         raise KeyError_(f"master key must be {MASTER_KEY_LEN} bytes")
     return SessionKeys(
@@ -225,6 +236,8 @@ def derive_master_key(user: str, password: str) -> bytes:
 
 def scrypt_openssl(secret: bytes, salt: bytes) -> bytes:
     """The master key's scrypt with hashlib, for a client installed without pycryptodome."""
+    import hashlib  # only a password run without pycryptodome comes here
+
     return hashlib.scrypt(secret, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_SCRYPT_MAXMEM,
                           dklen=MASTER_KEY_LEN)
 

@@ -9,17 +9,28 @@ inputs; every decision stays in the session.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
-import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from auth import protocol as proto
-from auth.protocol import IPAddress
 from client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
-from client.syn import SynSender
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    from auth.protocol import IPAddress
+    from client.syn import SynSender
+else:  # typing.NamedTuple without typing's start-up (client/lean.py)
+    from client.lean import NamedTuple
+
+# Sockets come from _socket, the C module that the socket module wraps: socket.py turns every
+# constant into an enum member and imports selectors, ~1.5 ms of knock-client's start-up, and
+# adds nothing used here (its exceptions are _socket's and the builtins). client/syn.py and
+# client/app.py do the same.
 
 RECV_SIZE = 2048  # larger than any packet of ours, so an oversized one is seen whole and refused
 
@@ -33,34 +44,34 @@ class ResolveError(Exception):
 class Endpoint(NamedTuple):
     """The server as reached by our UDP socket, and the local address the kernel picked."""
 
-    sock: socket.socket
+    sock: _socket.socket
     server: IPAddress
     local: IPAddress
     peer: tuple[object, ...]  # the socket's peer address, kept for IPv6 scope ids
 
     @property
-    def family(self) -> socket.AddressFamily:
-        return socket.AF_INET if isinstance(self.server, ipaddress.IPv4Address) else socket.AF_INET6
+    def family(self) -> int:
+        return _socket.AF_INET if isinstance(self.server, ipaddress.IPv4Address) else _socket.AF_INET6
 
 
 def parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
-def connect_udp(host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> Endpoint:
+def connect_udp(host: str, port: int, family: int = _socket.AF_UNSPEC) -> Endpoint:
     """Resolve and connect. Connecting a UDP socket sends nothing; it only asks
     the routing table, which tells us our source address and whether a route exists."""
     try:
         # An ASCII name goes as bytes: a str is always run through the idna codec, whose
         # import costs start-up ~1 ms, and is unchanged by it (non-ASCII names still go as str).
         name: str | bytes = host.encode("ascii") if host.isascii() else host
-        infos = socket.getaddrinfo(name, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-    except socket.gaierror as exc:
-        wanted = {socket.AF_INET: " IPv4", socket.AF_INET6: " IPv6"}.get(family, "")
+        infos = _socket.getaddrinfo(name, port, family, _socket.SOCK_DGRAM, _socket.IPPROTO_UDP)
+    except _socket.gaierror as exc:
+        wanted = {_socket.AF_INET: " IPv4", _socket.AF_INET6: " IPv6"}.get(family, "")
         raise ResolveError(f"cannot resolve {host!r} to an{wanted} address: {exc.strerror}") from None
     errors: list[str] = []
     for af, kind, proto_num, _, sockaddr in infos:
-        sock = socket.socket(af, kind, proto_num)
+        sock = _socket.socket(af, kind, proto_num)
         try:
             sock.connect(sockaddr)
             local = sock.getsockname()
@@ -88,8 +99,13 @@ class Clock(NamedTuple):
     sleep: Callable[[float], None] = time.sleep
 
 
-def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, clock: Clock | None = None) -> Outcome:
-    """Drive one session to its end: an authentic final P3, or giving up."""
+def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, clock: Clock | None = None,
+                idle: Callable[[], object] | None = None) -> Outcome:
+    """Drive one session to its end: an authentic final P3, or giving up.
+
+    ``idle`` runs once, in the first wait (a pause of the session, or the wait for its
+    answer), which it shortens by as long as it takes: work the run needs only once the
+    exchange is over, done while the server works (--proxy loads its threads there)."""
     clock = clock or Clock()
     sock = endpoint.sock
     refused = 0
@@ -106,9 +122,19 @@ def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, cloc
                 for knock in command.knocks:
                     syn.send(endpoint.local, endpoint.server, knock.port, knock.isn)
             elif isinstance(command, Pause):
-                clock.sleep(command.seconds)
+                seconds = command.seconds
+                if idle is not None:
+                    began = clock.monotonic()
+                    idle()
+                    idle = None
+                    seconds -= clock.monotonic() - began
+                if seconds > 0:
+                    clock.sleep(seconds)
             else:
                 raise RuntimeError(f"unexpected command {command!r}")
+        if idle is not None:
+            idle()
+            idle = None
         now = clock.monotonic()
         if now >= session.wake_at:
             commands = session.on_wake(now, clock.wall_ms())
@@ -128,7 +154,7 @@ def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, cloc
         commands = session.on_datagram(packet, clock.monotonic())
 
 
-def _send(sock: socket.socket, payload: bytes) -> int:
+def _send(sock: _socket.socket, payload: bytes) -> int:
     """Send one datagram; returns how many pending ICMP port unreachables surfaced."""
     refused = 0
     for _ in range(2):

@@ -6,19 +6,27 @@ ProxyCommand starts knock-client for every connection, and ``--help`` or a usage
 error must not wait for the code that knocks. Once the options parse, client/app.py
 (the run: config, key, the exchange, --exec and --proxy) is imported and run.
 bench/client_startup.py measures the start-up, module by module.
+
+argparse parses the options, except on the commonest command lines (one option per word,
+each at most once, every value well-formed: what ssh's ProxyCommand runs), which
+:func:`quick_parse` reads without importing argparse (~5 ms with re and gettext). It
+gives up on anything else, and argparse then parses the same words: help, usage
+errors and their messages are always argparse's. tests/unit/test_client_args.py checks
+that both give the same options wherever quick_parse answers.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from client.paths import path_text
 
 # typing.TYPE_CHECKING without importing typing (a few ms); mypy treats the name alike.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
+    import argparse
+    from collections.abc import Callable
 
     from auth.protocol import IPAddress
     from client.app import Io
@@ -64,10 +72,86 @@ class UsageError(ValueError):
     pass
 
 
+class Options:
+    """The command line, parsed: argparse fills these slots (``parse_args(namespace=Options())``
+    sets every one, defaults included), or quick_parse does with the same values."""
+
+    __slots__ = ("host", "port", "user", "service", "key_file", "family", "timeout", "config", "source_ip", "nat",
+                 "quiet", "password_stdin", "key_gen", "exec_command", "proxy", "bind")
+
+    host: str | None
+    port: int | None
+    user: str | None
+    service: str | None
+    key_file: str | None  # as client/paths.py's path_text wrote it
+    family: int | None
+    timeout: float
+    config: str | None
+    source_ip: IPAddress | None
+    nat: bool | None
+    quiet: bool
+    password_stdin: bool
+    key_gen: str | None
+    exec_command: str | None
+    proxy: bool
+    bind: bool
+
+    def values(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Options) and self.values() == other.values()
+
+    def __repr__(self) -> str:
+        return "Options(" + ", ".join(f"{name}={value!r}" for name, value in self.values().items()) + ")"
+
+
 # --- arguments -------------------------------------------------------------------
+#
+# quick_parse's value checks return None for anything argparse's type function (_*_arg)
+# would refuse, and for anything they are unsure of: argparse then decides and explains.
+
+
+def _port_value(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if 1 <= value <= 65535 else None
+
+
+def _timeout_value(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= 3600 else None
+
+
+_SERVICE_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _service_value(text: str) -> str | None:
+    """SERVICE_PATTERN without re: never accepts what the pattern refuses (it can refuse what
+    the pattern accepts, a trailing newline, and argparse then decides)."""
+    return text if 1 <= len(text) <= 16 and _SERVICE_CHARACTERS.issuperset(text) else None
+
+
+def _ip_value(text: str) -> IPAddress | None:
+    import ipaddress  # only when the option is given; the knock imports it anyway
+
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+# argparse's type functions: argparse is loaded whenever they run.
 
 
 def _port_arg(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -78,6 +162,8 @@ def _port_arg(text: str) -> int:
 
 
 def _timeout_arg(text: str) -> float:
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -88,6 +174,7 @@ def _timeout_arg(text: str) -> float:
 
 
 def _service_arg(text: str) -> str:
+    import argparse
     import re  # already loaded by argparse
 
     if not re.match(SERVICE_PATTERN, text):
@@ -96,18 +183,16 @@ def _service_arg(text: str) -> str:
 
 
 def _ip_arg(text: str) -> IPAddress:
-    import ipaddress  # only when the option is given, as for the other option types
+    import argparse
 
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    value = _ip_value(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return value
 
 
-def _path_arg(text: str) -> Path:
-    from pathlib import Path  # pathlib costs --help a few ms; it is imported only for a path given
-
-    return Path(text)
+def _path_arg(text: str) -> str:
+    return path_text(text)
 
 
 def _terminal_columns() -> int:
@@ -127,17 +212,18 @@ def _terminal_columns() -> int:
     return size.columns or 80
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's formatter at the width argparse would choose. argparse makes one per
-    add_argument() and, given no width, imports shutil for it: ~2 ms of every start."""
-
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         _terminal_columns() - 2 if width is None else width)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's formatter at the width argparse would choose. argparse makes one per
+        add_argument() and, given no width, imports shutil for it: ~2 ms of every start."""
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: int | None = None) -> None:
+            super().__init__(prog, indent_increment, max_help_position,
+                             _terminal_columns() - 2 if width is None else width)
+
     parser = argparse.ArgumentParser(
         prog=PROG, epilog=EPILOG, formatter_class=_Formatter,
         description="Knock at a dynknock server: declare three random SYN knocks in an encrypted UDP packet, "
@@ -189,10 +275,70 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# quick_parse: option word -> (slot, value) for the switches, (slot, value check) for the
+# options taking the next word. The mutually exclusive groups, each member by its slot and value.
+_SWITCHES: dict[str, tuple[str, object]] = {
+    "-q": ("quiet", True), "--quiet": ("quiet", True), "--proxy": ("proxy", True),
+    "--bind": ("bind", True),
+    "--password-stdin": ("password_stdin", True), "--nat": ("nat", True), "-4": ("family", 4), "-6": ("family", 6)}
+_VALUED: dict[str, tuple[str, Callable[[str], object]]] = {
+    "-p": ("port", _port_value), "--port": ("port", _port_value), "-u": ("user", str), "--user": ("user", str),
+    "-s": ("service", _service_value), "--service": ("service", _service_value),
+    "-k": ("key_file", _path_arg), "--key-file": ("key_file", _path_arg), "--timeout": ("timeout", _timeout_value),
+    "-c": ("config", _path_arg), "--config": ("config", _path_arg), "--source-ip": ("source_ip", _ip_value),
+    "--key-gen": ("key_gen", _path_arg), "--exec": ("exec_command", str)}
+_EXCLUSIVE = (("-4", "-6"), ("--source-ip", "--nat"), ("--exec", "--proxy"))
+_DEFAULTS: dict[str, object] = {name: None for name in Options.__slots__} | {
+    "timeout": 5.0, "quiet": False, "password_stdin": False, "proxy": False, "bind": False}
+
+
+def quick_parse(argv: list[str]) -> Options | None:
+    """The options argparse would give for ``argv``, or None where argparse must decide.
+
+    Answers only for words argparse reads one way: every option spelled in full and given at
+    most once (no abbreviations, ``--opt=value``, ``-kPATH``, ``--``), its value the next word,
+    well-formed and not starting with "-", at most one HOST, no two options of a mutually
+    exclusive group, no -h."""
+    values = dict(_DEFAULTS)
+    seen: set[str] = set()
+    host_seen = False
+    words = iter(argv)
+    for word in words:
+        if word in seen:
+            return None
+        if word in _SWITCHES:
+            slot, value = _SWITCHES[word]
+        elif word in _VALUED:
+            slot, check = _VALUED[word]
+            text = next(words, "-")
+            value = None if text.startswith("-") else check(text)
+            if value is None:
+                return None
+        elif word.startswith("-") or host_seen:
+            return None
+        else:
+            slot, value, host_seen = "host", word, True
+        seen.add(word)
+        values[slot] = value
+    if any(a in seen and b in seen for a, b in _EXCLUSIVE):
+        return None
+    options = Options()
+    for slot, value in values.items():
+        setattr(options, slot, value)
+    return options
+
+
+def parse_options(argv: list[str]) -> Options:
+    """quick_parse, else argparse (which exits on --help and usage errors, as always)."""
+    options = quick_parse(argv)
+    if options is None:
+        options = build_parser().parse_args(argv, namespace=Options())
+    return options
+
+
 def run(argv: list[str], io: Io | None = None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_options(argv)
     except SystemExit as exc:  # argparse already printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     from client import app  # the knocking code, once there is something to knock with

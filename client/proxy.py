@@ -9,8 +9,8 @@ sending long before the server has finished answering.
 
 from __future__ import annotations
 
+import _socket  # not socket: see client/knock.py
 import os
-import socket
 import threading
 
 CHUNK = 65536
@@ -23,7 +23,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _upstream(sock: socket.socket, in_fd: int) -> None:
+def _upstream(sock: _socket.socket, in_fd: int) -> None:
     try:
         while data := os.read(in_fd, CHUNK):
             sock.sendall(data)
@@ -31,12 +31,12 @@ def _upstream(sock: socket.socket, in_fd: int) -> None:
         pass  # the socket is gone; the downstream side will notice and end the run
     finally:
         try:
-            sock.shutdown(socket.SHUT_WR)  # EOF on stdin -> FIN to the server, reading goes on
+            sock.shutdown(_socket.SHUT_WR)  # EOF on stdin -> FIN to the server, reading goes on
         except OSError:
             pass
 
 
-def pipe(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> int:
+def pipe(sock: _socket.socket, in_fd: int = 0, out_fd: int = 1) -> int:
     """Copy in_fd -> sock and sock -> out_fd until the server ends the connection.
 
     Returns 0 when the server closed cleanly, 1 when the connection broke. The
@@ -56,7 +56,7 @@ def pipe(sock: socket.socket, in_fd: int = 0, out_fd: int = 1) -> int:
         # shutdown, not close: the upstream thread may still be inside sendall,
         # and closing a descriptor under another thread invites its reuse.
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
     return 0

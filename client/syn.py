@@ -15,13 +15,20 @@ without root.
 
 from __future__ import annotations
 
+import _socket  # not socket: see client/knock.py
 import ipaddress
-import secrets
-import socket
 import struct
-from typing import Final, Protocol
 
-from auth.protocol import IPAddress
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
+if TYPE_CHECKING:
+    import secrets
+    from typing import Final, Protocol
+
+    from auth.protocol import IPAddress
+else:  # the same without typing's and secrets' start-up (client/lean.py); SynSender is a plain base
+    from client.lean import secrets
+
+    Protocol = object
 
 # source port, destination port, sequence, acknowledgement, data offset,
 # flags, window, checksum, urgent pointer
@@ -97,9 +104,9 @@ class RawSynSender:
     """A raw TCP socket. Opening it is the privileged step, so the CLI opens it
     before sending anything: a client that cannot knock must not send a P1."""
 
-    def __init__(self, family: socket.AddressFamily) -> None:
+    def __init__(self, family: int) -> None:
         # PermissionError here means no CAP_NET_RAW; the caller explains that.
-        self._sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        self._sock = _socket.socket(family, _socket.SOCK_RAW, _socket.IPPROTO_TCP)
         self._family = family
         self._bound: IPAddress | None = None
         # A raw TCP socket also receives a copy of every incoming TCP segment (on Linux;
@@ -107,7 +114,7 @@ class RawSynSender:
         # buffer that silently fills as small as allowed. Only an optimisation: a kernel
         # that refuses the size must not stop the knock.
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            self._sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1)
         except OSError:
             pass
 
@@ -121,12 +128,12 @@ class RawSynSender:
         self._sock.sendto(segment, self._sockaddr(destination))
 
     def _sockaddr(self, address: IPAddress) -> tuple[str, int] | tuple[str, int, int, int]:
-        if self._family == socket.AF_INET:
+        if self._family == _socket.AF_INET:
             return (str(address), 0)
         assert isinstance(address, ipaddress.IPv6Address)
         # A link-local address needs its interface; Python would otherwise set scope 0.
         scope = address.scope_id or ""
-        index = int(scope) if scope.isdigit() else (socket.if_nametoindex(scope) if scope else 0)
+        index = int(scope) if scope.isdigit() else (_socket.if_nametoindex(scope) if scope else 0)
         # Port 0: for a raw IPv6 socket a nonzero "port" is read as a protocol number.
         return (str(ipaddress.IPv6Address(address.packed)), 0, 0, index)
 

@@ -11,6 +11,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from client.app import Io, Settings, resolve_settings
 from client.main import (
@@ -21,6 +24,7 @@ from client.main import (
     RAW_SOCKET_ADVICE,
     UsageError,
     build_parser,
+    quick_parse,
     run,
 )
 from client.syn import SynSender
@@ -57,7 +61,7 @@ def test_all_options(empty_config: list[str], tmp_path: Path) -> None:
     s = settings(["h", *empty_config, "-p", "1001", "-u", "bob", "-s", "web", "-k", "~/x.key", "-6",
                   "--timeout", "2.5", "--source-ip", "10.0.0.3", "-q", "--exec", "ssh -p {port} '{host}'"])
     assert (s.port, s.user, s.service, s.family, s.timeout) == (1001, "bob", "web", 6, 2.5)
-    assert s.key_file == Path("~/x.key").expanduser()
+    assert s.key_file == str(Path("~/x.key").expanduser())  # kept as pathlib prints it (client/paths.py)
     assert s.source_ip == ipaddress.IPv4Address("10.0.0.3") and not s.nat
     assert s.quiet and s.exec_argv == ("ssh", "-p", "{port}", "{host}")
     assert settings(["h", *empty_config, "--nat", "--proxy"]).nat is True
@@ -122,9 +126,9 @@ def test_stanza_fills_in_and_command_line_overrides(tmp_path: Path) -> None:
     cfg = no_config(tmp_path)
     s = settings(["home", *cfg])
     assert (s.host, s.port, s.user, s.service, s.family, s.nat, s.key_file) == (
-        "127.0.0.1", 4444, "carol", "git", 4, True, Path("/etc/home.key"))
+        "127.0.0.1", 4444, "carol", "git", 4, True, "/etc/home.key")
     s = settings(["home", *cfg, "-p", "5555", "-u", "dave", "-s", "ssh", "-6", "--source-ip", "::1", "-k", "/k"])
-    assert (s.port, s.user, s.service, s.family, s.key_file) == (5555, "dave", "ssh", 6, Path("/k"))
+    assert (s.port, s.user, s.service, s.family, s.key_file) == (5555, "dave", "ssh", 6, "/k")
     # --source-ip on the command line replaces the stanza's nat = true, not adds to it.
     assert s.source_ip == ipaddress.IPv6Address("::1") and s.nat is False
     # A HOST that names no stanza is a host.
@@ -208,3 +212,57 @@ def test_no_raw_socket_exits_5_before_sending_anything(empty_config: list[str]) 
         assert asked == []  # not even the password was asked for
         with pytest.raises(TimeoutError):
             server.recv(2048)  # and no P1 left
+
+
+# --- quick_parse: argparse's answer, or none --------------------------------------------------
+
+WORDS = ["gw", "h2", "", "-", "--", "-q", "--quiet", "--proxy", "--password-stdin", "--nat", "-4", "-6", "-p", "--port",
+         "-u", "--user", "-s", "--service", "-k", "--key-file", "--timeout", "-c", "--config", "--source-ip",
+         "--key-gen", "--exec", "-h", "--help", "--prox", "--port=22", "-k/x", "-qk", "22", "0", "70000", "-5",
+         "2.5", "nan", "0", "3601", "ssh", "SSH", "ssh\n", "a" * 17, "a b", "~/k.key", "./a//b/", "198.18.0.1",
+         "::1", "1.2.3", "ssh -p {port} {host}", "é"]
+
+
+def _argparse(argv: list[str]) -> object:
+    """argparse's options for argv, or the exit status it gave."""
+    import contextlib
+
+    from client.main import Options
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return build_parser().parse_args(argv, namespace=Options())
+    except SystemExit as exc:
+        return exc.code
+
+
+@hypothesis_settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(WORDS), max_size=8))
+@example(["--proxy", "-q", "-k", "~/.config/dynknock/myserver.key", "gw"])
+@example(["-k", "k", "gw", "extra"])
+@example(["-4", "-6", "gw"])
+@example(["gw", "--exec", "ssh", "--proxy"])
+@example(["--source-ip", "::1", "--nat", "gw"])
+@example(["-s", "ssh\n", "gw"])
+def test_quick_parse_gives_argparse_options_or_nothing(argv: list[str]) -> None:
+    quick = quick_parse(argv)
+    slow = _argparse(argv)
+    if quick is not None:
+        assert quick == slow, argv
+
+
+@pytest.mark.parametrize("argv", [
+    ["--proxy", "-k", "~/.config/dynknock/myserver.key", "myserver"],
+    ["--proxy", "-q", "--timeout", "5", "-s", "bench", "-k", "/tmp/u1.key", "198.18.0.1"],
+    ["gw.example.org", "-u", "alice", "--exec", "ssh -p {port} {host}"],
+    ["-p", "62201", "-4", "--nat", "gw"],
+    ["--key-gen", "~/new.key"],
+])
+def test_quick_parse_answers_the_common_command_lines(argv: list[str]) -> None:
+    assert quick_parse(argv) is not None
+    assert quick_parse(argv) == _argparse(argv)
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["--help"], ["--prox", "gw"], ["-p", "0", "gw"], ["gw", "h2"], []])
+def test_quick_parse_leaves_help_errors_and_abbreviations_to_argparse(argv: list[str]) -> None:
+    assert quick_parse(argv) is None or argv == []

@@ -40,7 +40,7 @@ def test_good_stanzas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stanzas = load_config(write(tmp_path, GOOD), required=True)
     assert stanzas["home"] == ServerStanza(
         name="home", host="gw.example.org", port=4444, user="alice", service="ssh-alt",
-        key_file=tmp_path / "keys/home.key", family=6, nat=False,
+        key_file=str(tmp_path / "keys/home.key"), family=6, nat=False,
         source_ip=ipaddress.IPv6Address("2001:db8::7"))
     # Unset keys stay None so the command line and the defaults can fill them.
     assert stanzas["work"] == ServerStanza(name="work", family=4, nat=True)

@@ -390,6 +390,32 @@ def test_junk_is_ignored_and_counted(key_file: Path) -> None:
     assert outcome.ignored == {"bad_size": 1, "bad_tag": 1, "other_request": 1}
 
 
+def test_idle_work_runs_once_in_the_knock_gap_and_shortens_it(key_file: Path) -> None:
+    # --proxy loads its threads while the server works (client/app.py _prepare_door): the work
+    # runs once, in the first pause (the gap between P1 and the SYNs), which it shortens.
+    from client.knock import Clock
+
+    sleeps: list[float] = []
+    calls: list[int] = []
+
+    def idle() -> None:
+        calls.append(len(sleeps))
+        time.sleep(0.002)
+
+    with FakeServer(alice()) as server:
+        endpoint = connect_udp("127.0.0.1", server.port)
+        try:
+            session = ClientSession(KEYS, new_request("ssh", endpoint.local), Timing(timeout_s=3))
+            outcome = run_session(session, endpoint, FakeSynSender(server), Clock(sleep=sleeps.append), idle=idle)
+        finally:
+            endpoint.sock.close()
+    assert outcome.answer is not None and outcome.answer.status is Status.OPEN
+    gap = Timing().knock_gap_s
+    assert calls == [0]  # once, before any sleep
+    if gap > 0:
+        assert sleeps and sleeps[0] <= gap - 0.0015  # the gap less the idle work's time
+
+
 def test_silence_exits_3_and_explains(key_file: Path, config_args: list[str]) -> None:
     with FakeServer(alice(), silent=True) as server:
         started = time.monotonic()

@@ -182,6 +182,8 @@ def test_raw_sender_opens_when_the_kernel_refuses_the_tiny_receive_buffer(monkey
         def close(self) -> None:
             self.closed = True
 
-    monkeypatch.setattr(socket, "socket", RefusingSocket)
+    import _socket  # what client/syn.py opens its socket with
+
+    monkeypatch.setattr(_socket, "socket", RefusingSocket)
     sender = RawSynSender(socket.AF_INET)
     sender.close()
