@@ -246,6 +246,28 @@ def machine_info() -> dict[str, str]:
 # --- the tap: heartbeats and door events -------------------------------------------------------
 
 
+STEP_TOPICS = ("auth.request.received", "auth.knock.complete", "auth.door.opened")
+
+
+def request_steps(steps: list[tuple[float, str, str]], prefix: str) -> dict[str, list[float]]:
+    """Per client address starting with prefix, from auth's events: ms from its first P1 read to its
+    knocks complete, and from knocks complete to the door opened (gate's confirmation)."""
+    first: dict[str, float] = {}
+    complete: dict[str, float] = {}
+    opened: dict[str, float] = {}
+    for when, topic, client in steps:
+        if not client.startswith(prefix):
+            continue
+        if topic == "auth.request.received":
+            first.setdefault(client, when)
+        elif topic == "auth.knock.complete":
+            complete[client] = when
+        else:
+            opened[client] = when
+    return {"p1_to_knocks_ms": [(complete[c] - first[c]) * 1000 for c in complete if c in first],
+            "knocks_to_open_ms": [(opened[c] - complete[c]) * 1000 for c in opened if c in complete]}
+
+
 class TapRecorder:
     """Keeps each stage's latest heartbeat and every auth.door.opened, from knock-bus's tap."""
 
@@ -254,6 +276,8 @@ class TapRecorder:
         self.alive: dict[str, dict[str, Any]] = {}
         self.alive_at: dict[str, float] = {}
         self.opened: list[tuple[float, dict[str, Any]]] = []
+        # (publisher's wall time, topic, client) of each request's steps: where a knock's time goes
+        self.steps: list[tuple[float, str, str]] = []
         self.topics: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -271,7 +295,8 @@ class TapRecorder:
         sub = context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 200_000)
-        for prefix in (b"capture.alive", b"auth.alive", b"relay.alive", b"gate.alive", b"auth.door.opened"):
+        for prefix in (b"capture.alive", b"auth.alive", b"relay.alive", b"gate.alive", b"auth.door.opened",
+                       b"auth.request.received", b"auth.knock.complete"):
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         sub.connect(self.endpoint)
         try:
@@ -290,6 +315,8 @@ class TapRecorder:
                         self.alive_at[event.stage] = time.monotonic()
                     elif event.topic == "auth.door.opened":
                         self.opened.append((time.monotonic(), dict(event.fields)))
+                    if event.topic in STEP_TOPICS:
+                        self.steps.append((event.time, event.topic, str(event.fields.get("client", ""))))
         finally:
             context.destroy(0)
 
@@ -639,7 +666,8 @@ class Bench:
                                  "machine_total_s": (machine1[1] - machine0[1]) / CLK_TCK,
                                  "server_side_ms": [f["latency_ms"] for f in self.tap.opened_since(since)
                                                     if str(f.get("client", "")).startswith("198.19.")]
-                                 if self.tap else []}
+                                 if self.tap else [],
+                                 "steps": request_steps(list(self.tap.steps), "198.19.") if self.tap else {}}
 
     # -- 5. micro -------------------------------------------------------------------------------------
 
@@ -976,6 +1004,11 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
             f"Server side (auth's P1 to door opened, `auth.door.opened` latency_ms, {len(server)} doors): "
             f"p50 {fmt(pct(server, 50))} ms, p99 {fmt(pct(server, 99))} ms, "
             f"max {fmt(max(server, default=float('nan')))} ms.")
+        for key, label in (("p1_to_knocks_ms", "auth's P1 to its knocks complete"),
+                           ("knocks_to_open_ms", "knocks complete to door confirmed")):
+            values = scale.get("steps", {}).get(key, [])
+            if values:
+                add(f"{label}: p50 {fmt(pct(values, 50))} ms, p99 {fmt(pct(values, 99))} ms ({len(values)}).")
         add("")
         add(f"Doors open at once afterwards: {scale['nft_doors']} elements for 198.19.0.0/16 in the nftables set, "
             f"{scale['auth_doors']} in auth's door table (window {sizes.window_s} s).")
