@@ -315,13 +315,24 @@ def cmd_status(args: argparse.Namespace, io: Io) -> int:
     return EXIT_OK if "auth" in summary.alive else EXIT_FAILURE
 
 
+def _gateway_argument(text: str) -> str:
+    from dynknock.config import gateway_name
+
+    try:
+        return gateway_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"gateway name {text!r}: {exc}") from None
+
+
 def cmd_bus_keys(args: argparse.Namespace, io: Io) -> int:
     from dynknock.transport import make_keys
 
     if args.directory.exists() and any(args.directory.iterdir()):
         raise AdminError(f"{args.directory} is not empty; refusing to overwrite keys")
-    for secret in make_keys(args.directory):
-        print(f"made {secret} (copy to the host of stage {secret.name.split('.')[0]})", file=io.stdout)
+    for secret in make_keys(args.directory, tuple(args.gateway)):
+        role, _, gateway = secret.name.removesuffix(".key_secret").partition("@")
+        where = f"gateway {gateway}'s {role}" if gateway else f"stage {role}"
+        print(f"made {secret} (copy to the host of {where})", file=io.stdout)
     print(f"public keys of all stages: {args.directory / 'public'} (copy to every host)", file=io.stdout)
     return EXIT_OK
 
@@ -378,6 +389,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
 
     keys = commands.add_parser("bus-keys", help="make CURVE keys for a bus over tcp (stages on several hosts)")
     keys.add_argument("directory", type=Path, metavar="DIR", help="new or empty directory (bus.curve_dir)")
+    keys.add_argument("--gateway", action="append", default=[], type=_gateway_argument, metavar="NAME",
+                      help="a fleet: also keys of its own for this gateway's capture, gate and relay "
+                           "(capture@NAME...; repeat for each gateway)")
     keys.set_defaults(handler=cmd_bus_keys)
     return parser, commands
 

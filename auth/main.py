@@ -42,7 +42,7 @@ from dynknock.stage import (
     prepare_bus,
     setup_logging,
 )
-from dynknock.transport import Transport, TransportError
+from dynknock.transport import Transport, TransportError, gateway_key_name, key_gateway
 
 TICK_S = 0.2
 # How long a P2 that came before its knocks waits for them (the client's SYN echo follows it by 5 ms)
@@ -159,13 +159,18 @@ class AuthShell:
                 # IMMEDIATE: never queue a door command for a stage that is not
                 # connected; the send fails now and the door fails closed.
                 sock.setsockopt(zmq.IMMEDIATE, 1)
-                if url:
-                    transport.connect_url(sock, url, stage)
+                if url:  # a fleet's gateway: its gate or relay must answer with that gateway's own key
+                    transport.connect_url(sock, url, gateway_key_name(stage, gateway))
                 else:
                     transport.connect(sock, stage)
                 self.door_stages[(gateway, stage)] = sock
         # Which gateway an address belongs to: a capture may only report packets sent to its own.
         self.gateway_of = {address: g.name for g in config.gateways.values() for address in g.addresses}
+        # A fleet: which gateway each capture key speaks for (z85 key, ZeroMQ's User-Id -> gateway).
+        self.key_gateway = {key: key_gateway(name) for key, name in transport.peer_names().items()} \
+            if config.fleet else {}
+        # Packets a fleet's auth refused for the gateway they claim (heartbeat: gateway_refusals).
+        self.gateway_refusals: Counter[str] = Counter()
         # A dropped connection means the stage died or restarted (a restarted relay has lost
         # its listeners): the engine must stop counting on the doors that stage confirmed.
         self.door_monitors: dict[zmq.Socket[Any], tuple[str, str]] = {
@@ -281,7 +286,8 @@ class AuthShell:
 
     # --- inputs ----------------------------------------------------------------
 
-    def on_packet(self, frame: bytes) -> None:
+    def on_packet(self, frame: bytes, sender_key: str = "") -> None:
+        """`sender_key`: in a fleet, the z85 key of the capture that pushed the frame."""
         try:
             message = bus.decode(frame)
         except bus.BadMessage as exc:
@@ -289,16 +295,24 @@ class AuthShell:
             return
         now = now_ms()
         # One host: one implicit gateway, whatever capture calls it. A fleet: the gateway named must be one
-        # of ours, and a datagram must have been sent to one of its addresses (its door opens there).
+        # of ours, the one whose capture key pushed it, and a datagram must have been sent to one of its
+        # addresses (its door opens there).
         gateway = message.gateway if self.config.fleet and isinstance(message, bus.Datagram | bus.Syn) else ""
         if self.config.fleet and gateway not in self.config.gateways:
+            self.gateway_refusals["unknown_gateway"] += 1
             self.log_rejection("Dropped a packet from unknown gateway %r (not in [gateways] of %s)", gateway,
                                self.config.path)
+            return
+        if self.config.fleet and self.key_gateway.get(sender_key) != gateway:
+            self.gateway_refusals["other_gateways_key"] += 1
+            self.log_rejection("Dropped a packet claiming gateway %s from the capture key of gateway %r", gateway,
+                               self.key_gateway.get(sender_key, "unknown"))
             return
         try:
             if isinstance(message, bus.Datagram):
                 if self.config.fleet and self.gateway_of.get(str(ipaddress.ip_address(message.destination))) \
                         != gateway:
+                    self.gateway_refusals["not_its_address"] += 1
                     self.log_rejection("Dropped a datagram to %s reported by gateway %s, whose address it is not",
                                        message.destination, gateway)
                     return
@@ -392,6 +406,11 @@ class AuthShell:
                 # door results (or the other way round).
                 for _ in range(1000):
                     try:
+                        if sock is self.packets and self.config.fleet:
+                            # The key behind the frame (its User-Id): which gateway's capture sent it.
+                            zframe = sock.recv(zmq.NOBLOCK, copy=False)
+                            self.on_packet(zframe.bytes, str(zframe.get("User-Id")))
+                            continue
                         frame = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
@@ -414,6 +433,7 @@ class AuthShell:
                 if self.events.heartbeat_due():  # the door list is built only when it is sent
                     self.events.alive(rejections=dict(self.engine.rejections),
                                       unmatched_syns=self.engine.unmatched_syns,
+                                      gateway_refusals=dict(self.gateway_refusals),
                                       doors=self.engine.open_doors())
             if now >= next_filter:
                 next_filter = now + FILTER_REFRESH_S

@@ -164,6 +164,11 @@ def _gateway_name(v: Any) -> str:
     return name
 
 
+def gateway_name(text: str) -> str:
+    """A gateway name as [gateways.NAME] and server.gateway take it; ValueError says why not."""
+    return _gateway_name(text or "-")
+
+
 def _default_gateway() -> str:
     host = socket.gethostname().split(".")[0].lower()
     return host if host and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in host) else "local"
@@ -362,7 +367,7 @@ def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:
     for name, entry in raw.items():
         where = f"{path}: gateways.{name}"
         try:
-            _gateway_name(name or "-")
+            gateway_name(name)
             if not name:
                 raise ValueError("must not be empty")
         except ValueError as exc:

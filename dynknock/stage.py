@@ -21,7 +21,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.config import Config, ConfigError, config_path, load
-from dynknock.transport import Transport, TransportError, refusals
+from dynknock.transport import GATEWAY_ROLES, Transport, TransportError, gateway_key_name, refusals
 
 
 def setup_logging(stage: str) -> logging.Logger:
@@ -152,8 +152,19 @@ def set_no_new_privs() -> None:
 def transport_for(config: Config, stage: str) -> Transport:
     """ipc endpoints in bus.runtime_dir, or the configured tcp endpoints with CURVE."""
     if config.bus_transport == "tcp":
-        return Transport(bus.Endpoints(**config.tcp_endpoints), stage, config.curve_dir)
+        return Transport(bus.Endpoints(**config.tcp_endpoints), stage, config.curve_dir, own_key_name(config, stage))
     return Transport(bus.Endpoints.in_directory(config.runtime_dir), stage)
+
+
+def own_key_name(config: Config, stage: str) -> str:
+    """A gateway stage of a fleet uses its gateway's own key (`capture@gw-a`) when the host has
+    it, so that auth can tell the gateways apart; else the role's shared key, as on one host
+    (a fleet's auth refuses that key: the stage's handshake fails and auth logs why)."""
+    if stage in GATEWAY_ROLES:
+        name = gateway_key_name(stage, config.gateway)
+        if (config.curve_dir / f"{name}.key_secret").exists():
+            return name
+    return ""
 
 
 def prepare_bus(config: Config, stage: str, context: zmq.Context[Any]) -> Transport:
@@ -163,7 +174,7 @@ def prepare_bus(config: Config, stage: str, context: zmq.Context[Any]) -> Transp
         if config.bus_transport == "ipc":
             bus.ensure_runtime_dir(config.runtime_dir, config.path)
         else:
-            transport.start_authenticator(context)
+            transport.start_authenticator(context, fleet=config.fleet)
     except (bus.RuntimeDirError, TransportError) as exc:
         print(f"knock-{stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -15,6 +15,12 @@ the architecture gives it (:data:`PEERS`), so the tap key of a monitoring host
 cannot command the gate, nor the capture key read pending knocks. Each socket has
 its own ZAP domain, named after its endpoint; a handshake with any other key is
 refused, counted (:func:`refusals`, in the stage's heartbeat) and logged.
+
+In a fleet each gateway's stages hold keys of their own (``capture@gw-a``, made by
+``knock-admin bus-keys DIR --gateway gw-a``): a key admits as its role, and auth reads
+the key behind every packet (ZeroMQ's User-Id, the z85 public key) so that gateway B's
+capture key cannot report packets as gateway A's, and auth checks each gateway's gate
+and relay by that gateway's own key.
 """
 
 from __future__ import annotations
@@ -35,6 +41,22 @@ from dynknock.bus import Endpoints
 # Which stage binds each endpoint (so a client knows whose public key to expect).
 OWNER = {"packets": "auth", "knock_filter": "auth", "gate": "gate", "relay": "relay", "events": "bus", "tap": "bus"}
 KEY_NAMES = ("auth", "gate", "relay", "bus", "capture", "tap")
+GATEWAY_ROLES = ("capture", "gate", "relay")  # the stages that run on a fleet's gateway hosts
+
+
+def gateway_key_name(role: str, gateway: str) -> str:
+    """The key of a gateway stage of a fleet: `capture@gw-a`."""
+    return f"{role}@{gateway}"
+
+
+def key_role(name: str) -> str:
+    """What a key admits as: `capture@gw-a` as capture."""
+    return name.partition("@")[0]
+
+
+def key_gateway(name: str) -> str:
+    """The gateway a key belongs to: "" for a role's shared key (one host)."""
+    return name.partition("@")[2]
 # Which keys each bound socket admits: its peers in the architecture and no one else.
 # Packets come only from capture, which alone may read the knock filter (pending knocks
 # and hints); door commands only from auth; events only from the stages; the tap (read
@@ -90,10 +112,15 @@ class Transport:
     endpoints: Endpoints
     stage: str
     curve_dir: Path | None = None  # None: ipc, the directory's permissions protect it
+    key_name: str = ""  # our own key, if not the stage's: a fleet gateway's `capture@gw-a`
+
+    @property
+    def own_key(self) -> str:
+        return self.key_name or self.stage
 
     def _keys(self, name: str) -> tuple[bytes, bytes | None]:
         assert self.curve_dir is not None
-        path = self.curve_dir / (f"{name}.key_secret" if name == self.stage else f"public/{name}.key")
+        path = self.curve_dir / (f"{name}.key_secret" if name == self.own_key else f"public/{name}.key")
         try:
             public, secret = zmq.auth.load_certificate(path)
         except (OSError, ValueError) as exc:
@@ -105,7 +132,7 @@ class Transport:
         if self.curve_dir is not None:
             if OWNER[endpoint_name] != self.stage:
                 raise TransportError(f"the {self.stage} stage cannot bind the {endpoint_name} endpoint")
-            public, secret = self._keys(self.stage)
+            public, secret = self._keys(self.own_key)
             assert secret is not None
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_server = True
@@ -115,7 +142,7 @@ class Transport:
 
     def connect(self, sock: zmq.Socket[Any], endpoint_name: str) -> None:
         if self.curve_dir is not None:
-            public, secret = self._keys(self.stage)
+            public, secret = self._keys(self.own_key)
             assert secret is not None
             server_public, _ = self._keys(OWNER[endpoint_name])
             sock.curve_publickey, sock.curve_secretkey = public, secret
@@ -124,37 +151,52 @@ class Transport:
 
     def connect_url(self, sock: zmq.Socket[Any], url: str, owner: str) -> None:
         """Connect to an endpoint not in our table (a fleet's auth reaches each gateway's gate and
-        relay by its own url), expecting the key of stage `owner` to answer."""
+        relay by its own url), expecting the key named `owner` (`gate@gw-a`) to answer."""
         if self.curve_dir is not None:
-            public, secret = self._keys(self.stage)
+            public, secret = self._keys(self.own_key)
             assert secret is not None
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_serverkey = self._keys(owner)[0]
         sock.connect(url)
 
-    def start_authenticator(self, context: zmq.Context[Any]) -> ThreadAuthenticator | None:
-        """For stages that bind: each socket of ours admits only the keys of its own peers."""
+    def peer_names(self) -> dict[str, str]:
+        """Every key we know, z85 public key (ZeroMQ's User-Id of a CURVE peer) -> its name: the
+        roles' keys and each gateway's own keys found in curve_dir/public."""
+        assert self.curve_dir is not None
+        names = [name for name in KEY_NAMES if name != self.own_key]
+        names += sorted(path.name.removesuffix(".key") for path in (self.curve_dir / "public").glob("*@*.key")
+                        if key_role(path.name) in GATEWAY_ROLES)
+        known = {self._keys(name)[0].decode("ascii"): name for name in names if name != self.own_key}
+        known[self._keys(self.own_key)[0].decode("ascii")] = self.own_key
+        return known
+
+    def start_authenticator(self, context: zmq.Context[Any], fleet: bool = False) -> ThreadAuthenticator | None:
+        """For stages that bind: each socket of ours admits only the keys of its own peers (a
+        gateway's own key as its role). `fleet`: a gateway stage only by its gateway's own key,
+        never by the role's shared one, which would not say which gateway it speaks for."""
         if self.curve_dir is None:
             return None
-        known = {self._keys(name)[0]: name for name in KEY_NAMES if name != self.stage}
-        known[self._keys(self.stage)[0]] = self.stage
+        known = {key.encode("ascii"): name for key, name in self.peer_names().items()}
         authenticator = ThreadAuthenticator(context)
         authenticator.start()
         for endpoint, owner in OWNER.items():
             if owner != self.stage:
                 continue
-            admitted = {key: name for key, name in known.items() if name in PEERS[endpoint]}
+            admitted = {key: name for key, name in known.items() if key_role(name) in PEERS[endpoint]
+                        and not (fleet and name in GATEWAY_ROLES)}
             authenticator.configure_curve_callback(domain=endpoint,
                                                    credentials_provider=_SocketPeers(endpoint, admitted, known))
         return authenticator
 
 
-def make_keys(directory: Path) -> list[Path]:
-    """One CURVE key pair per stage; secret files 0600, public ones collected in public/."""
+def make_keys(directory: Path, gateways: tuple[str, ...] = ()) -> list[Path]:
+    """One CURVE key pair per stage, and per gateway stage of each fleet gateway named; secret
+    files 0600, public ones collected in public/."""
     public_dir = directory / "public"
     public_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    for name in KEY_NAMES:
+    names = [*KEY_NAMES, *(gateway_key_name(role, g) for g in gateways for role in GATEWAY_ROLES)]
+    for name in names:
         public_file, secret_file = zmq.auth.create_certificates(directory, name)
         Path(secret_file).chmod(0o600)
         Path(public_file).replace(public_dir / f"{name}.key")

@@ -11,7 +11,11 @@ from examples/fleet/. The client knocks with protocol v2 (--bind).
    gw-b, from alice's address: nothing opens at gw-b;
 3. the bus link of gw-b is cut (an nft drop on its bus ports): gw-a still opens doors, gw-b
    opens nothing (fail closed); the link returns and gw-b opens doors again;
-4. gw-b's gate is SIGKILLed: gw-a goes on working; gw-b recovers when supervisord restarts it.
+4. gw-b's capture, gate and relay are SIGKILLed in turn: gw-a goes on working; gw-b recovers
+   when supervisord restarts each.
+
+Each gateway holds only its own bus keys (capture@gw-a ...; tests/stage/test_bus_peers_stage.py
+shows that one gateway's key cannot speak for another).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pytest
 
 from dynknock.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
 from dynknock.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
+from dynknock.transport import GATEWAY_ROLES, gateway_key_name
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +46,6 @@ AUTH_HOST = ("authh", "198.18.0.21", "2001:db8:d::21")
 GATEWAY_B = ("gwb", "198.18.0.11", "2001:db8:d::11")
 PORTS = {"packets": 7301, "knock_filter": 7302, "gate": 7303, "relay": 7304, "events": 7305, "tap": 7306}
 AUTH_KEYS = ("auth", "bus", "tap")  # the secret keys the auth host holds
-GATEWAY_KEYS = ("capture", "gate", "relay")  # ... and each gateway
 CONTROL_PORT = 62201
 
 
@@ -179,11 +183,14 @@ def test_fleet_of_two_gateways_served_by_one_auth_host() -> None:
             service = pwd.getpwnam(SERVICE_USER)
             os.chown(run_dir, service.pw_uid, service.pw_gid)
         all_keys = workdir / "curve-all"
-        made = subprocess.run([str(VENV_BIN / "knock-admin"), "bus-keys", str(all_keys)], capture_output=True,
-                              text=True)
+        made = subprocess.run([str(VENV_BIN / "knock-admin"), "bus-keys", str(all_keys), "--gateway", "gw-a",
+                               "--gateway", "gw-b"], capture_output=True, text=True)
         assert made.returncode == 0, made.stderr
         auth_curve = role_keys(all_keys, workdir / "curve-auth", AUTH_KEYS)
-        gateway_curve = role_keys(all_keys, workdir / "curve-gateway", GATEWAY_KEYS)
+        # Each gateway holds only its own keys (capture@gw-a, gate@gw-a, relay@gw-a): auth tells them apart.
+        gateway_curve = {name: role_keys(all_keys, workdir / f"curve-{name}",
+                                         tuple(gateway_key_name(role, name) for role in GATEWAY_ROLES))
+                         for name in ("gw-a", "gw-b")}
         auth_config = workdir / "auth.toml"
         write_host_config(auth_config, workdir, auth, auth_curve, endpoints(auth, gw_a), extra=f"""
 [gateways.gw-a]
@@ -199,7 +206,7 @@ relay = "tcp://{gw_b.ipv4}:{PORTS['relay']}"
         configs = {}
         for name, host in (("gw-a", gw_a), ("gw-b", gw_b)):
             configs[name] = workdir / f"{name}.toml"
-            write_host_config(configs[name], workdir, host, gateway_curve, endpoints(auth, host),
+            write_host_config(configs[name], workdir, host, gateway_curve[name], endpoints(auth, host),
                               extra=f'gateway = "{name}"')
         write_users(workdir / "users.json", [LabUser("alice", password="alice-pw")])
         sshd = {name: start_sshd(lab, host, workdir / f"ssh-{name}") for name, host in (("gw-a", gw_a), ("gw-b", gw_b))}
@@ -257,16 +264,18 @@ relay = "tcp://{gw_b.ipv4}:{PORTS['relay']}"
             wait_up(lab, auth, auth_config, ("gw-a", "gw-b"), timeout_s=60)
             assert_opens(lab, sshd["gw-b"], gw_b)
 
-            # 4. A stage of gw-b killed: gw-a goes on; gw-b works again once supervisord restarted it.
-            stacks[2].kill_stage("gate")
-            assert_opens(lab, sshd["gw-a"], gw_a)
-            wait_up(lab, auth, auth_config, ("gw-a", "gw-b"), timeout_s=60)
-            deadline = time.monotonic() + 30
-            while True:  # auth learns of the new gate's connection within a heartbeat or so
-                done = knock(lab, sshd["gw-b"], gw_b)
-                if done.returncode == 0 or time.monotonic() > deadline:
-                    break
-            assert done.returncode == 0 and f"inet {gw_b.ipv4}/" in done.stdout, done.stderr
+            # 4. Each stage of gw-b killed in turn: gw-a goes on; gw-b works again once supervisord
+            #    restarted it.
+            for stage in GATEWAY_ROLES:
+                stacks[2].kill_stage(stage)
+                assert_opens(lab, sshd["gw-a"], gw_a)
+                wait_up(lab, auth, auth_config, ("gw-a", "gw-b"), timeout_s=60)
+                deadline = time.monotonic() + 30
+                while True:  # auth learns of the new stage's connection within a heartbeat or so
+                    done = knock(lab, sshd["gw-b"], gw_b)
+                    if done.returncode == 0 or time.monotonic() > deadline:
+                        break
+                assert done.returncode == 0 and f"inet {gw_b.ipv4}/" in done.stdout, (stage, done.stderr)
         finally:
             for stack in reversed(stacks):
                 stack.stop()

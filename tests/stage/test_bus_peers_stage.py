@@ -28,7 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
 from dynknock.stack import VENV_BIN, LabUser, write_users
-from dynknock.transport import KEY_NAMES, OWNER, PEERS
+from dynknock.transport import KEY_NAMES, OWNER, PEERS, gateway_key_name
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage
@@ -41,9 +41,10 @@ HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_A
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-def _keys(env: StageEnv) -> Path:
+def _keys(env: StageEnv, gateways: tuple[str, ...] = ()) -> Path:
     curve = env.workdir / "curve"
-    done = subprocess.run([str(VENV_BIN / "knock-admin"), "bus-keys", str(curve)], capture_output=True, text=True)
+    done = subprocess.run([str(VENV_BIN / "knock-admin"), "bus-keys", str(curve),
+                           *(f"--gateway={g}" for g in gateways)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     service = pwd.getpwnam("dynknock")
     for path in [curve, *curve.rglob("*")]:
@@ -170,3 +171,71 @@ def test_a_door_command_with_the_tap_key_opens_nothing(stage_env: StageEnv) -> N
     outcome, sock = _handshake(stage_env, curve, endpoints, "gate", "auth")
     sock.close(0)
     assert outcome == "admitted"
+
+
+def _serve_as(env: StageEnv, curve: Path, key_name: str, port: int) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    """A ROUTER bound at port with key_name's key, as a gateway's gate would be; and its monitor."""
+    sock: zmq.Socket[Any] = env.context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(curve / f"{key_name}.key_secret")
+    sock.curve_server = True
+    monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    return sock, monitor
+
+
+def _first_handshake(monitor: zmq.Socket[Any], timeout_s: float = 10.0) -> str:
+    if not monitor.poll(int(timeout_s * 1000)):
+        return "no handshake"
+    event = recv_monitor_message(monitor)["event"]
+    return "admitted" if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else "failed"
+
+
+def test_a_fleets_auth_tells_its_gateways_apart_by_their_keys(stage_env: StageEnv) -> None:
+    """Issue 14: each gateway's stages hold keys of their own. Gateway B's capture key cannot
+    report packets as gateway A's, the role's shared capture key (which names no gateway) is
+    refused at the handshake, and auth takes gateway A's gate only with gateway A's gate key."""
+    curve = _keys(stage_env, gateways=("gw-a", "gw-b"))
+    endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in OWNER}
+    gate_port = {"gw-a": free_port(), "gw-b": free_port()}
+    table = ", ".join(f'{k} = "{v}"' for k, v in endpoints.items())
+    fleet = "".join(f'\n[gateways.{name}]\naddresses = ["{address}"]\ngate = "tcp://127.0.0.1:{gate_port[name]}"\n'
+                    for name, address in (("gw-a", "198.18.0.1"), ("gw-b", "198.18.0.11")))
+    # gw-a's "gate" holds the role's shared gate key, gw-b's its own: auth must take only the second.
+    impostor, impostor_monitor = _serve_as(stage_env, curve, "gate", gate_port["gw-a"])
+    genuine, genuine_monitor = _serve_as(stage_env, curve, gateway_key_name("gate", "gw-b"), gate_port["gw-b"])
+    stage_env.write_config(extra_server='gateway = "auth-host"',
+                           extra_bus=f'transport = "tcp"\ncurve_dir = "{curve}"\ntcp_endpoints = {{ {table} }}\n'
+                                     + fleet)
+    write_users(stage_env.workdir / "users.json", [LabUser("alice", key=bytes(range(32)))])
+    stage_env.start("knock-bus")
+    stage_env.start("knock-auth")
+    try:
+        assert _first_handshake(genuine_monitor) == "admitted"
+        assert _first_handshake(impostor_monitor) == "failed"
+    finally:
+        for sock in (impostor, genuine):
+            sock.disable_monitor()
+            sock.close(0)
+        for monitor in (impostor_monitor, genuine_monitor):
+            monitor.close(0)
+    # The shared capture key speaks for no gateway: refused before any message.
+    outcome, sock = _handshake(stage_env, curve, endpoints, "packets", "capture")
+    sock.close(0)
+    assert outcome == "refused"
+    # Gateway B's own capture key gets in, but only as gateway B.
+    outcome, push = _handshake(stage_env, curve, endpoints, "packets", gateway_key_name("capture", "gw-b"))
+    assert outcome == "admitted"
+    payload = bytes(130)
+    push.send(bus.encode(bus.Datagram("198.18.0.50", 40000, "198.18.0.1", payload, "gw-a")))  # claims A
+    push.send(bus.encode(bus.Datagram("198.18.0.50", 40001, "198.18.0.1", payload, "gw-b")))  # A's address
+    deadline = time.monotonic() + 10
+    refused: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        refused = _alive(stage_env, curve, endpoints, "auth").get("gateway_refusals", {})
+        if sum(refused.values()) >= 2:
+            break
+    push.close(0)
+    assert refused == {"other_gateways_key": 1, "not_its_address": 1}
+    assert "Dropped a packet claiming gateway gw-a from the capture key of gateway 'gw-b'" in \
+        stage_env.log("knock-auth")
