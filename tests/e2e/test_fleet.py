@@ -61,6 +61,8 @@ interface = "{host.interface}"
 addresses = ["{host.ipv4}", "{host.ipv6}"]
 control_port = {CONTROL_PORT}
 window_seconds = 30
+# alice opens ~12 doors within a window here (each step at both gateways): above the default cap of 8.
+max_doors_per_user = 32
 users_file = "{workdir}/users.json"
 state_dir = "{workdir}/state"
 run_as = "{SERVICE_USER}"

@@ -20,6 +20,7 @@ under atheris (libFuzzer, coverage-guided) for longer campaigns by hand.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 import typing
@@ -45,6 +46,7 @@ ALL_TYPES = (PacketType.P1, PacketType.P2, PacketType.P3)
 LINKTYPES = (capture_core.DLT_EN10MB, capture_core.DLT_RAW, capture_core.DLT_RAW_ALT, capture_core.DLT_LINUX_SLL,
              0, 105)
 ADDRESSES = frozenset({"198.18.0.1", "2001:db8:d::1"})
+V2_SERVER = ipaddress.ip_address("198.18.0.11")  # the gateway tests/vectors/v2_*.json are bound to
 CONTROL_PORT = 62201
 HEADER_REASONS = frozenset({RejectReason.BAD_SIZE, RejectReason.BAD_VERSION, RejectReason.BAD_TYPE})
 OPEN_REASONS = frozenset({RejectReason.BAD_TAG, RejectReason.BAD_PADDING, RejectReason.BAD_FIELD})
@@ -74,7 +76,8 @@ def fuzz_packet(data: bytes) -> None:
         assert header.reason in HEADER_REASONS, header
         return
     assert len(data) == proto.PACKET_LEN[header.type]
-    message = proto.open_packet(KEYS, header, data)
+    # Version 2 is bound to the gateway address the packet was sent to: that of the v2 vectors.
+    message = proto.open_packet(KEYS, header, data, V2_SERVER if header.version == proto.BOUND_VERSION else None)
     if isinstance(message, Reject):
         assert message.reason in OPEN_REASONS, message
         return
