@@ -1134,6 +1134,28 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
     return "\n".join(head + body) + "\n"
 
 
+def with_spread(report: str, runs: list[dict[str, Any]], earlier: list[str]) -> str:
+    """The report with a section "Spread over N runs" after its bars: one run's figure is a sample."""
+    sys.path[:0] = [str(BENCH)]
+    import spread  # bench/spread.py, beside this file
+
+    lines = [f"## Spread over {len(runs)} runs", "",
+             f"The bars above are this run's (the last). Median and range over it and the runs before it "
+             f"({', '.join(earlier)}, written by the same command with --json), computed by bench/spread.py:", ""]
+    lines += ["| run | date | load average at the start, at the end |", "|---|---|---|"]
+    for i, run in enumerate(runs, 1):
+        lines.append(f"| {i} | {run['info']['date']} | {run['info']['loadavg_start']}, "
+                     f"{run['info'].get('loadavg_end', '?')} |")
+    lines += ["", f"| figure | median (range) of {len(runs)} runs |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in spread.table(runs)]
+    lines.append("")
+    marker = "\n## 1. "
+    at = report.find(marker)
+    if at < 0:
+        return report + "\n" + "\n".join(lines) + "\n"
+    return report[:at + 1] + "\n".join(lines) + "\n" + report[at + 1:]
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 
@@ -1150,6 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path,
                         help="run the stack and the clients from this checkout's code instead of the installed "
                              "copy (PYTHONPATH), e.g. to measure a candidate change before it lands")
+    parser.add_argument("--spread-with", type=Path, nargs="+", default=[], metavar="JSON",
+                        help="earlier runs' --json files: the report adds the median and range of every goal's "
+                             "figure over them and this run (bench/spread.py), after this run's bars")
     args = parser.parse_args(argv)
     if args.smoke and args.output is None:
         parser.error("--smoke needs --output (smoke figures must not overwrite docs/BENCHMARKS.md)")
@@ -1205,6 +1230,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"info": info, "sizes": asdict(sizes), "results": results}, default=str,
                                         indent=1))
     report = render(results, info, command, sizes, args.smoke, time.monotonic() - started)
+    if args.spread_with:
+        earlier = [json.loads(path.read_text()) for path in args.spread_with]
+        runs = [*earlier, json.loads(json.dumps({"info": info, "sizes": asdict(sizes), "results": results},
+                                                default=str))]
+        report = with_spread(report, runs, [str(path) for path in args.spread_with])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
     log(f"report written to {output} ({time.monotonic() - started:.0f} s)")
