@@ -31,7 +31,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from capture.core import DLT_EN10MB, MAX_FILTER_PAIRS, NOT_VLAN, build_filter
+from capture.core import DLT_EN10MB, MAX_FILTER_PAIRS, MAX_FILTER_SOURCES, NOT_VLAN, build_filter
 
 SOL_SOCKET = 1
 SO_ATTACH_FILTER = 26
@@ -151,10 +151,15 @@ class KernelFilter:
         "pairs", "sources" (the kernel's length limit), "all" (every SYN to us: past that too)."""
         pairs = list(pairs)
         if not self.atomic:
-            # libpcap's text (other link types are rare): exact pairs, past MAX_FILTER_PAIRS every SYN.
-            text = build_filter(self.addresses, self.control_port, pairs, linktype=self.linktype)
+            # libpcap's text (other link types are rare): exact pairs, past MAX_FILTER_PAIRS the pending
+            # sources, past MAX_FILTER_SOURCES every SYN.
+            admitted = set(admitted)
+            text = build_filter(self.addresses, self.control_port, pairs, admitted=admitted, linktype=self.linktype)
             self.handle.setfilter(text)
-            return "all" if len(set(pairs)) > MAX_FILTER_PAIRS else "pairs"
+            sources = {a for a, _ in pairs} | admitted
+            return "all" if len(sources) > MAX_FILTER_SOURCES else \
+                "sources" if len({p for p in pairs if p[0] not in admitted}) + len(admitted) > MAX_FILTER_PAIRS \
+                else "pairs"
         if self._datagrams is None:
             text = build_filter(self.addresses, self.control_port, ())
             self._datagrams = compile_text(text.removesuffix(NOT_VLAN), DLT_EN10MB, self.snaplen)

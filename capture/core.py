@@ -45,6 +45,7 @@ from dynknock.bus import Datagram, Syn
 # 3 s then kept capture seconds behind (bench/ANALYSIS.md). The kernel's own limit
 # (4096 BPF instructions) would allow about 200.
 MAX_FILTER_PAIRS = 32
+MAX_FILTER_SOURCES = 256  # libpcap's text only (non-Ethernet link types): then every SYN to us
 
 DLT_EN10MB = 1
 DLT_RAW = 12
@@ -76,19 +77,31 @@ _SYN_V6 = "(ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
 
 
 def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tuple[str, int]], *,
-                 all_syns: bool = False, linktype: int = DLT_EN10MB) -> str:
-    """The BPF program text for the current pending knocks (all_syns: too many to list), for the
-    link type of the handle (only Ethernet has VLAN tags, and libpcap refuses `vlan` elsewhere)."""
+                 admitted: Iterable[str] = (), all_syns: bool = False, linktype: int = DLT_EN10MB) -> str:
+    """The BPF program text for the current pending knocks (all_syns: every SYN to us), for the
+    link type of the handle (only Ethernet has VLAN tags, and libpcap refuses `vlan` elsewhere).
+
+    `admitted`: sources whose SYNs pass to any port (capture/fairness.py Admissions). Past
+    MAX_FILTER_PAIRS terms the text names the pending sources alone, any port (the compile cost
+    grows with the terms); past MAX_FILTER_SOURCES sources, every SYN to us. (On Ethernet the knock
+    part is written by capture/bpf.py instead, with much higher limits.)"""
     to_us = " or ".join(f"dst host {a}" for a in addresses)
     udp = f"{_udp_sizes_v4(control_port)} or {_udp_sizes_v6(control_port)}"
-    pair_list = sorted(set(pairs))
-    if not pair_list and not all_syns:
+    admitted_set = set(admitted)
+    pair_list = sorted(pair for pair in set(pairs) if pair[0] not in admitted_set)
+    sources = sorted({a for a, _ in pair_list} | admitted_set)
+    syns = f"{_SYN_V4} or {_SYN_V6}"
+    if not sources and not all_syns:
         text = f"({to_us}) and ({udp})"
-    elif all_syns or len(pair_list) > MAX_FILTER_PAIRS:
-        text = f"({to_us}) and (({udp}) or ({_SYN_V4} or {_SYN_V6}))"
+    elif all_syns or len(sources) > MAX_FILTER_SOURCES:
+        text = f"({to_us}) and (({udp}) or ({syns}))"
+    elif len(pair_list) + len(admitted_set) > MAX_FILTER_PAIRS:
+        wanted = " or ".join(f"src host {a}" for a in sources)
+        text = f"({to_us}) and (({udp}) or (({syns}) and ({wanted})))"
     else:
-        wanted = " or ".join(f"(src host {a} and tcp dst port {p})" for a, p in pair_list)
-        text = f"({to_us}) and (({udp}) or (({_SYN_V4} or {_SYN_V6}) and ({wanted})))"
+        wanted = " or ".join([*(f"(src host {a} and tcp dst port {p})" for a, p in pair_list),
+                              *(f"(src host {a})" for a in sorted(admitted_set))])
+        text = f"({to_us}) and (({udp}) or (({syns}) and ({wanted})))"
     # Last: libpcap's first `vlan` shifts the offsets of whatever follows it (module docstring).
     return text + NOT_VLAN if linktype == DLT_EN10MB else text
 

@@ -162,14 +162,30 @@ def test_filter_at_the_limit_still_lists_pairs() -> None:
     assert text.count("src host ") == MAX_FILTER_PAIRS
 
 
-def test_filter_past_the_limit_lets_every_syn_to_us_through() -> None:
+def test_filter_past_the_limit_narrows_to_the_pending_sources() -> None:
+    """Linux cooked and raw-IP captures use this text (Ethernet's knock part is written by capture/bpf.py):
+    past MAX_FILTER_PAIRS it names the pending sources, any port, not every SYN to us (a SYN scan)."""
     pairs = FILLER + [(CLIENT4, KNOCK4)]
     assert len(set(pairs)) == MAX_FILTER_PAIRS + 1
+    text = build_filter([SERVER4, SERVER6], CONTROL, pairs, linktype=core.DLT_LINUX_SLL)
+    sources = sorted({source for source, _ in pairs})
+    assert text.count("src host ") == len(sources) and "dst port" not in text.split(" or ((", 1)[1]
+    for source in sources:
+        assert f"src host {source}" in text
+
+
+def test_filter_past_the_source_limit_lets_every_syn_to_us_through() -> None:
+    pairs = [(f"198.19.{i // 250}.{i % 250 + 1}", 40000) for i in range(core.MAX_FILTER_SOURCES + 1)]
     text = build_filter([SERVER4, SERVER6], CONTROL, pairs)
     udp_part = build_filter([SERVER4, SERVER6], CONTROL, []).split(" and (", 1)[1].removesuffix(") and not vlan")
     syn = "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn) or (ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
     assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and (({udp_part}) or ({syn})) and not vlan"
     assert "src host" not in text
+
+
+def test_filter_admits_an_admitted_sources_syns_to_any_port() -> None:
+    text = build_filter([SERVER4], CONTROL, [(CLIENT6, KNOCK6)], admitted=[CLIENT4], linktype=core.DLT_RAW)
+    assert f"(src host {CLIENT4})" in text and f"(src host {CLIENT6} and tcp dst port {KNOCK6})" in text
 
 
 def test_filter_uses_the_control_port_given() -> None:
@@ -256,11 +272,14 @@ BPF_MAXINSNS = 4096  # linux/bpf_common.h: longer programs are refused by SO_ATT
 def test_worst_case_filter_fits_the_kernel(linktype: int) -> None:
     addresses = [SERVER4, OTHER_SERVER4, SERVER6, OTHER_SERVER6]
     ipv6_pairs = [(f"2001:db8::{i:x}", 1000 + i) for i in range(MAX_FILTER_PAIRS)]
-    worst = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs, linktype=linktype), linktype)
-    generic = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs + PAIRS, linktype=linktype), linktype)
-    assert worst < BPF_MAXINSNS
-    # Past the limit the program shrinks to a constant size, whatever the number of pairs.
-    assert generic < 100 < worst
+    ipv6_sources = [(f"2001:db8::{i:x}", 1000) for i in range(core.MAX_FILTER_SOURCES)]
+    pairs_form = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_pairs, linktype=linktype), linktype)
+    sources_form = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_sources, linktype=linktype), linktype)
+    generic = bpf_instruction_count(build_filter(addresses, CONTROL, ipv6_sources + PAIRS, linktype=linktype),
+                                    linktype)
+    assert pairs_form < BPF_MAXINSNS and sources_form < BPF_MAXINSNS
+    # Past the source limit the program shrinks to a constant size, whatever the number of pairs.
+    assert generic < 100 < pairs_form
 
 
 # --- 3. what the filter lets through -------------------------------------------------------
@@ -272,7 +291,7 @@ class Frame:
     network: dpkt.Packet
     without_pairs: bool  # passes the filter built with no pending pair
     with_pairs: bool  # passes the filter built with PAIRS
-    generic: bool  # passes the filter built past MAX_FILTER_PAIRS
+    generic: bool  # passes the filter built past MAX_FILTER_SOURCES (every SYN to us)
 
 
 SYN = dpkt.tcp.TH_SYN
@@ -393,7 +412,8 @@ def test_filter_with_pairs_adds_exactly_the_pending_syns(tmp_path: Path, linktyp
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])
 def test_generic_filter_passes_every_syn_to_us(tmp_path: Path, linktype: int) -> None:
-    expression = build_filter([SERVER4, SERVER6], CONTROL, FILLER + PAIRS, linktype=linktype)
+    many = [(f"10.2.{i // 250}.{i % 250 + 1}", 3000) for i in range(core.MAX_FILTER_SOURCES)]
+    expression = build_filter([SERVER4, SERVER6], CONTROL, many + PAIRS, linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.generic}
 
 
