@@ -142,7 +142,7 @@ def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
         source_ip=source_ip,
         quiet=args.quiet,
         password_stdin=args.password_stdin,
-        bind=args.bind,
+        bind=args.bind or bool(stanza.bind),  # --bind, or the stanza's bind = true
         exec_argv=exec_argv,
         proxy=args.proxy,
     )

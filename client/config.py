@@ -12,6 +12,7 @@ options::
     key_file = "~/.config/dynknock/myserver.key"
     family = "4"          # or "6"
     nat = false           # declare "the address you see me from"
+    bind = false          # protocol v2, bound to this server's address (a fleet of gateways)
     # source_ip = "203.0.113.7"   # declare this address instead
 
 Every key is declared once in :data:`KEYS` (type, check, help). A bad value is
@@ -60,6 +61,7 @@ class ServerStanza(NamedTuple):
     family: int | None = None  # 4 or 6
     nat: bool | None = None
     source_ip: IPAddress | None = None
+    bind: bool | None = None
 
 
 # --- value checks: each returns the parsed value or raises ValueError(why) ---
@@ -110,6 +112,9 @@ def _nat(value: Any) -> bool:
     return value
 
 
+_bind = _nat  # true or false, nothing else
+
+
 def _source_ip(value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise ValueError("must be an IP address")
@@ -128,6 +133,7 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "family": (_family, '"4" or "6": IPv4 or IPv6 only'),
     "nat": (_nat, 'declare the address "as seen" by the server'),
     "source_ip": (_source_ip, "declare this address instead of the local one"),
+    "bind": (_bind, "protocol v2: bind each packet to the server address (a fleet of gateways)"),
 }
 
 

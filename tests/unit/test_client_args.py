@@ -266,3 +266,12 @@ def test_quick_parse_answers_the_common_command_lines(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", [["-h"], ["--help"], ["--prox", "gw"], ["-p", "0", "gw"], ["gw", "h2"], []])
 def test_quick_parse_leaves_help_errors_and_abbreviations_to_argparse(argv: list[str]) -> None:
     assert quick_parse(argv) is None or argv == []
+
+
+def test_a_fleet_stanza_binds_its_packets(tmp_path: Path) -> None:
+    """bind = true in a stanza (a fleet's gateway) is --bind, so ssh's ProxyCommand needs no option."""
+    (tmp_path / "client.toml").write_text('[servers.gw-a]\nhost = "198.18.0.1"\nbind = true\n\n[servers.home]\n')
+    cfg = no_config(tmp_path)
+    assert settings(["gw-a", *cfg]).bind is True
+    assert settings(["home", *cfg]).bind is False
+    assert settings(["home", *cfg, "--bind"]).bind is True

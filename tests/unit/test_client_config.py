@@ -59,6 +59,7 @@ def test_missing_default_file_is_fine_but_a_named_one_is_not(tmp_path: Path) -> 
     ("family = \"5\"", "family", '"4" or "6"'),
     ("family = true", "family", '"4" or "6"'),
     ("nat = \"yes\"", "nat", "true or false"),
+    ("bind = 1", "bind", "true or false"),
     ("source_ip = \"10.0.0.300\"", "source_ip", "not an IP address"),
     ("source_ip = 17", "source_ip", "must be an IP address"),
     ("service = \"SSH\"", "service", "a-z 0-9"),
