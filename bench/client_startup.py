@@ -16,7 +16,8 @@ measures, for each client under test, side by side and in alternating order:
   client's interpreter alone (``python -c pass``: the floor);
 * a password instead of a key file (``--password-stdin``, no --proxy: start to the
   "Door is open" line) against the same with a key file: the difference should be
-  scrypt alone;
+  scrypt alone; and the password typed at a terminal (a pty, Enter 0.3 s after the prompt):
+  Enter to the door line, against scrypt alone plus the knock;
 * ``-X importtime`` (PYTHONPROFILEIMPORTTIME=1) of real ``--proxy`` runs: the median
   self time of every module imported, so that a regression shows where it came from.
 
@@ -109,6 +110,55 @@ def _spawn_first_byte(argv: list[str], stdin_data: bytes | None, env: dict[str, 
         _, err = proc.communicate()
     return {"ms": elapsed_ms, "first": first.decode("latin-1"), "rc": proc.returncode,
             "stderr": err.decode(errors="replace")}
+
+
+TYPING_S = 0.3  # how long after the prompt the typed password's Enter comes
+
+
+def _typed_password(argv: list[str], password: str) -> dict[str, Any]:
+    """knock-client on a terminal (a pty, as getpass wants), the password typed TYPING_S after the
+    prompt: ms from Enter to the door line, i.e. what a user waits for after typing."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: knock-client with the pty as its terminal
+        try:
+            os.execvpe(argv[0], argv, _user_env())
+        finally:
+            os._exit(127)
+    seen = b""
+    entered = 0.0
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    row: dict[str, Any] = {"ok": False}
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not entered and b"Password for" in seen:
+                time.sleep(TYPING_S)
+                entered = time.perf_counter()
+                os.write(fd, password.encode() + b"\n")
+            elif entered and b"Door is open" in seen:
+                row = {"ok": True, "ms": (time.perf_counter() - entered) * 1000}
+                break
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if not row["ok"]:
+        row["output"] = seen.decode(errors="replace")[-300:]
+    return row
 
 
 def _spawn_to_exit(argv: list[str]) -> dict[str, Any]:
@@ -223,6 +273,8 @@ def worker(args: dict[str, Any]) -> None:
             row = _spawn_first_byte([*base, "-u", f"pw{(offset + i) % PASSWORD_USERS}", "--password-stdin", server],
                                     (PASSWORD + "\n").encode(), _user_env())
             row["ok"] = row["first"] == "D"
+        elif mode == "password-typed":  # a user at a terminal: Enter to the door line
+            row = _typed_password([*base, "-u", f"pw{(offset + i) % PASSWORD_USERS}", server], PASSWORD)
         elif mode == "library":  # the knock alone, in this process: bursts and PENDING rounds are visible
             row = _library_knock(args.get("tree"), key, server, args.get("timing", {}))
         elif mode == "phases":  # where the time goes: the syscalls that mark each phase, under strace
@@ -303,6 +355,24 @@ def summarize(results: dict[str, Any]) -> str:
             f"{floor:.1f} | {key_line:.1f} | "
             f"{pw_line:.1f} | {pw_line - key_line:.1f} | {med(results['scrypt_ms']):.1f} |")
     add("")
+    typed = {label: r.get("password_typed", []) for label, r in results["clients"].items()}
+    if any(typed.values()):
+        add(f"A password typed at a terminal (a pty; Enter {TYPING_S:g} s after the prompt, as a user types): "
+            "ms from Enter to the door line, against the key-file door line's knock (its p50 minus its "
+            "start-up without the knock) and scrypt alone:")
+        add("")
+        add("| client | typed runs ok | Enter to door line p50 ms | scrypt alone p50 ms | key-file knock p50 ms | "
+            "left over p50 ms |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for label, rows in typed.items():
+            r = results["clients"][label]
+            enter = pct([x["ms"] for x in rows if x["ok"]], 50)
+            knock = pct([x["ms"] for x in r["keyfile_line"] if x["ok"]], 50) - \
+                pct([x["ms"] for x in r["no_key"] if x["ok"]], 50)
+            scrypt_ms = med(results["scrypt_ms"])
+            add(f"| {label} | {sum(x['ok'] for x in rows)}/{len(rows)} | {enter:.1f} | {scrypt_ms:.1f} | "
+                f"{knock:.1f} | {enter - scrypt_ms - knock:.1f} |")
+        add("")
     if any(r["library"] for r in results["clients"].values()):
         add(f"The knock alone (client library in one process, bench/labworker.py's knock_and_connect, timing "
             f"overrides {results.get('timing') or 'none'}, flood {results.get('flood') or 'none'}): key file "
@@ -444,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 for label in clients:
                     results["clients"][label] = {"proxy_runs": [], "help": [], "keyfile_line": [],
-                                                 "password_line": [], "importtime": [], "no_key": [],
+                                                 "password_line": [], "password_typed": [], "importtime": [],
+                                                 "no_key": [],
                                                  "python": [], "library": []}
                 for label in clients:  # warm the page cache and the .pyc files of every client first
                     run(label, "proxy", 3)
@@ -481,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["python"] = run(label, "python", args.help_spawns)
                     r["keyfile_line"] = run(label, "keyfile-line", args.password_spawns)
                     r["password_line"] = run(label, "password-line", args.password_spawns)
+                    r["password_typed"] = run(label, "password-typed", args.password_spawns)
                     r["importtime"] = run(label, "importtime", args.importtime_spawns)
             finally:
                 stack.stop()

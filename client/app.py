@@ -234,6 +234,7 @@ class Client:
             return read_key_file(s.key_file)
         if s.user is None:
             raise UsageError("no user name: give -u USER (or set $USER)")
+        crypto.preload_scrypt()  # while the password is typed (or read): after it, scrypt alone is left
         if s.password_stdin:
             password = self.io.stdin.readline().rstrip("\r\n")
         else:

@@ -212,6 +212,22 @@ def session_keys(master: bytes) -> SessionKeys:
     )
 
 
+def preload_scrypt() -> None:
+    """Import pycryptodome's scrypt in a thread, now: called before the password is read, so that
+    its import (15-35 ms) runs while the user types, and what is left after Enter is scrypt itself.
+    derive_master_key's own import then finds the module loaded, or waits for the thread (the
+    import lock), never loads it twice."""
+    import threading  # only password runs come here
+
+    def load() -> None:
+        try:
+            import Crypto.Protocol.KDF  # noqa: F401
+        except ImportError:
+            pass  # derive_master_key falls back to OpenSSL's scrypt
+
+    threading.Thread(target=load, name="preload-scrypt", daemon=True).start()
+
+
 def derive_master_key(user: str, password: str) -> bytes:
     """auth.keys.derive_master_key: the same key, from pycryptodome's scrypt when it is installed
     (a dependency of the package), else from OpenSSL's (hashlib).

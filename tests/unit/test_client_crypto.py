@@ -271,3 +271,16 @@ def test_help_loads_neither_the_knocking_code_nor_its_imports() -> None:
     loaded = _loaded_after("from client import main\nmain.build_parser().format_help()")
     assert not loaded & {"client.app", "client.config", "auth.keys", "auth.protocol", "socket", "dataclasses",
                          "pathlib", "ipaddress", "hashlib", "typing", "shutil"}
+
+
+def test_scrypt_preloaded_in_a_thread_gives_the_same_key() -> None:
+    """knock-client imports pycryptodome's scrypt in a thread while the password is typed; in a fresh
+    process (so the import really races derive_master_key's own) the key is the server's."""
+    from auth.keys import derive_master_key as server_derive
+
+    code = ("from client import crypto\ncrypto.preload_scrypt()\n"
+            "print(crypto.derive_master_key('Alice', 'correct horse').hex())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == server_derive("Alice", "correct horse").hex()
