@@ -14,8 +14,9 @@ import pwd
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,3 +221,79 @@ class Stack:
         if self.output is not None:
             self.output.close()
             self.output = None
+
+
+class EventLog:
+    """Every event on the bus (a stack's tap endpoint), collected by a thread with its own zmq
+    context for as long as a test module runs; tests mark a point and read what came after it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._events: list[bus.Event] = []
+        self.arrivals: list[float] = []  # time.monotonic() each event was read
+        self.bad_frames = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(endpoint,), name="event-log", daemon=True)
+        self._thread.start()
+
+    def _run(self, endpoint: str) -> None:
+        context: zmq.Context[Any] = zmq.Context()
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1_000_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(endpoint)
+        try:
+            while not self._stop.is_set():
+                if not sub.poll(100):
+                    continue
+                while True:
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        event = bus.decode_as(frames[-1], bus.Event)
+                    except bus.BadMessage:
+                        self.bad_frames += 1
+                        continue
+                    with self._lock:
+                        self._events.append(event)
+                        self.arrivals.append(time.monotonic())
+        finally:
+            context.destroy(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    def since(self, mark: int = 0, prefix: str = "") -> list[bus.Event]:
+        with self._lock:
+            return [e for e in self._events[mark:] if e.topic.startswith(prefix)]
+
+    def wait_for(self, predicate: Callable[[bus.Event], bool], mark: int, timeout: float) -> bus.Event | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.since(mark):
+                if predicate(event):
+                    return event
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def next_alive(self, stage: str, timeout: float = 8.0, mark: int | None = None) -> dict[str, Any]:
+        start = self.mark() if mark is None else mark
+        event = self.wait_for(lambda e: e.topic == f"{stage}.alive", start, timeout)
+        assert event is not None, f"no {stage}.alive within {timeout} s"
+        return event.fields
+
+    def timeline(self, start: float, end: float, user: str) -> list[tuple[str, int]]:
+        """auth's events about user between start and end (monotonic): (topic, ms after start)."""
+        with self._lock:
+            pairs = list(zip(self.arrivals, self._events, strict=True))
+        return [(e.topic.removeprefix("auth."), round((t - start) * 1000)) for t, e in pairs
+                if start <= t <= end and e.topic.startswith("auth.") and e.fields.get("user") == user]

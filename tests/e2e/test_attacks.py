@@ -32,7 +32,6 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -43,17 +42,15 @@ from typing import Any
 
 import dpkt
 import pytest
-import zmq
 from Crypto.Cipher import ChaCha20_Poly1305
 
 from auth import protocol as proto
 from auth.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
 from client.session import new_request
 from client.syn import build_syn, tcp_checksum
-from dynknock import bus
 from dynknock.events import as_json
 from dynknock.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 
@@ -340,72 +337,6 @@ class Keyholder:
 
 
 # --- events -------------------------------------------------------------------
-
-
-class EventLog:
-    """Every event on the bus for the whole module, from a thread with its own zmq context."""
-
-    def __init__(self, endpoint: str) -> None:
-        self._events: list[bus.Event] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(endpoint,), name="event-log", daemon=True)
-        self.bad_frames = 0
-        self._thread.start()
-
-    def _run(self, endpoint: str) -> None:
-        context: zmq.Context[Any] = zmq.Context()
-        sub = context.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 1_000_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sub.poll(100):
-                    continue
-                while True:
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        event = bus.decode_as(frames[-1], bus.Event)
-                    except bus.BadMessage:
-                        self.bad_frames += 1
-                        continue
-                    with self._lock:
-                        self._events.append(event)
-        finally:
-            context.destroy(0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def mark(self) -> int:
-        with self._lock:
-            return len(self._events)
-
-    def since(self, mark: int = 0, prefix: str = "") -> list[bus.Event]:
-        with self._lock:
-            return [e for e in self._events[mark:] if e.topic.startswith(prefix)]
-
-    def wait_for(self, predicate: Callable[[bus.Event], bool], mark: int, timeout: float) -> bus.Event | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.since(mark):
-                if predicate(event):
-                    return event
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-
-    def next_alive(self, stage: str, timeout: float = 8.0, mark: int | None = None) -> dict[str, Any]:
-        start = self.mark() if mark is None else mark
-        event = self.wait_for(lambda e: e.topic == f"{stage}.alive", start, timeout)
-        assert event is not None, f"no {stage}.alive within {timeout} s"
-        return event.fields
 
 
 # --- the world ----------------------------------------------------------------

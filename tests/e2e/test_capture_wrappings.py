@@ -38,7 +38,6 @@ import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,16 +46,14 @@ from typing import Any
 
 import dpkt
 import pytest
-import zmq
 
 from auth import protocol as proto
 from auth.keys import SessionKeys, hint_epoch, user_hint
 from capture.core import build_filter
 from capture.fairness import SOURCES_PER_PAYLOAD, Limits
 from client.session import new_request
-from dynknock import bus
 from dynknock.netlab import Host, NetLab, require_privileges
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 
@@ -257,83 +254,12 @@ REFUSED_EXTENSIONS = {
 # --- the lab ----------------------------------------------------------------------------------------
 
 
-class EventTap:
-    """Every event on the bus, from a thread with its own zmq context."""
-
-    def __init__(self, endpoint: str) -> None:
-        self._events: list[bus.Event] = []
-        self.arrivals: list[float] = []  # time.monotonic() each event was read
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
-        self._thread.start()
-
-    def _run(self, endpoint: str) -> None:
-        context: zmq.Context[Any] = zmq.Context()
-        sub = context.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 1_000_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sub.poll(100):
-                    continue
-                while True:
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        event = bus.decode_as(frames[-1], bus.Event)
-                    except bus.BadMessage:
-                        continue
-                    with self._lock:
-                        self._events.append(event)
-                        self.arrivals.append(time.monotonic())
-        finally:
-            context.destroy(0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def timeline(self, start: float, end: float, user: str) -> list[tuple[str, int]]:
-        """auth's events about user between start and end: (topic, ms after start)."""
-        with self._lock:
-            pairs = list(zip(self.arrivals, self._events, strict=True))
-        return [(e.topic.removeprefix("auth."), round((t - start) * 1000)) for t, e in pairs
-                if start <= t <= end and e.topic.startswith("auth.") and e.fields.get("user") == user]
-
-    def mark(self) -> int:
-        with self._lock:
-            return len(self._events)
-
-    def since(self, mark: int, topic: str = "") -> list[bus.Event]:
-        with self._lock:
-            return [e for e in self._events[mark:] if e.topic.startswith(topic)]
-
-    def wait_for(self, predicate: Callable[[bus.Event], bool], mark: int, timeout: float) -> bus.Event | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.since(mark):
-                if predicate(event):
-                    return event
-            time.sleep(0.05)
-        return None
-
-    def next_alive(self, stage: str, timeout: float = 8.0) -> dict[str, Any]:
-        event = self.wait_for(lambda e: e.topic == f"{stage}.alive", self.mark(), timeout)
-        assert event is not None, f"no {stage}.alive within {timeout} s"
-        return event.fields
-
-
 @dataclass
 class World:
     lab: NetLab
     stack: Stack
     workdir: Path
-    events: EventTap
+    events: EventLog
     alice: Keyholder
     link: Link
     keys: dict[str, Path]
@@ -408,7 +334,7 @@ def world() -> Iterator[World]:
             keys[name] = path
         write_users(workdir / "users.json", [LabUser("alice", key=ALICE_KEY), LabUser("bob", key=BOB_KEY)])
         stack = Stack(lab, workdir, REPO / "supervisord.conf")
-        events = EventTap(stack.endpoints.tap)
+        events = EventLog(stack.endpoints.tap)
         try:
             stack.start()
             world = World(lab, stack, workdir, events, Keyholder(ALICE_KEY), Link(b"", b"", "", ""), keys)
