@@ -31,7 +31,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from capture.core import DLT_EN10MB, MAX_FILTER_PAIRS, MAX_FILTER_SOURCES, NOT_VLAN, build_filter
+from capture.core import DLT_EN10MB, NOT_VLAN, build_filter, text_form
 
 SOL_SOCKET = 1
 SO_ATTACH_FILTER = 26
@@ -153,13 +153,11 @@ class KernelFilter:
         if not self.atomic:
             # libpcap's text (other link types are rare): exact pairs, past MAX_FILTER_PAIRS the pending
             # sources, past MAX_FILTER_SOURCES every SYN.
-            admitted = set(admitted)
+            admitted = list(admitted)
             text = build_filter(self.addresses, self.control_port, pairs, admitted=admitted, linktype=self.linktype)
             self.handle.setfilter(text)
-            sources = {a for a, _ in pairs} | admitted
-            return "all" if len(sources) > MAX_FILTER_SOURCES else \
-                "sources" if len({p for p in pairs if p[0] not in admitted}) + len(admitted) > MAX_FILTER_PAIRS \
-                else "pairs"
+            form = text_form(pairs, admitted)[0]
+            return "pairs" if form == "none" else form
         if self._datagrams is None:
             text = build_filter(self.addresses, self.control_port, ())
             self._datagrams = compile_text(text.removesuffix(NOT_VLAN), DLT_EN10MB, self.snaplen)

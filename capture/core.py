@@ -76,6 +76,26 @@ _SYN_V4 = "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn)"
 _SYN_V6 = "(ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02)"
 
 
+def text_form(pairs: Iterable[tuple[str, int]], admitted: Iterable[str] = (), *, all_syns: bool = False
+              ) -> tuple[str, list[tuple[str, int]], list[str]]:
+    """How narrowly build_filter's text passes SYNs: "none" (nothing pending), "pairs", "sources"
+    (past MAX_FILTER_PAIRS terms) or "all" (past MAX_FILTER_SOURCES sources); and the sorted pairs
+    (those of admitted sources left out: any port passes for them) and admitted sources it names."""
+    admitted_list = sorted(set(admitted))
+    admitted_set = set(admitted_list)
+    pair_list = sorted(pair for pair in set(pairs) if pair[0] not in admitted_set)
+    sources = {a for a, _ in pair_list} | admitted_set
+    if all_syns or len(sources) > MAX_FILTER_SOURCES:
+        form = "all"
+    elif not sources:
+        form = "none"
+    elif len(pair_list) + len(admitted_list) > MAX_FILTER_PAIRS:
+        form = "sources"
+    else:
+        form = "pairs"
+    return form, pair_list, admitted_list
+
+
 def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tuple[str, int]], *,
                  admitted: Iterable[str] = (), all_syns: bool = False, linktype: int = DLT_EN10MB) -> str:
     """The BPF program text for the current pending knocks (all_syns: every SYN to us), for the
@@ -87,20 +107,18 @@ def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tu
     part is written by capture/bpf.py instead, with much higher limits.)"""
     to_us = " or ".join(f"dst host {a}" for a in addresses)
     udp = f"{_udp_sizes_v4(control_port)} or {_udp_sizes_v6(control_port)}"
-    admitted_set = set(admitted)
-    pair_list = sorted(pair for pair in set(pairs) if pair[0] not in admitted_set)
-    sources = sorted({a for a, _ in pair_list} | admitted_set)
+    form, pair_list, admitted_list = text_form(pairs, admitted, all_syns=all_syns)
     syns = f"{_SYN_V4} or {_SYN_V6}"
-    if not sources and not all_syns:
+    if form == "none":
         text = f"({to_us}) and ({udp})"
-    elif all_syns or len(sources) > MAX_FILTER_SOURCES:
+    elif form == "all":
         text = f"({to_us}) and (({udp}) or ({syns}))"
-    elif len(pair_list) + len(admitted_set) > MAX_FILTER_PAIRS:
-        wanted = " or ".join(f"src host {a}" for a in sources)
+    elif form == "sources":
+        wanted = " or ".join(f"src host {a}" for a in sorted({a for a, _ in pair_list} | set(admitted_list)))
         text = f"({to_us}) and (({udp}) or (({syns}) and ({wanted})))"
     else:
         wanted = " or ".join([*(f"(src host {a} and tcp dst port {p})" for a, p in pair_list),
-                              *(f"(src host {a})" for a in sorted(admitted_set))])
+                              *(f"(src host {a})" for a in admitted_list)])
         text = f"({to_us}) and (({udp}) or (({syns}) and ({wanted})))"
     # Last: libpcap's first `vlan` shifts the offsets of whatever follows it (module docstring).
     return text + NOT_VLAN if linktype == DLT_EN10MB else text
