@@ -165,7 +165,8 @@ class AuthShell:
                     transport.connect(sock, stage)
                 self.door_stages[(gateway, stage)] = sock
         # Which gateway an address belongs to: a capture may only report packets sent to its own.
-        self.gateway_of = {address: g.name for g in config.gateways.values() for address in g.addresses}
+        self.gateway_of = {ipaddress.ip_address(address): g.name
+                           for g in config.gateways.values() for address in g.addresses}
         # A fleet: which gateway each capture key speaks for (z85 key, ZeroMQ's User-Id -> gateway).
         self.key_gateway = {key: key_gateway(name) for key, name in transport.peer_names().items()} \
             if config.fleet else {}
@@ -310,15 +311,14 @@ class AuthShell:
             return
         try:
             if isinstance(message, bus.Datagram):
-                if self.config.fleet and self.gateway_of.get(str(ipaddress.ip_address(message.destination))) \
-                        != gateway:
+                destination = ipaddress.ip_address(message.destination)
+                if self.config.fleet and self.gateway_of.get(destination) != gateway:
                     self.gateway_refusals["not_its_address"] += 1
                     self.log_rejection("Dropped a datagram to %s reported by gateway %s, whose address it is not",
                                        message.destination, gateway)
                     return
                 actions = self.engine.on_datagram(ipaddress.ip_address(message.source), message.source_port,
-                                                  ipaddress.ip_address(message.destination), message.payload, now,
-                                                  gateway)
+                                                  destination, message.payload, now, gateway)
             elif isinstance(message, bus.Syn):
                 actions = self.engine.on_syn(ipaddress.ip_address(message.source), message.port,
                                              message.isn, now, gateway)
