@@ -32,10 +32,10 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
-from auth import keys
-from auth.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
-from auth.protocol import SERVICE_NAME_LEN
-from auth.users import IPNetwork, User, UsersFileError, load_users, save_users
+from dynknock import keys
+from dynknock.auth.users import IPNetwork, User, UsersFileError, load_users, save_users
+from dynknock.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
+from dynknock.protocol import SERVICE_NAME_LEN
 
 PROG = "knock-admin"
 DEFAULT_USERS_FILE = Path("/etc/dynknock/users.json")

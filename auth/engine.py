@@ -50,11 +50,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from auth import protocol as proto
-from auth.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
-from auth.protocol import IPAddress, RejectReason, Status
-from auth.replay import ReplayCache
-from auth.users import User, UserDirectory
+from dynknock import protocol as proto
+from dynknock.auth.replay import ReplayCache
+from dynknock.auth.users import User, UserDirectory
+from dynknock.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
+from dynknock.protocol import IPAddress, RejectReason, Status
 
 # Who opens a door: the gate admits the client and the relay forwards; or, for a door the
 # kernel forwards (services.NAME.forward), the gate alone.
@@ -153,7 +153,7 @@ class EngineConfig:
     # Packets whose tag was checked, remembered by their bytes (~0.7 KB each with the decoded
     # message): only good tags make entries, at most hint_checks_per_second per user for ~3 min.
     checked_cache_max: int = 50_000
-    # Wire protocol versions accepted (auth/protocol.py): a fleet drops 1, whose packets are
+    # Wire protocol versions accepted (dynknock/protocol.py): a fleet drops 1, whose packets are
     # not bound to the gateway they were sent to (server.fleet_accepts_v1).
     versions: tuple[int, ...] = proto.VERSIONS
     # A P2 that arrives while its request still awaits knocks is held this long before it is

@@ -24,11 +24,11 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from auth import engine as eng
-from auth import protocol as proto
-from auth.replay import ReplayCache, ReplayJournal
-from auth.users import User, UsersFileError, load_users
 from dynknock import bus, replies
+from dynknock import protocol as proto
+from dynknock.auth import engine as eng
+from dynknock.auth.replay import ReplayCache, ReplayJournal
+from dynknock.auth.users import User, UsersFileError, load_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
 from dynknock.stage import (

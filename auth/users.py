@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auth.keys import (
+from dynknock.keys import (
     SessionKeys,
     decode_key,
     encode_key,
@@ -33,7 +33,7 @@ from auth.keys import (
     normalise_user_name,
     user_hint,
 )
-from auth.protocol import IPAddress
+from dynknock.protocol import IPAddress
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

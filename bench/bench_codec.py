@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from auth import protocol as proto  # noqa: E402
-from auth.engine import Engine, EngineConfig, SendReply, Service  # noqa: E402
-from auth.keys import SessionKeys, hint_epoch, user_hint  # noqa: E402
-from auth.replay import ReplayCache  # noqa: E402
-from auth.users import User  # noqa: E402
+from dynknock import protocol as proto  # noqa: E402
+from dynknock.auth.engine import Engine, EngineConfig, SendReply, Service  # noqa: E402
+from dynknock.auth.replay import ReplayCache  # noqa: E402
+from dynknock.auth.users import User  # noqa: E402
+from dynknock.keys import SessionKeys, hint_epoch, user_hint  # noqa: E402
 
 SERVER = ipaddress.ip_address("192.0.2.1")
 CLIENT = ipaddress.ip_address("203.0.113.7")

@@ -195,7 +195,7 @@ def _library_knock(tree: str | None, key: str, server: str, timing: dict[str, fl
         sys.path.insert(1, str(BENCH))
     import labworker
 
-    from client.session import Timing
+    from dynknock.client.session import Timing
 
     fields: dict[str, Any] = {k: int(v) if k == "max_bursts" else float(v) for k, v in timing.items()}
     result: dict[str, Any] = labworker.knock_and_connect(Path(key), server, SERVICE, Timing(**fields))
@@ -305,10 +305,10 @@ def worker(args: dict[str, Any]) -> None:
 def _wrapper(tree: Path, directory: Path, python: str) -> Path:
     """A console script like pip's, running `tree`'s packages (first on sys.path) with `python`.
     The tree is byte-compiled first, as pip does on install."""
-    subprocess.run([python, "-m", "compileall", "-q", str(tree / "client"), str(tree / "auth")], check=True)
+    subprocess.run([python, "-m", "compileall", "-q", str(tree / "dynknock"), str(tree / "client")], check=True)
     script = directory / f"knock-client-{secrets.token_hex(4)}"
     script.write_text(f"#!{python}\nimport sys\nsys.path.insert(0, {str(tree.resolve())!r})\n"
-                      "from client.main import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+                      "from dynknock.client.main import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
     script.chmod(0o755)
     return script
 
@@ -443,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from dynknock.netlab import NetLab
-    from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+    from dynknock.lab.netlab import NetLab
+    from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
     python = str(VENV_BIN / "python")
     workdir = Path(tempfile.mkdtemp(prefix="dynknock-startup-"))
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = Stack(lab, workdir, REPO / "supervisord.conf")
             stack.start()
             try:
-                from auth.keys import derive_master_key
+                from dynknock.keys import derive_master_key
 
                 results["scrypt_ms"] = []
                 for _ in range(5):

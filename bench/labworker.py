@@ -36,12 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from auth import protocol as proto
-from client.config import read_key_file
-from client.crypto import session_keys
-from client.knock import Endpoint, parse_ip, run_session
-from client.session import ClientSession, Timing, new_request
-from client.syn import RawSynSender, internet_checksum
+from dynknock import protocol as proto
+from dynknock.client.config import read_key_file
+from dynknock.client.crypto import session_keys
+from dynknock.client.knock import Endpoint, parse_ip, run_session
+from dynknock.client.session import ClientSession, Timing, new_request
+from dynknock.client.syn import RawSynSender, internet_checksum
 
 CONTROL_PORT = 62201
 BANNER = b"B"
@@ -159,7 +159,7 @@ def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing,
     endpoint = None
     syn = None
     try:
-        # As knock-client does (client/crypto.py): auth.keys' pycryptodome HKDF would add its import,
+        # As knock-client does (client/crypto.py): dynknock.keys' pycryptodome HKDF would add its import,
         # ~35 ms, to the first knock of every worker process, which knock-client never pays.
         keys = session_keys(read_key_file(key_file))
         endpoint = _endpoint(server, source)
@@ -476,8 +476,8 @@ def cmd_nft(args: dict[str, Any]) -> None:
     one `nft -f -` process per door, and a batch in one call."""
     import subprocess
 
-    from gate import core
-    from gate.main import Nft
+    from dynknock.gate import core
+    from dynknock.gate.main import Nft
 
     settings = core.GateSettings(table=args.get("table", "dkbench"), door_port_low=40000, door_port_high=49999,
                                  window_seconds=30, control_port=CONTROL_PORT, stealth=False)

@@ -19,11 +19,11 @@ from typing import Any
 
 import zmq
 
-from auth import protocol as proto
-from capture import core as capture_core
-from client.syn import internet_checksum
 from dynknock import bus
-from gate import core as gate_core
+from dynknock import protocol as proto
+from dynknock.capture import core as capture_core
+from dynknock.client.syn import internet_checksum
+from dynknock.gate import core as gate_core
 
 SERVER = "198.18.0.1"
 CLIENT = "198.18.0.2"

@@ -54,12 +54,12 @@ from typing import Any
 
 import zmq
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
-from client.session import new_request
 from dynknock import bus
-from dynknock.netlab import NetLab
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock import protocol as proto
+from dynknock.client.session import new_request
+from dynknock.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
+from dynknock.lab.netlab import NetLab
+from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -176,11 +176,12 @@ def write_key(path: Path) -> bytes:
     return key
 
 
-PACKAGES = ("auth", "capture", "gate", "relay", "client", "dynknock")
+PACKAGES = ("dynknock", "dynknock/lab", "dynknock/auth", "dynknock/capture", "dynknock/gate", "dynknock/relay",
+            "dynknock/client")
 
 
 def installed_site() -> Path:
-    spec = importlib.util.find_spec("auth")
+    spec = importlib.util.find_spec("dynknock")
     assert spec is not None and spec.origin is not None
     return Path(spec.origin).parent.parent
 
@@ -728,7 +729,7 @@ def cpu_per_gb(r: dict[str, Any]) -> float:
 
 
 def client_timing() -> str:
-    from client.session import Timing
+    from dynknock.client.session import Timing
 
     t = Timing()
     return ", ".join(f"{name} = {getattr(t, name):g}" for name in ("knock_gap_s", "p2_gap_s", "pending_wait_s",
@@ -1117,7 +1118,7 @@ def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: S
                 f"the end (anything else running shares the {info['nproc']} CPUs) |")
     head.append(f"| duration | {elapsed_s:.0f} s |")
     head.append("")
-    head.append("The lab (dynknock/netlab.py): network namespaces on a bridge, server 198.18.0.1, client 198.18.0.2,")
+    head.append("The lab (dynknock/lab/netlab.py): namespaces on a bridge, server 198.18.0.1, client 198.18.0.2,")
     head.append("attacker 198.18.0.3, extra clients in 198.19.0.0/16. The real stack runs in the server namespace,")
     head.append("started by `supervisord -c supervisord.conf` (nftables with stealth, libpcap on eth0); the service")
     head.append(f"is a sink on 127.0.0.1:{SINK_PORT} behind the relay, also listening on 198.18.0.1:{DIRECT_PORT} "

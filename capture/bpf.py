@@ -31,7 +31,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from capture.core import DLT_EN10MB, NOT_VLAN, build_filter, text_form
+from dynknock.capture.core import DLT_EN10MB, NOT_VLAN, build_filter, text_form
 
 SOL_SOCKET = 1
 SO_ATTACH_FILTER = 26

@@ -36,8 +36,8 @@ from typing import Any
 
 import dpkt
 
-from auth.protocol import PACKET_LEN, VERSIONS, PacketType
 from dynknock.bus import Datagram, Syn
+from dynknock.protocol import PACKET_LEN, VERSIONS, PacketType
 
 # Past this many pending (source, port) pairs every SYN to us passes the kernel and
 # auth's look-up does the narrowing. Each change of the pairs is compiled anew: 32

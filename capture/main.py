@@ -17,11 +17,11 @@ from typing import Any
 import pcap
 import zmq
 
-from auth.protocol import PacketType
-from capture.bpf import KernelFilter
-from capture.core import WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
-from capture.fairness import Admissions, Shedder, fair_order
 from dynknock import bus
+from dynknock.capture.bpf import KernelFilter
+from dynknock.capture.core import WRAPPED, build_filter, parse_frame, peek_datagram, valid_hints, valid_pairs
+from dynknock.capture.fairness import Admissions, Shedder, fair_order
+from dynknock.protocol import PacketType
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,

@@ -19,14 +19,12 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from auth import protocol as proto
-from auth.keys import KeyError_, SessionKeys
-from auth.protocol import Status
-from client import crypto
-from client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
-from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE
-from client.knock import Clock, Endpoint, Outcome, ResolveError, connect_udp, run_session
-from client.main import (
+from dynknock import protocol as proto
+from dynknock.client import crypto
+from dynknock.client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
+from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE
+from dynknock.client.knock import Clock, Endpoint, Outcome, ResolveError, connect_udp, run_session
+from dynknock.client.main import (
     EXIT_ERROR,
     EXIT_HOST,
     EXIT_NO_ANSWER,
@@ -41,18 +39,20 @@ from client.main import (
     Options,
     UsageError,
 )
-from client.paths import expand_user
-from client.session import ClientSession, Request, Timing, new_request
-from client.syn import RawSynSender
+from dynknock.client.paths import expand_user
+from dynknock.client.session import ClientSession, Request, Timing, new_request
+from dynknock.client.syn import RawSynSender
+from dynknock.keys import KeyError_, SessionKeys
+from dynknock.protocol import Status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     from typing import NamedTuple, TextIO
 
-    from auth.protocol import IPAddress
-    from client.syn import SynSender
+    from dynknock.client.syn import SynSender
+    from dynknock.protocol import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
-    from client.lean import NamedTuple
+    from dynknock.client.lean import NamedTuple
 
 
 def _getpass(prompt: str) -> str:
@@ -300,7 +300,7 @@ class Client:
     def _prepare_door(self) -> None:
         """Run while the server works on the first burst: what is needed once the door opens."""
         if self.settings.proxy:
-            from client import proxy  # noqa: F401 - threading: only --proxy needs it, and not before the door
+            from dynknock.client import proxy  # noqa: F401 - threading: only --proxy needs it, and not before the door
 
     def _announce(self, request: Request) -> None:
         # The paper's client shows the knocks; they are spent once used, so
@@ -406,7 +406,7 @@ class Client:
             _error(self.io, f"the door opened but connecting to {self.settings.host} port {port} failed: "
                             f"{exc.strerror or exc}")
             return EXIT_ERROR
-        from client import proxy  # threading: only --proxy needs it (loaded already: _prepare_door)
+        from dynknock.client import proxy  # threading: only --proxy needs it (loaded already: _prepare_door)
 
         try:
             return proxy.pipe(conn, self.io.proxy_in_fd, self.io.proxy_out_fd)

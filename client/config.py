@@ -28,19 +28,19 @@ import ipaddress
 import os
 from collections.abc import Callable
 
-from auth import keys
-from auth.keys import MASTER_KEY_LEN, KeyError_, encode_key
-from client.defaults import DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
-from client.paths import expand_user
+from dynknock import keys
+from dynknock.client.defaults import DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from dynknock.client.paths import expand_user
+from dynknock.keys import MASTER_KEY_LEN, KeyError_, encode_key
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, NamedTuple
 
-    from auth.protocol import IPAddress
+    from dynknock.protocol import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
-    from client.lean import NamedTuple
+    from dynknock.client.lean import NamedTuple
 
 
 class ConfigError(ValueError):

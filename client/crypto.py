@@ -1,19 +1,19 @@
 """The client's packet cryptography on the standard library (docs/CLIENT.md, "Install").
 
-The server seals and opens packets with pycryptodome (auth/protocol.py, auth/keys.py).
+The server seals and opens packets with pycryptodome (dynknock/protocol.py, dynknock/keys.py).
 The client does the same computations here without it, for two reasons:
 
 * start-up: ``knock-client`` is started by ssh for every connection, and importing
   pycryptodome's ChaCha20-Poly1305 costs 30-40 ms (cffi parsing C declarations, or
   ctypes running ``file`` through ``platform.architecture()``), more than the whole
   knock. These functions import nothing beyond ``struct`` and the interpreter's SHA-256
-  (:func:`auth.keys.hmac_sha256`; hmac and hashlib would load OpenSSL, another ~4 ms);
+  (:func:`dynknock.keys.hmac_sha256`; hmac and hashlib would load OpenSSL, another ~4 ms);
 * installation: the client needs no third-party package for a key file, and only
   pycryptodome's wheel (for a faster scrypt, see :func:`derive_master_key`) for a password.
 
 What is here: XChaCha20-Poly1305 (RFC 8439 with the HChaCha20 nonce extension of
 draft-irtf-cfrg-xchacha), HKDF-SHA256 (RFC 5869) with that HMAC, scrypt, and
-:func:`seal` / :func:`open_packet`, auth/protocol.py's functions of the same names
+:func:`seal` / :func:`open_packet`, dynknock/protocol.py's functions of the same names
 with these primitives. Packets are at most 130 bytes: pure Python costs ~0.3 ms a packet.
 
 Equivalence with the server's code is tested, not assumed: tests/unit/test_client_crypto.py
@@ -31,8 +31,8 @@ from __future__ import annotations
 import struct
 import unicodedata
 
-from auth import protocol as proto
-from auth.keys import (
+from dynknock import protocol as proto
+from dynknock.keys import (
     HINT_LEN,
     MASTER_KEY_LEN,
     SCRYPT_N,
@@ -46,7 +46,7 @@ from auth.keys import (
 )
 
 # hmac.compare_digest is this very function (hmac.py imports it from _operator); importing it
-# from there spares knock-client the hmac module's OpenSSL (auth.keys.hmac_sha256).
+# from there spares knock-client the hmac module's OpenSSL (dynknock.keys.hmac_sha256).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     from hmac import compare_digest
@@ -63,7 +63,7 @@ _NONCE16_WORDS = struct.Struct("<4I")
 _NONCE12_WORDS = struct.Struct("<3I")
 _BLOCK_WORDS = struct.Struct("<16I")
 _LENGTHS = struct.Struct("<QQ")
-_HEADER = struct.Struct("!BB8s24s")  # auth/protocol.py's header: version, type, hint, nonce
+_HEADER = struct.Struct("!BB8s24s")  # dynknock/protocol.py's header: version, type, hint, nonce
 _POLY_P = (1 << 130) - 5
 _POLY_CLAMP = 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
 _POLY_MOD = 1 << 128
@@ -72,7 +72,7 @@ _POLY_MOD = 1 << 128
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 if _HEADER.size != proto.HEADER_LEN:  # pragma: no cover - a change of the wire format
-    raise ImportError("client/crypto.py's header layout differs from auth/protocol.py's")
+    raise ImportError("client/crypto.py's header layout differs from dynknock/protocol.py's")
 
 
 # --- ChaCha20 (RFC 8439 2.3) ------------------------------------------------------
@@ -187,7 +187,7 @@ def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: 
     return chacha20_xor(subkey, 1, inner_nonce, ciphertext)
 
 
-# --- keys (auth/keys.py's derivations) -----------------------------------------------
+# --- keys (dynknock/keys.py's derivations) -----------------------------------------------
 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
@@ -202,7 +202,7 @@ def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
 
 
 def session_keys(master: bytes) -> SessionKeys:
-    """auth.keys.SessionKeys.from_master, with auth.keys.hmac_sha256 instead of pycryptodome's HKDF."""
+    """dynknock.keys.SessionKeys.from_master, with dynknock.keys.hmac_sha256 instead of pycryptodome's HKDF."""
     if len(master) != MASTER_KEY_LEN:
         raise KeyError_(f"master key must be {MASTER_KEY_LEN} bytes")
     return SessionKeys(
@@ -229,7 +229,7 @@ def preload_scrypt() -> None:
 
 
 def derive_master_key(user: str, password: str) -> bytes:
-    """auth.keys.derive_master_key: the same key, from pycryptodome's scrypt when it is installed
+    """dynknock.keys.derive_master_key: the same key, from pycryptodome's scrypt when it is installed
     (a dependency of the package), else from OpenSSL's (hashlib).
 
     pycryptodome is preferred although importing it costs 15-35 ms: its scrypt is so much
@@ -258,7 +258,7 @@ def scrypt_openssl(secret: bytes, salt: bytes) -> bytes:
                           dklen=MASTER_KEY_LEN)
 
 
-# --- packets (auth/protocol.py's seal and open_packet) --------------------------------
+# --- packets (dynknock/protocol.py's seal and open_packet) --------------------------------
 
 
 def _direction_key(keys: SessionKeys, kind: proto.PacketType) -> bytes:
@@ -267,7 +267,7 @@ def _direction_key(keys: SessionKeys, kind: proto.PacketType) -> bytes:
 
 def seal(keys: SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
          server: proto.IPAddress | None = None) -> bytes:
-    """Encrypt and authenticate a message into a wire packet (= auth.protocol.seal; v2 with `server`)."""
+    """Encrypt and authenticate a message into a wire packet (= dynknock.protocol.seal; v2 with `server`)."""
     if len(hint) != HINT_LEN or len(nonce) != proto.NONCE_LEN:
         raise ValueError("hint must be 8 bytes and nonce 24 bytes")
     kind, plain = proto.encode_plaintext(message)
@@ -279,7 +279,7 @@ def seal(keys: SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
 
 def open_packet(keys: SessionKeys, header: proto.Header, packet: bytes,
                 server: proto.IPAddress | None = None) -> proto.Message | proto.Reject:
-    """Verify the tag over header and ciphertext, then decode. Never raises (= auth.protocol.open_packet)."""
+    """Verify the tag over header and ciphertext, then decode. Never raises (= dynknock.protocol.open_packet)."""
     if header.version == proto.BOUND_VERSION and server is None:
         return proto.Reject(proto.RejectReason.BAD_VERSION, "2 without a server address to check")
     bound = server if header.version == proto.BOUND_VERSION else None

@@ -9,4 +9,4 @@ from __future__ import annotations
 DEFAULT_CONFIG_PATH = "~/.config/dynknock/client.toml"
 DEFAULT_PORT = 62201
 DEFAULT_SERVICE = "ssh"
-SERVICE_PATTERN = r"^[a-z0-9_-]{1,16}$"  # what a P1 can carry (auth/protocol.py)
+SERVICE_PATTERN = r"^[a-z0-9_-]{1,16}$"  # what a P1 can carry (dynknock/protocol.py)

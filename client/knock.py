@@ -15,17 +15,17 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-from auth import protocol as proto
-from client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
+from dynknock import protocol as proto
+from dynknock.client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     from typing import NamedTuple
 
-    from auth.protocol import IPAddress
-    from client.syn import SynSender
+    from dynknock.client.syn import SynSender
+    from dynknock.protocol import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
-    from client.lean import NamedTuple
+    from dynknock.client.lean import NamedTuple
 
 # Sockets come from _socket, the C module that the socket module wraps: socket.py turns every
 # constant into an enum member and imports selectors, ~1.5 ms of knock-client's start-up, and

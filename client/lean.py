@@ -11,7 +11,7 @@ instead, and mypy still sees the real ones::
         import secrets
         from typing import NamedTuple
     else:
-        from client.lean import NamedTuple, secrets
+        from dynknock.client.lean import NamedTuple, secrets
 
 tests/unit/test_client_lean.py checks them against the originals.
 """

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import sys
 
-from client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
-from client.paths import path_text
+from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from dynknock.client.paths import path_text
 
 # typing.TYPE_CHECKING without importing typing (a few ms); mypy treats the name alike.
 TYPE_CHECKING = False
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-    from auth.protocol import IPAddress
-    from client.app import Io
+    from dynknock.client.app import Io
+    from dynknock.protocol import IPAddress
 
 PROG = "knock-client"
 
@@ -341,7 +341,7 @@ def run(argv: list[str], io: Io | None = None) -> int:
         args = parse_options(argv)
     except SystemExit as exc:  # argparse already printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    from client import app  # the knocking code, once there is something to knock with
+    from dynknock.client import app  # the knocking code, once there is something to knock with
 
     return app.execute(args, app.Io() if io is None else io)
 

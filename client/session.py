@@ -36,17 +36,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, hint_epoch, user_hint
-from auth.protocol import IPAddress, Knock, PacketType, Status
-from client import crypto
+from dynknock import protocol as proto
+from dynknock.client import crypto
+from dynknock.keys import SessionKeys, hint_epoch, user_hint
+from dynknock.protocol import IPAddress, Knock, PacketType, Status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     import secrets
     from typing import NamedTuple, TypeAlias
 else:  # the same without typing's and secrets' ~7 ms of knock-client start-up (client/lean.py)
-    from client.lean import NamedTuple, secrets
+    from dynknock.client.lean import NamedTuple, secrets
 
 KNOCK_PORT_LOW = 1024  # knocks on privileged ports would look like an attack on real services
 KNOCK_PORT_HIGH = 65535

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     import secrets
     from typing import Final, Protocol
 
-    from auth.protocol import IPAddress
+    from dynknock.protocol import IPAddress
 else:  # the same without typing's and secrets' start-up (client/lean.py); SynSender is a plain base
-    from client.lean import secrets
+    from dynknock.client.lean import secrets
 
     Protocol = object
 

@@ -1,1 +1,8 @@
-"""Shared pieces of dynknock: bus catalogue and codec, config, lab."""
+"""dynknock: the stages (capture, auth, gate, relay, client) and what they share.
+
+Layers, bottom up; an import only ever goes down (tests/unit/test_layout.py):
+  wire      protocol, keys: the packets and keys that client, capture and auth all speak
+  shared    bus, transport, config, stage, events, metrics, replies, rundir (server runtime)
+  stages    capture, auth, gate, relay, client; the tools busd, tap, status
+  lab       lab.netlab, lab.stack, lab.demo: namespaces and whole stacks for tests and the demo
+"""

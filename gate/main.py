@@ -22,6 +22,7 @@ import zmq
 
 from dynknock import bus, replies
 from dynknock.config import Config
+from dynknock.gate import core
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
@@ -33,7 +34,6 @@ from dynknock.stage import (
     prepare_bus,
     setup_logging,
 )
-from gate import core
 
 NFT_TIMEOUT_S = 5
 

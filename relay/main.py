@@ -27,6 +27,8 @@ from typing import Any
 import zmq
 
 from dynknock import bus
+from dynknock.relay import core
+from dynknock.relay.pump import Totals, relay_connection
 from dynknock.stage import (
     Publisher,
     RateLimitedLog,
@@ -39,8 +41,6 @@ from dynknock.stage import (
     prepare_bus,
     setup_logging,
 )
-from relay import core
-from relay.pump import Totals, relay_connection
 
 CONNECT_TIMEOUT_S = 5.0
 ACCEPT_BACKOFF_S = 0.5

@@ -62,7 +62,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 step "pip: installing dynknock from $repo and its dependencies into $venv (about 30 s the first time)"
 # A copy, not an editable install: the unprivileged stages must be able to read the
-# code wherever this checkout lives.
+# code wherever this checkout lives. pip builds in the checkout, and setuptools' build/ keeps
+# every file an earlier layout had (0.1's top-level auth/, client/, ...): the wheel would carry
+# them back into site-packages, so each install builds from an empty one.
+rm -rf "$repo/build"
 "$venv/bin/pip" install -q --upgrade "$repo[server,dev]"
 "$venv/bin/pip" install -q --force-reinstall --no-deps "$repo"
 chmod -R a+rX /opt/dynknock

@@ -44,13 +44,13 @@ import dpkt
 import pytest
 from Crypto.Cipher import ChaCha20_Poly1305
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
-from client.session import new_request
-from client.syn import build_syn, tcp_checksum
+from dynknock import protocol as proto
+from dynknock.client.session import new_request
+from dynknock.client.syn import build_syn, tcp_checksum
 from dynknock.events import as_json
-from dynknock.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
+from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ PREFIX = "dka"
 NONE_PREFIX = "dkan"
 WINDOW_S = 5
 CONTROL_PORT = 62201
-DOOR_LOW, DOOR_HIGH = 63000, 65535  # the lab's door range (dynknock.stack.write_config)
+DOOR_LOW, DOOR_HIGH = 63000, 65535  # the lab's door range (dynknock.lab.stack.write_config)
 CLIENT = str(VENV_BIN / "knock-client")
 PYTHON = str(VENV_BIN / "python")
 STAGES = ("capture", "auth", "gate", "relay", "bus")
@@ -98,7 +98,7 @@ SECONDS or MAX_PACKETS, whichever comes first; prints what it sent as JSON.
 """
 import ipaddress, json, os, random, struct, sys, time
 import pcap
-from client.syn import build_syn, internet_checksum
+from dynknock.client.syn import build_syn, internet_checksum
 
 iface, src_mac, dst_mac, src_ip, dst_ip = sys.argv[1:6]
 port, seconds, max_packets = int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
@@ -151,7 +151,7 @@ print(json.dumps({"udp_sent": udp_sent, "syn_sent": syn_sent, "errors": errors, 
 RAW_SYN_TOOL = r'''
 """raw_syn.py SOURCE DESTINATION PORT:ISN...: SYN knocks through client/syn.py's own raw-socket sender."""
 import ipaddress, socket, sys
-from client.syn import RawSynSender
+from dynknock.client.syn import RawSynSender
 source, destination = ipaddress.ip_address(sys.argv[1]), ipaddress.ip_address(sys.argv[2])
 sender = RawSynSender(socket.AF_INET if source.version == 4 else socket.AF_INET6)
 for item in sys.argv[3:]:

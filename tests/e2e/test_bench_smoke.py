@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.netlab import require_privileges
-from dynknock.stack import VENV_BIN
+from dynknock.lab.netlab import require_privileges
+from dynknock.lab.stack import VENV_BIN
 
 pytestmark = pytest.mark.e2e
 

@@ -47,13 +47,13 @@ from typing import Any
 import dpkt
 import pytest
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, hint_epoch, user_hint
-from capture.core import build_filter
-from capture.fairness import SOURCES_PER_PAYLOAD, Limits
-from client.session import new_request
-from dynknock.netlab import Host, NetLab, require_privileges
-from dynknock.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock import protocol as proto
+from dynknock.capture.core import build_filter
+from dynknock.capture.fairness import SOURCES_PER_PAYLOAD, Limits
+from dynknock.client.session import new_request
+from dynknock.keys import SessionKeys, hint_epoch, user_hint
+from dynknock.lab.netlab import Host, NetLab, require_privileges
+from dynknock.lab.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +126,7 @@ KNOCKER_TOOL = r'''
 the times are the exchange's and not an interpreter's start-up (on a small machine under a flood, start-up
 is what slows first); prints JSON [[exit, seconds, door line seen, output tail], ...]."""
 import contextlib, io, json, re, sys, time
-from client.main import main
+from dynknock.client.main import main
 count, argv = int(sys.argv[1]), sys.argv[2:]
 assert count <= 50, "bounded"
 door = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +71,22 @@ def test_install_holds_no_server_dependency(installed: Installed) -> None:
     assert "dynknock" in names
     assert not names & SERVER_ONLY, names
     assert names - {"dynknock", "pycryptodome", "pip", "setuptools"} == set(), names
+
+
+def test_install_adds_one_top_level_package_and_no_generic_names(installed: Installed) -> None:
+    """`client`, `auth`, ... in site-packages would collide with any other package of that name."""
+    code = ("import json, sysconfig, pathlib; site = pathlib.Path(sysconfig.get_paths()['purelib']);"
+            "print(json.dumps(sorted(p.name for p in site.iterdir())))")
+    listed = subprocess.run([str(installed.venv / "bin" / "python"), "-c", code], env=_no_compiler_env(installed.venv),
+                            capture_output=True, text=True, check=True)
+    ours = {name for name in json.loads(listed.stdout)
+            if not name.lower().startswith(("pip", "setuptools", "pycryptodome", "crypto", "_distutils", "distutils",
+                                            "__pycache__", "_virtualenv", "pkg_resources"))}
+    assert ours == {"dynknock", "dynknock-0.1.0.dist-info"}, ours
+    stages = subprocess.run([str(installed.venv / "bin" / "python"), "-c",
+                             "import dynknock.client.main, dynknock.protocol, dynknock.keys; print('ok')"],
+                            env=_no_compiler_env(installed.venv), capture_output=True, text=True, check=False)
+    assert stages.stdout.strip() == "ok", stages.stderr
 
 
 def test_every_console_script_stays_declared(installed: Installed) -> None:

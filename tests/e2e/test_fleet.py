@@ -33,8 +33,8 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from dynknock.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
+from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 from dynknock.transport import GATEWAY_ROLES, gateway_key_name
 
 pytestmark = pytest.mark.e2e

@@ -34,8 +34,8 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of dynknock.netlab: the namespace lab every e2e test uses.
+"""End-to-end tests of dynknock.lab.netlab: the namespace lab every e2e test uses.
 
 They need root and iproute2; without them they FAIL (require_privileges
 raises) rather than skip, so a green run always means the lab really works.
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from dynknock import netlab
-from dynknock.netlab import CommandError, NetLab, require_privileges, start_sshd
+from dynknock.lab import netlab
+from dynknock.lab.netlab import CommandError, NetLab, require_privileges, start_sshd
 
 pytestmark = pytest.mark.e2e
 

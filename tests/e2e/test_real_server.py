@@ -34,7 +34,7 @@ import dpkt
 import pytest
 from supervisor.datatypes import byte_size  # type: ignore[import-untyped]
 
-from dynknock.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
 
 pytestmark = pytest.mark.e2e
 

@@ -32,9 +32,9 @@ with atheris.instrument_imports(include=["auth", "capture", "dynknock", "dpkt", 
     import dpkt  # noqa: F401
     import msgpack  # noqa: F401
 
-    import auth.protocol  # noqa: F401
-    import capture.core  # noqa: F401
     import dynknock.bus  # noqa: F401
+    import dynknock.capture.core  # noqa: F401
+    import dynknock.protocol  # noqa: F401
 
 
 def _harnesses() -> object:

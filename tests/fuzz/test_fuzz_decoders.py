@@ -2,9 +2,9 @@
 
 Decoders and the only outcomes each may have:
 
-    auth.protocol.parse_header     Header, or Reject(bad_size | bad_version | bad_type)
-    auth.protocol.open_packet      P1/P2/P3, or Reject(bad_tag | bad_padding | bad_field)
-    auth.protocol.decode_plaintext P1/P2/P3, or Reject(bad_size | bad_padding | bad_field)
+    dynknock.protocol.parse_header     Header, or Reject(bad_size | bad_version | bad_type)
+    dynknock.protocol.open_packet      P1/P2/P3, or Reject(bad_tag | bad_padding | bad_field)
+    dynknock.protocol.decode_plaintext P1/P2/P3, or Reject(bad_size | bad_padding | bad_field)
     dynknock.bus.decode            a catalogue message, or raises BadMessage
     capture.core.parse_frame       Datagram, Syn, or a drop reason (str)
 
@@ -33,11 +33,11 @@ from Crypto.Cipher import ChaCha20_Poly1305
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from auth import protocol as proto
-from auth.keys import SessionKeys
-from auth.protocol import PacketType, Reject, RejectReason
-from capture import core as capture_core
 from dynknock import bus
+from dynknock import protocol as proto
+from dynknock.capture import core as capture_core
+from dynknock.keys import SessionKeys
+from dynknock.protocol import PacketType, Reject, RejectReason
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 # The key of every protocol vector (tests/vectors: master key 00 01 ... 1f), so seeds authenticate.

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.stack import VENV_BIN, prepare_workdir
+from dynknock.lab.stack import VENV_BIN, prepare_workdir
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

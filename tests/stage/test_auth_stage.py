@@ -15,10 +15,10 @@ import time
 import pytest
 import zmq
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, hint_epoch, user_hint
 from dynknock import bus
-from dynknock.stack import LabUser, write_users
+from dynknock import protocol as proto
+from dynknock.keys import SessionKeys, hint_epoch, user_hint
+from dynknock.lab.stack import LabUser, write_users
 from tests.stage.conftest import StageEnv
 
 pytestmark = pytest.mark.stage

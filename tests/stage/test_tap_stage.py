@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.stack import VENV_BIN
+from dynknock.lab.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from auth import admin
-from auth.keys import derive_master_key
-from auth.users import load_users
+from dynknock.auth import admin
+from dynknock.auth.users import load_users
+from dynknock.keys import derive_master_key
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -332,10 +332,10 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_as_a_real_process_with_a_piped_password(users_file: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "DYNKNOCK_USERS": str(users_file)}
-    result = subprocess.run([sys.executable, "-m", "auth.admin", "add", "alice", "--services", "ssh,web"],
+    result = subprocess.run([sys.executable, "-m", "dynknock.auth.admin", "add", "alice", "--services", "ssh,web"],
                             input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
     assert load_users(users_file)["alice"].master_key == derive_master_key("alice", PASSWORD)
-    result = subprocess.run([sys.executable, "-m", "auth.admin", "remove", "nobody"],
+    result = subprocess.run([sys.executable, "-m", "dynknock.auth.admin", "remove", "nobody"],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert result.returncode == 2 and result.stderr == f"knock-admin: error: no user 'nobody' in {users_file}\n"

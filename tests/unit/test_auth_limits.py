@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from auth import protocol as proto
-from auth.engine import CloseDoor, EngineConfig, Event, OpenDoor, SendReply
-from auth.keys import SessionKeys
-from auth.protocol import Status
-from auth.replay import ReplayCache, ReplayJournal
 from dynknock import config as dkconfig
+from dynknock import protocol as proto
+from dynknock.auth.engine import CloseDoor, EngineConfig, Event, OpenDoor, SendReply
+from dynknock.auth.replay import ReplayCache, ReplayJournal
+from dynknock.keys import SessionKeys
+from dynknock.protocol import Status
 from tests.unit.test_engine import (
     ALICE,
     BOB,

@@ -3,7 +3,7 @@ bounded in time, in SYNs and in number, and narrowed as soon as auth names its p
 
 from __future__ import annotations
 
-from capture.fairness import Admissions
+from dynknock.capture.fairness import Admissions
 
 H = b"hint-one"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from capture import bpf, core
-from capture.core import MAX_FILTER_PAIRS, build_filter
+from dynknock.capture import bpf, core
+from dynknock.capture.core import MAX_FILTER_PAIRS, build_filter
 
 SERVERS = ["198.18.0.1", "198.18.0.7", "2001:db8:d::1", "2001:db8:d::7"]
 CASES = {

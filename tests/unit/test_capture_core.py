@@ -26,10 +26,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auth.protocol import PACKET_LEN, VERSION, PacketType
-from capture import core
-from capture.core import MAX_FILTER_PAIRS, build_filter, parse_frame
 from dynknock.bus import Datagram, Syn
+from dynknock.capture import core
+from dynknock.capture.core import MAX_FILTER_PAIRS, build_filter, parse_frame
+from dynknock.protocol import PACKET_LEN, VERSION, PacketType
 
 SERVER4 = "198.18.0.1"
 SERVER6 = "fd00::1"

@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capture.fairness import (
+from dynknock.capture.fairness import (
     DUPLICATE,
     HINT_BUDGET,
     SOURCE_BUDGET,

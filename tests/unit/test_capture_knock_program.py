@@ -14,8 +14,8 @@ import socket
 import dpkt
 import pytest
 
-from capture import bpf, core
-from capture.core import MAX_FILTER_PAIRS, NOT_VLAN, build_filter
+from dynknock.capture import bpf, core
+from dynknock.capture.core import MAX_FILTER_PAIRS, NOT_VLAN, build_filter
 from tests.unit.test_capture_core import (
     CLIENT4,
     CLIENT6,

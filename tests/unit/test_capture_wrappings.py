@@ -25,10 +25,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auth.protocol import PACKET_LEN, VERSION, PacketType
-from capture import core
-from capture.core import WRAPPED, build_filter, datagram_hint, parse_frame, peek_datagram
 from dynknock.bus import Datagram
+from dynknock.capture import core
+from dynknock.capture.core import WRAPPED, build_filter, datagram_hint, parse_frame, peek_datagram
+from dynknock.protocol import PACKET_LEN, VERSION, PacketType
 
 SERVER4 = "198.18.0.1"
 SERVER6 = "2001:db8:d::1"

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from client.app import Io, Settings, resolve_settings
-from client.main import (
+from dynknock.client.app import Io, Settings, resolve_settings
+from dynknock.client.main import (
     EXIT_HOST,
     EXIT_NO_RAW_SOCKET,
     EXIT_OK,
@@ -27,7 +27,7 @@ from client.main import (
     quick_parse,
     run,
 )
-from client.syn import SynSender
+from dynknock.client.syn import SynSender
 
 ENV = {"USER": "alice"}
 
@@ -227,7 +227,7 @@ def _argparse(argv: list[str]) -> object:
     """argparse's options for argv, or the exit status it gave."""
     import contextlib
 
-    from client.main import Options
+    from dynknock.client.main import Options
 
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
+from dynknock.client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
 
 GOOD = """
 [servers.home]

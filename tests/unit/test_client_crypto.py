@@ -4,7 +4,7 @@ Three layers, as in test_protocol.py:
 1. the published vectors of each primitive (RFC 8439, draft-irtf-cfrg-xchacha, RFC 5869);
 2. the project's vectors (tests/vectors/*.json), byte for byte, both directions;
 3. hypothesis: random keys, nonces and messages against pycryptodome (what auth/ uses)
-   and against auth.protocol's seal / open_packet, including altered packets.
+   and against dynknock.protocol's seal / open_packet, including altered packets.
 It also checks what importing the client loads: no third-party module at all (the
 client installs with no dependencies) and nothing the --help path does not need.
 """
@@ -23,10 +23,10 @@ from Crypto.Cipher import ChaCha20_Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auth import keys as K
-from auth import protocol as proto
-from auth.protocol import PacketType, Status
-from client import crypto as C
+from dynknock import keys as K
+from dynknock import protocol as proto
+from dynknock.client import crypto as C
+from dynknock.protocol import PacketType, Status
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "vectors"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -144,7 +144,7 @@ def test_packet_vector_with_the_wrong_direction_key_is_bad_tag() -> None:
     assert C.open_packet(swapped, header, packet) == proto.Reject(proto.RejectReason.BAD_TAG)
 
 
-# --- 3. random inputs against pycryptodome and auth.protocol -------------------------
+# --- 3. random inputs against pycryptodome and dynknock.protocol -------------------------
 
 
 @settings(max_examples=150, deadline=None)
@@ -257,28 +257,29 @@ def _loaded_after(code: str) -> set[str]:
 def test_the_knocking_client_loads_only_the_standard_library_and_its_own_code() -> None:
     # What a key-file --proxy run imports; a third-party module here would be a dependency
     # of the client install (pyproject.toml has none) and cost start-up.
-    loaded = _loaded_after("import client.main, client.app, client.proxy\n"
-                           "from client import crypto; crypto.session_keys(bytes(32))")
-    ours = {m for m in loaded if m.split(".")[0] in ("client", "auth")}
+    loaded = _loaded_after("import dynknock.client.main, dynknock.client.app, dynknock.client.proxy\n"
+                           "from dynknock.client import crypto; crypto.session_keys(bytes(32))")
+    ours = {m for m in loaded if m.split(".")[0] == "dynknock"}
     foreign = {m for m in loaded - ours if m.split(".")[0] not in sys.stdlib_module_names}
     assert foreign == set()
-    # auth's server side (engine, users, replay) and the bus are no part of the client.
-    assert {m for m in ours if m.startswith("auth.")} == {"auth.keys", "auth.protocol"}
+    # The wire layer and the client, nothing of the server (auth's engine, the bus, config).
+    assert {m for m in ours if not m.startswith("dynknock.client")} == {"dynknock", "dynknock.keys",
+                                                                         "dynknock.protocol"}
     assert not loaded & {"subprocess", "getpass", "tomllib", "typing_extensions"}
 
 
 def test_help_loads_neither_the_knocking_code_nor_its_imports() -> None:
-    loaded = _loaded_after("from client import main\nmain.build_parser().format_help()")
-    assert not loaded & {"client.app", "client.config", "auth.keys", "auth.protocol", "socket", "dataclasses",
-                         "pathlib", "ipaddress", "hashlib", "typing", "shutil"}
+    loaded = _loaded_after("from dynknock.client import main\nmain.build_parser().format_help()")
+    assert not loaded & {"dynknock.client.app", "dynknock.client.config", "dynknock.keys", "dynknock.protocol",
+                         "socket", "dataclasses", "pathlib", "ipaddress", "hashlib", "typing", "shutil"}
 
 
 def test_scrypt_preloaded_in_a_thread_gives_the_same_key() -> None:
     """knock-client imports pycryptodome's scrypt in a thread while the password is typed; in a fresh
     process (so the import really races derive_master_key's own) the key is the server's."""
-    from auth.keys import derive_master_key as server_derive
+    from dynknock.keys import derive_master_key as server_derive
 
-    code = ("from client import crypto\ncrypto.preload_scrypt()\n"
+    code = ("from dynknock.client import crypto\ncrypto.preload_scrypt()\n"
             "print(crypto.derive_master_key('Alice', 'correct horse').hex())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=str(Path(__file__).resolve().parents[2]))

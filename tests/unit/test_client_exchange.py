@@ -23,22 +23,22 @@ from pathlib import Path
 
 import pytest
 
-from auth import protocol as proto
-from auth.engine import Action, Engine, EngineConfig, OpenDoor, SendReply, Service
-from auth.keys import SessionKeys, derive_master_key, encode_key, hint_epoch, user_hint
-from auth.protocol import IPAddress, PacketType, Status
-from auth.replay import ReplayCache
-from auth.users import User
-from client.app import Io
-from client.knock import connect_udp, run_session
-from client.main import (
+from dynknock import protocol as proto
+from dynknock.auth.engine import Action, Engine, EngineConfig, OpenDoor, SendReply, Service
+from dynknock.auth.replay import ReplayCache
+from dynknock.auth.users import User
+from dynknock.client.app import Io
+from dynknock.client.knock import connect_udp, run_session
+from dynknock.client.main import (
     EXIT_NO_ANSWER,
     EXIT_OK,
     EXIT_SERVICE_NOT_ALLOWED,
     EXIT_UNAVAILABLE,
     run,
 )
-from client.session import ClientSession, Timing, new_request
+from dynknock.client.session import ClientSession, Timing, new_request
+from dynknock.keys import SessionKeys, derive_master_key, encode_key, hint_epoch, user_hint
+from dynknock.protocol import IPAddress, PacketType, Status
 
 LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
 MASTER = bytes(range(100, 132))
@@ -318,7 +318,7 @@ def test_countdown_on_a_tty(key_file: Path, config_args: list[str]) -> None:
         def isatty(self) -> bool:
             return True
 
-    from client.knock import Clock
+    from dynknock.client.knock import Clock
 
     sleeps: list[float] = []
     out = Tty()
@@ -393,7 +393,7 @@ def test_junk_is_ignored_and_counted(key_file: Path) -> None:
 def test_idle_work_runs_once_in_the_knock_gap_and_shortens_it(key_file: Path) -> None:
     # --proxy loads its threads while the server works (client/app.py _prepare_door): the work
     # runs once, in the first pause (the gap between P1 and the SYNs), which it shortens.
-    from client.knock import Clock
+    from dynknock.client.knock import Clock
 
     sleeps: list[float] = []
     calls: list[int] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client.lean import NamedTuple, secrets
+from dynknock.client.lean import NamedTuple, secrets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,11 +94,11 @@ def test_a_proxy_run_with_a_key_file_imports_none_of_the_slow_modules(tmp_path: 
     key.chmod(0o600)
     code = f"""
 import sys
-from client import main
+from dynknock.client import main
 options = main.quick_parse(["--proxy", "-q", "-k", {str(key)!r}, "127.0.0.1"])
 assert options is not None
-from client import app, crypto
-from client.session import ClientSession, Timing, new_request
+from dynknock.client import app, crypto
+from dynknock.client.session import ClientSession, Timing, new_request
 settings = app.resolve_settings(options, {{"USER": "alice"}})
 keys = crypto.session_keys(app.read_key_file(settings.key_file))
 session = ClientSession(keys, new_request("ssh", None), Timing())

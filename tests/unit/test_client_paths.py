@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from client.paths import expand_user, path_text
+from dynknock.client.paths import expand_user, path_text
 
 NAMES = st.text(alphabet="/.~ab", max_size=14)
 

@@ -8,10 +8,8 @@ import os
 
 import pytest
 
-from auth import protocol as proto
-from auth.keys import SessionKeys, hint_epoch, user_hint
-from auth.protocol import Knock, Status
-from client.session import (
+from dynknock import protocol as proto
+from dynknock.client.session import (
     KNOCK_PORT_HIGH,
     KNOCK_PORT_LOW,
     ClientSession,
@@ -24,6 +22,8 @@ from client.session import (
     Timing,
     new_request,
 )
+from dynknock.keys import SessionKeys, hint_epoch, user_hint
+from dynknock.protocol import Knock, Status
 
 KEYS = SessionKeys.from_master(bytes(range(32)))
 OTHER_KEYS = SessionKeys.from_master(bytes(32))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.syn import SYN_FLAG, SYN_LEN, RawSynSender, build_syn, internet_checksum, tcp_checksum
+from dynknock.client.syn import SYN_FLAG, SYN_LEN, RawSynSender, build_syn, internet_checksum, tcp_checksum
 
 V4_SRC, V4_DST = ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv4Address("198.51.100.7")
 V6_SRC, V6_DST = ipaddress.IPv6Address("2001:db8::1"), ipaddress.IPv6Address("2001:db8:ffff::2")

@@ -1,7 +1,7 @@
 """The auth engine driven with plain values: a fixed clock, deterministic randomness.
 
 Each test reads as a script: a datagram or SYN goes in, the expected actions
-come out. Clients are simulated with the real codec (auth/protocol.py), and
+come out. Clients are simulated with the real codec (dynknock/protocol.py), and
 every P3 the engine sends is opened with the user's server-to-client key.
 """
 
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auth import protocol as proto
-from auth.engine import (
+from dynknock import protocol as proto
+from dynknock.auth.engine import (
     Action,
     CloseDoor,
     Engine,
@@ -33,10 +33,10 @@ from auth.engine import (
     Service,
     SetKnockFilter,
 )
-from auth.keys import SessionKeys, hint_epoch, user_hint
-from auth.protocol import IPAddress, Knock, PacketType, Status
-from auth.replay import ReplayCache, ReplayJournal
-from auth.users import User
+from dynknock.auth.replay import ReplayCache, ReplayJournal
+from dynknock.auth.users import User
+from dynknock.keys import SessionKeys, hint_epoch, user_hint
+from dynknock.protocol import IPAddress, Knock, PacketType, Status
 
 NOW = 1_700_000_000_000  # ms; any fixed value will do
 SERVER = ipaddress.ip_address("192.0.2.1")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from auth import protocol as proto
-from auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
-from auth.keys import hint_epoch, user_hint
-from auth.protocol import PacketType, Status
+from dynknock import protocol as proto
+from dynknock.auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
+from dynknock.keys import hint_epoch, user_hint
+from dynknock.protocol import PacketType, Status
 from tests.unit.test_engine import (
     ALICE,
     CONFIG,

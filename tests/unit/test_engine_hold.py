@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
-from auth.protocol import Status
+from dynknock.auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
+from dynknock.protocol import Status
 from tests.unit.test_engine import (
     ALICE,
     BOB,

@@ -16,8 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynknock.bus import DoorClose, DoorOpen
-from gate import core
-from gate.core import DoorElement, GateSettings, Invalid
+from dynknock.gate import core
+from dynknock.gate.core import DoorElement, GateSettings, Invalid
 
 NOW = 1_700_000_000_000
 SETTINGS = GateSettings(table="dynknock", door_port_low=40000, door_port_high=49999, window_seconds=30,

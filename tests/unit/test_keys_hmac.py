@@ -1,4 +1,4 @@
-"""auth/keys.py without hmac, hashlib, base64 or dataclasses (knock-client's start-up): the
+"""dynknock/keys.py without hmac, hashlib, base64 or dataclasses (knock-client's start-up): the
 same HMAC, the same base64 rules, the same SessionKeys as before."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from auth import keys as K
+from dynknock import keys as K
 
 
 @given(st.binary(max_size=200), st.binary(max_size=300))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock import demo
-from dynknock.netlab import LabUnavailable, explain_netns_failure, explain_nft_failure
+from dynknock.lab import demo
+from dynknock.lab.netlab import LabUnavailable, explain_netns_failure, explain_nft_failure
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,9 +24,9 @@ from Crypto.Cipher import ChaCha20_Poly1305
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from auth import keys as K
-from auth import protocol as proto
-from auth.protocol import PacketType, Reject, RejectReason, Status
+from dynknock import keys as K
+from dynknock import protocol as proto
+from dynknock.protocol import PacketType, Reject, RejectReason, Status
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "vectors"
 ALL_TYPES = (PacketType.P1, PacketType.P2, PacketType.P3)

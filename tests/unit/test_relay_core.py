@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynknock.bus import DoorOpen
-from relay import core
-from relay.core import Door, DoorTable, Invalid, RelaySettings, Verdict
+from dynknock.relay import core
+from dynknock.relay.core import Door, DoorTable, Invalid, RelaySettings, Verdict
 
 NOW = 1_700_000_000_000
 SSH = ("127.0.0.1", 22)
@@ -306,7 +306,7 @@ def test_listener_refusal_names_the_cause(number: int, prefix: str) -> None:
 
 
 def test_the_address_in_use_prefix_is_the_one_auth_reads() -> None:
-    from auth.engine import ADDRESS_IN_USE
+    from dynknock.auth.engine import ADDRESS_IN_USE
     assert core.ADDRESS_IN_USE == ADDRESS_IN_USE
 
 

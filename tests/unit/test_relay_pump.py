@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay import pump
-from relay.pump import Totals, relay_connection
+from dynknock.relay import pump
+from dynknock.relay.pump import Totals, relay_connection
 
 UP = b"0123456789"
 DOWN = 100_000

@@ -25,8 +25,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from anywhere without installing
 
-from auth import keys as K  # noqa: E402
-from auth import protocol as proto  # noqa: E402
+from dynknock import keys as K  # noqa: E402
+from dynknock import protocol as proto  # noqa: E402
 
 # 2004-05-02 14:39:50 UTC, the first request in the SIG^2 paper's daemon log.
 TIMESTAMP_MS = 1_083_508_790_000

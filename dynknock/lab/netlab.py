@@ -161,10 +161,10 @@ def require_privileges() -> None:
     """
     if os.geteuid() != 0:
         raise RuntimeError(
-            f"dynknock.netlab needs root (network namespaces, veth, sshd); running as uid {os.geteuid()}"
+            f"dynknock.lab.netlab needs root (network namespaces, veth, sshd); running as uid {os.geteuid()}"
         )
     if shutil.which("ip") is None:
-        raise RuntimeError("dynknock.netlab needs iproute2's `ip` in PATH")
+        raise RuntimeError("dynknock.lab.netlab needs iproute2's `ip` in PATH")
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise RuntimeError(f"`ip netns` is unavailable (exit {probe.returncode}): {probe.stderr.strip()}")

@@ -24,10 +24,10 @@ from typing import Any
 
 import zmq
 
-from auth.keys import derive_master_key
-from auth.users import User, save_users
 from dynknock import bus
-from dynknock.netlab import Host, NetLab
+from dynknock.auth.users import User, save_users
+from dynknock.keys import derive_master_key
+from dynknock.lab.netlab import Host, NetLab
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
 # e.g. a second checkout tested beside this one.

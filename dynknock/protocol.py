@@ -5,7 +5,7 @@ Every packet is ``header || ciphertext || tag``:
     header (34 bytes, authenticated as associated data, not encrypted)
       version  u8   = 1 or 2
       type     u8   1 = P1, 2 = P2, 3 = P3
-      hint     8 B  rotating user hint (auth/keys.py)
+      hint     8 B  rotating user hint (dynknock/keys.py)
       nonce   24 B  random XChaCha20-Poly1305 nonce
     ciphertext     fixed length per type
     tag      16 B  Poly1305
@@ -28,7 +28,7 @@ import enum
 import ipaddress
 import struct
 
-from auth.keys import HINT_LEN, SessionKeys
+from dynknock.keys import HINT_LEN, SessionKeys
 
 # typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
 # this module on every start (ssh starts it for every connection): typing costs it ~3 ms, and the

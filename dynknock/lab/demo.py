@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from dynknock.config import load
-from dynknock.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
-from dynknock.stack import VENV_BIN, Stack, prepare_workdir, write_config
+from dynknock.lab.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
+from dynknock.lab.stack import VENV_BIN, Stack, prepare_workdir, write_config
 
 PASSWORD = "demo password, not a secret"
 
