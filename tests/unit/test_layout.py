@@ -18,8 +18,8 @@ PACKAGE = REPO / "dynknock"
 STAGES = ("capture", "auth", "gate", "relay", "client")
 
 WIRE = {"dynknock.protocol", "dynknock.keys"}
-SHARED = {"dynknock.bus", "dynknock.transport", "dynknock.config", "dynknock.stage", "dynknock.events",
-          "dynknock.metrics", "dynknock.replies", "dynknock.rundir"}
+SHARED = {"dynknock.bus", "dynknock.topics", "dynknock.transport", "dynknock.config", "dynknock.stage",
+          "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir"}
 TOOLS = {"dynknock.busd", "dynknock.tap", "dynknock.status"}
 
 
@@ -108,3 +108,19 @@ def test_one_stage_imports_another_only_where_a_process_is_shared() -> None:
         others = {name.split(".")[1] for name in imports_of(path, module)
                   if layer_of(name) == 2 and name not in TOOLS} - {stage}
         assert others == set(), f"{module} imports the stages {others}"
+
+
+def test_every_topic_published_is_in_the_catalogue() -> None:
+    """A topic literal in runtime code is one the catalogue (dynknock/topics.py) may not know."""
+    import re
+
+    from dynknock.topics import Topic
+
+    known = {str(topic) for topic in Topic}
+    stage = "(?:auth|capture|gate|relay)"
+    literal = re.compile(rf"[\"']({stage}\.[a-z_]+\.[a-z_]+|{stage}\.alive)[\"']")
+    for module, path in our_modules().items():
+        if module == "dynknock.topics":
+            continue
+        unknown = set(literal.findall(path.read_text())) - known
+        assert unknown == set(), f"{module}: {unknown}"
