@@ -113,6 +113,8 @@ TAG_LEN: Final = 16
 KNOCK_COUNT: Final = 3
 REQUEST_ID_LEN: Final = 16
 SERVICE_NAME_LEN: Final = 16
+SERVICE_NAME_CHARACTERS: Final = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+CONTROL_PORT: Final = 62201  # the default UDP port of P1/P2 (server.control_port, the client's port)
 
 _HEADER = struct.Struct("!BB8s24s")
 HEADER_LEN: Final = _HEADER.size  # 34
@@ -249,20 +251,26 @@ def _unpack_address(raw: bytes) -> IPAddress | None | Reject:
     return Reject(RejectReason.BAD_FIELD, "address")
 
 
+def is_service_name(name: str) -> bool:
+    """What a P1 can carry as its service: 1-16 of [a-z0-9_-]. The one rule for the client's
+    options and config, knock-admin and the server's config."""
+    return 1 <= len(name) <= SERVICE_NAME_LEN and all(c in SERVICE_NAME_CHARACTERS for c in name)
+
+
+def is_port(value: object) -> bool:
+    """A TCP/UDP port number, 1-65535 (a bool is no number here, though Python says it is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
 def _pack_service(name: str) -> bytes:
-    raw = name.encode("ascii")
-    if not raw or len(raw) > SERVICE_NAME_LEN or not _is_service_name(raw):
+    if not is_service_name(name):
         raise ValueError(f"service name must be 1-{SERVICE_NAME_LEN} of [a-z0-9_-]: {name!r}")
-    return raw.ljust(SERVICE_NAME_LEN, b"\0")
-
-
-def _is_service_name(raw: bytes) -> bool:
-    return all(c in b"abcdefghijklmnopqrstuvwxyz0123456789_-" for c in raw)
+    return name.encode("ascii").ljust(SERVICE_NAME_LEN, b"\0")
 
 
 def _unpack_service(raw: bytes) -> str | Reject:
     name = raw.rstrip(b"\0")
-    if not name or b"\0" in name or not _is_service_name(name):
+    if not name or b"\0" in name or not is_service_name(name.decode("latin-1")):
         return Reject(RejectReason.BAD_FIELD, "service")
     return name.decode("ascii")
 
