@@ -82,7 +82,7 @@ def test_without_a_descriptor_for_a_pipe_it_copies_and_counts_the_same(
     def no_descriptor() -> tuple[int, int]:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-    monkeypatch.setattr(pump.os, "pipe", no_descriptor)
+    monkeypatch.setattr(os, "pipe", no_descriptor)  # the module pump uses: os is one object
     port, heard = service
     received, totals = run_through_relay(port)
     assert (heard, received) == ([UP], DOWN)
