@@ -110,16 +110,6 @@ def compile_text(expression: str, linktype: int, snaplen: int) -> list[Instructi
         lib.pcap_close(handle)
 
 
-def kernel_program(expression: str, snaplen: int) -> list[Instruction]:
-    """The program to attach to an Ethernet packet socket for build_filter's text."""
-    if not expression.endswith(NOT_VLAN):
-        raise ValueError("an Ethernet filter of capture's refuses VLAN tags (build_filter ends it so)")
-    program = REFUSE_TAGGED + compile_text(expression.removesuffix(NOT_VLAN), DLT_EN10MB, snaplen)
-    if len(program) > BPF_MAXINSNS:
-        raise OSError(f"filter of {len(program)} instructions is longer than the kernel takes")
-    return program
-
-
 _PACKED = struct.Struct("=HBBI")  # struct sock_filter
 
 
@@ -169,12 +159,6 @@ class KernelFilter:
     def first(self, expression: str) -> None:
         # libpcap's own way once: it also judges, in userland, what is already in the ring.
         self.handle.setfilter(expression)
-
-    def change(self, expression: str) -> None:
-        if self.atomic:
-            attach(self.handle.fileno(), kernel_program(expression, self.snaplen))
-        else:
-            self.handle.setfilter(expression)
 
 
 # --- the knock part, written here instead of compiled ----------------------------------------------

@@ -211,12 +211,6 @@ def peek_datagram(linktype: int, frame: bytes) -> tuple[bytes, bytes, bytes] | s
     return bytes(payload[2:2 + HINT_LEN]), bytes(source), bytes(payload)
 
 
-def datagram_hint(linktype: int, frame: bytes) -> bytes | None:
-    """The hint of a client datagram in any wrapping capture accepts (see peek_datagram), else None."""
-    peeked = peek_datagram(linktype, frame)
-    return peeked[0] if isinstance(peeked, tuple) else None
-
-
 def valid_hints(raw: list[Any]) -> frozenset[bytes] | None:
     if not all(isinstance(h, bytes) and len(h) == HINT_LEN for h in raw):
         return None

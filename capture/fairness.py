@@ -130,7 +130,7 @@ class ReplayFilter:
             return
         seen.pop(payload, None)  # a stale copy moves to the young end
         while seen:
-            oldest, (when, _) = next(iter(seen.items()))
+            when, _ = next(iter(seen.values()))
             if len(seen) < self.capacity and now - when < self.ttl_s:
                 break
             seen.popitem(last=False)
@@ -275,11 +275,6 @@ class Admissions:
             self._drop(source)
             changed = True
         return changed
-
-    def next_end(self) -> float | None:
-        for until in self._until.values():
-            return until
-        return None
 
     def _drop(self, source: str) -> None:
         del self._until[source]

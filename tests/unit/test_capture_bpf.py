@@ -1,9 +1,9 @@
 """capture/bpf.py: the program capture attaches itself (atomic filter swap), checked without an interface.
 
 What the program means is checked through its text elsewhere (test_capture_core.py and
-test_capture_wrappings.py replay frames through libpcap); here: that it is libpcap's
-compilation of that text behind the VLAN refusal, that the refusal reads the right
-ancillary field, and that the Linux kernel accepts the program on a real socket.
+test_capture_wrappings.py replay frames through libpcap, test_capture_knock_program.py runs
+the program); here: that the VLAN refusal reads the right ancillary field and heads every
+program, and that the Linux kernel accepts the programs on a real socket.
 """
 
 from __future__ import annotations
@@ -44,28 +44,19 @@ def test_ancillary_offsets_match_the_kernel_headers() -> None:
     assert values["SKF_AD_OFF"] == bpf.SKF_AD_OFF
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_kernel_program_is_libpcaps_behind_the_refusal(case: str) -> None:
-    text = build_filter(SERVERS, 62201, CASES[case])
-    program = bpf.kernel_program(text, 256)
-    assert program[:3] == bpf.REFUSE_TAGGED
-    assert program[3:] == bpf.compile_text(text.removesuffix(core.NOT_VLAN), core.DLT_EN10MB, 256)
-    assert len(program) < bpf.BPF_MAXINSNS
-    assert program[-1][0] == bpf.BPF_RET_K
-
-
-def test_kernel_program_wants_capture_ethernet_text() -> None:
-    with pytest.raises(ValueError):
-        bpf.kernel_program(build_filter(SERVERS, 62201, [], linktype=core.DLT_RAW), 256)
+def test_compile_text_refuses_a_broken_expression() -> None:
     with pytest.raises(OSError):
         bpf.compile_text("udp and (", core.DLT_EN10MB, 256)
 
 
-def test_the_kernel_accepts_the_program_and_refuses_a_broken_one() -> None:
+def test_the_kernel_accepts_capture_programs_and_refuses_a_broken_one() -> None:
     """SO_ATTACH_FILTER validates classic BPF (jumps, ancillary loads, final return) on any socket."""
+    datagrams = bpf.compile_text(build_filter(SERVERS, 62201, []).removesuffix(core.NOT_VLAN), core.DLT_EN10MB, 256)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for pairs in CASES.values():
-            bpf.attach(sock.fileno(), bpf.kernel_program(build_filter(SERVERS, 62201, pairs), 256))
+            program, _ = bpf.knock_program(datagrams, SERVERS, bpf.knock_sources(pairs), 256)
+            assert program[:3] == bpf.REFUSE_TAGGED and len(program) <= bpf.BPF_MAXINSNS
+            bpf.attach(sock.fileno(), program)
         with pytest.raises(OSError):
             bpf.attach(sock.fileno(), [(bpf.BPF_JEQ_K, 5, 5, 0)])  # jumps out of the program, no return
         with pytest.raises(OSError):
