@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,7 +29,7 @@ import zmq
 from dynknock import bus
 from dynknock.auth.users import User, save_users
 from dynknock.keys import derive_master_key
-from dynknock.lab.netlab import Host, NetLab
+from dynknock.lab.netlab import Host, NetLab, SshdInfo
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
 # e.g. a second checkout tested beside this one.
@@ -297,3 +299,27 @@ class EventLog:
             pairs = list(zip(self.arrivals, self._events, strict=True))
         return [(e.topic.removeprefix("auth."), round((t - start) * 1000)) for t, e in pairs
                 if start <= t <= end and e.topic.startswith("auth.") and e.fields.get("user") == user]
+
+
+# knock-client's line once a door is open (client/main.py prints it): the tests read the door from it.
+DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
+
+
+def door_port(output: str) -> int:
+    """The door's port in knock-client's output (stdout and stderr together); fails naming the output."""
+    match = DOOR_LINE.search(output)
+    if match is None:
+        raise AssertionError(f"no door in knock-client's output: {output!r}")
+    return int(match.group(2))
+
+
+def host_mac(lab: NetLab, host: Host) -> bytes:
+    """host's Ethernet address on the lab's bridge: frames injected from or to it carry it."""
+    text = lab.run(host, ["cat", f"/sys/class/net/{host.interface}/address"]).stdout.strip()
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def ssh_command(sshd: SshdInfo, command: str) -> str:
+    """knock-client --exec text: ssh into the lab's sshd through the door ({host}, {port}) and run command."""
+    ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv("{host}"))
+    return f"{ssh} -p {{port}} {command}"
