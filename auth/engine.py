@@ -55,6 +55,7 @@ from dynknock.auth.replay import ReplayCache
 from dynknock.auth.users import User, UserDirectory
 from dynknock.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
 from dynknock.protocol import IPAddress, RejectReason, Status
+from dynknock.topics import Topic
 
 # Who opens a door: the gate admits the client and the relay forwards; or, for a door the
 # kernel forwards (services.NAME.forward), the gate alone.
@@ -102,12 +103,14 @@ class SetKnockFilter:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
-    topic: str
+class Notify:
+    """Publish this event on the bus (the shell stamps it with the stage and the time: a bus.Event)."""
+
+    topic: Topic
     fields: dict[str, Any]
 
 
-Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Event
+Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Notify
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +286,7 @@ class Engine:
             if revoked(door.user) or user is None or door.service not in user.services \
                     or not user.allows_source(door.client):
                 actions += self._revoke(door, "user changed")
-        actions.append(Event("auth.users.reloaded", {"users": len(users)}))
+        actions.append(Notify(Topic.AUTH_USERS_RELOADED, {"users": len(users)}))
         return actions + self._filter_update()
 
     # --- inputs --------------------------------------------------------------
@@ -390,7 +393,7 @@ class Engine:
             self.unmatched_syns += 1
             return []
         request.remaining.discard((port, isn))
-        actions: list[Action] = [Event("auth.knock.matched", {
+        actions: list[Action] = [Notify(Topic.AUTH_KNOCK_MATCHED, {
             "user": request.user, "client": _addr(source), "port": port,
             "left": len(request.remaining)})]
         if not request.remaining:
@@ -409,7 +412,7 @@ class Engine:
         if request.confirmed != request.door_stages:
             return []
         request.state, request.state_since_ms = State.OPEN, now_ms
-        actions: list[Action] = [Event("auth.door.opened", {
+        actions: list[Action] = [Notify(Topic.AUTH_DOOR_OPENED, {
             "user": request.user, "client": _addr(request.client), "port": request.door_port,
             "service": request.service, "window": self.config.window_s,
             "latency_ms": now_ms - request.created_ms, **({"gateway": request.gateway} if request.gateway else {})})]
@@ -456,8 +459,8 @@ class Engine:
         for door in list(self._doors.values()):
             if door.expires_ms <= now_ms:
                 self._release(door.port)
-                actions.append(Event("auth.door.expired", {"user": door.user, "client": _addr(door.client),
-                                                           "port": door.port}))
+                actions.append(Notify(Topic.AUTH_DOOR_EXPIRED, {"user": door.user, "client": _addr(door.client),
+                                                                 "port": door.port}))
                 continue
             found = self._directory.get(door.user)
             if found is not None and found[0].expired(now_ms / 1000):
@@ -499,7 +502,7 @@ class Engine:
         existing = self._requests.get((user.name, client))
         if existing is not None and existing.request_id == p1.request_id and existing.gateway == gateway:
             self._replay.remember(nonce, nonce_expiry)  # a retransmitted P1: same request
-            return [Event("auth.request.retry", {"user": user.name, "client": _addr(client)})]
+            return [Notify(Topic.AUTH_REQUEST_RETRY, {"user": user.name, "client": _addr(client)})]
         mine = [r for r in self._requests.values() if r.user == user.name and r.state is not State.OPEN]
         if existing is None and len(mine) >= self.config.max_requests_per_user:
             return self._reject(RejectReason.TOO_MANY_REQUESTS, source, now_ms, user=user.name)
@@ -508,14 +511,14 @@ class Engine:
         self._replay.remember(nonce, nonce_expiry)
         actions: list[Action] = []
         if existing is not None:
-            actions.append(Event("auth.request.replaced", {"user": user.name, "client": _addr(client)}))
+            actions.append(Notify(Topic.AUTH_REQUEST_REPLACED, {"user": user.name, "client": _addr(client)}))
             actions += self._drop(existing)
         request = Request(user.name, keys, client, p1.request_id, p1.service, now_ms,
                           {(k.port, k.isn) for k in p1.knocks}, state_since_ms=now_ms, gateway=gateway,
                           version=version)
         self._requests[(user.name, client)] = request
         self._by_id[p1.request_id] = request
-        actions.append(Event("auth.request.received", {
+        actions.append(Notify(Topic.AUTH_REQUEST_RECEIVED, {
             "user": user.name, "client": _addr(client), "source": _addr(source), "service": p1.service,
             **({"gateway": gateway} if gateway else {})}))
         if p1.service not in user.services or p1.service not in self.config.services:
@@ -606,7 +609,8 @@ class Engine:
 
     def _knocks_complete(self, request: Request, now_ms: int) -> list[Action]:
         self._unhold(request)  # its P2 is answered below (refused) or when the door opens
-        actions: list[Action] = [Event("auth.knock.complete", {"user": request.user, "client": _addr(request.client)})]
+        actions: list[Action] = [Notify(Topic.AUTH_KNOCK_COMPLETE,
+                                        {"user": request.user, "client": _addr(request.client)})]
         request.state_since_ms = now_ms
         refusal: tuple[RejectReason, str] | None = None
         if self._doors_of[request.user] >= self.config.max_doors_per_user:
@@ -657,9 +661,10 @@ class Engine:
             request.door_id = ""
             return actions + self._door_failed(request, f"{stage}: {detail}", now_ms, close=False)
         actions += self._open_at(request, port, now_ms)
-        actions.append(Event("auth.door.moved", {"user": request.user, "client": _addr(request.client),
-                                                 "port": old_port, "new_port": port, "detail": f"{stage}: {detail}"}))
-        # the Event goes after OpenDoor; CloseDoor (old) goes before it: the gate's element for
+        actions.append(Notify(Topic.AUTH_DOOR_MOVED, {"user": request.user, "client": _addr(request.client),
+                                                      "port": old_port, "new_port": port,
+                                                      "detail": f"{stage}: {detail}"}))
+        # the Notify goes after OpenDoor; CloseDoor (old) goes before it: the gate's element for
         # the old port is gone before the new one is asked for.
         return actions
 
@@ -670,8 +675,8 @@ class Engine:
             self._forget(request)
         self._release(door.port)
         return [CloseDoor(door.door_id, door.client, door.port, door.gateway),
-                Event("auth.door.revoked", {"user": door.user, "client": _addr(door.client), "port": door.port,
-                                            "detail": why})]
+                Notify(Topic.AUTH_DOOR_REVOKED, {"user": door.user, "client": _addr(door.client), "port": door.port,
+                                                 "detail": why})]
 
     def _release(self, port: int) -> None:
         door = self._doors.pop(port, None)
@@ -776,13 +781,13 @@ class Engine:
 
     @staticmethod
     def _rejection_event(reason: RejectReason, source: IPAddress, user: str | None,
-                         detail: str = "") -> Event:
+                         detail: str = "") -> Notify:
         fields: dict[str, Any] = {"reason": reason.value, "source": _addr(source)}
         if user is not None:
             fields["user"] = user
         if detail:
             fields["detail"] = detail
-        return Event("auth.request.rejected", fields)
+        return Notify(Topic.AUTH_REQUEST_REJECTED, fields)
 
     def _pair_removed(self, client: IPAddress, port: int) -> None:
         key = (_addr(client), port)
@@ -811,6 +816,3 @@ class Engine:
         return [{"user": d.user, "client": _addr(d.client), "port": d.port, "expires_ms": d.expires_ms,
                  **({"gateway": d.gateway} if d.gateway else {})} for d in self._doors.values()]
 
-
-def parse_address(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)

@@ -234,7 +234,7 @@ class AuthShell:
             elif isinstance(action, eng.SetKnockFilter):
                 # Published once per batch (run()): each message is the whole list.
                 self._pending_filter = action.pairs
-            elif isinstance(action, eng.Event):
+            elif isinstance(action, eng.Notify):
                 self.events.publish(action.topic, **action.fields)
                 if action.topic not in _LOGGED_TOPICS:
                     continue

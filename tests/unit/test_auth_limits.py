@@ -16,7 +16,7 @@ import pytest
 
 from dynknock import config as dkconfig
 from dynknock import protocol as proto
-from dynknock.auth.engine import CloseDoor, EngineConfig, Event, OpenDoor, SendReply
+from dynknock.auth.engine import CloseDoor, EngineConfig, Notify, OpenDoor, SendReply
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.keys import SessionKeys
 from dynknock.protocol import Status
@@ -66,8 +66,8 @@ def aead(monkeypatch: pytest.MonkeyPatch) -> Iterator[AeadCounter]:
     yield counter
 
 
-def _events(actions: Sequence[object]) -> list[Event]:
-    return [a for a in actions if isinstance(a, Event)]
+def _events(actions: Sequence[object]) -> list[Notify]:
+    return [a for a in actions if isinstance(a, Notify)]
 
 
 # --- §3 replays cost no cryptography and are not "authenticated" ---------------------

@@ -27,7 +27,7 @@ from dynknock.auth.engine import (
     CloseDoor,
     Engine,
     EngineConfig,
-    Event,
+    Notify,
     OpenDoor,
     SendReply,
     Service,
@@ -37,6 +37,7 @@ from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.users import User
 from dynknock.keys import SessionKeys, hint_epoch, user_hint
 from dynknock.protocol import IPAddress, Knock, PacketType, Status
+from dynknock.topics import Topic
 
 NOW = 1_700_000_000_000  # ms; any fixed value will do
 SERVER = ipaddress.ip_address("192.0.2.1")
@@ -154,11 +155,11 @@ def one(actions: list[Action], kind: type[T]) -> T:
 
 
 def topics(actions: list[Action]) -> list[str]:
-    return [a.topic for a in actions if isinstance(a, Event)]
+    return [a.topic for a in actions if isinstance(a, Notify)]
 
 
 def rejected(actions: list[Action]) -> list[str]:
-    return [a.fields["reason"] for a in actions if isinstance(a, Event) and a.topic == "auth.request.rejected"]
+    return [a.fields["reason"] for a in actions if isinstance(a, Notify) and a.topic == "auth.request.rejected"]
 
 
 def open_door(engine: Engine, client: Client, now: int = NOW, *, rid: bytes = RID,
@@ -385,7 +386,7 @@ def test_unknown_user() -> None:
     alice = Client(ALICE)
     actions = send(engine, alice, alice.p1())
     assert rejected(actions) == ["unknown_user"]
-    assert "user" not in one(actions, Event).fields  # nothing authenticated, nobody named
+    assert "user" not in one(actions, Notify).fields  # nothing authenticated, nobody named
     actions = send(engine, alice, alice.p2())
     assert rejected(actions) == ["unknown_user"] and not of(actions, SendReply)
     assert engine.rejections["unknown_user"] == 2
@@ -552,7 +553,7 @@ def test_knock_timeout_on_tick() -> None:
     assert engine.on_tick(NOW + 10_000) == []
     actions = engine.on_tick(NOW + 10_001)
     assert rejected(actions) == ["knock_timeout"]
-    assert one(actions, Event).fields["detail"] == "2 knocks missing"  # type: ignore[attr-defined]
+    assert one(actions, Notify).fields["detail"] == "2 knocks missing"
     assert one(actions, SetKnockFilter) == SetKnockFilter(frozenset())
     assert engine.rejections["knock_timeout"] == 1
     assert knock(engine, alice, KNOCKS[1:], NOW + 10_002) == []
@@ -581,7 +582,7 @@ def test_door_nack_closes_the_door_and_answers_unavailable() -> None:
     engine.on_door_result(door.door_id, "relay", True, "", NOW)
     actions = engine.on_door_result(door.door_id, "gate", False, "nft failed", NOW)
     assert one(actions, CloseDoor) == CloseDoor(door.door_id, CLIENT, door.port)
-    assert one(actions, Event).fields["detail"] == "gate: nft failed"  # type: ignore[attr-defined]
+    assert one(actions, Notify).fields["detail"] == "gate: nft failed"
     assert not of(actions, SendReply)  # no P2 yet
     assert alice.read(one(send(engine, alice, alice.p2()), SendReply)).status is Status.UNAVAILABLE
     assert engine.rejections["door_failed"] == 1
@@ -595,7 +596,7 @@ def test_door_expiry_event_on_tick() -> None:
     confirm(engine, door)
     assert engine.on_tick(door.expires_at_ms - 1) == []
     actions = engine.on_tick(door.expires_at_ms)
-    assert actions == [Event("auth.door.expired", {"user": "alice", "client": str(CLIENT), "port": door.port})]
+    assert actions == [Notify(Topic.AUTH_DOOR_EXPIRED, {"user": "alice", "client": str(CLIENT), "port": door.port})]
     assert engine.open_doors() == []
     t = door.expires_at_ms + 1
     assert rejected(send(engine, alice, alice.p2(t), t)) == ["no_request"]
@@ -723,7 +724,7 @@ def test_rate_limit_budget_starts_full_at_time_zero() -> None:
 def test_nothing_unauthenticated_gets_a_reply_or_opens_anything(junk: bytes) -> None:
     engine = make_engine()
     actions = engine.on_datagram(OTHER, 1, SERVER, junk, NOW)
-    assert all(isinstance(a, Event) for a in actions)
+    assert all(isinstance(a, Notify) for a in actions)
     assert sum(engine.rejections.values()) == 1
 
 

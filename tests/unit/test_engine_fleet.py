@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 
 from dynknock import protocol as proto
-from dynknock.auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
+from dynknock.auth.engine import CloseDoor, EngineConfig, Notify, OpenDoor, SendReply
 from dynknock.keys import hint_epoch, user_hint
 from dynknock.protocol import PacketType, Status
 from tests.unit.test_engine import (
@@ -68,7 +68,7 @@ def test_a_request_opens_its_door_and_answers_at_the_gateway_it_came_to() -> Non
     engine.on_door_result(door.door_id, "gate", True, "", NOW)
     opened = engine.on_door_result(door.door_id, "relay", True, "", NOW)
     assert "auth.door.opened" in topics(opened)
-    assert [e.fields.get("gateway") for e in opened if hasattr(e, "topic")] == ["gw-b"]
+    assert [e.fields.get("gateway") for e in of(opened, Notify)] == ["gw-b"]
     p2 = bound(alice, proto.P2(NOW, RID), GW_B)
     reply = one(engine.on_datagram(alice.address, alice.port, GW_B, p2, NOW, "gw-b"), SendReply)
     assert (reply.gateway, reply.source) == ("gw-b", GW_B)
