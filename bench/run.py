@@ -24,6 +24,10 @@ workers and knock-client from DIR's packages instead of the installed copy, and
 --client-timing '{"pending_wait_s": 0.02}' overrides client.session.Timing for
 every knock. bench/ANALYSIS.md (hand-written: profiles, causes, what was tried)
 is appended to a full run's report.
+
+This file measures and collects JSON-able results (what --json writes); bench/report.py
+renders the report from them (`bench/report.py --json RUN.json --output X.md` renders a
+stored run again, without the lab), and --spread-with adds bench/spread.py's section.
 """
 
 from __future__ import annotations
@@ -40,19 +44,23 @@ import platform
 import secrets
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# bench_codec, micro, report, figures: this script's folder (first on sys.path), not packages
+import bench_codec
+import micro
+import report
 import zmq
+from figures import DOOR_MODES, STAGES
+from report import DIRECT_PORT, SINK_PORT
 
 from dynknock import bus
 from dynknock import protocol as proto
@@ -60,27 +68,22 @@ from dynknock.client.session import new_request
 from dynknock.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
 from dynknock.lab.netlab import NetLab
 from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.topics import ALIVE, Topic
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 PYTHON = str(VENV_BIN / "python")
 WORKER = str(BENCH / "labworker.py")
 PREFIX = "dkb"
-SINK_PORT = 5201  # the service behind the relay (127.0.0.1) ...
-DIRECT_PORT = 5202  # ... and the same sink on the server's address, a public port
 SERVICE = "bench"  # forward = "auto": the kernel forwards its doors (IPv4 clients, target on this host)
 RELAY_SERVICE = "benchr"  # the same sink with forward = "relay", for the relay's row
-STAGES = ("capture", "auth", "gate", "relay", "bus")
-DOOR_MODES = ("direct", "kernel", "relay")
 RAISED_CAPS = "max_doors_per_user = 10000\nmax_doors_total = 65535"
 DEFAULT_CAPS = "max_doors_per_user = 8\nmax_doors_total = 1000"  # dynknock.config's defaults
 # junk, right-sized junk, a SYN scan; and an eavesdropper's floods: junk under one user's live
 # hint from spoofed sources, and replays of one captured exchange (issue 11 §3).
-FLOOD_KINDS = ("junk", "sized", "syn", "hint", "replay")  # straight to the service; a kernel door; a relayed door
+FLOOD_KINDS = ("junk", "sized", "syn", "hint", "replay")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-sys.path.insert(0, str(BENCH))
-import micro  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -121,25 +124,6 @@ SMOKE = Sizes(knocks=6, spawns=1, kdf_runs=1, gap_sweep=(0.01,), gap_sweep_knock
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    if value != value:  # NaN
-        return "n/a"
-    return f"{value:,.{digits}f}"
 
 
 def log(message: str) -> None:
@@ -248,7 +232,7 @@ def machine_info() -> dict[str, str]:
 # --- the tap: heartbeats and door events -------------------------------------------------------
 
 
-STEP_TOPICS = ("auth.request.received", "auth.knock.complete", "auth.door.opened")
+STEP_TOPICS = (Topic.AUTH_REQUEST_RECEIVED, Topic.AUTH_KNOCK_COMPLETE, Topic.AUTH_DOOR_OPENED)
 
 
 def request_steps(steps: list[tuple[float, str, str]], prefix: str) -> dict[str, list[float]]:
@@ -260,9 +244,9 @@ def request_steps(steps: list[tuple[float, str, str]], prefix: str) -> dict[str,
     for when, topic, client in steps:
         if not client.startswith(prefix):
             continue
-        if topic == "auth.request.received":
+        if topic == Topic.AUTH_REQUEST_RECEIVED:
             first.setdefault(client, when)
-        elif topic == "auth.knock.complete":
+        elif topic == Topic.AUTH_KNOCK_COMPLETE:
             complete[client] = when
         else:
             opened[client] = when
@@ -297,9 +281,8 @@ class TapRecorder:
         sub = context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 200_000)
-        for prefix in (b"capture.alive", b"auth.alive", b"relay.alive", b"gate.alive", b"auth.door.opened",
-                       b"auth.request.received", b"auth.knock.complete"):
-            sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        for topic in (*ALIVE.values(), *STEP_TOPICS):
+            sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         sub.connect(self.endpoint)
         try:
             while not self._stop.is_set():
@@ -312,10 +295,10 @@ class TapRecorder:
                     continue
                 with self._lock:
                     self.topics[event.topic] = self.topics.get(event.topic, 0) + 1
-                    if event.topic.endswith(".alive"):
+                    if event.topic in ALIVE.values():
                         self.alive[event.stage] = dict(event.fields)
                         self.alive_at[event.stage] = time.monotonic()
-                    elif event.topic == "auth.door.opened":
+                    elif event.topic == Topic.AUTH_DOOR_OPENED:
                         self.opened.append((time.monotonic(), dict(event.fields)))
                     if event.topic in STEP_TOPICS:
                         self.steps.append((event.time, event.topic, str(event.fields.get("client", ""))))
@@ -682,10 +665,6 @@ class Bench:
     def bench_micro(self) -> None:
         s = self.sizes
         log("micro: codec (bench_codec.py), capture, gate (core and real nftables), bus")
-        spec = importlib.util.spec_from_file_location("bench_codec", BENCH / "bench_codec.py")
-        assert spec is not None and spec.loader is not None
-        bench_codec = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_codec)
         out: dict[str, Any] = {}
         out["codec"] = bench_codec.run(s.micro_seconds * 2.5, 1000)
         out["capture"] = micro.capture_parse(s.micro_seconds)
@@ -696,465 +675,6 @@ class Bench:
         out["bus_codec"] = micro.bus_codec(s.micro_seconds)
         out["bus_ipc"] = micro.bus_ipc(s.bus_messages)
         self.results["micro"] = out
-
-
-# --- the report -------------------------------------------------------------------------------------
-
-
-def door_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
-    ok = [r for r in rows if r.get("ok")]
-    door = [r["door_ms"] for r in ok]
-    return {"n": len(rows), "ok": len(ok), "p50": pct(door, 50), "p90": pct(door, 90), "p99": pct(door, 99),
-            "max": max(door, default=float("nan")),
-            "p3_p50": pct([r["p3_ms"] for r in ok if "p3_ms" in r], 50),
-            "connect_p50": pct([r["connect_ms"] for r in ok if "connect_ms" in r], 50),
-            "first_burst": sum(1 for r in ok if r.get("bursts") == 1 and not r.get("pending"))}
-
-
-def resent_knock(row: dict[str, Any]) -> bool:
-    """The client sent a second burst (P2 and its SYNs again): the knock cost a resend."""
-    return int(row.get("bursts", 1)) > 1
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**NOT met**"
-
-
-def gbps(r: dict[str, Any]) -> float:
-    return r["received"] * 8 / r["seconds"] / 1e9 if r.get("seconds") else float("nan")
-
-
-def cpu_per_gb(r: dict[str, Any]) -> float:
-    return r["cpu"]["machine_busy_s"] / (r["received"] / 1e9) if r.get("received") else float("nan")
-
-
-def client_timing() -> str:
-    from dynknock.client.session import Timing
-
-    t = Timing()
-    return ", ".join(f"{name} = {getattr(t, name):g}" for name in ("knock_gap_s", "p2_gap_s", "pending_wait_s",
-                                                                   "first_interval_s") if hasattr(t, name))
-
-
-def client_startup_results() -> tuple[str, str]:
-    """(headline row, section) of bench/client_startup.py's last figures, kept in bench/client_startup_results.md:
-    that benchmark runs on its own (the whole process, many runs), this report keeps its figures in place."""
-    path = BENCH / "client_startup_results.md"
-    if not path.exists():
-        return "", ""
-    text = path.read_text()
-    if text.startswith("<!--"):
-        text = text.split("-->", 1)[1]
-    lines = text.strip("\n").splitlines()
-    rows = [line for line in lines if line.startswith("| ")]
-    if not rows:
-        return "", ""
-    return rows[0], "\n".join(line for line in lines if line != rows[0])
-
-
-def render(results: dict[str, Any], info: dict[str, str], command: str, sizes: Sizes, smoke: bool,
-           elapsed_s: float) -> str:
-    body: list[str] = []
-    add = body.append
-    bars: list[tuple[str, str, bool]] = []
-
-    lat = results.get("latency")
-    idle = door_stats(lat["default"]) if lat else None
-    if lat and idle:
-        add("## 1. Knock-to-door latency")
-        add("")
-        add("From the client starting (key file read, so no KDF; sockets opened) to the first successful TCP")
-        add("connect through the door (the service's first byte received through the relay). The client library")
-        add("(client/session.py driven by client/knock.py, as knock-client uses it) runs in one process in the")
-        add("client namespace, knocks one after another; Python's start-up is measured apart, with the real")
-        add(f"knock-client process. knock-client's timing: {client_timing()}"
-            + (f"; **overridden for this run's library knocks: {results['client_timing_override']}**"
-               if results.get("client_timing_override") else "") + ".")
-        add("")
-        add("| client | knocks | opened | p50 ms | p90 ms | p99 ms | max ms | p50 to P3 OPEN | p50 connect ms | "
-            "first burst |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-
-        def row(label: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-            st = door_stats(rows)
-            add(f"| {label} | {st['n']} | {st['ok']} | {fmt(st['p50'])} | {fmt(st['p90'])} | {fmt(st['p99'])} | "
-                f"{fmt(st['max'])} | {fmt(st['p3_p50'])} | {fmt(st['connect_p50'], 2)} | {st['first_burst']} |")
-            return st
-
-        startup_row, startup_text = client_startup_results()
-        if startup_row:
-            add(startup_row)
-        row("**library, knock-client's timing**", lat["default"])
-        for gap, rows in lat["sweep"].items():
-            row(f"library, knock_gap_s = {float(gap):g}", rows)
-        spawn = door_stats(lat["spawns"])
-        add(f"| knock-client process (`--proxy`, start to first byte) | {spawn['n']} | {spawn['ok']} | "
-            f"{fmt(spawn['p50'])} | {fmt(spawn['p90'])} | {fmt(spawn['p99'])} | {fmt(spawn['max'])} | | | |")
-        add("")
-        add("'first burst': knocks opened without any resend (a SYN that races ahead of the server's knock filter")
-        add("is dropped in the kernel and costs a PENDING round of `pending_wait_s`).")
-        add("")
-        if startup_text:
-            add(startup_text.rstrip())
-            add("")
-        add(f"- scrypt KDF (a password instead of a key file), {len(lat['kdf_ms'])} runs: median "
-            f"{fmt(med(lat['kdf_ms']))} ms, on top of any figure above.")
-        if lat["server_side_ms"]:
-            add(f"- Server side (auth.door.opened `latency_ms`: P1 accepted to gate and relay both confirmed), "
-                f"{len(lat['server_side_ms'])} doors: p50 {fmt(pct(lat['server_side_ms'], 50), 0)} ms, "
-                f"p99 {fmt(pct(lat['server_side_ms'], 99), 0)} ms (whole milliseconds).")
-        direct = [r["connect_ms"] for r in lat["direct_connects"] if r.get("ok")]
-        add(f"- Connection setup (connect + first byte): straight to the sink p50 {fmt(pct(direct, 50), 2)} ms, "
-            f"p99 {fmt(pct(direct, 99), 2)} ms ({len(direct)} connects); through the relay, door open, p50 "
-            f"{fmt(idle['connect_p50'], 2)} ms (column 'p50 connect').")
-        add("")
-        bars.append(("knock-to-door p50 < 15 ms", f"{fmt(idle['p50'])} ms", idle["p50"] < 15))
-        bars.append(("knock-to-door p99 < 50 ms", f"{fmt(idle['p99'])} ms", idle["p99"] < 50))
-
-    flood = results.get("flood")
-    if flood:
-        names = {"junk": "random junk to the control port", "sized": "P1-size junk, version 1 type P1 (passes BPF)",
-                 "syn": "SYNs to random ports",
-                 "hint": "P1/P2-size junk under one user's sniffed live hint, spoofed sources",
-                 "replay": "one captured P1 and P2 replayed"}
-        add("## 2. Flood")
-        add("")
-        add(f"From the attacker namespace: pre-built Ethernet frames written to AF_PACKET sockets by "
-            f"{sizes.flood_senders} sender processes, paced to {sizes.flood_rate:,} packets/s in all, for at least")
-        add(f"{sizes.flood_seconds:g} s and until the legitimate knocks made during the flood are done. 'offered' is"
-            " what the senders sent, 'received' what the server's eth0 counted.")
-        add("Capture's counters are the differences of its `capture.alive` events on the tap (received = passed the")
-        add("kernel filter). CPU is each stage's user+system time (/proc/PID/stat) during the phase per 100,000")
-        add("packets received; the kernel's own work (softirq, BPF, nftables) is in no stage's figure.")
-        add("")
-        add("| phase | offered pkt/s | received pkt/s | passed BPF | kernel dropped | forwarded to auth | "
-            + " | ".join(f"{st} CPU s/100k" for st in STAGES) + " |")
-        add("|---|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES))
-        for kind, ph in flood.items():
-            secs = ph["seconds"] or float("nan")
-            per = 100_000 / ph["rx"] if ph["rx"] else float("nan")
-            c0, c1 = ph["capture_before"], ph["capture_after"]
-
-            def delta(key: str, c0: dict[str, Any] = c0, c1: dict[str, Any] = c1) -> str:
-                return f"{c1[key] - c0[key]:,}" if key in c0 and key in c1 else "n/a"
-
-            add(f"| {names[kind]} | {fmt(ph['offered'] / secs, 0)} | {fmt(ph['rx'] / secs, 0)} | "
-                f"{delta('received')} | {delta('kernel_dropped')} | {delta('forwarded')} | "
-                + " | ".join(fmt(ph["cpu_s"][st] * per, 3) for st in STAGES) + " |")
-        add("")
-        limit = 3 * idle["p50"] if idle else float("nan")
-        add(f"Legitimate knocks during each flood, client library with knock-client's timing; each must open "
-            f"within 3x the idle p50 ({fmt(limit)} ms):")
-        add("")
-        add("| phase | knocks during the flood | opened | p50 ms | max ms | resent | PENDING seen | within 3x idle |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for kind, ph in flood.items():
-            rows = [r for r in ph["trials"] if r.get("during_flood")]
-            st = door_stats(rows)
-            within = sum(1 for r in rows if r.get("ok") and r["door_ms"] <= limit)
-            resent = sum(1 for r in rows if resent_knock(r))
-            pending = sum(1 for r in rows if r.get("pending"))
-            add(f"| {names[kind]} | {len(rows)} | {st['ok']} | {fmt(st['p50'])} | {fmt(st['max'])} | {resent} | "
-                f"{pending} | {within}/{len(rows)} |")
-            own = [r for r in ph.get("victim_trials", []) if r.get("i") is not None]
-            if own:
-                st = door_stats(own)
-                within = sum(1 for r in own if r.get("ok") and r["door_ms"] <= limit)
-                resent = sum(1 for r in own if resent_knock(r))
-                pending = sum(1 for r in own if r.get("pending"))
-                add(f"| ... the flooded user's own knocks | {len(own)} | {st['ok']} | {fmt(st['p50'])} | "
-                    f"{fmt(st['max'])} | {resent} | {pending} | {within}/{len(own)} |")
-        add("")
-        add("The knocks counted for a phase are another user's; under the hint and replay floods the flooded")
-        add("user's own knocks are shown below it (a goal where possible, not a bar). 'resent': the client sent")
-        add("a second burst (P2 again and its SYNs again; the SYN echo 5 ms after the first P2 is part of the")
-        add("first burst); 'PENDING seen': the server answered PENDING at least once (then OPEN or a resend).")
-        add("")
-        offered_min = min(ph["offered"] / (ph["seconds"] or float("inf")) for ph in flood.values())
-        bars.append(("flood offered >= 120,000 pkt/s, every phase", f"{fmt(offered_min, 0)} pkt/s",
-                     offered_min >= 120_000))
-        for kind, ph in flood.items():
-            rows = [r for r in ph["trials"] if r.get("during_flood")]
-            within = sum(1 for r in rows if r.get("ok") and r["door_ms"] <= limit)
-            bars.append((f"knocks during the flood ({names[kind]}) open within 3x idle", f"{within}/{len(rows)}",
-                         within == len(rows) >= min(10, sizes.flood_trials)))
-            first = sum(1 for r in rows if r.get("ok") and not resent_knock(r))
-            bars.append((f"knocks during the flood ({names[kind]}) open without a resend, >= 11 of 12",
-                         f"{first}/{len(rows)}", len(rows) > 0 and first * 12 >= 11 * len(rows)))
-
-    hog = results.get("hog")
-    if hog and idle:
-        limit = 3 * idle["p50"]
-        rows, mine = hog["others"], hog["hog"]
-        opened = sum(1 for r in mine if r.get("ok"))
-        refused = Counter(r.get("error", "?") for r in mine if not r.get("ok"))
-        st = door_stats(rows)
-        within = sum(1 for r in rows if r.get("ok") and r["door_ms"] <= limit)
-        add("### One key holder hogging doors")
-        add("")
-        add("With the shipped caps (max_doors_per_user 8, max_doors_total 1,000; auth restarted onto them),")
-        add(f"one user knocks {len(mine)} times back to back from the attacker's address, each door held for its")
-        add("window; another user knocks from the client meanwhile.")
-        add("")
-        add("| who | knocks | opened | refused | p50 ms | max ms | within 3x idle |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
-        why = ", ".join(f"{k} {v}" for k, v in refused.items())
-        add(f"| the hog | {len(mine)} | {opened} | {sum(refused.values())} ({why}) "
-            f"| {fmt(door_stats(mine)['p50'])} | {fmt(door_stats(mine)['max'])} | |")
-        add(f"| another user, meanwhile | {len(rows)} | {st['ok']} | {len(rows) - st['ok']} | {fmt(st['p50'])} | "
-            f"{fmt(st['max'])} | {within}/{len(rows)} |")
-        add("")
-        bars.append(("one user hogging doors holds at most 8", f"{opened} opened", opened <= 8))
-        bars.append(("another user's knocks while one hogs open within 3x idle", f"{within}/{len(rows)}",
-                     within == len(rows) > 0))
-
-    relay = results.get("relay")
-    if relay:
-        modes = [m for m in DOOR_MODES if relay["single"].get(m)]
-        add("## 3. Throughput through a door: kernel forwarding and the relay")
-        add("")
-        add("One bulk TCP stream (sendfile of a 64 MiB file, over and over; the sink splices what it gets to")
-        add("/dev/null and answers the byte count), in rounds that take each path in turn, each path first in")
-        add("its turn: **direct** = client -> sink on the server's address (a public port); **kernel** = client ->")
-        add("door -> nftables DNAT -> sink on 127.0.0.1 (services.NAME.forward = \"kernel\", the default for a")
-        add("local target); **relay** = client -> door -> relay stage -> sink on 127.0.0.1 (forward = \"relay\").")
-        add("A rate is the bytes the sink got over the sender's time from its first byte to the sink's answer.")
-        add("'CPU s/GB' is the whole machine's busy time (/proc/stat, both CPUs, sender and receiver included)")
-        add("per GB delivered.")
-        add("")
-        rounds = len(relay["single"]["direct"])
-        add("| | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " | median | range |")
-        add("|---|" + "---:|" * (rounds + 2))
-        ratio_of: dict[str, list[float]] = {}
-        for mode in modes:
-            rates = [gbps(r) for r in relay["single"][mode]]
-            add(f"| {mode}, Gbit/s | " + " | ".join(fmt(x, 2) for x in rates)
-                + f" | {fmt(med(rates), 2)} | {fmt(min(rates), 2)}-{fmt(max(rates), 2)} |")
-        for mode in modes[1:]:
-            ratio_of[mode] = [gbps(r) / gbps(d) for r, d in zip(relay["single"][mode], relay["single"]["direct"],
-                                                               strict=True)]
-            xs = ratio_of[mode]
-            add(f"| {mode} / direct | " + " | ".join(fmt(x, 2) for x in xs)
-                + f" | **{fmt(med(xs), 2)}** | {fmt(min(xs), 2)}-{fmt(max(xs), 2)} |")
-        cpu_of = {mode: [cpu_per_gb(r) for r in relay["single"][mode]] for mode in modes}
-        for mode in modes:
-            xs = cpu_of[mode]
-            add(f"| {mode}, machine CPU s/GB | " + " | ".join(fmt(x, 3) for x in xs)
-                + f" | {fmt(med(xs), 3)} | {fmt(min(xs), 3)}-{fmt(max(xs), 3)} |")
-        if "relay" in modes:
-            add("| relay process CPU s per s | " + " | ".join(
-                fmt(r["cpu"]["relay_s"] / r["seconds"], 2) for r in relay["single"]["relay"]) + " | | |")
-        add("")
-        par = relay["parallel"]
-        add(f"{sizes.parallel_streams} streams at once (through {sizes.parallel_streams} doors, or "
-            f"{sizes.parallel_streams} direct connections; the table: the first round):")
-        add("")
-        add("| | streams | total Gbit/s | / direct | per stream p50 Mbit/s | min Mbit/s | machine CPU s/GB | "
-            "relay CPU s | setup p50 ms | setup p99 ms |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        par_ratio: dict[str, float] = {}
-        for mode in modes:
-            r = par[mode]
-            per = [x / 1e6 for x in r["per_stream_bps"]]
-            par_ratio[mode] = gbps(r) / gbps(par["direct"]) if gbps(par["direct"]) else float("nan")
-            add(f"| {mode} | {r['ok']}/{r['wanted']} | {fmt(gbps(r), 2)} | {fmt(par_ratio[mode], 2)} | "
-                f"{fmt(pct(per, 50), 0)} | {fmt(min(per, default=float('nan')), 0)} | {fmt(cpu_per_gb(r), 3)} | "
-                f"{fmt(r['cpu']['relay_s'], 2)} | {fmt(pct(r['setup_ms'], 50), 2)} | "
-                f"{fmt(pct(r['setup_ms'], 99), 2)} |")
-        add("")
-        rounds = relay.get("parallel_rounds") or {mode: [par[mode]] for mode in modes}
-        for mode in modes[1:]:
-            xs = [gbps(r) / gbps(d) if gbps(d) else float("nan")
-                  for r, d in zip(rounds[mode], rounds["direct"], strict=True)]
-            par_ratio[mode] = med(xs)
-            add(f"{sizes.parallel_streams} streams, {mode} / direct, round by round (each mode first in turn): "
-                + ", ".join(fmt(x, 2) for x in xs) + f"; median **{fmt(med(xs), 2)}** (the bar below).")
-        add("")
-        shaped = relay.get("shaped", {})
-        if all(shaped.get(m) for m in modes):
-            add(f"Over a {sizes.shaped_rate} link (tbf on the client's eth0; the link, not the CPU, is the limit): "
-                + ", ".join(f"{m} {fmt(gbps(shaped[m]), 3)} Gbit/s" for m in modes) + ".")
-            add("")
-        add("Setup is connect + first byte; through the relay it includes the relay's accept, its connect to the")
-        add("service and the first byte relayed; through the kernel, the DNAT of the first packet.")
-        add("")
-        if "kernel" in modes:
-            one = med(ratio_of["kernel"])
-            bars.append(("kernel door >= 0.95x direct, one stream", f"{fmt(one, 2)}x", one >= 0.95))
-            bars.append((f"kernel door >= 0.95x direct, {sizes.parallel_streams} streams",
-                         f"{fmt(par_ratio['kernel'], 2)}x", par_ratio["kernel"] >= 0.95))
-            cpu_ratio = med(cpu_of["kernel"]) / med(cpu_of["direct"])
-            bars.append(("kernel door machine CPU per GB within 10% of direct", f"{fmt(cpu_ratio, 2)}x",
-                         cpu_ratio <= 1.10))
-        if "relay" in modes:
-            bars.append(("(second row) relay >= 0.8x direct, one stream", f"{fmt(med(ratio_of['relay']), 2)}x",
-                         med(ratio_of["relay"]) >= 0.8))
-
-    scale = results.get("scale")
-    if scale:
-        rows = scale["rows"]
-        st = door_stats(rows)
-        add("## 4. Scale")
-        add("")
-        add(f"{scale['clients']} clients, each its own user and its own source address in 198.19.0.0/16, their")
-        add(f"starts spread evenly over {scale['spread_s']:g} s (client library with knock-client's timing, "
-            f"{sizes.scale_procs} processes of threads); each knocks, then connects through its door.")
-        add("")
-        errors: dict[str, int] = {}
-        for r in rows:
-            if not r.get("ok"):
-                key = str(r.get("error", "?"))[:60]
-                errors[key] = errors.get(key, 0) + 1
-        add("| clients | opened and connected | success | p50 ms | p90 ms | p99 ms | max ms | first burst |")
-        add("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        rate = st["ok"] / st["n"] if st["n"] else 0.0
-        add(f"| {st['n']} | {st['ok']} | {rate:.1%} | {fmt(st['p50'])} | {fmt(st['p90'])} | {fmt(st['p99'])} | "
-            f"{fmt(st['max'])} | {st['first_burst']} |")
-        if errors:
-            add("")
-            add("Failures: " + "; ".join(f"{n}x {e}" for e, n in sorted(errors.items())))
-        add("")
-        pending = sum(1 for r in rows if r.get("pending"))
-        server = scale.get("server_side_ms", [])
-        add(f"First burst: {st['first_burst']} opened with one burst and no PENDING; {pending} saw a PENDING. "
-            f"Server side (auth's P1 to door opened, `auth.door.opened` latency_ms, {len(server)} doors): "
-            f"p50 {fmt(pct(server, 50))} ms, p99 {fmt(pct(server, 99))} ms, "
-            f"max {fmt(max(server, default=float('nan')))} ms.")
-        for key, label in (("p1_to_knocks_ms", "auth's P1 to its knocks complete"),
-                           ("knocks_to_open_ms", "knocks complete to door confirmed")):
-            values = scale.get("steps", {}).get(key, [])
-            if values:
-                add(f"{label}: p50 {fmt(pct(values, 50))} ms, p99 {fmt(pct(values, 99))} ms ({len(values)}).")
-        add("")
-        add(f"Doors open at once afterwards: {scale['nft_doors']} elements for 198.19.0.0/16 in the nftables set, "
-            f"{scale['auth_doors']} in auth's door table (window {sizes.window_s} s).")
-        cap0, cap1 = scale["capture_before"], scale["capture_after"]
-        if "kernel_dropped" in cap0 and "kernel_dropped" in cap1:
-            add(f"Capture meanwhile: {cap1['received'] - cap0['received']:,} packets passed its kernel filter, "
-                f"{cap1['kernel_dropped'] - cap0['kernel_dropped']:,} dropped by the kernel.")
-        add("")
-        if "machine_busy_s" in scale:
-            stages_s = sum(scale["cpu_s"].values())
-            add(f"The machine meanwhile (start of the clients to the last one's end): "
-                f"{scale['machine_busy_s']:.1f} s of {scale['machine_total_s']:.1f} CPU-s busy, of which the stages "
-                f"{stages_s:.1f} s; the rest is the client processes and the kernel.")
-            add("")
-        add("| stage | VmRSS before MiB | peak MiB | after MiB | CPU s during the run |")
-        add("|---|---:|---:|---:|---:|")
-        for stage in STAGES:
-            add(f"| {stage} | {scale['rss_before'][stage] / 1024:.1f} | {scale['rss_peak'][stage] / 1024:.1f} | "
-                f"{scale['rss_after'][stage] / 1024:.1f} | {scale['cpu_s'][stage]:.2f} |")
-        add("")
-        bars.append((f"{scale['clients']} clients at once: every door opens", f"{rate:.1%}", rate == 1.0))
-        bars.append((f"{scale['clients']} clients at once: p99 <= 100 ms", f"{fmt(st['p99'])} ms", st["p99"] <= 100))
-        bars.append((f"{scale['clients']} clients at once: max <= 300 ms", f"{fmt(st['max'])} ms", st["max"] <= 300))
-        bars.append((f"{scale['clients']} doors open at once", f"{scale['nft_doors']}",
-                     scale["nft_doors"] >= scale["clients"]))
-
-    micro_r = results.get("micro")
-    if micro_r:
-        add("## 5. Per-stage microbenchmarks")
-        add("")
-        add("One core, inputs made beforehand, only the work timed.")
-        add("")
-        add("| stage | case | count | µs each | per second |")
-        add("|---|---|---:|---:|---:|")
-        for stage, key in (("auth (bench_codec.py)", "codec"), ("capture", "capture"), ("gate", "gate_core"),
-                           ("bus", "bus_codec")):
-            for name, count, spent in micro_r[key]:
-                add(f"| {stage} | {name} | {count:,} | {spent / count * 1e6:.2f} | {count / spent:,.0f} |")
-        got, secs = micro_r["bus_ipc"]
-        add(f"| bus | encode + ipc PUSH -> PULL + decode, two processes | {got:,} | "
-            f"{secs / max(got, 1) * 1e6:.2f} | {got / secs if secs else float('nan'):,.0f} |")
-        g = micro_r["gate_nft"]
-        for how, label in (("gate", f"real nftables, one door per call through knock-gate's Nft ({g['via']})"),
-                           ("process", "real nftables, one `nft -f -` process per door")):
-            values = g[how]
-            add(f"| gate | {label}, median | {len(values)} | {med(values) * 1e6:.0f} | "
-                f"{1 / med(values) if values else float('nan'):,.0f} |")
-        add(f"| gate | real nftables, {g['batch']} doors in one call ({g['via']}) | {g['batch']} | "
-            f"{g['batch_s'] / g['batch'] * 1e6:.1f} | {g['batch'] / g['batch_s']:,.0f} |")
-        add("")
-        add("Capture's knock-filter change (build_filter + BPF compile, done on every change of the pending knocks):")
-        add("")
-        add("| pending (address, port) pairs | filter text chars | compile ms, median |")
-        add("|---:|---:|---:|")
-        for pairs, length, ms in micro_r["filter_compile"]:
-            add(f"| {pairs} | {length:,} | {ms:.2f} |")
-        add("")
-
-    analysis = BENCH / "ANALYSIS.md"
-    if not smoke and analysis.exists():
-        add(analysis.read_text().rstrip())
-        add("")
-    notes = results.get("notes")
-    if notes:
-        add("## Notes")
-        add("")
-        add(notes)
-        add("")
-
-    head: list[str] = []
-    head.append("# dynknock benchmarks" + (" (SMOKE RUN: tiny counts, figures are not meaningful)" if smoke else ""))
-    head.append("")
-    head.append("Written by `bench/run.py`: every figure comes from one run of the command below, and each comparison")
-    head.append("(relay against direct, flood against idle) was measured side by side in that run. Percentiles and")
-    head.append("medians, never single timings. Rerun the command to refresh this file.")
-    head.append("")
-    head.append("| | |")
-    head.append("|---|---|")
-    head.append(f"| command | `{command}` |")
-    head.append(f"| date | {info['date']} |")
-    head.append(f"| machine | {info['nproc']} CPUs, {info['cpu']} ({info['machine']}), kernel {info['kernel']} |")
-    head.append(f"| python | {info['python']} |")
-    changed = info.get("installed_digest_end", info["installed_digest"]) != info["installed_digest"]
-    head.append(f"| code | commit {info['commit']}; installed copy matches the checkout: "
-                f"{info['installed_matches_checkout']}"
-                + ("; **the installed code changed during the run** (scripts/setup.sh run meanwhile)" if changed
-                   else "") + " |")
-    if info.get("code_override"):
-        head.append(f"| code under test | **{info['code_override']}** (on PYTHONPATH, not the installed copy) |")
-    head.append(f"| load average (1 min) | {info['loadavg_start']} at the start, {info.get('loadavg_end', '?')} at "
-                f"the end (anything else running shares the {info['nproc']} CPUs) |")
-    head.append(f"| duration | {elapsed_s:.0f} s |")
-    head.append("")
-    head.append("The lab (dynknock/lab/netlab.py): namespaces on a bridge, server 198.18.0.1, client 198.18.0.2,")
-    head.append("attacker 198.18.0.3, extra clients in 198.19.0.0/16. The real stack runs in the server namespace,")
-    head.append("started by `supervisord -c supervisord.conf` (nftables with stealth, libpcap on eth0); the service")
-    head.append(f"is a sink on 127.0.0.1:{SINK_PORT} behind the relay, also listening on 198.18.0.1:{DIRECT_PORT} "
-                "(a `gate.public_tcp_ports` port) for the direct path.")
-    head.append("Counts: " + ", ".join(f"{k} = {v}" for k, v in asdict(sizes).items()) + ".")
-    head.append("")
-    head.append("## Bars")
-    head.append("")
-    head.append("| bar | measured | |")
-    head.append("|---|---:|---|")
-    for name, value, ok in bars:
-        head.append(f"| {name} | {value} | {verdict(ok)} |")
-    head.append("")
-    return "\n".join(head + body) + "\n"
-
-
-def with_spread(report: str, runs: list[dict[str, Any]], earlier: list[str]) -> str:
-    """The report with a section "Spread over N runs" after its bars: one run's figure is a sample."""
-    sys.path[:0] = [str(BENCH)]
-    import spread  # bench/spread.py, beside this file
-
-    lines = [f"## Spread over {len(runs)} runs", "",
-             f"The bars above are this run's (the last). Median and range over it and the runs before it "
-             f"({', '.join(earlier)}, written by the same command with --json), computed by bench/spread.py:", ""]
-    lines += ["| run | date | load average at the start, at the end |", "|---|---|---|"]
-    for i, run in enumerate(runs, 1):
-        lines.append(f"| {i} | {run['info']['date']} | {run['info']['loadavg_start']}, "
-                     f"{run['info'].get('loadavg_end', '?')} |")
-    lines += ["", f"| figure | median (range) of {len(runs)} runs |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in spread.table(runs)]
-    lines.append("")
-    marker = "\n## 1. "
-    at = report.find(marker)
-    if at < 0:
-        return report + "\n" + "\n".join(lines) + "\n"
-    return report[:at + 1] + "\n".join(lines) + "\n" + report[at + 1:]
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -1227,17 +747,14 @@ def main(argv: list[str] | None = None) -> int:
     info["installed_digest_end"] = installed_digest()
     if failure:
         results["notes"] = "The run failed part-way; figures above are partial:\n\n```\n" + failure + "```"
+    # The report is rendered from the very JSON that --json keeps, so bench/report.py --json gives it again.
+    run = json.loads(json.dumps({"info": info, "sizes": asdict(sizes), "results": results, "command": command,
+                                 "smoke": args.smoke, "elapsed_s": time.monotonic() - started}, default=str))
     if args.json:
-        args.json.write_text(json.dumps({"info": info, "sizes": asdict(sizes), "results": results}, default=str,
-                                        indent=1))
-    report = render(results, info, command, sizes, args.smoke, time.monotonic() - started)
-    if args.spread_with:
-        earlier = [json.loads(path.read_text()) for path in args.spread_with]
-        runs = [*earlier, json.loads(json.dumps({"info": info, "sizes": asdict(sizes), "results": results},
-                                                default=str))]
-        report = with_spread(report, runs, [str(path) for path in args.spread_with])
+        args.json.write_text(json.dumps(run, indent=1))
+    earlier = [(str(path), json.loads(path.read_text())) for path in args.spread_with]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report)
+    output.write_text(report.render_with_texts(run, earlier))
     log(f"report written to {output} ({time.monotonic() - started:.0f} s)")
     return 1 if failure else 0
 

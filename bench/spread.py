@@ -9,13 +9,13 @@ run it shows in full.
 from __future__ import annotations
 
 import json
-import runpy
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from figures import cpu_per_gb, door_stats, gbps, med, resent_knock
+
 FLOOD_NAMES = {"junk": "random junk", "sized": "P1-size junk", "syn": "SYN scan",
                "hint": "junk under one user's live hint (spoofed sources)", "replay": "one captured P1/P2 replayed"}
 
@@ -25,10 +25,6 @@ def spread(values: list[float], digits: int = 1, unit: str = "") -> str:
 
 
 def table(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    sys.path[:0] = [str(HERE), str(HERE.parent)]
-    run = runpy.run_path(str(HERE / "run.py"), run_name="spread")
-    door_stats, gbps, cpu_per_gb, med = run["door_stats"], run["gbps"], run["cpu_per_gb"], run["med"]
-    resent_knock = run["resent_knock"]
     results = [r["results"] for r in runs]
     idle = [door_stats(r["latency"]["default"]) for r in results]
     out = [("library knock, idle, p50 ms", spread([i["p50"] for i in idle])),
@@ -75,6 +71,26 @@ def table(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
         out.append((f"1,000 clients: {key} ms", spread([s[key] for s in scale])))
     out.append(("1,000 clients: opened on the first burst", ", ".join(str(s["first_burst"]) for s in scale)))
     return out
+
+
+def section(report: str, runs: list[dict[str, Any]], earlier: list[str]) -> str:
+    """The report with a section "Spread over N runs" after its bars: one run's figure is a sample.
+    runs: the earlier runs (named by `earlier`), then the report's own."""
+    lines = [f"## Spread over {len(runs)} runs", "",
+             f"The bars above are this run's (the last). Median and range over it and the runs before it "
+             f"({', '.join(earlier)}, written by the same command with --json), computed by bench/spread.py:", ""]
+    lines += ["| run | date | load average at the start, at the end |", "|---|---|---|"]
+    for i, run in enumerate(runs, 1):
+        lines.append(f"| {i} | {run['info']['date']} | {run['info']['loadavg_start']}, "
+                     f"{run['info'].get('loadavg_end', '?')} |")
+    lines += ["", f"| figure | median (range) of {len(runs)} runs |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in table(runs)]
+    lines.append("")
+    marker = "\n## 1. "
+    at = report.find(marker)
+    if at < 0:
+        return report + "\n" + "\n".join(lines) + "\n"
+    return report[:at + 1] + "\n".join(lines) + "\n" + report[at + 1:]
 
 
 def main(paths: list[str]) -> int:
