@@ -45,13 +45,14 @@ import platform
 import secrets
 import select
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import med, pct  # bench/figures.py: this script's folder is first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -65,19 +66,6 @@ SPAWN_TIMEOUT_S = 10.0
 
 
 # --- statistics -------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def spread(values: list[float]) -> str:
@@ -195,10 +183,7 @@ def _library_knock(tree: str | None, key: str, server: str, timing: dict[str, fl
         sys.path.insert(1, str(BENCH))
     import labworker
 
-    from dynknock.client.session import Timing
-
-    fields: dict[str, Any] = {k: int(v) if k == "max_bursts" else float(v) for k, v in timing.items()}
-    result: dict[str, Any] = labworker.knock_and_connect(Path(key), server, SERVICE, Timing(**fields))
+    result: dict[str, Any] = labworker.knock_and_connect(Path(key), server, SERVICE, labworker.client_timing(timing))
     if "door_ms" in result:
         result["ms"] = result["door_ms"]
     return result

@@ -122,11 +122,10 @@ def _endpoint(server: str, source: str | None) -> Endpoint:
     return Endpoint(sock, parse_ip(server), parse_ip(local[0]), (server, CONTROL_PORT))
 
 
-def _timing(args: dict[str, Any]) -> Timing:
-    fields = {k: float(v) for k, v in args.get("timing", {}).items()}
-    if "max_bursts" in fields:
-        fields["max_bursts"] = int(fields["max_bursts"])  # type: ignore[assignment]
-    return Timing(**fields)  # type: ignore[arg-type]
+def client_timing(fields: dict[str, Any]) -> Timing:
+    """client.session.Timing with a run's overrides (JSON): max_bursts is a count, the rest are seconds."""
+    values: dict[str, Any] = {k: int(v) if k == "max_bursts" else float(v) for k, v in fields.items()}
+    return Timing(**values)
 
 
 def connect_banner(server: str, port: int, source: str | None, timeout: float = 5.0) -> tuple[socket.socket, float]:
@@ -194,7 +193,7 @@ def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing,
 def cmd_knocks(args: dict[str, Any]) -> None:
     """Sequential knocks; key files are used round-robin (one request per user and address at a time)."""
     keys = [Path(p) for p in args["key_files"]]
-    timing = _timing(args)
+    timing = client_timing(args.get("timing", {}))
     deadline = time.monotonic() + float(args.get("max_seconds", 120))
     pause = float(args.get("pause_s", 0.0))
     for i in range(int(args["count"])):
@@ -291,7 +290,7 @@ def cmd_streams(args: dict[str, Any]) -> None:
     failures = 0
     deadline = time.monotonic() + float(args.get("max_setup_s", 120))
     if args["mode"] == "relay":
-        timing = _timing(args)
+        timing = client_timing(args.get("timing", {}))
         keys = [Path(p) for p in args["key_files"]]
         i = 0
         while len(conns) < count and time.monotonic() < deadline and failures < 10:
@@ -335,8 +334,8 @@ def cmd_streams(args: dict[str, Any]) -> None:
 
 def cmd_scale(args: dict[str, Any]) -> None:
     """One thread per client; client i starts at start_at + offset_i (wall clock, shared by processes)."""
-    clients: list[tuple[str, str]] = [tuple(c) for c in args["clients"]]  # type: ignore[misc]
-    timing = _timing(args)
+    clients: list[tuple[str, str]] = [(source, key_file) for source, key_file in args["clients"]]
+    timing = client_timing(args.get("timing", {}))
     start_wall = float(args["start_wall"])
     spread = float(args["spread_s"])
     results: list[dict[str, Any]] = [{} for _ in clients]
