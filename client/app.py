@@ -21,8 +21,14 @@ from collections.abc import Callable, Mapping
 
 from dynknock import protocol as proto
 from dynknock.client import crypto
-from dynknock.client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
-from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE
+from dynknock.client.config import (
+    ClientConfigError,
+    ServerStanza,
+    load_config,
+    read_key_file,
+    write_new_key_file,
+)
+from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SERVICE
 from dynknock.client.knock import Clock, Endpoint, Outcome, ResolveError, connect_udp, run_session
 from dynknock.client.main import (
     EXIT_ERROR,
@@ -132,7 +138,7 @@ def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
     key_file = expand_user(args.key_file) if args.key_file is not None else stanza.key_file
     return Settings(
         host=stanza.host or args.host,
-        port=args.port or stanza.port or DEFAULT_PORT,
+        port=args.port or stanza.port or proto.CONTROL_PORT,
         user=args.user or stanza.user or environ.get("USER") or environ.get("LOGNAME"),
         service=args.service or stanza.service or DEFAULT_SERVICE,
         key_file=key_file,
@@ -154,7 +160,7 @@ def execute(args: Options, io: Io) -> int:
         if args.key_gen is not None:
             return _key_gen(args.key_gen, args, io)
         settings = resolve_settings(args, io.environ)
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ClientConfigError) as exc:
         _error(io, str(exc))
         return EXIT_USAGE
     return Client(settings, io).run()
@@ -215,7 +221,7 @@ class Client:
             try:
                 keys = crypto.session_keys(self._master_key())
                 declared = self._declared_address(endpoint)
-            except (UsageError, ConfigError, KeyError_) as exc:
+            except (UsageError, ClientConfigError, KeyError_) as exc:
                 _error(self.io, str(exc))
                 return EXIT_USAGE
             answer = self._exchange(keys, endpoint, syn, declared)

@@ -6,16 +6,9 @@ options::
 
     [servers.myserver]
     host = "gw.example.org"
-    port = 62201
-    user = "alice"
-    service = "ssh"
     key_file = "~/.config/dynknock/myserver.key"
-    family = "4"          # or "6"
-    nat = false           # declare "the address you see me from"
-    bind = false          # protocol v2, bound to this server's address (a fleet of gateways)
-    # source_ip = "203.0.113.7"   # declare this address instead
 
-Every key is declared once in :data:`KEYS` (type, check, help). A bad value is
+Every key is declared once in :data:`KEYS` (type, check, help); docs/CLIENT.md shows them all. A bad value is
 one line naming the key and the file, never a traceback.
 
 A key file holds the base64 of a 32-byte master key (``knock-client --key-gen``)
@@ -29,9 +22,10 @@ import os
 from collections.abc import Callable
 
 from dynknock import keys
-from dynknock.client.defaults import DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from dynknock.client.defaults import DEFAULT_SERVICE
 from dynknock.client.paths import expand_user
 from dynknock.keys import MASTER_KEY_LEN, KeyError_, encode_key
+from dynknock.protocol import CONTROL_PORT, is_port, is_service_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
@@ -43,7 +37,7 @@ else:  # typing.NamedTuple without typing's start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple
 
 
-class ConfigError(ValueError):
+class ClientConfigError(ValueError):
     """A config or key file cannot be used; the message is one line for the user."""
 
 
@@ -74,7 +68,7 @@ def _host(value: Any) -> str:
 
 
 def _port(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if not is_port(value):
         raise ValueError("must be an integer 1-65535")
     return value
 
@@ -86,9 +80,7 @@ def _user(value: Any) -> str:
 
 
 def _service(value: Any) -> str:
-    import re  # only a config file with a service comes here; most runs read no config file
-
-    if not isinstance(value, str) or not re.match(SERVICE_PATTERN, value):
+    if not isinstance(value, str) or not is_service_name(value):
         raise ValueError("must be 1-16 characters of a-z 0-9 _ -")
     return value
 
@@ -126,7 +118,7 @@ def _source_ip(value: Any) -> IPAddress:
 
 KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "host": (_host, "the server's name or address (default: the stanza name)"),
-    "port": (_port, f"control UDP port (default {DEFAULT_PORT})"),
+    "port": (_port, f"control UDP port (default {CONTROL_PORT})"),
     "user": (_user, "user name (default $USER)"),
     "service": (_service, f"service to open (default {DEFAULT_SERVICE})"),
     "key_file": (_key_file, "base64 key file instead of a password"),
@@ -149,36 +141,36 @@ def load_config(path: str | Path, *, required: bool) -> dict[str, ServerStanza]:
             try:
                 document = tomllib.load(handle)
             except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+                raise ClientConfigError(f"{path}: not valid TOML: {exc}") from None
     except FileNotFoundError:
         if required:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ClientConfigError(f"{path}: config file not found") from None
         return {}
     except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
+        raise ClientConfigError(f"{path}: {exc.strerror}") from None
     unknown = set(document) - {"servers"}
     if unknown:
-        raise ConfigError(f"{path}: unknown table or key {sorted(unknown)[0]!r} (only [servers.NAME])")
+        raise ClientConfigError(f"{path}: unknown table or key {sorted(unknown)[0]!r} (only [servers.NAME])")
     servers = document.get("servers", {})
     if not isinstance(servers, dict):
-        raise ConfigError(f"{path}: servers must be tables [servers.NAME]")
+        raise ClientConfigError(f"{path}: servers must be tables [servers.NAME]")
     return {name: _stanza(path, name, body) for name, body in servers.items()}
 
 
 def _stanza(path: str | Path, name: str, body: Any) -> ServerStanza:
     if not isinstance(body, dict):
-        raise ConfigError(f"{path}: servers.{name} must be a table")
+        raise ClientConfigError(f"{path}: servers.{name} must be a table")
     values: dict[str, Any] = {}
     for key, value in body.items():
         if key not in KEYS:
-            raise ConfigError(f"{path}: servers.{name}.{key}: unknown key (known: {', '.join(KEYS)})")
+            raise ClientConfigError(f"{path}: servers.{name}.{key}: unknown key (known: {', '.join(KEYS)})")
         check, _ = KEYS[key]
         try:
             values[key] = check(value)
         except ValueError as exc:
-            raise ConfigError(f"{path}: servers.{name}.{key} = {value!r}: {exc}") from None
+            raise ClientConfigError(f"{path}: servers.{name}.{key} = {value!r}: {exc}") from None
     if values.get("nat") and "source_ip" in values:
-        raise ConfigError(f"{path}: servers.{name}: nat = true and source_ip exclude each other")
+        raise ClientConfigError(f"{path}: servers.{name}: nat = true and source_ip exclude each other")
     return ServerStanza(name=name, **values)
 
 
@@ -189,7 +181,7 @@ def read_key_file(path: str | Path) -> bytes:
     try:
         return keys.read_key_file(path)
     except KeyError_ as exc:
-        raise ConfigError(str(exc)) from None
+        raise ClientConfigError(str(exc)) from None
 
 
 def write_new_key_file(path: Path) -> str:
@@ -198,5 +190,5 @@ def write_new_key_file(path: Path) -> str:
     try:
         keys.write_key_file(path, key)
     except KeyError_ as exc:
-        raise ConfigError(str(exc)) from None
+        raise ClientConfigError(str(exc)) from None
     return encode_key(key)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_PORT, DEFAULT_SERVICE, SERVICE_PATTERN
+from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SERVICE
 from dynknock.client.paths import path_text
 
 # typing.TYPE_CHECKING without importing typing (a few ms); mypy treats the name alike.
@@ -27,9 +27,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from typing import TypeVar
 
     from dynknock.client.app import Io
     from dynknock.protocol import IPAddress
+
+    T = TypeVar("T")
 
 PROG = "knock-client"
 
@@ -108,91 +111,48 @@ class Options:
 
 # --- arguments -------------------------------------------------------------------
 #
-# quick_parse's value checks return None for anything argparse's type function (_*_arg)
-# would refuse, and for anything they are unsure of: argparse then decides and explains.
+# Each option's value check is written once: it returns the value, or raises ValueError with
+# the message argparse prints after "argument -p/--port: ". quick_parse leaves whatever a check
+# refuses to argparse, which runs the same check (build_parser's ``checked``) and explains.
 
 
-def _port_value(text: str) -> int | None:
+def _port(text: str) -> int:
+    from dynknock.protocol import is_port  # only when the option is given; the knock imports it anyway
+
     try:
         value = int(text)
     except ValueError:
-        return None
-    return value if 1 <= value <= 65535 else None
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not is_port(value):
+        raise ValueError(f"{value} is not in 1-65535")
+    return value
 
 
-def _timeout_value(text: str) -> float | None:
+def _timeout(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        return None
-    return value if 0 < value <= 3600 else None
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ValueError("must be more than 0 and at most 3600 seconds")
+    return value
 
 
-_SERVICE_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+def _service(text: str) -> str:
+    from dynknock.protocol import is_service_name
+
+    if not is_service_name(text):
+        raise ValueError(f"{text!r}: 1-16 characters of a-z 0-9 _ -")
+    return text
 
 
-def _service_value(text: str) -> str | None:
-    """SERVICE_PATTERN without re: never accepts what the pattern refuses (it can refuse what
-    the pattern accepts, a trailing newline, and argparse then decides)."""
-    return text if 1 <= len(text) <= 16 and _SERVICE_CHARACTERS.issuperset(text) else None
-
-
-def _ip_value(text: str) -> IPAddress | None:
+def _ip(text: str) -> IPAddress:
     import ipaddress  # only when the option is given; the knock imports it anyway
 
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        return None
-
-
-# argparse's type functions: argparse is loaded whenever they run.
-
-
-def _port_arg(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not in 1-65535")
-    return value
-
-
-def _timeout_arg(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
-    return value
-
-
-def _service_arg(text: str) -> str:
-    import argparse
-    import re  # already loaded by argparse
-
-    if not re.match(SERVICE_PATTERN, text):
-        raise argparse.ArgumentTypeError(f"{text!r}: 1-16 characters of a-z 0-9 _ -")
-    return text
-
-
-def _ip_arg(text: str) -> IPAddress:
-    import argparse
-
-    value = _ip_value(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
-    return value
-
-
-def _path_arg(text: str) -> str:
-    return path_text(text)
+        raise ValueError(f"{text!r} is not an IP address") from None
 
 
 def _terminal_columns() -> int:
@@ -224,26 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
             super().__init__(prog, indent_increment, max_help_position,
                              _terminal_columns() - 2 if width is None else width)
 
+    def checked(check: Callable[[str], T]) -> Callable[[str], T]:
+        """argparse's type function for a value check: argparse prints an ArgumentTypeError's own
+        message (for a ValueError it would print "invalid _port value")."""
+
+        def convert(text: str) -> T:
+            try:
+                return check(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return convert
+
     parser = argparse.ArgumentParser(
         prog=PROG, epilog=EPILOG, formatter_class=_Formatter,
         description="Knock at a dynknock server: declare three random SYN knocks in an encrypted UDP packet, "
                     "send them, and get a door (a random port, open to your address only) to the service.")
     parser.add_argument("host", nargs="?", metavar="HOST",
                         help="server name or address, or NAME of a [servers.NAME] stanza in the config file")
-    parser.add_argument("-p", "--port", type=_port_arg, help=f"control UDP port (default {DEFAULT_PORT})")
+    # dynknock.protocol.CONTROL_PORT, written out because --help does not import the wire layer
+    # (~6 ms); tests/unit/test_client_args.py checks that the two agree.
+    parser.add_argument("-p", "--port", type=checked(_port), help="control UDP port (default 62201)")
     parser.add_argument("-u", "--user", help="user name (default $USER)")
-    parser.add_argument("-s", "--service", type=_service_arg, help=f"service to open (default {DEFAULT_SERVICE})")
-    parser.add_argument("-k", "--key-file", type=_path_arg, metavar="PATH",
+    parser.add_argument("-s", "--service", type=checked(_service), help=f"service to open (default {DEFAULT_SERVICE})")
+    parser.add_argument("-k", "--key-file", type=path_text, metavar="PATH",
                         help="base64 key file (mode 0600) instead of a password")
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    parser.add_argument("--timeout", type=_timeout_arg, default=5.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=checked(_timeout), default=5.0, metavar="SECONDS",
                         help="give up after this long without an answer (default 5)")
-    parser.add_argument("-c", "--config", type=_path_arg, metavar="PATH",
+    parser.add_argument("-c", "--config", type=path_text, metavar="PATH",
                         help=f"config file (default {DEFAULT_CONFIG_PATH})")
     address = parser.add_mutually_exclusive_group()
-    address.add_argument("--source-ip", type=_ip_arg, metavar="ADDR",
+    address.add_argument("--source-ip", type=checked(_ip), metavar="ADDR",
                          help="declare this address instead of the local one (behind NAT: your public address)")
     address.add_argument("--nat", action="store_const", const=True, default=None,
                          help='declare the address "as seen" by the server (the server must allow it for you)')
@@ -254,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print only errors and the door line (nothing at all with --exec/--proxy)")
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from one line of standard input (for scripts)")
-    parser.add_argument("--key-gen", type=_path_arg, metavar="PATH",
+    parser.add_argument("--key-gen", type=path_text, metavar="PATH",
                         help="write a new random key file (mode 0600), print its base64 for the admin, and exit")
     after = parser.add_mutually_exclusive_group()
     after.add_argument("--exec", dest="exec_command", metavar="CMD",
@@ -282,11 +256,11 @@ _SWITCHES: dict[str, tuple[str, object]] = {
     "--bind": ("bind", True),
     "--password-stdin": ("password_stdin", True), "--nat": ("nat", True), "-4": ("family", 4), "-6": ("family", 6)}
 _VALUED: dict[str, tuple[str, Callable[[str], object]]] = {
-    "-p": ("port", _port_value), "--port": ("port", _port_value), "-u": ("user", str), "--user": ("user", str),
-    "-s": ("service", _service_value), "--service": ("service", _service_value),
-    "-k": ("key_file", _path_arg), "--key-file": ("key_file", _path_arg), "--timeout": ("timeout", _timeout_value),
-    "-c": ("config", _path_arg), "--config": ("config", _path_arg), "--source-ip": ("source_ip", _ip_value),
-    "--key-gen": ("key_gen", _path_arg), "--exec": ("exec_command", str)}
+    "-p": ("port", _port), "--port": ("port", _port), "-u": ("user", str), "--user": ("user", str),
+    "-s": ("service", _service), "--service": ("service", _service),
+    "-k": ("key_file", path_text), "--key-file": ("key_file", path_text), "--timeout": ("timeout", _timeout),
+    "-c": ("config", path_text), "--config": ("config", path_text), "--source-ip": ("source_ip", _ip),
+    "--key-gen": ("key_gen", path_text), "--exec": ("exec_command", str)}
 _EXCLUSIVE = (("-4", "-6"), ("--source-ip", "--nat"), ("--exec", "--proxy"))
 _DEFAULTS: dict[str, object] = {name: None for name in Options.__slots__} | {
     "timeout": 5.0, "quiet": False, "password_stdin": False, "proxy": False, "bind": False}
@@ -311,8 +285,11 @@ def quick_parse(argv: list[str]) -> Options | None:
         elif word in _VALUED:
             slot, check = _VALUED[word]
             text = next(words, "-")
-            value = None if text.startswith("-") else check(text)
-            if value is None:
+            if text.startswith("-"):
+                return None
+            try:
+                value = check(text)
+            except ValueError:  # argparse refuses it too, and says why
                 return None
         elif word.startswith("-") or host_seen:
             return None

@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from dataclasses import dataclass
-    from typing import Any, Final, TypeAlias
+    from typing import Any, Final, TypeAlias, TypeGuard
 else:
     def dataclass(*, frozen: bool = False, slots: bool = False, **options: object) -> Callable[[type], type]:
         """``@dataclass(frozen=True, slots=True)`` for a class of plain fields, as _frozen_record makes
@@ -257,7 +257,7 @@ def is_service_name(name: str) -> bool:
     return 1 <= len(name) <= SERVICE_NAME_LEN and all(c in SERVICE_NAME_CHARACTERS for c in name)
 
 
-def is_port(value: object) -> bool:
+def is_port(value: object) -> TypeGuard[int]:
     """A TCP/UDP port number, 1-65535 (a bool is no number here, though Python says it is an int)."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 

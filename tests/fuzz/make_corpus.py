@@ -29,6 +29,8 @@ from pathlib import Path
 import dpkt
 import msgpack
 
+from dynknock.protocol import CONTROL_PORT
+
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 VECTORS = HERE.parent / "vectors"
@@ -37,7 +39,6 @@ VECTORS = HERE.parent / "vectors"
 LINKTYPES = (1, 12, 101, 113, 0, 105)
 SERVER4, CLIENT4 = "198.18.0.1", "198.18.0.2"
 SERVER6, CLIENT6 = "2001:db8:d::1", "2001:db8:d::2"
-CONTROL_PORT = 62201
 
 
 def _vectors() -> dict[str, dict[str, object]]:

@@ -47,7 +47,7 @@ LINKTYPES = (capture_core.DLT_EN10MB, capture_core.DLT_RAW, capture_core.DLT_RAW
              0, 105)
 ADDRESSES = frozenset({"198.18.0.1", "2001:db8:d::1"})
 V2_SERVER = ipaddress.ip_address("198.18.0.11")  # the gateway tests/vectors/v2_*.json are bound to
-CONTROL_PORT = 62201
+CONTROL_PORT = proto.CONTROL_PORT
 HEADER_REASONS = frozenset({RejectReason.BAD_SIZE, RejectReason.BAD_VERSION, RejectReason.BAD_TYPE})
 OPEN_REASONS = frozenset({RejectReason.BAD_TAG, RejectReason.BAD_PADDING, RejectReason.BAD_FIELD})
 PLAINTEXT_REASONS = frozenset({RejectReason.BAD_SIZE, RejectReason.BAD_PADDING, RejectReason.BAD_FIELD})

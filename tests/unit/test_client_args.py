@@ -22,18 +22,24 @@ from dynknock.client.main import (
     EXIT_OK,
     EXIT_USAGE,
     RAW_SOCKET_ADVICE,
+    Options,
     UsageError,
     build_parser,
     quick_parse,
     run,
 )
 from dynknock.client.syn import SynSender
+from dynknock.protocol import CONTROL_PORT
 
 ENV = {"USER": "alice"}
 
 
+def parse(argv: list[str]) -> Options:
+    return build_parser().parse_args(argv, namespace=Options())
+
+
 def settings(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
-    return resolve_settings(build_parser().parse_args(argv), ENV if environ is None else environ)
+    return resolve_settings(parse(argv), ENV if environ is None else environ)
 
 
 def no_config(tmp_path: Path) -> list[str]:
@@ -48,7 +54,7 @@ def empty_config(tmp_path: Path) -> list[str]:
 
 def test_defaults(empty_config: list[str]) -> None:
     s = settings(["gw.example.org", *empty_config])
-    assert s == Settings(host="gw.example.org", port=62201, user="alice", service="ssh", key_file=None,
+    assert s == Settings(host="gw.example.org", port=CONTROL_PORT, user="alice", service="ssh", key_file=None,
                          family=None, timeout=5.0, nat=False, source_ip=None)
 
 
@@ -96,6 +102,28 @@ def test_semantic_usage_errors(argv: list[str], why: str, empty_config: list[str
     assert run([*argv, *empty_config], Io(stdout=io.StringIO(), stderr=err, environ=ENV)) == EXIT_USAGE
     assert err.getvalue().startswith("knock-client: ") and why in err.getvalue()
     assert err.getvalue().count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-p", "0"], "argument -p/--port: 0 is not in 1-65535"),
+    (["-p", "ssh"], "argument -p/--port: 'ssh' is not a port number"),
+    (["--timeout", "0"], "argument --timeout: must be more than 0 and at most 3600 seconds"),
+    (["--timeout", "soon"], "argument --timeout: 'soon' is not a number of seconds"),
+    (["-s", "Bad Service"], "argument -s/--service: 'Bad Service': 1-16 characters of a-z 0-9 _ -"),
+    (["-s", "ssh\n"], "argument -s/--service: 'ssh\\n': 1-16 characters of a-z 0-9 _ -"),
+    (["--source-ip", "1.2.3"], "argument --source-ip: '1.2.3' is not an IP address"),
+])
+def test_a_bad_value_is_named_with_why(argv: list[str], message: str, empty_config: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["h", *empty_config, *argv], Io(environ=ENV)) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[-1] == f"knock-client: error: {message}"
+
+
+def test_help_names_the_control_port(capsys: pytest.CaptureFixture[str]) -> None:
+    # client/main.py writes the number out (--help does not import dynknock.protocol): this is
+    # the one place that checks it is CONTROL_PORT.
+    assert run(["--help"], Io()) == EXIT_OK
+    assert f"control UDP port (default {CONTROL_PORT})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_help_documents_exit_codes_and_ssh(capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +175,7 @@ def test_default_config_path_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".config/dynknock").mkdir(parents=True)
     (tmp_path / ".config/dynknock/client.toml").write_text(STANZA)
-    assert resolve_settings(build_parser().parse_args(["home"]), ENV).port == 4444
+    assert resolve_settings(parse(["home"]), ENV).port == 4444
 
 
 def test_missing_named_config_file(tmp_path: Path) -> None:
@@ -157,7 +185,7 @@ def test_missing_named_config_file(tmp_path: Path) -> None:
 
 def test_usage_error_type() -> None:
     with pytest.raises(UsageError):
-        resolve_settings(build_parser().parse_args([]), ENV)
+        resolve_settings(parse([]), ENV)
 
 
 # --- --key-gen, and failures before anything is sent --------------------------------
@@ -194,7 +222,7 @@ def test_no_raw_socket_exits_5_before_sending_anything(empty_config: list[str]) 
         server.bind(("127.0.0.1", 0))
         server.settimeout(0.3)
 
-        def refuse(family: socket.AddressFamily) -> SynSender:
+        def refuse(family: int) -> SynSender:
             raise PermissionError(1, "Operation not permitted")
 
         err = io.StringIO()
@@ -227,11 +255,9 @@ def _argparse(argv: list[str]) -> object:
     """argparse's options for argv, or the exit status it gave."""
     import contextlib
 
-    from dynknock.client.main import Options
-
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            return build_parser().parse_args(argv, namespace=Options())
+            return parse(argv)
     except SystemExit as exc:
         return exc.code
 
@@ -255,7 +281,7 @@ def test_quick_parse_gives_argparse_options_or_nothing(argv: list[str]) -> None:
     ["--proxy", "-k", "~/.config/dynknock/myserver.key", "myserver"],
     ["--proxy", "-q", "--timeout", "5", "-s", "bench", "-k", "/tmp/u1.key", "198.18.0.1"],
     ["gw.example.org", "-u", "alice", "--exec", "ssh -p {port} {host}"],
-    ["-p", "62201", "-4", "--nat", "gw"],
+    ["-p", str(CONTROL_PORT), "-4", "--nat", "gw"],
     ["--key-gen", "~/new.key"],
 ])
 def test_quick_parse_answers_the_common_command_lines(argv: list[str]) -> None:

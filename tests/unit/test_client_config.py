@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.client.config import ConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
+from dynknock.client.config import ClientConfigError, ServerStanza, load_config, read_key_file, write_new_key_file
 
 GOOD = """
 [servers.home]
@@ -48,7 +48,7 @@ def test_good_stanzas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_default_file_is_fine_but_a_named_one_is_not(tmp_path: Path) -> None:
     assert load_config(tmp_path / "nope.toml", required=False) == {}
-    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+    with pytest.raises(ClientConfigError, match="nope.toml: config file not found"):
         load_config(tmp_path / "nope.toml", required=True)
 
 
@@ -70,7 +70,7 @@ def test_missing_default_file_is_fine_but_a_named_one_is_not(tmp_path: Path) -> 
 ])
 def test_bad_value_is_one_line_naming_key_and_file(tmp_path: Path, line: str, key: str, why: str) -> None:
     path = write(tmp_path, f"[servers.s]\n{line}\n")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ClientConfigError) as info:
         load_config(path, required=True)
     message = str(info.value)
     assert "\n" not in message
@@ -80,28 +80,28 @@ def test_bad_value_is_one_line_naming_key_and_file(tmp_path: Path, line: str, ke
 
 def test_unknown_key_is_refused_so_typos_do_not_pass_silently(tmp_path: Path) -> None:
     path = write(tmp_path, "[servers.s]\nsource-ip = \"1.2.3.4\"\n")
-    with pytest.raises(ConfigError, match=r"servers\.s\.source-ip: unknown key"):
+    with pytest.raises(ClientConfigError, match=r"servers\.s\.source-ip: unknown key"):
         load_config(path, required=True)
 
 
 def test_unknown_top_level_table(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown table or key 'server'"):
+    with pytest.raises(ClientConfigError, match="unknown table or key 'server'"):
         load_config(write(tmp_path, "[server.s]\nport = 1\n"), required=True)
 
 
 def test_nat_and_source_ip_exclude_each_other(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nat = true and source_ip"):
+    with pytest.raises(ClientConfigError, match="nat = true and source_ip"):
         load_config(write(tmp_path, "[servers.s]\nnat = true\nsource_ip = \"1.2.3.4\"\n"), required=True)
 
 
 def test_not_toml(tmp_path: Path) -> None:
     path = write(tmp_path, "[servers.s\nport = 1\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ClientConfigError, match="not valid TOML"):
         load_config(path, required=True)
 
 
 def test_stanza_must_be_a_table(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="servers.s must be a table"):
+    with pytest.raises(ClientConfigError, match="servers.s must be a table"):
         load_config(write(tmp_path, "[servers]\ns = 3\n"), required=True)
 
 
@@ -120,7 +120,7 @@ def test_key_gen_writes_0600_and_reads_back(tmp_path: Path) -> None:
 def test_key_gen_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "k.key"
     encoded = write_new_key_file(path)
-    with pytest.raises(ConfigError, match="refusing to overwrite"):
+    with pytest.raises(ClientConfigError, match="refusing to overwrite"):
         write_new_key_file(path)
     assert path.read_text().strip() == encoded
 
@@ -130,7 +130,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> No
     path = tmp_path / "k.key"
     write_new_key_file(path)
     os.chmod(path, mode)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ClientConfigError) as info:
         read_key_file(path)
     assert f"mode {mode:04o}" in str(info.value) and f"chmod 600 {path}" in str(info.value)
 
@@ -141,15 +141,15 @@ def test_bad_key_file_content(tmp_path: Path, content: str, why: str) -> None:
     path = tmp_path / "k.key"
     path.write_text(content)
     os.chmod(path, 0o600)
-    with pytest.raises(ConfigError, match=why):
+    with pytest.raises(ClientConfigError, match=why):
         read_key_file(path)
 
 
 def test_missing_key_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="key file not found"):
+    with pytest.raises(ClientConfigError, match="key file not found"):
         read_key_file(tmp_path / "none.key")
 
 
 def test_key_file_must_be_a_regular_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a regular file"):
+    with pytest.raises(ClientConfigError, match="not a regular file"):
         read_key_file(tmp_path)
