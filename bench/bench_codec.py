@@ -26,10 +26,11 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from figures import timed  # noqa: E402 (bench/figures.py: this script's folder is first on sys.path)
 
 from dynknock import protocol as proto  # noqa: E402
 from dynknock.auth.engine import Engine, EngineConfig, SendReply, Service  # noqa: E402
@@ -40,20 +41,6 @@ from dynknock.keys import SessionKeys, hint_epoch, user_hint  # noqa: E402
 SERVER = ipaddress.ip_address("192.0.2.1")
 CLIENT = ipaddress.ip_address("203.0.113.7")
 BATCH = 2000
-
-
-def _measure(make_batch: Callable[[], list[bytes]], judge: Callable[[bytes], object],
-             seconds: float) -> tuple[int, float]:
-    """Judge batches of packets until `seconds` of judging have been spent."""
-    done, spent = 0, 0.0
-    while spent < seconds:
-        batch = make_batch()
-        start = time.perf_counter()
-        for packet in batch:
-            judge(packet)
-        spent += time.perf_counter() - start
-        done += len(batch)
-    return done, spent
 
 
 def run(seconds: float, n_users: int) -> list[tuple[str, int, float]]:
@@ -89,20 +76,20 @@ def run(seconds: float, n_users: int) -> list[tuple[str, int, float]]:
     first = judge(fresh_p2s()[0])
     assert isinstance(first, list) and isinstance(first[0], SendReply), first  # the valid path really replies
 
-    results.append(("codec: seal + parse + open (P2)", *_measure(fresh_p2s, codec, share)))
+    results.append(("codec: seal + parse + open (P2)", *timed(fresh_p2s, codec, share)))
     before = engine.rejections.total()
     results.append(("(a) valid P2, fresh nonce, via Engine.on_datagram (P3 sealed)",
-                    *_measure(fresh_p2s, judge, share)))
+                    *timed(fresh_p2s, judge, share)))
     assert engine.rejections.total() == before, engine.rejections  # none of them was refused
 
     p1_len = proto.PACKET_LEN[proto.PacketType.P1]
     results.append(("(b) junk, P1 size, valid header, unknown hint",
-                    *_measure(lambda: [b"\x01\x01" + os.urandom(p1_len - 2) for _ in range(BATCH)], judge, share)))
+                    *timed(lambda: [b"\x01\x01" + os.urandom(p1_len - 2) for _ in range(BATCH)], judge, share)))
     results.append(("(b') random junk, P1 size",
-                    *_measure(lambda: [os.urandom(p1_len) for _ in range(BATCH)], judge, share)))
+                    *timed(lambda: [os.urandom(p1_len) for _ in range(BATCH)], judge, share)))
     bad_tag_before = engine.rejections["bad_tag"]
     results.append(("(c) junk with a known user's hint, bad tag",
-                    *_measure(lambda: [b"\x01\x01" + hint + os.urandom(p1_len - 10) for _ in range(BATCH)],
+                    *timed(lambda: [b"\x01\x01" + hint + os.urandom(p1_len - 10) for _ in range(BATCH)],
                               judge, share)))
     assert engine.rejections["bad_tag"] - bad_tag_before == results[-1][1]
     return results

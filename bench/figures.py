@@ -3,18 +3,22 @@
 Pure functions over the JSON-able rows that bench/run.py collects (and writes with --json),
 shared by the report (bench/report.py), the spread of several runs (bench/spread.py) and
 bench/client_startup.py. No I/O, no lab: they run anywhere, on fresh or stored results.
+Also the one loop that times a microbenchmark (bench/micro.py, bench/bench_codec.py).
 """
 
 from __future__ import annotations
 
 import statistics
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 # What a run measures, by name: the stack's processes (CPU, memory) and the ways to the service.
 STAGES = ("capture", "auth", "gate", "relay", "bus")
 DOOR_MODES = ("direct", "kernel", "relay")  # straight to the service; a kernel door; a relayed door
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -60,3 +64,17 @@ def gbps(r: Row) -> float:
 def cpu_per_gb(r: Row) -> float:
     """The whole machine's busy CPU seconds per GB a stream row delivered."""
     return float(r["cpu"]["machine_busy_s"] / (r["received"] / 1e9)) if r.get("received") else float("nan")
+
+
+def timed(batch: Callable[[], Sequence[T]], work: Callable[[T], object], seconds: float) -> tuple[int, float]:
+    """Apply `work` to batches of inputs until `seconds` of work have been spent: (inputs done, seconds).
+    Only the work is timed, not `batch`, which may make fresh inputs each time (a nonce used once)."""
+    done, spent = 0, 0.0
+    while spent < seconds:
+        items = batch()
+        start = time.perf_counter()
+        for item in items:
+            work(item)
+        spent += time.perf_counter() - start
+        done += len(items)
+    return done, spent

@@ -36,14 +36,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dpkt
+
 from dynknock import protocol as proto
 from dynknock.client.config import read_key_file
 from dynknock.client.crypto import session_keys
 from dynknock.client.knock import Endpoint, parse_ip, run_session
 from dynknock.client.session import ClientSession, Timing, new_request
-from dynknock.client.syn import RawSynSender, internet_checksum
+from dynknock.client.syn import RawSynSender
+from dynknock.protocol import CONTROL_PORT
 
-CONTROL_PORT = 62201
 BANNER = b"B"
 SPLICE_CHUNK = 1 << 20
 
@@ -367,9 +369,17 @@ def cmd_scale(args: dict[str, Any]) -> None:
 # --- the flood -------------------------------------------------------------------------------
 
 
-def _ipv4(src: bytes, dst: bytes, proto_num: int, payload: bytes, ident: int) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0, 64, proto_num, 0, src, dst)
-    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:] + payload
+def udp(sport: int, dport: int, payload: bytes) -> Any:
+    """A dpkt UDP datagram; its length is ours to set (dpkt fills in the checksum, not ulen)."""
+    return dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(payload), data=payload)
+
+
+def eth_ipv4(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, transport: Any, ident: int = 0) -> bytes:
+    """An Ethernet frame of one IPv4 packet around a dpkt UDP or TCP segment; dpkt fills in the
+    lengths and the checksums (IP, UDP, TCP)."""
+    number = dpkt.ip.IP_PROTO_TCP if isinstance(transport, dpkt.tcp.TCP) else dpkt.ip.IP_PROTO_UDP
+    packet = dpkt.ip.IP(src=src, dst=dst, id=ident, ttl=64, p=number, data=transport)
+    return bytes(dpkt.ethernet.Ethernet(dst=dst_mac, src=src_mac, type=dpkt.ethernet.ETH_TYPE_IP, data=packet))
 
 
 def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: str, dst_ip: str,
@@ -383,7 +393,6 @@ def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: 
     """
     rng = random.Random(seed)
     src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
-    eth = dst_mac + src_mac + b"\x08\x00"
     frames = []
     p1_len = proto.PACKET_LEN[proto.PacketType.P1]
     p2_len = proto.PACKET_LEN[proto.PacketType.P2]
@@ -398,22 +407,18 @@ def build_frames(kind: str, count: int, dst_mac: bytes, src_mac: bytes, src_ip: 
             else:
                 assert packets
                 payload, source = packets[i % len(packets)], src
-            udp = struct.pack("!HHHH", sport, control_port, 8 + len(payload), 0) + payload
-            frames.append(eth + _ipv4(source, dst, 17, udp, i & 0xFFFF))
+            frames.append(eth_ipv4(dst_mac, src_mac, source, dst, udp(sport, control_port, payload), i & 0xFFFF))
             continue
         if kind == "syn":
             dport = rng.randrange(1, 65536)
-            tcp = struct.pack("!HHIIBBHHH", sport, dport, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
-            pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-            tcp = tcp[:16] + struct.pack("!H", internet_checksum(pseudo + tcp)) + tcp[18:]
-            frames.append(eth + _ipv4(src, dst, 6, tcp, i & 0xFFFF))
+            tcp = dpkt.tcp.TCP(sport=sport, dport=dport, seq=rng.getrandbits(32), flags=dpkt.tcp.TH_SYN, win=64240)
+            frames.append(eth_ipv4(dst_mac, src_mac, src, dst, tcp, i & 0xFFFF))
             continue
         if kind == "sized":  # passes the kernel filter: P1 size, version 1, type P1, random hint
             payload = bytes([proto.VERSION, proto.PacketType.P1.value]) + rng.randbytes(p1_len - 2)
         else:  # random bytes, random size
             payload = rng.randbytes(rng.randrange(1, 200))
-        udp = struct.pack("!HHHH", sport, control_port, 8 + len(payload), 0) + payload
-        frames.append(eth + _ipv4(src, dst, 17, udp, i & 0xFFFF))
+        frames.append(eth_ipv4(dst_mac, src_mac, src, dst, udp(sport, control_port, payload), i & 0xFFFF))
     return frames
 
 
