@@ -25,7 +25,6 @@ import spread
 from figures import DOOR_MODES, STAGES, cpu_per_gb, door_stats, fmt, gbps, med, pct, resent_knock
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 # The lab's service, named in the report's head: a sink behind the relay on 127.0.0.1 ...
 SINK_PORT = 5201
 DIRECT_PORT = 5202  # ... and the same sink on the server's address, a public port (the direct path)

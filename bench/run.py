@@ -264,7 +264,6 @@ class TapRecorder:
         self.opened: list[tuple[float, dict[str, Any]]] = []
         # (publisher's wall time, topic, client) of each request's steps: where a knock's time goes
         self.steps: list[tuple[float, str, str]] = []
-        self.topics: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tap", daemon=True)
@@ -288,13 +287,12 @@ class TapRecorder:
             while not self._stop.is_set():
                 if not sub.poll(200):
                     continue
-                topic, frame = sub.recv_multipart()
+                _topic, frame = sub.recv_multipart()
                 try:
                     event = bus.decode_as(frame, bus.Event)
                 except bus.BadMessage:
                     continue
                 with self._lock:
-                    self.topics[event.topic] = self.topics.get(event.topic, 0) + 1
                     if event.topic in ALIVE.values():
                         self.alive[event.stage] = dict(event.fields)
                         self.alive_at[event.stage] = time.monotonic()
