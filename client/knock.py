@@ -90,7 +90,6 @@ class Outcome(NamedTuple):
     pending: int
     ignored: dict[str, int]
     refused: int = 0  # ICMP port unreachable seen on the socket
-    elapsed_s: float = 0.0
 
 
 class Clock(NamedTuple):
@@ -109,13 +108,11 @@ def run_session(session: ClientSession, endpoint: Endpoint, syn: SynSender, cloc
     clock = clock or Clock()
     sock = endpoint.sock
     refused = 0
-    started = clock.monotonic()
-    commands = session.start(started, clock.wall_ms())
+    commands = session.start(clock.monotonic(), clock.wall_ms())
     while True:
         for command in commands:
             if isinstance(command, Finished):
-                return Outcome(command.answer, session.bursts, session.pending, dict(session.ignored),
-                               refused, clock.monotonic() - started)
+                return Outcome(command.answer, session.bursts, session.pending, dict(session.ignored), refused)
             if isinstance(command, SendDatagram):
                 refused += _send(sock, command.payload)
             elif isinstance(command, SendKnocks):

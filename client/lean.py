@@ -40,7 +40,6 @@ class _NamedTupleMeta(type):
         if any(field not in namespace for field in fields[len(fields) - len(defaults):]):
             raise TypeError(f"Non-default namedtuple field cannot follow default field in {name}")
         cls = namedtuple(name, fields, defaults=defaults, module=namespace["__module__"])  # type: ignore[misc]
-        cls.__annotations__ = dict(annotations)
         for key, value in namespace.items():
             if key in ("__module__", "__annotations__") or key in fields:
                 continue

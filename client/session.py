@@ -194,10 +194,6 @@ class ClientSession:
         self.finished = True
         return [Finished(answer)]
 
-    @property
-    def deadline(self) -> float:
-        return self._deadline
-
     # --- internals -------------------------------------------------------------
 
     def _authentic_answer(self, packet: bytes) -> proto.P3 | None:
