@@ -242,23 +242,40 @@ def event(topic: str, stage: str, **fields: Any) -> list[bytes]:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoints:
-    """Every bus endpoint, derived from the runtime directory in one place."""
+class Role:
+    """What an endpoint is for: its ipc socket's name, the stage that binds it, and the keys
+    (dynknock/transport.py) of the peers it admits over tcp."""
 
-    packets: str
-    knock_filter: str
-    gate: str
-    relay: str
-    events: str
-    tap: str
+    socket: str
+    owner: str
+    peers: frozenset[str]
+
+
+def _endpoint(socket: str, owner: str, *peers: str) -> Any:
+    return field(metadata={"role": Role(socket, owner, frozenset(peers))})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Every bus endpoint, declared once: its address here, its role (:data:`ROLES`) beside it."""
+
+    # Packets come only from capture, which alone may read the knock filter (pending knocks and
+    # hints); door commands only from auth; events only from the stages; the tap (read only: an
+    # XPUB takes nothing from a subscriber but its subscriptions) only from monitors.
+    packets: str = _endpoint("packets", "auth", "capture")
+    knock_filter: str = _endpoint("filter", "auth", "capture")
+    gate: str = _endpoint("gate", "gate", "auth")
+    relay: str = _endpoint("relay", "relay", "auth")
+    events: str = _endpoint("events", "bus", "auth", "gate", "relay", "capture")
+    tap: str = _endpoint("tap", "bus", "tap")
 
     @classmethod
     def in_directory(cls, runtime_dir: Path) -> Endpoints:
-        def ipc(name: str) -> str:
-            return f"ipc://{runtime_dir}/{name}.sock"
+        return cls(**{name: f"ipc://{runtime_dir}/{role.socket}.sock" for name, role in ROLES.items()})
 
-        return cls(packets=ipc("packets"), knock_filter=ipc("filter"), gate=ipc("gate"),
-                   relay=ipc("relay"), events=ipc("events"), tap=ipc("tap"))
+
+ROLES: Final[dict[str, Role]] = {f.name: f.metadata["role"] for f in dataclasses.fields(Endpoints)}
+ENDPOINT_NAMES: Final = tuple(ROLES)
 
 
 class RuntimeDirError(RuntimeError):

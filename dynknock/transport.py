@@ -36,10 +36,10 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from dynknock.bus import Endpoints
+from dynknock.bus import ROLES, Endpoints
 
 # Which stage binds each endpoint (so a client knows whose public key to expect).
-OWNER = {"packets": "auth", "knock_filter": "auth", "gate": "gate", "relay": "relay", "events": "bus", "tap": "bus"}
+OWNER = {name: role.owner for name, role in ROLES.items()}
 KEY_NAMES = ("auth", "gate", "relay", "bus", "capture", "tap")
 GATEWAY_ROLES = ("capture", "gate", "relay")  # the stages that run on a fleet's gateway hosts
 
@@ -57,18 +57,10 @@ def key_role(name: str) -> str:
 def key_gateway(name: str) -> str:
     """The gateway a key belongs to: "" for a role's shared key (one host)."""
     return name.partition("@")[2]
-# Which keys each bound socket admits: its peers in the architecture and no one else.
-# Packets come only from capture, which alone may read the knock filter (pending knocks
-# and hints); door commands only from auth; events only from the stages; the tap (read
-# only: an XPUB takes nothing from a subscriber but its subscriptions) only from monitors.
-PEERS: dict[str, frozenset[str]] = {
-    "packets": frozenset({"capture"}),
-    "knock_filter": frozenset({"capture"}),
-    "gate": frozenset({"auth"}),
-    "relay": frozenset({"auth"}),
-    "events": frozenset({"auth", "gate", "relay", "capture"}),
-    "tap": frozenset({"tap"}),
-}
+
+
+# Which keys each bound socket admits: its peers in the architecture and no one else (dynknock/bus.py).
+PEERS = {name: role.peers for name, role in ROLES.items()}
 
 _refused: Counter[str] = Counter()
 _refused_lock = threading.Lock()
