@@ -47,12 +47,13 @@ import ipaddress
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeAlias
 
 from dynknock import protocol as proto
 from dynknock.auth.replay import ReplayCache
 from dynknock.auth.users import User, UserDirectory
+from dynknock.config import Config, ServiceConfig, default_of
 from dynknock.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
 from dynknock.protocol import IPAddress, RejectReason, Status
 from dynknock.topics import Topic
@@ -113,35 +114,37 @@ class Notify:
 Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Notify
 
 
-@dataclass(frozen=True, slots=True)
-class Service:
-    name: str
-    host: str
-    port: int
-    forward: str = "relay"  # "kernel": doors of same-family clients are forwarded by the gate alone
+# A service as [services.NAME] declares it; forward "kernel": doors of same-family clients are
+# forwarded by the gate alone.
+Service = ServiceConfig
 
-    def door_stages(self, client: IPAddress) -> frozenset[str]:
-        """The stages that open a door of this service for this client."""
-        same_family = ipaddress.ip_address(self.host).version == client.version
-        return KERNEL_DOOR_STAGES if self.forward == "kernel" and same_family else DOOR_STAGES
+
+def door_stages(service: Service, client: IPAddress) -> frozenset[str]:
+    """The stages that open a door of this service for this client (NAT cannot change the address
+    family: a kernel service whose target is IPv4 serves IPv6 clients through the relay)."""
+    same_family = ipaddress.ip_address(service.host).version == client.version
+    return KERNEL_DOOR_STAGES if service.forward == "kernel" and same_family else DOOR_STAGES
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    """The engine's settings. A field the server's Config has too has its name, and its default from
+    there (dynknock/config.py); :func:`engine_config` copies those. The others are the engine's own."""
+
     services: dict[str, Service]
     door_port_low: int
     door_port_high: int
-    window_s: int = 30
-    skew_s: int = 60
-    knock_timeout_s: int = 10
+    window_seconds: int = default_of("window_seconds")
+    clock_skew_seconds: int = default_of("clock_skew_seconds")
+    knock_timeout_seconds: int = default_of("knock_timeout_seconds")
     open_timeout_s: int = 3
     max_requests_per_user: int = 16
     # Rejections are counted always but reported one by one only this often per second
     # per user named (and as often for packets naming nobody), so a flood cannot flood
     # the bus or the logs, and a flood under one user's hint cannot mute the others.
     reject_events_per_second: int = 20
-    max_doors_per_user: int = 8
-    max_doors_total: int = 1000
+    max_doors_per_user: int = default_of("max_doors_per_user")
+    max_doors_total: int = default_of("max_doors_total")
     # A tag check costs ~37 us in Python: 500 a second is ~2% of a core per flooded hint,
     # and far above what a user's clients send (a P1 and a P2 or two per door).
     hint_checks_per_second: int = 500
@@ -167,6 +170,15 @@ class EngineConfig:
     p2_hold_ms: int = 0
     max_held_p2_per_user: int = 8
     max_held_p2_total: int = 1024
+
+
+def engine_config(config: Config, **own: Any) -> EngineConfig:
+    """The engine's settings from the server's config: every field the two share, by its name, and
+    the engine's `own` settings. A fleet takes only protocol version 2 (bound to the gateway address)
+    unless server.fleet_accepts_v1 says otherwise."""
+    shared = {f.name: getattr(config, f.name) for f in fields(EngineConfig) if hasattr(config, f.name)}
+    versions = (proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS
+    return EngineConfig(**{**shared, "versions": versions, **own})
 
 
 class State(enum.Enum):
@@ -227,7 +239,7 @@ class Engine:
     def __init__(self, config: EngineConfig, users: dict[str, User], replay: ReplayCache,
                  random_bytes: Callable[[int], bytes], random_below: Callable[[int], int]) -> None:
         self.config = config
-        self._directory = UserDirectory(users, config.skew_s)
+        self._directory = UserDirectory(users, config.clock_skew_seconds)
         self._replay = replay
         self._random_bytes = random_bytes
         self._random_below = random_below
@@ -270,7 +282,7 @@ class Engine:
         """A reloaded users file. A user removed or given a new key loses requests and doors;
         a door whose service or source its user may no longer use closes; the rest is untouched."""
         old = self._directory
-        self._directory = UserDirectory(users, self.config.skew_s)
+        self._directory = UserDirectory(users, self.config.clock_skew_seconds)
         self._checked.clear()  # verdicts reached under the old keys are not reused under the new
 
         def revoked(name: str) -> bool:
@@ -327,7 +339,7 @@ class Engine:
             return self._reject(message.reason, source, now_ms, message.detail, user.name)
         # From here on the packet is authentic (or a copy of an authentic one): rejections
         # name the user, and stay rate limited (invariant 6).
-        skew_ms = self.config.skew_s * 1000
+        skew_ms = self.config.clock_skew_seconds * 1000
         if message.timestamp_ms < now_ms - skew_ms:
             return self._reject(RejectReason.STALE, source, now_ms, user=user.name)
         if message.timestamp_ms > now_ms + skew_ms:
@@ -371,7 +383,7 @@ class Engine:
             self._sweep_checked(now_ms, force=True)
             if len(self._checked) >= self.config.checked_cache_max:
                 return  # full of live entries: copies cost a tag check again, nothing else changes
-        forget = now_ms + 2 * self.config.skew_s * 1000 + HINT_EPOCH_SECONDS * 1000 + 1
+        forget = now_ms + 2 * self.config.clock_skew_seconds * 1000 + HINT_EPOCH_SECONDS * 1000 + 1
         self._checked[nonce] = (payload, message, forget)
 
     def _sweep_checked(self, now_ms: int, force: bool = False) -> None:
@@ -414,7 +426,7 @@ class Engine:
         request.state, request.state_since_ms = State.OPEN, now_ms
         actions: list[Action] = [Notify(Topic.AUTH_DOOR_OPENED, {
             "user": request.user, "client": _addr(request.client), "port": request.door_port,
-            "service": request.service, "window": self.config.window_s,
+            "service": request.service, "window": self.config.window_seconds,
             "latency_ms": now_ms - request.created_ms, **({"gateway": request.gateway} if request.gateway else {})})]
         if request.reply_to is not None:
             actions.append(self._answer(request, now_ms))
@@ -442,7 +454,7 @@ class Engine:
         actions: list[Action] = []
         self._replay.sweep(now_ms)
         self._sweep_checked(now_ms)
-        knock_timeout = self.config.knock_timeout_s * 1000
+        knock_timeout = self.config.knock_timeout_seconds * 1000
         for request in list(self._requests.values()):
             age = now_ms - request.state_since_ms
             if request.state is State.AWAITING_KNOCKS and age > knock_timeout:
@@ -492,7 +504,7 @@ class Engine:
                 # The first source wins: a copy replayed from a spoofed address must not
                 # overwrite it and so deny the real client its answer.
                 self._mismatches.setdefault(p1.request_id,
-                                            (user.name, source, now_ms + self.config.knock_timeout_s * 1000))
+                                            (user.name, source, now_ms + self.config.knock_timeout_seconds * 1000))
             return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
                                 f"declared {p1.address}", user.name)
         else:
@@ -636,8 +648,8 @@ class Engine:
         request.confirmed.clear()
         request.door_port = port
         request.door_id = self._random_bytes(8).hex()
-        request.door_expires_ms = now_ms + self.config.window_s * 1000
-        request.door_stages = service.door_stages(request.client)
+        request.door_expires_ms = now_ms + self.config.window_seconds * 1000
+        request.door_stages = door_stages(service, request.client)
         self._by_door[request.door_id] = request
         self._doors[port] = Door(request.door_id, request.user, request.client, port, request.service,
                                  request.door_expires_ms, request.gateway)
@@ -653,7 +665,7 @@ class Engine:
         old_port, old_id = request.door_port, request.door_id
         self._by_door.pop(old_id, None)
         self._release(old_port)
-        self._busy_ports[old_port] = now_ms + self.config.window_s * 1000
+        self._busy_ports[old_port] = now_ms + self.config.window_seconds * 1000
         request.retries += 1
         actions: list[Action] = [CloseDoor(old_id, request.client, old_port, request.gateway)]
         port = self._allocate_port()

@@ -25,7 +25,6 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus, replies
-from dynknock import protocol as proto
 from dynknock.auth import engine as eng
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.users import User, UsersFileError, load_users
@@ -113,15 +112,7 @@ class UserLog:
 
 
 def engine_config(config: Config) -> eng.EngineConfig:
-    return eng.EngineConfig(
-        services={n: eng.Service(n, s.host, s.port, s.forward) for n, s in config.services.items()},
-        door_port_low=config.door_port_low, door_port_high=config.door_port_high,
-        window_s=config.window_seconds, skew_s=config.clock_skew_seconds,
-        knock_timeout_s=config.knock_timeout_seconds,
-        max_doors_per_user=config.max_doors_per_user, max_doors_total=config.max_doors_total,
-        # A fleet takes only version 2 (bound to the gateway address) unless told otherwise.
-        versions=(proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS,
-        p2_hold_ms=P2_HOLD_MS)
+    return eng.engine_config(config, p2_hold_ms=P2_HOLD_MS)
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:

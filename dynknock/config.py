@@ -8,14 +8,19 @@ example is examples/dynknock.toml.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import json
 import os
 import socket
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from dynknock.bus import ENDPOINT_NAMES
+from dynknock.protocol import CONTROL_PORT, SERVICE_NAME_LEN, is_port, is_service_name
 
 DEFAULT_PATH = Path("/etc/dynknock/dynknock.toml")
 
@@ -27,83 +32,13 @@ class ConfigError(ValueError):
 FORWARD_MODES = ("auto", "kernel", "relay")
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceConfig:
-    name: str
-    host: str
-    port: int
-    # "kernel": nftables forwards a door's connection (DNAT), no byte crosses user space;
-    # "relay": the relay stage accepts it and pumps the bytes. Resolved from
-    # services.NAME.forward ("auto": kernel when the target is on this host and the
-    # gate has nftables) when the config is read.
-    forward: str = "relay"
-
-    def door_path(self, client_version: int) -> str:
-        """How a door of this service for a client of this IP version is forwarded.
-
-        NAT cannot change the address family, so a kernel service whose target is IPv4
-        (127.0.0.1:22, say) still serves IPv6 clients through the relay.
-        """
-        if self.forward == "kernel" and ipaddress.ip_address(self.host).version == client_version:
-            return "kernel"
-        return "relay"
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """One gateway host of a fleet, as the auth host sees it ([gateways.NAME])."""
-
-    name: str
-    addresses: tuple[str, ...]  # its server addresses: a packet to one of them was sent to this gateway
-    gate: str  # tcp://HOST:PORT its gate binds
-    relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: str
-    interface: str
-    addresses: tuple[str, ...]
-    control_port: int
-    door_port_low: int
-    door_port_high: int
-    window_seconds: int
-    single_use: bool
-    clock_skew_seconds: int
-    knock_timeout_seconds: int
-    max_doors_per_user: int
-    max_doors_total: int
-    users_file: Path
-    state_dir: Path
-    run_as: str
-    runtime_dir: Path
-    bus_transport: str
-    curve_dir: Path
-    tcp_endpoints: dict[str, str]
-    gate_backend: str
-    stealth: bool
-    public_tcp_ports: tuple[int, ...]
-    public_udp_ports: tuple[int, ...]
-    nft_table: str
-    metrics_listen: str
-    metrics_token_file: str  # "" = <runtime_dir>/metrics.token, made by knock-tap --metrics
-    services: dict[str, ServiceConfig]
-    # The name of this host's gateway (server.gateway, default the host name): capture tags what
-    # it sees with it, so auth commands this gateway's gate and relay and labels its events.
-    gateway: str = "local"
-    # The auth host of a fleet ([gateways.NAME]); empty: one host, one implicit gateway, as before.
-    gateways: dict[str, GatewayConfig] = field(default_factory=dict)
-    # A fleet refuses protocol version 1 (a v1 request is not bound to a gateway) unless this is true.
-    fleet_accepts_v1: bool = False
-
-    @property
-    def fleet(self) -> bool:
-        return bool(self.gateways)
+# --- checks of single values: each returns the value as Config holds it, or raises ValueError saying why ------
 
 
 def _port(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+    if not is_port(v):
         raise ValueError("must be a port number 1-65535")
+    assert isinstance(v, int)
     return v
 
 
@@ -125,6 +60,14 @@ def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError("must be a non-empty string")
     return v
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"must be {' or '.join(json.dumps(c) for c in choices)}")
+        return str(v)
+    return check
 
 
 def _optional_path(v: Any) -> str:
@@ -185,12 +128,6 @@ def _port_range(v: Any) -> tuple[int, int]:
     return low, high
 
 
-def _backend(v: Any) -> str:
-    if v not in ("nftables", "none"):
-        raise ValueError('must be "nftables" or "none"')
-    return str(v)
-
-
 def _table(v: Any) -> str:
     name = _str(v)
     if not name.replace("_", "").isalnum() or len(name) > 32:
@@ -208,15 +145,6 @@ def _listen(v: Any) -> str:
     return text
 
 
-ENDPOINT_NAMES = ("packets", "knock_filter", "gate", "relay", "events", "tap")
-
-
-def _transport(v: Any) -> str:
-    if v not in ("ipc", "tcp"):
-        raise ValueError('must be "ipc" or "tcp"')
-    return str(v)
-
-
 def _tcp_endpoints(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ValueError("must be a table of endpoint = \"tcp://HOST:PORT\"")
@@ -228,39 +156,129 @@ def _tcp_endpoints(v: Any) -> dict[str, str]:
     return {str(k): str(val) for k, val in v.items()}
 
 
-# (section, key) -> (parser, default, help). Default None means required.
-SCHEMA: dict[tuple[str, str], tuple[Callable[[Any], Any], Any, str]] = {
-    ("server", "interface"): (_str, None, "interface capture listens on"),
-    ("server", "addresses"): (_addresses, None, "server addresses knocks and P1/P2 are sent to"),
-    ("server", "control_port"): (_port, 62201, "UDP port of P1/P2 (nothing listens on it)"),
+# --- the keys of the file ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of the file: where it stands, how its value is checked, its default and its help."""
+
+    section: str
+    name: str
+    check: Callable[[Any], Any]
+    default: Any  # as written in the file (the check makes it the field's value); None: required
+    help: str
+
+
+def _key(section: str, name: str, check: Callable[[Any], Any], default: Any, help: str) -> Any:
+    """A Config field read from key `section.name` of the file: the one place that declares it."""
+    return field(metadata={"key": Key(section, name, check, default, help)})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    host: str
+    port: int
+    # "kernel": nftables forwards a door's connection (DNAT), no byte crosses user space;
+    # "relay": the relay stage accepts it and pumps the bytes. Resolved from
+    # services.NAME.forward ("auto": kernel when the target is on this host and the
+    # gate has nftables) when the config is read.
+    forward: str = "relay"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway host of a fleet, as the auth host sees it ([gateways.NAME])."""
+
+    name: str
+    addresses: tuple[str, ...]  # its server addresses: a packet to one of them was sent to this gateway
+    gate: str  # tcp://HOST:PORT its gate binds
+    relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The server's configuration. Each field read from a key of the file is declared here once, with
+    its key, check, default and help (`_key`); :data:`KEYS` and :func:`parse` derive the rest."""
+
+    path: str
+    interface: str = _key("server", "interface", _str, None, "interface capture listens on")
+    addresses: tuple[str, ...] = _key("server", "addresses", _addresses, None,
+                                      "server addresses knocks and P1/P2 are sent to")
+    control_port: int = _key("server", "control_port", _port, CONTROL_PORT,
+                             "UDP port of P1/P2 (nothing listens on it)")
     # Above Linux's default ephemeral range (net.ipv4.ip_local_port_range 32768-60999), so no
     # outbound connection of this host takes a door port, and above control_port 62201.
-    ("server", "door_ports"): (_port_range, "63000-65535", "range door ports are drawn from"),
-    ("server", "window_seconds"): (_int_range(1, 3600), 30, "how long a door stays open"),
-    ("server", "single_use"): (_bool, True, "a door accepts one connection, as in the paper"),
-    ("server", "clock_skew_seconds"): (_int_range(5, 600), 60, "accepted client clock error"),
-    ("server", "knock_timeout_seconds"): (_int_range(1, 120), 10, "time from P1 to the last knock"),
-    ("server", "max_doors_per_user"): (_int_range(1, 10_000), 8, "doors one user may hold at once"),
-    ("server", "max_doors_total"): (_int_range(1, 65_535), 1000, "doors all users together may hold at once"),
-    ("server", "users_file"): (_path, "/etc/dynknock/users.json", "users and their keys (mode 0600)"),
-    ("server", "state_dir"): (_path, "/var/lib/dynknock", "replay journal"),
-    ("server", "run_as"): (_str, "dynknock", "unprivileged user of the stages"),
-    ("server", "gateway"): (_gateway_name, "", "name of this host's gateway (default: the host name)"),
-    ("server", "fleet_accepts_v1"): (_bool, False, "auth host of a fleet: also accept protocol version 1 "
-                                     "(not bound to a gateway: a copy sniffed at one gateway may open at another)"),
-    ("bus", "runtime_dir"): (_path, "/run/dynknock", "directory of the ipc sockets (0750)"),
-    ("bus", "transport"): (_transport, "ipc", '"ipc" (one host) or "tcp" (stages on several hosts, CURVE)'),
-    ("bus", "curve_dir"): (_path, "/etc/dynknock/curve", "tcp only: CURVE keys (knock-admin bus-keys)"),
-    ("bus", "tcp_endpoints"): (_tcp_endpoints, {}, "tcp only: tcp://HOST:PORT of each endpoint"),
-    ("gate", "backend"): (_backend, "nftables", '"nftables", or "none" (relay checks only: weaker)'),
-    ("gate", "stealth"): (_bool, True, "drop every unsolicited inbound packet but public ports"),
-    ("gate", "public_tcp_ports"): (_ports, [], "TCP ports that stay reachable with stealth"),
-    ("gate", "public_udp_ports"): (_ports, [], "UDP ports that stay reachable with stealth"),
-    ("gate", "table"): (_table, "dynknock", "name of our own nftables table (inet family)"),
-    ("metrics", "listen"): (_listen, "127.0.0.1:9877", "Prometheus endpoint of knock-tap --metrics"),
-    ("metrics", "token_file"): (_optional_path, "", "bearer token a scrape must send (0640 at most); "
-                                "empty: <bus.runtime_dir>/metrics.token, made if missing"),
-}
+    door_ports: tuple[int, int] = _key("server", "door_ports", _port_range, "63000-65535",
+                                       "range door ports are drawn from")
+    window_seconds: int = _key("server", "window_seconds", _int_range(1, 3600), 30, "how long a door stays open")
+    single_use: bool = _key("server", "single_use", _bool, True, "a door accepts one connection, as in the paper")
+    clock_skew_seconds: int = _key("server", "clock_skew_seconds", _int_range(5, 600), 60,
+                                   "accepted client clock error")
+    knock_timeout_seconds: int = _key("server", "knock_timeout_seconds", _int_range(1, 120), 10,
+                                      "time from P1 to the last knock")
+    max_doors_per_user: int = _key("server", "max_doors_per_user", _int_range(1, 10_000), 8,
+                                   "doors one user may hold at once")
+    max_doors_total: int = _key("server", "max_doors_total", _int_range(1, 65_535), 1000,
+                                "doors all users together may hold at once")
+    users_file: Path = _key("server", "users_file", _path, "/etc/dynknock/users.json",
+                            "users and their keys (mode 0600)")
+    state_dir: Path = _key("server", "state_dir", _path, "/var/lib/dynknock", "replay journal")
+    run_as: str = _key("server", "run_as", _str, "dynknock", "unprivileged user of the stages")
+    # The name of this host's gateway: capture tags what it sees with it, so auth commands this
+    # gateway's gate and relay and labels its events.
+    gateway: str = _key("server", "gateway", _gateway_name, "",
+                        "name of this host's gateway (default: the host name)")
+    # A fleet refuses protocol version 1 (a v1 request is not bound to a gateway) unless this is true.
+    fleet_accepts_v1: bool = _key("server", "fleet_accepts_v1", _bool, False,
+                                  "auth host of a fleet: also accept protocol version 1 (not bound to a "
+                                  "gateway: a copy sniffed at one gateway may open at another)")
+    runtime_dir: Path = _key("bus", "runtime_dir", _path, "/run/dynknock", "directory of the ipc sockets (0750)")
+    bus_transport: str = _key("bus", "transport", _one_of("ipc", "tcp"), "ipc",
+                              '"ipc" (one host) or "tcp" (stages on several hosts, CURVE)')
+    curve_dir: Path = _key("bus", "curve_dir", _path, "/etc/dynknock/curve",
+                           "tcp only: CURVE keys (knock-admin bus-keys)")
+    tcp_endpoints: dict[str, str] = _key("bus", "tcp_endpoints", _tcp_endpoints, {},
+                                         "tcp only: tcp://HOST:PORT of each endpoint")
+    gate_backend: str = _key("gate", "backend", _one_of("nftables", "none"), "nftables",
+                             '"nftables", or "none" (relay checks only: weaker)')
+    stealth: bool = _key("gate", "stealth", _bool, True, "drop every unsolicited inbound packet but public ports")
+    public_tcp_ports: tuple[int, ...] = _key("gate", "public_tcp_ports", _ports, [],
+                                             "TCP ports that stay reachable with stealth")
+    public_udp_ports: tuple[int, ...] = _key("gate", "public_udp_ports", _ports, [],
+                                             "UDP ports that stay reachable with stealth")
+    nft_table: str = _key("gate", "table", _table, "dynknock", "name of our own nftables table (inet family)")
+    metrics_listen: str = _key("metrics", "listen", _listen, "127.0.0.1:9877",
+                               "Prometheus endpoint of knock-tap --metrics")
+    metrics_token_file: str = _key("metrics", "token_file", _optional_path, "",
+                                   "bearer token a scrape must send (0640 at most); "
+                                   "empty: <bus.runtime_dir>/metrics.token, made if missing")
+    services: dict[str, ServiceConfig] = field(default_factory=dict)  # [services.NAME]
+    # The auth host of a fleet ([gateways.NAME]); empty: one host, one implicit gateway.
+    gateways: dict[str, GatewayConfig] = field(default_factory=dict)
+
+    @property
+    def door_port_low(self) -> int:
+        return self.door_ports[0]
+
+    @property
+    def door_port_high(self) -> int:
+        return self.door_ports[1]
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.gateways)
+
+
+# Config field name -> its key, in the order of the file's example.
+KEYS: Final[dict[str, Key]] = {f.name: f.metadata["key"] for f in fields(Config) if "key" in f.metadata}
+
+
+def default_of(name: str) -> Any:
+    """The value Config field `name` has when the file does not set its key."""
+    key = KEYS[name]
+    return key.check(copy.deepcopy(key.default))
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -294,68 +312,37 @@ def load(path: Path) -> Config:
 
 
 def parse(document: dict[str, Any], path: str) -> Config:
-    values: dict[tuple[str, str], Any] = {}
-    known_sections = {s for s, _ in SCHEMA} | {"services", "gateways"}
+    values: dict[str, Any] = {}
+    known = {(key.section, key.name) for key in KEYS.values()}
+    known_sections = {section for section, _ in known} | {"services", "gateways"}
     for section in document:
         if section not in known_sections:
             raise ConfigError(f"{path}: unknown section [{section}]")
         if section not in ("services", "gateways"):
             if not isinstance(document[section], dict):
                 raise ConfigError(f"{path}: [{section}] must be a table")
-            for key in document[section]:
-                if (section, key) not in SCHEMA:
-                    raise ConfigError(f"{path}: unknown key {section}.{key}")
-    for (section, key), (parser, default, _help) in SCHEMA.items():
-        raw = document.get(section, {}).get(key, default)
+            for name in document[section]:
+                if (section, name) not in known:
+                    raise ConfigError(f"{path}: unknown key {section}.{name}")
+    for field_name, key in KEYS.items():
+        raw = document.get(key.section, {}).get(key.name, copy.deepcopy(key.default))
         if raw is None:
-            raise ConfigError(f"{path}: {section}.{key} is required ({_help})")
+            raise ConfigError(f"{path}: {key.section}.{key.name} is required ({key.help})")
         try:
-            values[(section, key)] = parser(raw)
+            values[field_name] = key.check(raw)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: {section}.{key} = {raw!r}: {exc}") from None
-    services = _services(document.get("services", {}), path, values[("gate", "backend")],
-                         values[("server", "addresses")])
-    low, high = values[("server", "door_ports")]
-    control = values[("server", "control_port")]
+            raise ConfigError(f"{path}: {key.section}.{key.name} = {raw!r}: {exc}") from None
+    services = _services(document.get("services", {}), path, values["gate_backend"], values["addresses"])
+    low, high = values["door_ports"]
+    control = values["control_port"]
     if low <= control <= high:
         raise ConfigError(f"{path}: server.control_port {control} lies inside server.door_ports")
-    if values[("bus", "transport")] == "tcp" and not values[("bus", "tcp_endpoints")]:
+    if values["bus_transport"] == "tcp" and not values["tcp_endpoints"]:
         raise ConfigError(f"{path}: bus.tcp_endpoints is required with bus.transport = \"tcp\"")
     gateways = _gateways(document.get("gateways", {}), path)
-    if gateways and values[("bus", "transport")] != "tcp":
+    if gateways and values["bus_transport"] != "tcp":
         raise ConfigError(f"{path}: [gateways.NAME] (a fleet) needs bus.transport = \"tcp\"")
-    return Config(
-        path=path,
-        interface=values[("server", "interface")],
-        addresses=values[("server", "addresses")],
-        control_port=control,
-        door_port_low=low,
-        door_port_high=high,
-        window_seconds=values[("server", "window_seconds")],
-        single_use=values[("server", "single_use")],
-        clock_skew_seconds=values[("server", "clock_skew_seconds")],
-        knock_timeout_seconds=values[("server", "knock_timeout_seconds")],
-        max_doors_per_user=values[("server", "max_doors_per_user")],
-        max_doors_total=values[("server", "max_doors_total")],
-        users_file=values[("server", "users_file")],
-        state_dir=values[("server", "state_dir")],
-        run_as=values[("server", "run_as")],
-        runtime_dir=values[("bus", "runtime_dir")],
-        bus_transport=values[("bus", "transport")],
-        curve_dir=values[("bus", "curve_dir")],
-        tcp_endpoints=values[("bus", "tcp_endpoints")],
-        gate_backend=values[("gate", "backend")],
-        stealth=values[("gate", "stealth")],
-        public_tcp_ports=values[("gate", "public_tcp_ports")],
-        public_udp_ports=values[("gate", "public_udp_ports")],
-        nft_table=values[("gate", "table")],
-        metrics_listen=values[("metrics", "listen")],
-        metrics_token_file=values[("metrics", "token_file")],
-        services=services,
-        gateway=values[("server", "gateway")],
-        gateways=gateways,
-        fleet_accepts_v1=values[("server", "fleet_accepts_v1")],
-    )
+    return Config(path=path, services=services, gateways=gateways, **values)
 
 
 def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:
@@ -401,8 +388,8 @@ def _services(raw: Any, path: str, backend: str = "nftables", addresses: tuple[s
     services: dict[str, ServiceConfig] = {}
     for name, entry in raw.items():
         key = f"services.{name}.target"
-        if not (1 <= len(name) <= 16 and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in name)):
-            raise ConfigError(f"{path}: services.{name}: name must be 1-16 of a-z 0-9 _ -")
+        if not is_service_name(name):
+            raise ConfigError(f"{path}: services.{name}: name must be 1-{SERVICE_NAME_LEN} of a-z 0-9 _ -")
         if not isinstance(entry, dict) or "target" not in entry or not set(entry) <= {"target", "forward"}:
             raise ConfigError(f"{path}: services.{name} takes target (required) and forward (auto, kernel, relay)")
         host, sep, port = str(entry["target"]).rpartition(":")

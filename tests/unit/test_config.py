@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dynknock import bus
 from dynknock import config as cfg
 from dynknock.config import Config, ConfigError, ServiceConfig
 
@@ -103,8 +104,8 @@ def test_example_states_every_default() -> None:
 
 def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    for section, key in cfg.SCHEMA:
-        assert f"[{section}]" in text and f"\n{key} = " in text, f"{section}.{key}"
+    for key in cfg.KEYS.values():
+        assert f"[{key.section}]" in text and f"\n{key.name} = " in text, f"{key.section}.{key.name}"
 
 
 def test_full_file(tmp_path: Path) -> None:
@@ -388,11 +389,11 @@ def test_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.config_path("/cli.toml") == Path("/cli.toml")
 
 
-def test_every_schema_entry_has_help_and_a_checked_default() -> None:
-    for (section, key), (parser, default, help_text) in cfg.SCHEMA.items():
-        assert help_text, f"{section}.{key}"
-        if default is not None:
-            parser(default)  # defaults pass their own check
+def test_every_key_has_help_and_a_checked_default() -> None:
+    for key in cfg.KEYS.values():
+        assert key.help, f"{key.section}.{key.name}"
+        if key.default is not None:
+            key.check(key.default)  # defaults pass their own check
 
 
 # --- how a service's doors are forwarded ------------------------------------------------------------
@@ -438,19 +439,10 @@ def test_forward_value_checked(tmp_path: Path) -> None:
         _service_config(tmp_path, "127.0.0.1:22", "fast")
 
 
-def test_door_path_follows_the_client_version(tmp_path: Path) -> None:
-    ipv4_target = _service_config(tmp_path, "127.0.0.1:22").services["ssh"]
-    assert (ipv4_target.door_path(4), ipv4_target.door_path(6)) == ("kernel", "relay")
-    ipv6_target = _service_config(tmp_path, "[2001:db8::1]:22").services["ssh"]
-    assert (ipv6_target.door_path(4), ipv6_target.door_path(6)) == ("relay", "kernel")
-    relayed = _service_config(tmp_path, "127.0.0.1:22", "relay").services["ssh"]
-    assert (relayed.door_path(4), relayed.door_path(6)) == ("relay", "relay")
-
-
 # --- a fleet: several gateway hosts, one auth host (issue 14) -----------------------------------
 
 TCP_BUS = {"transport": "tcp", "tcp_endpoints": {name: f"tcp://198.18.0.9:{7100 + i}"
-                                                 for i, name in enumerate(cfg.ENDPOINT_NAMES)}}
+                                                 for i, name in enumerate(bus.ENDPOINT_NAMES)}}
 
 
 def fleet_document(gateways: dict[str, Any]) -> dict[str, Any]:

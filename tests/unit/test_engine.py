@@ -15,12 +15,14 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynknock import bus
+from dynknock import config as dkconfig
 from dynknock import protocol as proto
 from dynknock.auth.engine import (
     Action,
@@ -32,6 +34,7 @@ from dynknock.auth.engine import (
     SendReply,
     Service,
     SetKnockFilter,
+    engine_config,
 )
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.users import User
@@ -195,7 +198,7 @@ def test_happy_path_knocks_in_any_order_with_duplicates() -> None:
     assert (door.user, door.client, door.service, door.target_host, door.target_port) == \
         ("alice", CLIENT, "ssh", "127.0.0.1", 22)
     assert 40000 <= door.port <= 40009
-    assert door.expires_at_ms == NOW + 2000 + CONFIG.window_s * 1000
+    assert door.expires_at_ms == NOW + 2000 + CONFIG.window_seconds * 1000
     assert one(actions, SetKnockFilter) == SetKnockFilter(frozenset())  # every knock seen: stop passing SYNs
     assert "auth.knock.complete" in topics(actions)
 
@@ -444,7 +447,7 @@ def test_private_declared_address_gets_address_mismatch_on_p2() -> None:
     bob = Client(BOB)
     assert not of(send(engine, bob, bob.p2()), SendReply)
     # The note is dropped after the knock timeout.
-    engine.on_tick(NOW + CONFIG.knock_timeout_s * 1000)
+    engine.on_tick(NOW + CONFIG.knock_timeout_seconds * 1000)
     assert not of(send(engine, alice, alice.p2(NOW + 10_000), NOW + 10_000), SendReply)
 
 
@@ -681,7 +684,7 @@ def test_port_allocation_never_gives_a_port_in_use(seed: int, size: int) -> None
     send(engine, extra, extra.p1(rid=b"\xee" * 16))
     assert rejected(knock(engine, extra)) == ["no_door_port"]
     # When the doors expire their ports are free again.
-    t = NOW + CONFIG.window_s * 1000
+    t = NOW + CONFIG.window_seconds * 1000
     engine.on_tick(t)
     assert engine.open_doors() == []
     again = Client(BOB, ipaddress.ip_address("198.51.100.201"))
@@ -726,6 +729,38 @@ def test_nothing_unauthenticated_gets_a_reply_or_opens_anything(junk: bytes) -> 
     actions = engine.on_datagram(OTHER, 1, SERVER, junk, NOW)
     assert all(isinstance(a, Notify) for a in actions)
     assert sum(engine.rejections.values()) == 1
+
+
+# --- the engine's settings from the server's config --------------------------------------------------
+
+def test_engine_config_takes_the_servers_settings_by_their_names() -> None:
+    document: dict[str, dict[str, Any]] = {
+        "server": {"interface": "eth0", "addresses": ["198.18.0.1"], "window_seconds": 45,
+                   "clock_skew_seconds": 90, "knock_timeout_seconds": 7, "max_doors_per_user": 3,
+                   "max_doors_total": 50, "door_ports": "50000-50015"},
+        "services": {"ssh": {"target": "127.0.0.1:22"}}}
+    config = dkconfig.parse(document, "/x.toml")
+    settings = engine_config(config, p2_hold_ms=20)
+    assert (settings.window_seconds, settings.clock_skew_seconds, settings.knock_timeout_seconds,
+            settings.max_doors_per_user, settings.max_doors_total) == (45, 90, 7, 3, 50)
+    assert (settings.door_port_low, settings.door_port_high, settings.p2_hold_ms) == (50000, 50015, 20)
+    assert settings.services == config.services and settings.versions == proto.VERSIONS
+    # what the file leaves out, the engine's defaults say alike
+    del document["server"]["window_seconds"]
+    plain = engine_config(dkconfig.parse(document, "/x.toml"))
+    assert plain.window_seconds == EngineConfig(SERVICES, 1, 2).window_seconds == 30
+
+
+def test_a_fleet_engine_takes_version_1_only_when_told() -> None:
+    gateways = {"gw-a": {"addresses": ["198.18.0.11"], "gate": "tcp://198.18.0.11:7003"}}
+    endpoints = {name: f"tcp://198.18.0.9:{7100 + i}" for i, name in enumerate(bus.ENDPOINT_NAMES)}
+    document: dict[str, dict[str, Any]] = {
+        "server": {"interface": "eth0", "addresses": ["198.18.0.1"]},
+        "bus": {"transport": "tcp", "tcp_endpoints": endpoints},
+        "services": {"ssh": {"target": "127.0.0.1:22"}}, "gateways": gateways}
+    assert engine_config(dkconfig.parse(document, "/x.toml")).versions == (proto.BOUND_VERSION,)
+    document["server"]["fleet_accepts_v1"] = True
+    assert engine_config(dkconfig.parse(document, "/x.toml")).versions == proto.VERSIONS
 
 
 # --- doors the kernel forwards (services.NAME.forward = "kernel") ------------------------------------
