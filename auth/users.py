@@ -31,6 +31,7 @@ from dynknock.keys import (
     encode_key,
     hint_epoch,
     normalise_user_name,
+    secret_file_problem,
     user_hint,
 )
 from dynknock.protocol import IPAddress
@@ -69,13 +70,10 @@ class User:
 
 
 def check_secret_file_mode(path: Path) -> None:
-    """Refuse a secrets file any other user could read or anyone but us could write."""
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise UsersFileError(f"{path}: not a regular file")
-    if st.st_mode & 0o137:
-        raise UsersFileError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} is too open; "
-                             f"it holds keys: chmod 600 {path}")
+    """Refuse a users file any other user could read or anyone but us could write."""
+    problem = secret_file_problem(path.stat(), path, group_may_read=True)
+    if problem:
+        raise UsersFileError(f"{path}: {problem}")
 
 
 def _parse_user(path: Path, name: str, entry: Any) -> User:

@@ -192,16 +192,26 @@ def user_hint(keys: SessionKeys, epoch: int) -> bytes:
     return hmac_sha256(keys.hint, b"epoch" + struct.pack("!Q", epoch))[:HINT_LEN]
 
 
+def secret_file_problem(st: os.stat_result, path: str | Path, *, group_may_read: bool = False) -> str:
+    """Why a file that holds a secret must be refused ("": it may be used): it must be a regular
+    file that no other user can read and no one but its owner can write; `group_may_read`: its
+    group may read it too (a file of root's that the service's group reads). The users file, key
+    files and the metrics token all pass here, so all refuse and say so alike."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_mode & (0o137 if group_may_read else 0o077):
+        return (f"mode {stat.S_IMODE(st.st_mode):04o} is too open for a file that holds a secret: "
+                f"chmod {640 if group_may_read else 600} {path}")
+    return ""
+
+
 def read_key_file(path: str | Path) -> bytes:
     """A base64 master key from a file only its owner can read. knock-client names files by
     strings (client/paths.py), the server by pathlib.Path; both print the same."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyError_(f"{path}: key file is not a regular file")
-        if st.st_mode & 0o077:
-            raise KeyError_(f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets group or others read it, "
-                            f"and it is as good as a password: chmod 600 {path}")
+        problem = secret_file_problem(os.stat(path), path)
+        if problem:
+            raise KeyError_(f"{path}: key file {problem}")
         with open(path, encoding="ascii") as handle:  # = Path.read_text, for a str as well
             text = handle.read()
     except FileNotFoundError:

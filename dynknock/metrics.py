@@ -21,7 +21,6 @@ import hmac
 import os
 import secrets
 import socket
-import stat
 import threading
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dynknock.bus import Event
+from dynknock.keys import secret_file_problem
 
 STAGES = ("capture", "auth", "gate", "relay")
 ALIVE_WITHIN_S = 6.0  # three missed heartbeats
@@ -222,12 +222,10 @@ def load_token(path: Path, create: bool) -> str:
     except OSError as exc:
         raise TokenError(f"{where}: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)  # of the file opened, not of whatever the name points to later
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenError(f"{where}: not a regular file")
-        if st.st_mode & 0o137:
-            raise TokenError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} is too open; only the dynknock "
-                             f"group may read it: chmod 640 {path}")
+        # of the file opened, not of whatever the name points to later; only the dynknock group may read it
+        problem = secret_file_problem(os.fstat(fd), path, group_may_read=True)
+        if problem:
+            raise TokenError(f"{where}: {problem}")
         token = os.read(fd, 4096).decode("ascii", errors="replace").strip()
     finally:
         os.close(fd)
