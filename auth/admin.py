@@ -24,7 +24,6 @@ import getpass
 import grp
 import ipaddress
 import os
-import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from typing import TextIO
 from dynknock import keys
 from dynknock.auth.users import IPNetwork, User, UsersFileError, load_users, save_users
 from dynknock.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
-from dynknock.protocol import SERVICE_NAME_LEN
+from dynknock.protocol import SERVICE_NAME_LEN, is_service_name
 
 PROG = "knock-admin"
 DEFAULT_USERS_FILE = Path("/etc/dynknock/users.json")
@@ -45,7 +44,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the file could not be written (permissions, disk)
 EXIT_USAGE = 2  # bad input: option, name, CIDR, date, key file, password, or an unusable users file
 
-SERVICE_RE = re.compile(rf"[a-z0-9_-]{{1,{SERVICE_NAME_LEN}}}")
 SHORT_PASSWORD = 12  # below this, warn: a sniffed packet allows an offline guess per scrypt call
 
 EPILOG = f"""\
@@ -83,7 +81,7 @@ def _user_name(text: str) -> str:
 
 def parse_services(text: str) -> tuple[str, ...]:
     names = [s.strip() for s in text.split(",")]
-    if not text.strip() or any(not SERVICE_RE.fullmatch(n) for n in names):
+    if not text.strip() or not all(is_service_name(n) for n in names):
         raise AdminError(f"services {text!r}: a comma-separated list of names of 1-{SERVICE_NAME_LEN} "
                          "characters [a-z0-9_-], e.g. ssh,web")
     return tuple(dict.fromkeys(names))  # without duplicates, in the order given

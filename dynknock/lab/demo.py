@@ -21,6 +21,7 @@ from pathlib import Path
 from dynknock.config import load
 from dynknock.lab.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
 from dynknock.lab.stack import VENV_BIN, Stack, prepare_workdir, write_config
+from dynknock.protocol import CONTROL_PORT
 
 PASSWORD = "demo password, not a secret"
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
             say("The attacker scans the control port and a door port: no answer at all")
             door_port = load(workdir / "dynknock.toml").door_port_low  # one of the door range
-            for port in (62201, 22, door_port):
+            for port in (CONTROL_PORT, 22, door_port):
                 print(f"   attacker -> {lab.server.ipv4}:{port}: "
                       f"{lab.tcp_probe(lab.attacker, lab.server.ipv4, port, timeout=0.5)}")
             ssh = " ".join(shlex.quote(a) for a in sshd.ssh_argv("{host}"))

@@ -30,6 +30,7 @@ from dynknock import bus
 from dynknock.auth.users import User, save_users
 from dynknock.keys import derive_master_key
 from dynknock.lab.netlab import Host, NetLab, SshdInfo
+from dynknock.protocol import CONTROL_PORT
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
 # e.g. a second checkout tested beside this one.
@@ -68,7 +69,7 @@ def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nfta
 [server]
 interface = "{lab.server.interface}"
 addresses = ["{lab.server.ipv4}", "{lab.server.ipv6}"]
-control_port = 62201
+control_port = {CONTROL_PORT}
 door_ports = "63000-65535"
 window_seconds = {window_seconds}
 users_file = "{workdir}/users.json"
