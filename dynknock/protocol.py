@@ -37,7 +37,7 @@ from dynknock.keys import HINT_LEN, SessionKeys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from dataclasses import dataclass
+    from dataclasses import dataclass as dataclass  # re-exported: tests/unit/test_protocol.py uses it
     from typing import Any, Final, TypeAlias, TypeGuard
 else:
     def dataclass(*, frozen: bool = False, slots: bool = False, **options: object) -> Callable[[type], type]:

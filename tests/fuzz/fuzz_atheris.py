@@ -16,14 +16,10 @@ scratch one first and the committed seeds after it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
-import atheris
-
-HERE = Path(__file__).resolve().parent
+import atheris  # type: ignore[import-untyped]  # not in the venv: installed by hand, see above
 
 # msgpack's C extension is opaque to coverage; its pure-Python fallback is not.
 os.environ.setdefault("MSGPACK_PUREPYTHON", "1")
@@ -36,23 +32,16 @@ with atheris.instrument_imports(include=["auth", "capture", "dynknock", "dpkt", 
     import dynknock.capture.core  # noqa: F401
     import dynknock.protocol  # noqa: F401
 
-
-def _harnesses() -> object:
-    spec = importlib.util.spec_from_file_location("fuzz_harnesses", HERE / "test_fuzz_decoders.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.fuzz import test_fuzz_decoders as harnesses  # noqa: E402  (after the instrumented imports)
 
 
 def main() -> None:
-    harnesses = _harnesses()
     targets = {
-        "packets": harnesses.fuzz_packet,  # type: ignore[attr-defined]
-        "plaintexts": harnesses.fuzz_plaintext,  # type: ignore[attr-defined]
-        "sealed": harnesses.fuzz_sealed_plaintext,  # type: ignore[attr-defined]
-        "bus": harnesses.fuzz_bus,  # type: ignore[attr-defined]
-        "frames": harnesses.fuzz_frame,  # type: ignore[attr-defined]
+        "packets": harnesses.fuzz_packet,
+        "plaintexts": harnesses.fuzz_plaintext,
+        "sealed": harnesses.fuzz_sealed_plaintext,
+        "bus": harnesses.fuzz_bus,
+        "frames": harnesses.fuzz_frame,
     }
     if len(sys.argv) < 2 or sys.argv[1] not in targets:
         raise SystemExit(f"usage: fuzz_atheris.py {{{','.join(targets)}}} [libFuzzer options] [corpus dirs]")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib.util
 import ipaddress
 import json
 import struct
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 from dynknock import keys as K
 from dynknock import protocol as proto
 from dynknock.protocol import PacketType, Reject, RejectReason, Status
+from tests.vectors import make_vectors as MV
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "vectors"
 ALL_TYPES = (PacketType.P1, PacketType.P2, PacketType.P3)
@@ -45,17 +45,6 @@ def _load_vectors() -> dict[str, dict[str, Any]]:
 
 VECTORS = _load_vectors()
 PACKET_VECTORS = {name: v for name, v in VECTORS.items() if "packet" in v}
-
-
-def _make_vectors_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_vectors", VECTOR_DIR / "make_vectors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MV = _make_vectors_module()
 
 
 def _server(v: dict[str, Any]) -> proto.IPAddress | None:
@@ -568,13 +557,18 @@ RECORD_SAMPLES: list[tuple[type, tuple[Any, ...]]] = [
 ]
 
 
+def _slots(cls: type) -> tuple[str, ...]:
+    slots: tuple[str, ...] = vars(cls)["__slots__"]
+    return slots
+
+
 def _real_dataclass(cls: type) -> type:
     """The same class body through the real dataclasses module."""
     import dataclasses
 
     body = {"__annotations__": dict(cls.__annotations__), "__module__": cls.__module__,
             "__qualname__": cls.__qualname__}
-    for name, default in zip(reversed(cls.__slots__), reversed(cls.__init__.__defaults__ or ()), strict=False):
+    for name, default in zip(reversed(_slots(cls)), reversed(vars(cls)["__init__"].__defaults__ or ()), strict=False):
         body[name] = default
     return dataclasses.dataclass(frozen=True, slots=True)(type(cls.__name__, (), body))
 
@@ -590,16 +584,16 @@ def test_records_behave_as_frozen_slotted_dataclasses(cls: type, args: tuple[Any
     assert repr(ours) == repr(theirs)
     assert hash(ours) == hash(theirs)
     assert ours == cls(*args) and ours != theirs and ours != args
-    assert cls.__slots__ == real.__slots__ and cls.__match_args__ == real.__match_args__  # type: ignore[attr-defined]
+    assert _slots(cls) == _slots(real) and vars(cls)["__match_args__"] == vars(real)["__match_args__"]
     assert not hasattr(ours, "__dict__")
     assert copy.deepcopy(ours) == ours and pickle.loads(pickle.dumps(ours)) == ours
-    keywords = dict(zip(cls.__slots__, args, strict=False))
+    keywords = dict(zip(_slots(cls), args, strict=False))
     assert cls(**keywords) == ours
-    for name in (*cls.__slots__, "other"):
+    for name in (*_slots(cls), "other"):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(ours, name, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        delattr(ours, cls.__slots__[0])
+        delattr(ours, _slots(cls)[0])
 
 
 def test_records_refuse_what_dataclasses_refuse() -> None:
