@@ -34,6 +34,7 @@ from dynknock.stage import (
     Publisher,
     RateLimitedLog,
     StopSignal,
+    TokenBuckets,
     common_arguments,
     drop_privileges,
     load_config_or_exit,
@@ -70,27 +71,14 @@ class UserLog:
     def __init__(self, log: logging.Logger, rate: float = 1.0, burst: float = 20.0,
                  total_rate: float = 50.0, total_burst: float = 500.0) -> None:
         self._log = log
-        self._rate, self._burst = rate, burst
-        self._total_rate, self._total_burst = total_rate, total_burst
-        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at)
-        self._total = (total_burst, 0.0)
+        self._users = TokenBuckets(rate, burst)  # kept to active users by summarise()
+        self._total = TokenBuckets(total_rate, total_burst, 1)
         self.suppressed: Counter[str] = Counter()
         self._next_summary = 0.0
 
-    @staticmethod
-    def _take(bucket: tuple[float, float], rate: float, burst: float, now: float) -> tuple[bool, tuple[float, float]]:
-        tokens, at = bucket
-        tokens = min(burst, tokens + (now - at) * rate)
-        if tokens < 1.0:
-            return False, (tokens, now)
-        return True, (tokens - 1.0, now)
-
     def __call__(self, user: str, line: str, now: float) -> None:
-        ok, bucket = self._take(self._buckets.get(user, (self._burst, now)), self._rate, self._burst, now)
-        self._buckets[user] = bucket
-        if ok:
-            ok, self._total = self._take(self._total, self._total_rate, self._total_burst, now)
-        if ok:
+        # The user's token is spent even when the total refuses: a user's lines count against them.
+        if self._users.take(user, now) and self._total.take(None, now):
             self._log.info(line)
         else:
             self.suppressed[user] += 1
@@ -106,9 +94,7 @@ class UserLog:
             self._log.info("(%d lines suppressed: %s%s)", sum(self.suppressed.values()), top,
                            f" and {more} more users" if more > 0 else "")
         self.suppressed.clear()
-        # buckets that have refilled carry no information: keep the table to active users
-        self._buckets = {u: b for u, b in self._buckets.items()
-                         if b[0] + (now - b[1]) * self._rate < self._burst}
+        self._users.forget_full(now)  # refilled buckets carry no information: keep the table to active users
 
 
 def engine_config(config: Config) -> eng.EngineConfig:

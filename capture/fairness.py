@@ -41,6 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from dynknock.stage import TokenBuckets
+
 T = TypeVar("T")
 
 DUPLICATE = "duplicate"
@@ -71,33 +73,6 @@ class Limits:
     replay_ttl_s: float = 300.0
 
 
-class _Buckets:
-    """Token buckets by key, at most `limit` of them: [tokens, last refill time] per key."""
-
-    def __init__(self, rate: float, burst: float, limit: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.limit = limit
-        # OrderedDict: dropping the oldest of a plain dict again and again scans the holes the
-        # earlier deletions left at its front (quadratic under a flood of spoofed addresses).
-        self._table: OrderedDict[object, list[float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def has(self, key: object, now: float) -> list[float] | None:
-        """The key's bucket refilled to now if it holds a token, else None (nothing taken yet)."""
-        bucket = self._table.get(key)
-        if bucket is None:
-            if len(self._table) >= self.limit:
-                self._table.popitem(last=False)
-            bucket = self._table[key] = [self.burst, now]
-        elif now > bucket[1]:
-            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-            bucket[1] = now
-        return bucket if bucket[0] >= 1.0 else None
-
-
 # Sources a payload may come from before its copies are shed whatever their source: the
 # client's own, an on-path attacker's racing copy, and room for a NAT changing its mind.
 SOURCES_PER_PAYLOAD = 4
@@ -110,7 +85,7 @@ class ReplayFilter:
     def __init__(self, capacity: int, ttl_s: float) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
-        # payload -> (first forwarded, sources it came from); oldest first, as _Buckets
+        # payload -> (first forwarded, sources it came from); oldest first, as TokenBuckets
         self._seen: OrderedDict[bytes, tuple[float, tuple[bytes, ...]]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -143,9 +118,9 @@ class Shedder:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits = limits or Limits()
         self.replays = ReplayFilter(limits.replay_capacity, limits.replay_ttl_s)
-        self.sources = _Buckets(limits.source_rate, limits.source_burst, limits.max_sources)
-        self.hints = _Buckets(limits.hint_rate, limits.hint_burst, limits.max_hints)
-        self.total = _Buckets(limits.total_rate, limits.total_burst, 1)
+        self.sources = TokenBuckets(limits.source_rate, limits.source_burst, limits.max_sources)
+        self.hints = TokenBuckets(limits.hint_rate, limits.hint_burst, limits.max_hints)
+        self.total = TokenBuckets(limits.total_rate, limits.total_burst, 1)
         self.dropped = dict.fromkeys(REASONS, 0)
 
     def admit(self, hint: bytes, source: bytes, payload: bytes, now: float) -> str | None:

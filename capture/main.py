@@ -23,6 +23,7 @@ from dynknock.capture.core import WRAPPED, build_filter, parse_frame, peek_datag
 from dynknock.capture.fairness import Admissions, Shedder, fair_order
 from dynknock.protocol import PacketType
 from dynknock.stage import (
+    PerSecond,
     Publisher,
     RateLimitedLog,
     StopSignal,
@@ -51,24 +52,6 @@ NICE = -5
 # next change that widens it (a new knock), and they are attached together: one attach per new knock
 # instead of four (1,800 in the scale benchmark). The narrowing may wait; a new knock's SYNs may not.
 NARROW_AFTER_S = 0.05
-
-
-class RejectBudget:
-    """At most `per_second` reports a second: a flood must not flood the bus."""
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._second = -1
-        self._left = 0
-
-    def take(self, now_s: float) -> bool:
-        second = int(now_s)
-        if second != self._second:
-            self._second, self._left = second, self.per_second
-        if self._left <= 0:
-            return False
-        self._left -= 1
-        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     forwarded = dropped_python = bus_full = wrapped = 0
     generation = -1
     hints: frozenset[bytes] | None = None  # None until auth has told us: pass everything
-    reject_budget = RejectBudget(REJECT_EVENTS_PER_SECOND)
+    reject_budget = PerSecond(REJECT_EVENTS_PER_SECOND)  # reports on the bus: a flood must not flood it
     shedder = Shedder()
 
     def report(source: bytes, reason: str, now: float) -> None:
