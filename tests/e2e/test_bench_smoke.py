@@ -2,7 +2,8 @@
 
 It writes its report to a temporary file (never docs/BENCHMARKS.md) and the
 test checks that every section came out with numbers, not that any bar is
-met: the bars are for the full run on a quiet machine.
+met: the bars are for the full run on a quiet machine; and that bench/report.py
+renders the same report again from the run's JSON alone.
 """
 
 from __future__ import annotations
@@ -53,3 +54,9 @@ def test_bench_smoke_produces_a_report_with_numbers(tmp_path: Path) -> None:
     assert all(phase["offered"] > 0 and phase["rx"] > 0 for phase in data["flood"].values())
     assert sum(r["ok"] for r in data["scale"]["rows"]) > 0
     assert data["micro"]["codec"] and data["micro"]["bus_ipc"][0] > 0
+    # The report comes from the results alone: bench/report.py renders the same one from the JSON.
+    again = tmp_path / "again.md"
+    done = subprocess.run([str(VENV_BIN / "python"), str(REPO / "bench" / "report.py"), "--json", str(raw),
+                           "--output", str(again)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert again.read_text() == text
