@@ -9,37 +9,40 @@ import time
 from typing import Any
 
 from dynknock.bus import Event
+from dynknock.topics import REJECTIONS, Topic
 
+# Keyed by Topic; a topic read off the wire is a plain str and finds its sentence all the same
+# (a member of the str enum is its string).
 _TEMPLATES: dict[str, str] = {
-    "auth.request.received": "Port request received from {user}. ({client}, {source})",
-    "auth.request.retry": "Port request repeated by {user}. ({client})",
-    "auth.request.replaced": "Older request of {user} replaced by a newer one. ({client})",
-    "auth.knock.matched": "Knock from {user} ({client}) on port {port}, {left} to go.",
-    "auth.knock.complete": "Correct knock sequence received from {user} ({client}, {client}).",
-    "auth.door.opened": "Binded port {port} for {user}. ({client}) in {latency_ms} ms",
-    "auth.door.expired": "Port {port} for {client} timeout and closed.",
-    "auth.users.reloaded": "Users file reloaded: {users} users.",
-    "auth.started": "Server started.",
-    "gate.rule.added": "Firewall opened port {port} for {client} ({timeout_ms} ms).",
-    "gate.rule.removed": "Firewall closed port {port} for {client}.",
-    "gate.rule.refused": "Firewall refused port {port} for {client}: {reason}",
-    "gate.backend.none": "WARNING: no firewall backend: {warning}",
-    "gate.connection.opened": "Connection from {client} through the kernel door on port {port}.",
-    "gate.connection.closed": "Connection from {client} through the kernel door on port {port} closed: "
-                              "{bytes_in} bytes in, {bytes_out} bytes out (IP packets).",
-    "relay.door.listening": "Relay listening on port {port} for {client}.",
-    "relay.door.refused": "Relay refused port {port} for {client}: {reason}",
-    "relay.door.closed": "Relay closed port {port} for {client} ({why}).",
-    "relay.connection.accepted": "Connection from {client} on port {port} accepted.",
-    "relay.connection.refused": "Connection to port {port} from {peer} refused: {reason}.",
-    "relay.connection.closed": "Connection from {client} on port {port} closed: "
-                               "{bytes_to_service} bytes in, {bytes_to_client} bytes out.",
-    "capture.started": "Capture started on {interface}.",
+    Topic.AUTH_REQUEST_RECEIVED: "Port request received from {user}. ({client}, {source})",
+    Topic.AUTH_REQUEST_RETRY: "Port request repeated by {user}. ({client})",
+    Topic.AUTH_REQUEST_REPLACED: "Older request of {user} replaced by a newer one. ({client})",
+    Topic.AUTH_KNOCK_MATCHED: "Knock from {user} ({client}) on port {port}, {left} to go.",
+    Topic.AUTH_KNOCK_COMPLETE: "Correct knock sequence received from {user} ({client}, {client}).",
+    Topic.AUTH_DOOR_OPENED: "Binded port {port} for {user}. ({client}) in {latency_ms} ms",
+    Topic.AUTH_DOOR_EXPIRED: "Port {port} for {client} timeout and closed.",
+    Topic.AUTH_USERS_RELOADED: "Users file reloaded: {users} users.",
+    Topic.AUTH_STARTED: "Server started.",
+    Topic.GATE_RULE_ADDED: "Firewall opened port {port} for {client} ({timeout_ms} ms).",
+    Topic.GATE_RULE_REMOVED: "Firewall closed port {port} for {client}.",
+    Topic.GATE_RULE_REFUSED: "Firewall refused port {port} for {client}: {reason}",
+    Topic.GATE_BACKEND_NONE: "WARNING: no firewall backend: {warning}",
+    Topic.GATE_CONNECTION_OPENED: "Connection from {client} through the kernel door on port {port}.",
+    Topic.GATE_CONNECTION_CLOSED: "Connection from {client} through the kernel door on port {port} closed: "
+                                  "{bytes_in} bytes in, {bytes_out} bytes out (IP packets).",
+    Topic.RELAY_DOOR_LISTENING: "Relay listening on port {port} for {client}.",
+    Topic.RELAY_DOOR_REFUSED: "Relay refused port {port} for {client}: {reason}",
+    Topic.RELAY_DOOR_CLOSED: "Relay closed port {port} for {client} ({why}).",
+    Topic.RELAY_CONNECTION_ACCEPTED: "Connection from {client} on port {port} accepted.",
+    Topic.RELAY_CONNECTION_REFUSED: "Connection to port {port} from {peer} refused: {reason}.",
+    Topic.RELAY_CONNECTION_CLOSED: "Connection from {client} on port {port} closed: "
+                                   "{bytes_to_service} bytes in, {bytes_to_client} bytes out.",
+    Topic.CAPTURE_STARTED: "Capture started on {interface}.",
 }
 
 
 def describe(event: Event) -> str:
-    if event.topic in ("auth.request.rejected", "capture.packet.rejected"):
+    if event.topic in REJECTIONS:
         who = f"{event.fields['user']} " if "user" in event.fields else ""
         detail = f" ({event.fields['detail']})" if event.fields.get("detail") else ""
         return f"Rejected {who}from {event.fields.get('source', '?')}: {event.fields.get('reason')}{detail}."

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dynknock.bus import Event
 from dynknock.keys import secret_file_problem
+from dynknock.topics import REJECTIONS, Topic
 
 STAGES = ("capture", "auth", "gate", "relay")
 ALIVE_WITHIN_S = 6.0  # three missed heartbeats
@@ -66,37 +67,37 @@ class MetricsModel:
             gateway = fields.get("gateway")
             if isinstance(gateway, str) and gateway:
                 self.gateway_seen[(gateway, stage)] = event.time
-        if topic == "auth.alive":
+        if topic == Topic.AUTH_ALIVE:
             rejections = fields.get("rejections", {})
             if isinstance(rejections, dict):
                 self.rejections = {str(k): int(v) for k, v in rejections.items() if isinstance(v, int)}
             doors = fields.get("doors", [])
             self.doors_open = len(doors) if isinstance(doors, list) else self.doors_open
-        elif topic == "capture.alive":
+        elif topic == Topic.CAPTURE_ALIVE:
             self.capture = {k: int(v) for k, v in fields.items()
                             if k in ("received", "kernel_dropped", "interface_dropped", "forwarded", "dropped",
                                      "bus_full", "unknown_hints") and isinstance(v, int)}
-        elif topic == "relay.alive":
+        elif topic == Topic.RELAY_ALIVE:
             self.relay = {k: v for k, v in fields.items()
                           if k in ("connections", "deferred_accepts") and type(v) is int}
-        elif topic == "auth.request.received":
+        elif topic == Topic.AUTH_REQUEST_RECEIVED:
             self.requests["received"] += 1
-        elif topic == "auth.door.opened":
+        elif topic == Topic.AUTH_DOOR_OPENED:
             self.requests["door_opened"] += 1
-        elif topic in ("auth.request.rejected", "capture.packet.rejected"):
+        elif topic in REJECTIONS:
             self.requests["rejected"] += 1
-        elif topic == "relay.connection.accepted":
+        elif topic == Topic.RELAY_CONNECTION_ACCEPTED:
             self.relay_connections["accepted"] += 1
-        elif topic == "relay.connection.refused":
+        elif topic == Topic.RELAY_CONNECTION_REFUSED:
             self.relay_connections["refused"] += 1
-        elif topic == "relay.connection.closed":
+        elif topic == Topic.RELAY_CONNECTION_CLOSED:
             for direction in ("to_service", "to_client"):
                 value = fields.get(f"bytes_{direction}", 0)
                 if isinstance(value, int):
                     self.relay_bytes[direction] += value
-        elif topic == "gate.connection.opened":
+        elif topic == Topic.GATE_CONNECTION_OPENED:
             self.kernel_connections["opened"] += 1
-        elif topic == "gate.connection.closed":
+        elif topic == Topic.GATE_CONNECTION_CLOSED:
             self.kernel_connections["closed"] += 1
             for direction, key in (("to_service", "bytes_in"), ("to_client", "bytes_out")):
                 value = fields.get(key)

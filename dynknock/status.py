@@ -17,10 +17,14 @@ import zmq
 
 from dynknock import bus
 from dynknock.events import paper_line
+from dynknock.topics import Topic
 from dynknock.transport import Transport
 
 STAGES = ("capture", "auth", "gate", "relay")
 GATEWAY_STAGES = ("capture", "gate", "relay")
+
+# What "recent" shows: a request, a connection or a firewall rule refused.
+_REFUSALS = (Topic.AUTH_REQUEST_REJECTED, Topic.RELAY_CONNECTION_REFUSED, Topic.GATE_RULE_REFUSED)
 
 
 @dataclass
@@ -37,7 +41,7 @@ class Summary:
             gateway = event.fields.get("gateway")
             if isinstance(gateway, str) and gateway:
                 self.gateways.setdefault(gateway, {})[stage] = event.fields
-        elif event.topic in ("auth.request.rejected", "relay.connection.refused", "gate.rule.refused"):
+        elif event.topic in _REFUSALS:
             self.recent.append(event)
 
 

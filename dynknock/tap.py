@@ -22,6 +22,7 @@ from dynknock import bus
 from dynknock.events import as_json, describe, paper_line
 from dynknock.metrics import MetricsModel, TokenError, load_token, serve, token_path
 from dynknock.stage import common_arguments, load_config_or_exit, transport_for
+from dynknock.topics import Topic
 
 _COLOURS = {"rejected": "\033[31m", "refused": "\033[31m", "opened": "\033[32m", "accepted": "\033[32m",
             "expired": "\033[33m", "closed": "\033[33m"}
@@ -32,12 +33,12 @@ _RESET = "\033[0m"
 # "timeout and closed", "from foobar. (10.0.0.3, 10.0.0.3)"): the operator's wording.
 # Every other topic reads as events.describe() has it.
 _OPERATOR_WORDING: dict[str, str] = {
-    "auth.request.received": "Port request from {user} for {client} (sent from {source}).",
-    "auth.request.retry": "Port request repeated by {user} ({client}).",
-    "auth.request.replaced": "Older request of {user} ({client}) replaced by a newer one.",
-    "auth.knock.complete": "Knock sequence of {user} ({client}) complete.",
-    "auth.door.opened": "Opened door port {port} for {user} ({client}) in {latency_ms} ms.",
-    "auth.door.expired": "Door port {port} for {client} timed out and closed.",
+    Topic.AUTH_REQUEST_RECEIVED: "Port request from {user} for {client} (sent from {source}).",
+    Topic.AUTH_REQUEST_RETRY: "Port request repeated by {user} ({client}).",
+    Topic.AUTH_REQUEST_REPLACED: "Older request of {user} ({client}) replaced by a newer one.",
+    Topic.AUTH_KNOCK_COMPLETE: "Knock sequence of {user} ({client}) complete.",
+    Topic.AUTH_DOOR_OPENED: "Opened door port {port} for {user} ({client}) in {latency_ms} ms.",
+    Topic.AUTH_DOOR_EXPIRED: "Door port {port} for {client} timed out and closed.",
 }
 
 

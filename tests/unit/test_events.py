@@ -6,7 +6,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -21,23 +20,9 @@ from dynknock.bus import Event
 T0 = 1_083_508_790.0  # 2004-05-02 14:39:50 UTC, the paper's era
 
 
-def event(topic: str, **fields: Any) -> Event:
-    return Event(topic, topic.split(".", 1)[0], T0, fields)
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
+def event(topic: str, t: float = T0, **fields: Any) -> Event:
+    """A sample event as its stage (the topic's first word) publishes it, at `t`."""
+    return Event(topic, topic.split(".", 1)[0], t, fields)
 
 
 # --- the paper's lines --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,28 +16,7 @@ from hypothesis import strategies as st
 from dynknock import events as ev
 from dynknock import tap
 from dynknock.bus import Event
-
-T0 = 1_083_508_790.0  # 2004-05-02 14:39:50 UTC
-
-
-def event(topic: str, t: float = T0, **fields: Any) -> Event:
-    return Event(topic, topic.split(".", 1)[0], t, fields)
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = previous
-        time.tzset()
-
+from tests.unit.test_events import T0, event
 
 OPERATOR_LINES = [
     (event("auth.request.received", user="alice", client="203.0.113.7", source="192.168.1.20"),
