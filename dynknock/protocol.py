@@ -229,7 +229,6 @@ _P3_BODY = struct.Struct("!Q16sBHH17s")  # 46 bytes, padded to 48
 
 PLAINTEXT_LEN: Final = {PacketType.P1: 80, PacketType.P2: 32, PacketType.P3: 48}
 PACKET_LEN: Final = {t: HEADER_LEN + n + TAG_LEN for t, n in PLAINTEXT_LEN.items()}
-CLIENT_PACKET_LENGTHS: Final = (PACKET_LEN[PacketType.P1], PACKET_LEN[PacketType.P2])
 
 
 def _pack_address(address: IPAddress | None) -> bytes:

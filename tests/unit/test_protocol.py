@@ -255,7 +255,6 @@ def test_plaintext_offsets_are_as_documented() -> None:
     assert p3[46:48] == bytes(2)
     assert proto.HEADER_LEN == 34 and proto.TAG_LEN == 16
     assert proto.PACKET_LEN == {PacketType.P1: 130, PacketType.P2: 82, PacketType.P3: 98}
-    assert proto.CLIENT_PACKET_LENGTHS == (130, 82)
 
 
 # --- hypothesis strategies -------------------------------------------------------
