@@ -32,6 +32,28 @@ class ConfigError(ValueError):
 FORWARD_MODES = ("auto", "kernel", "relay")
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    host: str
+    port: int
+    # "kernel": nftables forwards a door's connection (DNAT), no byte crosses user space;
+    # "relay": the relay stage accepts it and pumps the bytes. Resolved from
+    # services.NAME.forward ("auto": kernel when the target is on this host and the
+    # gate has nftables) when the config is read.
+    forward: str = "relay"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway host of a fleet, as the auth host sees it ([gateways.NAME])."""
+
+    name: str
+    addresses: tuple[str, ...]  # its server addresses: a packet to one of them was sent to this gateway
+    gate: str  # tcp://HOST:PORT its gate binds
+    relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
+
+
 # --- checks of single values: each returns the value as Config holds it, or raises ValueError saying why ------
 
 
@@ -173,28 +195,6 @@ class Key:
 def _key(section: str, name: str, check: Callable[[Any], Any], default: Any, help: str) -> Any:
     """A Config field read from key `section.name` of the file: the one place that declares it."""
     return field(metadata={"key": Key(section, name, check, default, help)})
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceConfig:
-    name: str
-    host: str
-    port: int
-    # "kernel": nftables forwards a door's connection (DNAT), no byte crosses user space;
-    # "relay": the relay stage accepts it and pumps the bytes. Resolved from
-    # services.NAME.forward ("auto": kernel when the target is on this host and the
-    # gate has nftables) when the config is read.
-    forward: str = "relay"
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """One gateway host of a fleet, as the auth host sees it ([gateways.NAME])."""
-
-    name: str
-    addresses: tuple[str, ...]  # its server addresses: a packet to one of them was sent to this gateway
-    gate: str  # tcp://HOST:PORT its gate binds
-    relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
 
 
 @dataclass(frozen=True, slots=True)
