@@ -14,11 +14,13 @@ The client does the same computations here without it, for two reasons:
 What is here: XChaCha20-Poly1305 (RFC 8439 with the HChaCha20 nonce extension of
 draft-irtf-cfrg-xchacha), HKDF-SHA256 (RFC 5869) with that HMAC, scrypt, and
 :func:`seal` / :func:`open_packet`, dynknock/protocol.py's functions of the same names
-with these primitives. Packets are at most 130 bytes: pure Python costs ~0.3 ms a packet.
+given this AEAD. Packets are at most 130 bytes: pure Python costs ~0.3 ms a packet.
 
-Equivalence with the server's code is tested, not assumed: tests/unit/test_client_crypto.py
-checks the RFC vectors, tests/vectors/*.json byte for byte, and random inputs against
-pycryptodome and ``cryptography``.
+These are second implementations of what dynknock/keys.py and pycryptodome compute, kept
+on purpose for the two reasons above. That they agree is tested, not assumed, and
+tests/unit/test_client_crypto.py is the one place that says so: the RFC vectors,
+tests/vectors/*.json byte for byte, and random inputs against pycryptodome, ``cryptography``
+and dynknock/keys.py.
 
 Timing: Python integers are not constant-time. The client seals its own packets and
 verifies answers with a key only it and the server hold; a forged answer is dropped
@@ -31,19 +33,8 @@ from __future__ import annotations
 import struct
 import unicodedata
 
+from dynknock import keys as K
 from dynknock import protocol as proto
-from dynknock.keys import (
-    HINT_LEN,
-    MASTER_KEY_LEN,
-    SCRYPT_N,
-    SCRYPT_P,
-    SCRYPT_R,
-    SCRYPT_SALT_PREFIX,
-    KeyError_,
-    SessionKeys,
-    hmac_sha256,
-    normalise_user_name,
-)
 
 # hmac.compare_digest is this very function (hmac.py imports it from _operator); importing it
 # from there spares knock-client the hmac module's OpenSSL (dynknock.keys.hmac_sha256).
@@ -63,16 +54,14 @@ _NONCE16_WORDS = struct.Struct("<4I")
 _NONCE12_WORDS = struct.Struct("<3I")
 _BLOCK_WORDS = struct.Struct("<16I")
 _LENGTHS = struct.Struct("<QQ")
-_HEADER = struct.Struct("!BB8s24s")  # dynknock/protocol.py's header: version, type, hint, nonce
 _POLY_P = (1 << 130) - 5
 _POLY_CLAMP = 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
 _POLY_MOD = 1 << 128
 # scrypt with N=2^15, r=8 needs 128*r*N = 32 MiB, exactly OpenSSL's default limit,
 # which it counts with some overhead; give it room.
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
-
-if _HEADER.size != proto.HEADER_LEN:  # pragma: no cover - a change of the wire format
-    raise ImportError("client/crypto.py's header layout differs from dynknock/protocol.py's")
+# The labels of dynknock/keys.py's HKDF, in SessionKeys' field order.
+_KEY_INFO = (b"dynknock v1 hint", b"dynknock v1 client-to-server", b"dynknock v1 server-to-client")
 
 
 # --- ChaCha20 (RFC 8439 2.3) ------------------------------------------------------
@@ -192,24 +181,20 @@ def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
     """RFC 5869 with an empty salt (HashLen zero bytes), as pycryptodome's HKDF(secret, length, b"", SHA256)."""
-    prk = hmac_sha256(bytes(32), secret)
+    prk = K.hmac_sha256(bytes(32), secret)
     out, block, counter = b"", b"", 1
     while len(out) < length:
-        block = hmac_sha256(prk, block + info + bytes((counter,)))
+        block = K.hmac_sha256(prk, block + info + bytes((counter,)))
         out += block
         counter += 1
     return out[:length]
 
 
-def session_keys(master: bytes) -> SessionKeys:
-    """dynknock.keys.SessionKeys.from_master, with dynknock.keys.hmac_sha256 instead of pycryptodome's HKDF."""
-    if len(master) != MASTER_KEY_LEN:
-        raise KeyError_(f"master key must be {MASTER_KEY_LEN} bytes")
-    return SessionKeys(
-        hint=hkdf_sha256(master, b"dynknock v1 hint"),
-        client_to_server=hkdf_sha256(master, b"dynknock v1 client-to-server"),
-        server_to_client=hkdf_sha256(master, b"dynknock v1 server-to-client"),
-    )
+def session_keys(master: bytes) -> K.SessionKeys:
+    """dynknock.keys.SessionKeys.from_master, with :func:`hkdf_sha256` instead of pycryptodome's HKDF."""
+    if len(master) != K.MASTER_KEY_LEN:
+        raise K.KeyError_(f"master key must be {K.MASTER_KEY_LEN} bytes")
+    return K.SessionKeys(*(hkdf_sha256(master, info) for info in _KEY_INFO))
 
 
 def preload_scrypt() -> None:
@@ -237,15 +222,15 @@ def derive_master_key(user: str, password: str) -> bytes:
     ~70 ms against OpenSSL's ~95 ms. Only password runs come here; key files never import it.
     """
     if not password:
-        raise KeyError_("empty password")
-    name = normalise_user_name(user)
+        raise K.KeyError_("empty password")
+    name = K.normalise_user_name(user)
     secret = unicodedata.normalize("NFC", password).encode("utf-8")
-    salt = SCRYPT_SALT_PREFIX + name.encode("utf-8")
+    salt = K.SCRYPT_SALT_PREFIX + name.encode("utf-8")
     try:
         from Crypto.Protocol.KDF import scrypt
     except ImportError:
         return scrypt_openssl(secret, salt)
-    key = scrypt(secret, salt, MASTER_KEY_LEN, N=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    key = scrypt(secret, salt, K.MASTER_KEY_LEN, N=K.SCRYPT_N, r=K.SCRYPT_R, p=K.SCRYPT_P)
     assert isinstance(key, bytes)
     return key
 
@@ -254,40 +239,20 @@ def scrypt_openssl(secret: bytes, salt: bytes) -> bytes:
     """The master key's scrypt with hashlib, for a client installed without pycryptodome."""
     import hashlib  # only a password run without pycryptodome comes here
 
-    return hashlib.scrypt(secret, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_SCRYPT_MAXMEM,
-                          dklen=MASTER_KEY_LEN)
+    return hashlib.scrypt(secret, salt=salt, n=K.SCRYPT_N, r=K.SCRYPT_R, p=K.SCRYPT_P, maxmem=_SCRYPT_MAXMEM,
+                          dklen=K.MASTER_KEY_LEN)
 
 
 # --- packets (dynknock/protocol.py's seal and open_packet) --------------------------------
 
 
-def _direction_key(keys: SessionKeys, kind: proto.PacketType) -> bytes:
-    return keys.server_to_client if kind is proto.PacketType.P3 else keys.client_to_server
-
-
-def seal(keys: SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
+def seal(keys: K.SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
          server: proto.IPAddress | None = None) -> bytes:
-    """Encrypt and authenticate a message into a wire packet (= dynknock.protocol.seal; v2 with `server`)."""
-    if len(hint) != HINT_LEN or len(nonce) != proto.NONCE_LEN:
-        raise ValueError("hint must be 8 bytes and nonce 24 bytes")
-    kind, plain = proto.encode_plaintext(message)
-    header = _HEADER.pack(proto.VERSION if server is None else proto.BOUND_VERSION, kind, hint, nonce)
-    ciphertext, tag = xchacha20poly1305_encrypt(_direction_key(keys, kind), nonce,
-                                                proto.associated_data(header, server), plain)
-    return header + ciphertext + tag
+    """dynknock.protocol.seal with this module's AEAD (v2 with `server`)."""
+    return proto.seal(keys, message, hint, nonce, server, encrypt=xchacha20poly1305_encrypt)
 
 
-def open_packet(keys: SessionKeys, header: proto.Header, packet: bytes,
+def open_packet(keys: K.SessionKeys, header: proto.Header, packet: bytes,
                 server: proto.IPAddress | None = None) -> proto.Message | proto.Reject:
-    """Verify the tag over header and ciphertext, then decode. Never raises (= dynknock.protocol.open_packet)."""
-    if header.version == proto.BOUND_VERSION and server is None:
-        return proto.Reject(proto.RejectReason.BAD_VERSION, "2 without a server address to check")
-    bound = server if header.version == proto.BOUND_VERSION else None
-    try:
-        plain = xchacha20poly1305_decrypt(_direction_key(keys, header.type), header.nonce,
-                                          proto.associated_data(packet[:proto.HEADER_LEN], bound),
-                                          packet[proto.HEADER_LEN:-proto.TAG_LEN],
-                                          packet[-proto.TAG_LEN:])
-    except ValueError:
-        return proto.Reject(proto.RejectReason.BAD_TAG)
-    return proto.decode_plaintext(header.type, plain)
+    """dynknock.protocol.open_packet with this module's AEAD. Never raises."""
+    return proto.open_packet(keys, header, packet, server, decrypt=xchacha20poly1305_decrypt)

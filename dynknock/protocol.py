@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from dataclasses import dataclass as dataclass  # re-exported: tests/unit/test_protocol.py uses it
     from typing import Any, Final, TypeAlias, TypeGuard
+
+    # The AEAD (XChaCha20-Poly1305) that seal and open_packet use: pycryptodome's by default,
+    # client/crypto.py's standard-library one in knock-client.
+    Encrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes], tuple[bytes, bytes]]  # key, nonce, aad, plain
+    Decrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes, bytes], bytes]  # ..., ciphertext, tag; ValueError
 else:
     def dataclass(*, frozen: bool = False, slots: bool = False, **options: object) -> Callable[[type], type]:
         """``@dataclass(frozen=True, slots=True)`` for a class of plain fields, as _frozen_record makes
@@ -345,25 +350,38 @@ def _direction_key(keys: SessionKeys, kind: PacketType) -> bytes:
     return keys.server_to_client if kind is PacketType.P3 else keys.client_to_server
 
 
-def associated_data(header: bytes, server: IPAddress | None) -> bytes:
-    """What the tag covers besides the ciphertext: the header, and in version 2 the server address."""
-    return header if server is None else header + _pack_address(server)
-
-
-def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server: IPAddress | None = None) -> bytes:
-    """Encrypt and authenticate a message into a wire packet: version 1, or 2 bound to `server`."""
-    if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN:
-        raise ValueError("hint must be 8 bytes and nonce 24 bytes")
-    kind, plain = encode_plaintext(message)
-    header = _HEADER.pack(VERSION if server is None else BOUND_VERSION, kind, hint, nonce)
+def _encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
     # Imported here, not at the top: knock-client uses this module's codec but its own
     # ChaCha20-Poly1305 (client/crypto.py), and pycryptodome's import alone costs 30-40 ms.
     # Once loaded, the import statement costs ~0.2 us against ~28 us of sealing.
     from Crypto.Cipher import ChaCha20_Poly1305
 
-    cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, kind), nonce=nonce)
-    cipher.update(associated_data(header, server))
-    ciphertext, tag = cipher.encrypt_and_digest(plain)
+    cipher = ChaCha20_Poly1305.new(key=key, nonce=nonce)
+    cipher.update(aad)
+    return cipher.encrypt_and_digest(plaintext)
+
+
+def _decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes, tag: bytes) -> bytes:
+    from Crypto.Cipher import ChaCha20_Poly1305  # see _encrypt
+
+    cipher = ChaCha20_Poly1305.new(key=key, nonce=nonce)
+    cipher.update(aad)
+    return cipher.decrypt_and_verify(ciphertext, tag)
+
+
+def associated_data(header: bytes, server: IPAddress | None) -> bytes:
+    """What the tag covers besides the ciphertext: the header, and in version 2 the server address."""
+    return header if server is None else header + _pack_address(server)
+
+
+def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server: IPAddress | None = None,
+         encrypt: Encrypt = _encrypt) -> bytes:
+    """Encrypt and authenticate a message into a wire packet: version 1, or 2 bound to `server`."""
+    if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN:
+        raise ValueError("hint must be 8 bytes and nonce 24 bytes")
+    kind, plain = encode_plaintext(message)
+    header = _HEADER.pack(VERSION if server is None else BOUND_VERSION, kind, hint, nonce)
+    ciphertext, tag = encrypt(_direction_key(keys, kind), nonce, associated_data(header, server), plain)
     return header + ciphertext + tag
 
 
@@ -383,19 +401,18 @@ def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1,
     return Header(version, kind, hint, nonce)
 
 
-def open_packet(keys: SessionKeys, header: Header, packet: bytes, server: IPAddress | None = None) -> Message | Reject:
+def open_packet(keys: SessionKeys, header: Header, packet: bytes, server: IPAddress | None = None,
+                decrypt: Decrypt = _decrypt) -> Message | Reject:
     """Verify the tag over header (and, version 2, the server address) and ciphertext, then decode.
 
     `server`: the address the packet was sent to (P1, P2) or came from (P3). Never raises.
     """
-    from Crypto.Cipher import ChaCha20_Poly1305  # see seal()
-
     if header.version == BOUND_VERSION and server is None:
         return Reject(RejectReason.BAD_VERSION, "2 without a server address to check")
-    cipher = ChaCha20_Poly1305.new(key=_direction_key(keys, header.type), nonce=header.nonce)
-    cipher.update(associated_data(packet[:HEADER_LEN], server if header.version == BOUND_VERSION else None))
+    aad = associated_data(packet[:HEADER_LEN], server if header.version == BOUND_VERSION else None)
     try:
-        plain = cipher.decrypt_and_verify(packet[HEADER_LEN:-TAG_LEN], packet[-TAG_LEN:])
+        plain = decrypt(_direction_key(keys, header.type), header.nonce, aad, packet[HEADER_LEN:-TAG_LEN],
+                        packet[-TAG_LEN:])
     except ValueError:
         return Reject(RejectReason.BAD_TAG)
     return decode_plaintext(header.type, plain)
