@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -107,61 +107,49 @@ class MetricsModel:
             self.gate_rules[topic.rsplit(".", 1)[1]] += 1
 
 
+def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str, label: str,
+            counts: Mapping[str, float], keys: Iterable[str] | None = None) -> Metric:
+    """A metric with one label: a sample for each key (each key of `counts`, sorted, if none are given)."""
+    family = kind(name, documentation, labels=[label])
+    for key in sorted(counts) if keys is None else keys:
+        family.add_metric([key], counts.get(key, 0))
+    return family
+
+
 class ModelCollector(Collector):
     def __init__(self, model: MetricsModel) -> None:
         self.model = model
 
     def collect(self) -> Iterator[Metric]:
         m = self.model
-        requests = CounterMetricFamily("dynknock_requests", "Request events seen on the bus", labels=["outcome"])
-        for outcome in ("received", "door_opened", "rejected"):
-            requests.add_metric([outcome], m.requests[outcome])
-        yield requests
-        rejections = CounterMetricFamily("dynknock_rejections", "Packets auth rejected, by reason (exact)",
-                                         labels=["reason"])
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        yield _family(counter, "dynknock_requests", "Request events seen on the bus", "outcome", m.requests,
+                      ("received", "door_opened", "rejected"))
         # Capture drops datagrams with no current user's hint before auth sees them:
         # they are auth's unknown_user rejections, made earlier.
         counts = dict(m.rejections)
         counts["unknown_user"] = counts.get("unknown_user", 0) + m.capture.get("unknown_hints", 0)
-        for reason, count in sorted(counts.items()):
-            rejections.add_metric([reason], count)
-        yield rejections
+        yield _family(counter, "dynknock_rejections", "Packets auth rejected, by reason (exact)", "reason", counts)
         yield GaugeMetricFamily("dynknock_doors_open", "Doors open now", value=m.doors_open)
-        connections = CounterMetricFamily("dynknock_relay_connections", "Door connections", labels=["result"])
-        for result in ("accepted", "refused"):
-            connections.add_metric([result], m.relay_connections[result])
-        yield connections
-        relayed = CounterMetricFamily("dynknock_relay_bytes", "Bytes relayed (closed connections)",
-                                      labels=["direction"])
-        for direction in ("to_service", "to_client"):
-            relayed.add_metric([direction], m.relay_bytes[direction])
-        yield relayed
+        yield _family(counter, "dynknock_relay_connections", "Door connections", "result", m.relay_connections,
+                      ("accepted", "refused"))
+        yield _family(counter, "dynknock_relay_bytes", "Bytes relayed (closed connections)", "direction",
+                      m.relay_bytes, ("to_service", "to_client"))
         yield GaugeMetricFamily("dynknock_relay_connections_open", "Connections the relay carries now",
                                 value=m.relay.get("connections", 0))
         # Non-zero: the relay ran short of file descriptors and a connection had to wait.
         yield CounterMetricFamily("dynknock_relay_deferred_accepts",
                                   "Accepts the relay put off for want of a file descriptor (since relay start)",
                                   value=m.relay.get("deferred_accepts", 0))
-        kernel = CounterMetricFamily("dynknock_kernel_door_connections",
-                                     "Connections through doors the kernel forwards", labels=["event"])
-        for event in ("opened", "closed"):
-            kernel.add_metric([event], m.kernel_connections[event])
-        yield kernel
-        kernel_bytes = CounterMetricFamily("dynknock_kernel_door_bytes",
-                                           "Bytes through kernel doors, closed connections (whole IP packets, "
-                                           "conntrack accounting)", labels=["direction"])
-        for direction in ("to_service", "to_client"):
-            kernel_bytes.add_metric([direction], m.kernel_bytes[direction])
-        yield kernel_bytes
-        rules = CounterMetricFamily("dynknock_gate_rules", "Firewall rule operations", labels=["operation"])
-        for operation in ("added", "removed", "refused"):
-            rules.add_metric([operation], m.gate_rules[operation])
-        yield rules
-        capture = GaugeMetricFamily("dynknock_capture_packets", "libpcap and capture counters since capture start",
-                                    labels=["kind"])
-        for kind, value in sorted(m.capture.items()):
-            capture.add_metric([kind], value)
-        yield capture
+        yield _family(counter, "dynknock_kernel_door_connections", "Connections through doors the kernel forwards",
+                      "event", m.kernel_connections, ("opened", "closed"))
+        yield _family(counter, "dynknock_kernel_door_bytes", "Bytes through kernel doors, closed connections "
+                      "(whole IP packets, conntrack accounting)", "direction", m.kernel_bytes,
+                      ("to_service", "to_client"))
+        yield _family(counter, "dynknock_gate_rules", "Firewall rule operations", "operation", m.gate_rules,
+                      ("added", "removed", "refused"))
+        yield _family(gauge, "dynknock_capture_packets", "libpcap and capture counters since capture start", "kind",
+                      m.capture)
         now = time.time()
         up = GaugeMetricFamily("dynknock_stage_up", "1 if the stage's heartbeat was seen recently", labels=["stage"])
         for stage in STAGES:
