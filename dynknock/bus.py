@@ -48,6 +48,8 @@ from typing import Any, ClassVar, Final, TypeVar
 import msgpack
 
 BUS_VERSION: Final = 1
+# The stages that publish a heartbeat (<stage>.alive), in the order knock-status and the metrics list them.
+STAGES: Final = ("capture", "auth", "gate", "relay")
 
 
 class BadMessage(ValueError):

@@ -34,11 +34,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from dynknock.bus import Event
+from dynknock.bus import STAGES, Event
 from dynknock.keys import secret_file_problem
 from dynknock.topics import REJECTIONS, Topic
 
-STAGES = ("capture", "auth", "gate", "relay")
 ALIVE_WITHIN_S = 6.0  # three missed heartbeats
 
 

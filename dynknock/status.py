@@ -18,10 +18,7 @@ import zmq
 from dynknock import bus
 from dynknock.events import paper_line
 from dynknock.topics import Topic
-from dynknock.transport import Transport
-
-STAGES = ("capture", "auth", "gate", "relay")
-GATEWAY_STAGES = ("capture", "gate", "relay")
+from dynknock.transport import GATEWAY_ROLES, Transport
 
 # What "recent" shows: a request, a connection or a firewall rule refused.
 _REFUSALS = (Topic.AUTH_REQUEST_REJECTED, Topic.RELAY_CONNECTION_REFUSED, Topic.GATE_RULE_REFUSED)
@@ -77,9 +74,9 @@ def _state(stage: str, stages: dict[str, dict[str, Any]]) -> str:
 
 
 def render(summary: Summary, now_ms: int) -> str:
-    lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in STAGES)]
+    lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in bus.STAGES)]
     for gateway, stages in sorted(summary.gateways.items()):  # a fleet: each gateway heard from, by host
-        lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {_state(s, stages)}" for s in GATEWAY_STAGES))
+        lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {_state(s, stages)}" for s in GATEWAY_ROLES))
     auth = summary.alive.get("auth", {})
     doors = auth.get("doors", []) if isinstance(auth.get("doors"), list) else []
     lines.append(f"Doors open: {len(doors)}")

@@ -35,6 +35,7 @@ from dynknock.bus import (
     RuntimeDirError,
     Syn,
 )
+from dynknock.topics import ALIVE
 
 ALL_CLASSES = (Datagram, Syn, KnockFilter, DoorOpen, DoorClose, DoorResult, Reply, Event)
 SAMPLES: dict[type[Any], Any] = {
@@ -454,3 +455,7 @@ def test_ensure_runtime_dir_refuses_a_dir_owned_by_someone_else(tmp_path: Path, 
         # Not root: the directory is ours, so the same call is accepted; the check compares uids.
         bus.ensure_runtime_dir(path, "cfg.toml")
         assert path.stat().st_uid == os.geteuid()
+
+
+def test_the_heartbeat_stages_are_those_of_the_alive_topics() -> None:
+    assert set(bus.STAGES) == set(ALIVE)
