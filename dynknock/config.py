@@ -167,13 +167,17 @@ def _listen(v: Any) -> str:
     return text
 
 
+def _is_tcp_url(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith("tcp://") and ":" in v[6:]
+
+
 def _tcp_endpoints(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ValueError("must be a table of endpoint = \"tcp://HOST:PORT\"")
     if v and set(v) != set(ENDPOINT_NAMES):
         raise ValueError(f"must name exactly {', '.join(ENDPOINT_NAMES)}")
     for name, url in v.items():
-        if not isinstance(url, str) or not url.startswith("tcp://") or ":" not in url[6:]:
+        if not _is_tcp_url(url):
             raise ValueError(f"{name} must look like \"tcp://198.18.0.1:7001\"")
     return {str(k): str(val) for k, val in v.items()}
 
@@ -373,8 +377,7 @@ def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:
         urls = {}
         for key in ("gate", "relay"):
             url = entry.get(key, "")
-            if not isinstance(url, str) or (url or key == "gate") and not (
-                    url.startswith("tcp://") and ":" in url[6:]):
+            if not isinstance(url, str) or (url or key == "gate") and not _is_tcp_url(url):
                 raise ConfigError(f"{where}.{key} = {url!r}: must look like \"tcp://198.18.0.11:7003\"")
             urls[key] = url
         gateways[name] = GatewayConfig(name, addresses, urls["gate"], urls["relay"])
