@@ -81,8 +81,8 @@ def test_session_keys_behave_as_the_frozen_dataclass_they_were() -> None:
     assert copy.deepcopy(a) == a and pickle.loads(pickle.dumps(a)) == a
     assert not hasattr(a, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        a.hint = b"x"  # type: ignore[misc]
+        a.hint = b"x"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        del a.hint  # type: ignore[misc]
+        del a.hint
     with pytest.raises(binascii.Error):
         binascii.a2b_base64(b"A", strict_mode=True)  # the check decode_key relies on
