@@ -12,6 +12,7 @@ confirmed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import secrets
@@ -31,18 +32,16 @@ from dynknock.auth.users import User, UsersFileError, load_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
 from dynknock.stage import (
-    Publisher,
-    RateLimitedLog,
-    StopSignal,
+    Shell,
     TokenBuckets,
     common_arguments,
     drop_privileges,
     load_config_or_exit,
     now_ms,
-    prepare_bus,
     setup_logging,
 )
-from dynknock.transport import Transport, TransportError, gateway_key_name, key_gateway
+from dynknock.topics import Topic
+from dynknock.transport import TransportError, gateway_key_name, key_gateway
 
 TICK_S = 0.2
 # How long a P2 that came before its knocks waits for them (the client's SYN echo follows it by 5 ms)
@@ -51,9 +50,9 @@ P2_HOLD_MS = 25
 FILTER_REFRESH_S = 2.0
 USERS_CHECK_S = 2.0
 # Logged (each user's within that user's budget, see UserLog): the story of every door.
-_LOGGED_TOPICS = {"auth.request.received", "auth.knock.complete", "auth.door.opened", "auth.door.expired",
-                  "auth.request.replaced", "auth.users.reloaded", "auth.door.revoked", "auth.door.moved",
-                  "auth.request.rejected"}
+_LOGGED_TOPICS = {Topic.AUTH_REQUEST_RECEIVED, Topic.AUTH_KNOCK_COMPLETE, Topic.AUTH_DOOR_OPENED,
+                  Topic.AUTH_DOOR_EXPIRED, Topic.AUTH_REQUEST_REPLACED, Topic.AUTH_USERS_RELOADED,
+                  Topic.AUTH_DOOR_REVOKED, Topic.AUTH_DOOR_MOVED, Topic.AUTH_REQUEST_REJECTED}
 
 
 class UserLog:
@@ -106,23 +105,20 @@ def reply_sockets(config: Config) -> dict[str, socket.socket]:
     return replies.reply_sockets(config.addresses, config.control_port)
 
 
-class AuthShell:
-    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger,
-                 context: zmq.Context[Any], transport: Transport) -> None:
-        self.config = config
-        self.log = log
-        self.log_rejection = RateLimitedLog(log)
+class AuthShell(Shell):
+    """Packets from capture into the engine, door results from gate and relay, the engine's actions out."""
+
+    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger) -> None:
+        super().__init__("auth", config, log)
+        transport = self.transport
         self.log_user = UserLog(log)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal = journal = ReplayJournal(config.state_dir / "replay.journal")
         self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
                                  secrets.token_bytes, secrets.randbelow)
-        self.context = context
-        self.packets = self._socket(zmq.PULL)
-        self.packets.setsockopt(zmq.RCVHWM, 50_000)
-        transport.bind(self.packets, "packets")
-        self.filter = self._socket(zmq.PUB)
-        transport.bind(self.filter, "knock_filter")
+        self.packets = self.socket(zmq.PULL, bind="packets", options={zmq.RCVHWM: 50_000})
+        self.watch(self.packets, self.read_packets)
+        self.filter = self.socket(zmq.PUB, bind="knock_filter")
         # (gateway, stage) -> socket. One host: the one local gateway "", by the endpoint table. A fleet:
         # each gateway's gate (and relay) by its own url ([gateways.NAME]).
         self.door_stages: dict[tuple[str, str], zmq.Socket[Any]] = {}
@@ -132,15 +128,15 @@ class AuthShell:
             for stage, url in urls.items():
                 if gateway and not url:
                     continue  # a gateway without relay: its relay doors fail closed
-                sock = self._socket(zmq.DEALER)
                 # IMMEDIATE: never queue a door command for a stage that is not
                 # connected; the send fails now and the door fails closed.
-                sock.setsockopt(zmq.IMMEDIATE, 1)
+                sock = self.socket(zmq.DEALER, options={zmq.IMMEDIATE: 1})
                 if url:  # a fleet's gateway: its gate or relay must answer with that gateway's own key
                     transport.connect_url(sock, url, gateway_key_name(stage, gateway))
                 else:
                     transport.connect(sock, stage)
                 self.door_stages[(gateway, stage)] = sock
+                self.watch(sock, functools.partial(self.read_results, sock))
         # Which gateway an address belongs to: a capture may only report packets sent to its own.
         self.gateway_of = {ipaddress.ip_address(address): g.name
                            for g in config.gateways.values() for address in g.addresses}
@@ -151,9 +147,9 @@ class AuthShell:
         self.gateway_refusals: Counter[str] = Counter()
         # A dropped connection means the stage died or restarted (a restarted relay has lost
         # its listeners): the engine must stop counting on the doors that stage confirmed.
-        self.door_monitors: dict[zmq.Socket[Any], tuple[str, str]] = {
-            sock.get_monitor_socket(zmq.EVENT_DISCONNECTED): key for key, sock in self.door_stages.items()}
-        self.events = Publisher(self.context, transport, "auth")
+        for key, sock in self.door_stages.items():
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.watch(monitor, functools.partial(self.on_monitor, monitor, key))
         # A fleet's P3s leave from the gateways (bus.Reply): the auth host binds no control port.
         self.replies = {} if config.fleet else reply_sockets(config)
         self.filter_generation = 0
@@ -163,11 +159,16 @@ class AuthShell:
         self._hints_generation = 0
         self._deferred: list[eng.Action] = []
         self.users_mtime = self._users_mtime()
-
-    def _socket(self, kind: int) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self.context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        return sock
+        self.next_tick = self.next_filter = self.next_users = 0.0
+        self.log.info("Server started: control port %d on %s.", config.control_port, ", ".join(config.addresses))
+        overlap = ephemeral_overlap(config.door_port_low, config.door_port_high)
+        if overlap is not None:
+            self.log.warning("server.door_ports %d-%d overlaps this host's ephemeral ports %d-%d "
+                             "(net.ipv4.ip_local_port_range): outbound connections may take door ports, and "
+                             "each such door must be moved to another port. Choose a range outside it "
+                             "(default 63000-65535) in %s.", config.door_port_low, config.door_port_high,
+                             overlap[0], overlap[1], config.path)
+        self.events.publish(Topic.AUTH_STARTED, control_port=config.control_port)
 
     def _users_mtime(self) -> float:
         try:
@@ -219,8 +220,8 @@ class AuthShell:
                 user = action.fields.get("user")
                 if isinstance(user, str):
                     self.log_user(user, line, time.monotonic())
-                elif action.topic == "auth.request.rejected":
-                    self.log_rejection(line)
+                elif action.topic == Topic.AUTH_REQUEST_REJECTED:
+                    self.log_bad(line)
                 else:
                     self.log.info(line)
             else:
@@ -236,13 +237,13 @@ class AuthShell:
                     raise zmq.Again
                 gate.send(bus.encode(message), zmq.NOBLOCK)
             except zmq.Again:  # that gate is down: the client asks again (P2), or gives up
-                self.log_rejection("No reply to %s: gateway %s's gate is not connected", reply.destination,
+                self.log_bad("No reply to %s: gateway %s's gate is not connected", reply.destination,
                                    reply.gateway)
             return
         failed = replies.send_reply(self.replies, str(reply.source), str(reply.destination), reply.port,
                                     reply.payload)
         if failed:
-            self.log_rejection("%s", failed)
+            self.log_bad("%s", failed)
 
     def publish_hints(self, force: bool) -> None:
         hints = self.engine.hints(now_ms())
@@ -266,10 +267,8 @@ class AuthShell:
 
     def on_packet(self, frame: bytes, sender_key: str = "") -> None:
         """`sender_key`: in a fleet, the z85 key of the capture that pushed the frame."""
-        try:
-            message = bus.decode(frame)
-        except bus.BadMessage as exc:
-            self.log_rejection("Dropped a bad bus message: %s", exc)
+        message = self.decode(frame, "bus message")
+        if message is None:
             return
         now = now_ms()
         # One host: one implicit gateway, whatever capture calls it. A fleet: the gateway named must be one
@@ -278,12 +277,12 @@ class AuthShell:
         gateway = message.gateway if self.config.fleet and isinstance(message, bus.Datagram | bus.Syn) else ""
         if self.config.fleet and gateway not in self.config.gateways:
             self.gateway_refusals["unknown_gateway"] += 1
-            self.log_rejection("Dropped a packet from unknown gateway %r (not in [gateways] of %s)", gateway,
+            self.log_bad("Dropped a packet from unknown gateway %r (not in [gateways] of %s)", gateway,
                                self.config.path)
             return
         if self.config.fleet and self.key_gateway.get(sender_key) != gateway:
             self.gateway_refusals["other_gateways_key"] += 1
-            self.log_rejection("Dropped a packet claiming gateway %s from the capture key of gateway %r", gateway,
+            self.log_bad("Dropped a packet claiming gateway %s from the capture key of gateway %r", gateway,
                                self.key_gateway.get(sender_key, "unknown"))
             return
         try:
@@ -291,7 +290,7 @@ class AuthShell:
                 destination = ipaddress.ip_address(message.destination)
                 if self.config.fleet and self.gateway_of.get(destination) != gateway:
                     self.gateway_refusals["not_its_address"] += 1
-                    self.log_rejection("Dropped a datagram to %s reported by gateway %s, whose address it is not",
+                    self.log_bad("Dropped a datagram to %s reported by gateway %s, whose address it is not",
                                        message.destination, gateway)
                     return
                 actions = self.engine.on_datagram(ipaddress.ip_address(message.source), message.source_port,
@@ -300,10 +299,10 @@ class AuthShell:
                 actions = self.engine.on_syn(ipaddress.ip_address(message.source), message.port,
                                              message.isn, now, gateway)
             else:
-                self.log_rejection("Dropped an unexpected %s on the packet socket", type(message).__name__)
+                self.unexpected(message, " on the packet socket")
                 return
         except ValueError as exc:  # an address capture should never have sent
-            self.log_rejection("Dropped a packet message with a bad field: %s", exc)
+            self.log_bad("Dropped a packet message with a bad field: %s", exc)
             return
         self._deferred += actions
 
@@ -318,8 +317,30 @@ class AuthShell:
             self._pending_filter = None
             self._publish_filter()
 
-    def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
-        gateway, stage = self.door_monitors[monitor]
+    def read_packets(self) -> None:
+        # In bounded batches (Shell.BATCH), so a flood of packets cannot starve door results.
+        for _ in range(self.BATCH):
+            try:
+                if self.config.fleet:
+                    # The key behind the frame (its User-Id): which gateway's capture sent it.
+                    zframe = self.packets.recv(zmq.NOBLOCK, copy=False)
+                    self.on_packet(zframe.bytes, str(zframe.get("User-Id")))
+                else:
+                    self.on_packet(self.packets.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
+    def read_results(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(self.BATCH):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.flush()  # keep the order of effects
+            self.on_result(frame)
+
+    def on_monitor(self, monitor: zmq.Socket[Any], door_stage: tuple[str, str]) -> None:
+        gateway, stage = door_stage
         while True:
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
@@ -332,10 +353,11 @@ class AuthShell:
                 self.execute(self.engine.on_door_stage_lost(stage, now_ms(), gateway))
 
     def on_result(self, frame: bytes) -> None:
-        try:
-            result = bus.decode_as(frame, bus.DoorResult)
-        except bus.BadMessage as exc:
-            self.log_rejection("Dropped a bad door result: %s", exc)
+        result = self.decode(frame, "door result")
+        if result is None:
+            return
+        if not isinstance(result, bus.DoorResult):
+            self.unexpected(result, " on a door socket")
             return
         self.execute(self.engine.on_door_result(result.door_id, result.stage, result.ok, result.detail, now_ms()))
 
@@ -351,77 +373,37 @@ class AuthShell:
             return
         self.execute(self.engine.replace_users(users))
 
-    def run(self) -> None:
-        stop = StopSignal()
-        poller = zmq.Poller()
-        poller.register(self.packets, zmq.POLLIN)
-        for sock in self.door_stages.values():
-            poller.register(sock, zmq.POLLIN)
-        for monitor in self.door_monitors:
-            poller.register(monitor, zmq.POLLIN)
-        self.log.info("Server started: control port %d on %s.", self.config.control_port,
-                      ", ".join(self.config.addresses))
-        overlap = ephemeral_overlap(self.config.door_port_low, self.config.door_port_high)
-        if overlap is not None:
-            self.log.warning("server.door_ports %d-%d overlaps this host's ephemeral ports %d-%d "
-                             "(net.ipv4.ip_local_port_range): outbound connections may take door ports, and "
-                             "each such door must be moved to another port. Choose a range outside it "
-                             "(default 63000-65535) in %s.", self.config.door_port_low,
-                             self.config.door_port_high, overlap[0], overlap[1], self.config.path)
-        self.events.publish("auth.started", control_port=self.config.control_port)
-        next_tick = next_filter = next_users = 0.0
-        while not stop.requested:
-            timeout_ms = int(TICK_S * 1000)
-            deadline = self.engine.next_deadline_ms()
-            if deadline is not None:
-                timeout_ms = max(0, min(timeout_ms, deadline - now_ms() + 1))
-            for sock, _ in poller.poll(timeout_ms):
-                if sock in self.door_monitors:
-                    self.on_monitor(sock)
-                    continue
-                # Drain in bounded batches so a flood of packets cannot starve
-                # door results (or the other way round).
-                for _ in range(1000):
-                    try:
-                        if sock is self.packets and self.config.fleet:
-                            # The key behind the frame (its User-Id): which gateway's capture sent it.
-                            zframe = sock.recv(zmq.NOBLOCK, copy=False)
-                            self.on_packet(zframe.bytes, str(zframe.get("User-Id")))
-                            continue
-                        frame = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if sock is self.packets:
-                        self.on_packet(frame)
-                    else:
-                        self.flush()  # keep the order of effects
-                        self.on_result(frame)
+    def timeout_ms(self) -> int:
+        timeout_ms = int(TICK_S * 1000)
+        deadline = self.engine.next_deadline_ms()
+        if deadline is not None:
+            timeout_ms = max(0, min(timeout_ms, deadline - now_ms() + 1))
+        return timeout_ms
+
+    def figures(self) -> dict[str, Any]:
+        return {"rejections": dict(self.engine.rejections), "unmatched_syns": self.engine.unmatched_syns,
+                "gateway_refusals": dict(self.gateway_refusals), "doors": self.engine.open_doors()}
+
+    def turn(self) -> None:
+        self.flush()
+        deadline = self.engine.next_deadline_ms()
+        if deadline is not None and now_ms() >= deadline:
+            self.execute(self.engine.on_timer(now_ms()))
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.next_tick = now + TICK_S
+            self.execute(self.engine.on_tick(now_ms()))
             self.flush()
-            deadline = self.engine.next_deadline_ms()
-            if deadline is not None and now_ms() >= deadline:
-                self.execute(self.engine.on_timer(now_ms()))
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_S
-                self.execute(self.engine.on_tick(now_ms()))
-                self.flush()
-                self.publish_hints(force=False)
-                self.log_user.summarise(time.monotonic())
-                if self.events.heartbeat_due():  # the door list is built only when it is sent
-                    self.events.alive(rejections=dict(self.engine.rejections),
-                                      unmatched_syns=self.engine.unmatched_syns,
-                                      gateway_refusals=dict(self.gateway_refusals),
-                                      doors=self.engine.open_doors())
-            if now >= next_filter:
-                next_filter = now + FILTER_REFRESH_S
-                self._publish_filter()  # a capture that restarted learns the pending knocks
-                self.publish_hints(force=True)
-            if now >= next_users:
-                next_users = now + USERS_CHECK_S
-                self.maybe_reload_users()
-                self.flush()
-        self.events.close()
-        self.context.destroy(0)
+            self.publish_hints(force=False)
+            self.log_user.summarise(time.monotonic())
+        if now >= self.next_filter:
+            self.next_filter = now + FILTER_REFRESH_S
+            self._publish_filter()  # a capture that restarted learns the pending knocks
+            self.publish_hints(force=True)
+        if now >= self.next_users:
+            self.next_users = now + USERS_CHECK_S
+            self.maybe_reload_users()
+            self.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     try:
         users = load_users(config.users_file)
-        context: zmq.Context[Any] = zmq.Context()
-        transport = prepare_bus(config, "auth", context)
-        shell = AuthShell(config, users, log, context, transport)
+        shell = AuthShell(config, users, log)
     except (UsersFileError, TransportError) as exc:
         print(f"knock-auth: {exc}", file=sys.stderr)
         return 2
@@ -441,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"knock-auth: {exc} (check server.addresses, server.control_port, server.state_dir "
               f"in {config.path})", file=sys.stderr)
         return 2
-    shell.run()
-    return 0
+    return shell.run()
 
 
 if __name__ == "__main__":

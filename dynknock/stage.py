@@ -1,4 +1,12 @@
-"""What every stage's shell shares: logging, the event publisher, privileges.
+"""What every stage's shell shares: the skeleton (Shell), logging, limiters, the event publisher,
+privileges.
+
+Every stage (capture, auth, gate, relay) is a pure core and a Shell: one ZeroMQ context and
+transport, one event publisher with its heartbeat, one stop signal, and one loop: heartbeat
+when due, poll, read what is ready, the stage's own turn. Requests are decoded and dispatched
+in one way, and a bad one is dropped, logged within a rate and (gate, relay) reported: a
+stage never dies of a message. A maintainer learns this once; what differs between stages
+lives in their cores and in the few methods a Shell overrides.
 
 Log lines go to stdout (supervisord keeps them), in the paper's daemon style:
 ``2004-05-02 14:39.50 Port request received from foobar. (10.0.0.3, 10.0.0.3)``.
@@ -13,15 +21,18 @@ import logging
 import os
 import pwd
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
 
-from dynknock import bus
+from dynknock import bus, topics
 from dynknock.config import Config, ConfigError, config_path, load
+from dynknock.topics import Topic
 from dynknock.transport import GATEWAY_ROLES, Transport, TransportError, gateway_key_name, refusals
 
 
@@ -144,7 +155,7 @@ class Publisher:
         transport.connect(self._socket, "events")
         self._last_alive = 0.0
 
-    def publish(self, topic: str, **fields: Any) -> None:
+    def publish(self, topic: Topic, **fields: Any) -> None:
         if self.gateway:
             fields.setdefault("gateway", self.gateway)
         try:
@@ -164,7 +175,7 @@ class Publisher:
         refused = refusals()
         if refused:  # only over tcp+CURVE: handshakes our sockets refused, per endpoint
             fields["bus_refused"] = refused
-        self.publish(f"{self.stage}.alive", pid=os.getpid(), **fields)
+        self.publish(topics.ALIVE[self.stage], pid=os.getpid(), **fields)
 
     def close(self) -> None:
         self._socket.close(0)
@@ -220,6 +231,18 @@ def set_no_new_privs() -> None:
         raise SystemExit(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
 
 
+def connect_bus(config: Config, stage: str) -> Transport:
+    """For a stage that only connects (capture): in a directory others can write, anyone could plant
+    the sockets it connects to (and read every P1/P2, or feed it knock filters). Exits on error."""
+    if config.bus_transport == "ipc":
+        try:
+            bus.ensure_runtime_dir(config.runtime_dir, config.path)
+        except bus.RuntimeDirError as exc:
+            print(f"knock-{stage}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return transport_for(config, stage)
+
+
 def transport_for(config: Config, stage: str) -> Transport:
     """ipc endpoints in bus.runtime_dir, or the configured tcp endpoints with CURVE."""
     if config.bus_transport == "tcp":
@@ -266,3 +289,128 @@ class StopSignal:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+Reader = Callable[[], None]
+Pollable = zmq.Socket[Any] | socket.socket | int  # what Shell.watch polls
+
+
+class Shell:
+    """The skeleton of a stage's shell; a stage subclasses it and overrides what differs.
+
+    The loop (run): heartbeat when due, with figures(); poll what watch() registered, for at
+    most timeout_ms(); call the reader of each ready socket; then turn(), the stage's own work
+    (timers, what no socket announces). At the stop signal: closing(), then the bus.
+    """
+
+    HEARTBEAT_S = 2.0
+    # Frames read from one socket per turn: a flood on one socket cannot starve the others.
+    BATCH = 1000
+    # The event a bad request is reported on besides the log (a stage that answers commands).
+    DROPPED: Topic | None = None
+
+    def __init__(self, name: str, config: Config, log: logging.Logger, *, binds: bool = True) -> None:
+        self.name = name
+        self.config = config
+        self.log = log
+        self.log_bad = RateLimitedLog(log)  # for anything a remote peer or a bad message can trigger
+        self.stop = StopSignal()
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.transport = prepare_bus(config, name, self.context) if binds else connect_bus(config, name)
+        # A gateway stage of a fleet names its gateway in its events (auth serves every gateway).
+        self.events = Publisher(self.context, self.transport, name,
+                                gateway_label(config) if name in GATEWAY_ROLES else "")
+        self.poller = zmq.Poller()
+        self._readers: dict[zmq.Socket[Any] | int, Reader] = {}
+
+    def socket(self, kind: int, *, bind: str = "", connect: str = "",
+               options: Mapping[int, int | bytes] | None = None) -> zmq.Socket[Any]:
+        """A socket that never lingers at exit, options set before it binds or connects to the named
+        endpoint (transport.py: ipc or tcp+CURVE)."""
+        sock: zmq.Socket[Any] = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
+        if bind:
+            self.transport.bind(sock, bind)
+        if connect:
+            self.transport.connect(sock, connect)
+        return sock
+
+    def watch(self, source: Pollable, reader: Reader | None = None) -> None:
+        """Poll a zmq socket, a socket or a descriptor; reader is called when it is readable (None:
+        it only wakes the loop, turn() reads it)."""
+        key = self._key(source)
+        self.poller.register(key, zmq.POLLIN)
+        self._readers[key] = reader or (lambda: None)
+
+    def unwatch(self, source: Pollable) -> None:
+        key = self._key(source)
+        self.poller.unregister(key)
+        del self._readers[key]
+
+    @staticmethod
+    def _key(source: Pollable) -> zmq.Socket[Any] | int:
+        # The poller hands back a zmq socket as itself but any other socket as its descriptor.
+        return source.fileno() if isinstance(source, socket.socket) else source
+
+    def decode(self, frame: bytes, what: str = "message") -> bus.Message | None:
+        """The message in frame, or None: a bad one is dropped, logged and (DROPPED) reported."""
+        try:
+            return bus.decode(frame)
+        except bus.BadMessage as exc:
+            self.log_bad("Dropped a bad %s: %s", what, exc)
+            if self.DROPPED is not None:
+                self.events.publish(self.DROPPED, reason=str(exc))
+            return None
+
+    def unexpected(self, message: bus.Message, where: str = "") -> None:
+        """A valid message of the catalogue that has no business here: dropped and logged."""
+        self.log_bad("Dropped an unexpected %s%s", type(message).__name__, where)
+
+    def serve(self, sock: zmq.Socket[Any], answer: Callable[[bus.Message], bus.DoorResult | None]) -> None:
+        """The requests queued on a ROUTER, [identity, frame] each: decoded, answered (None: no answer
+        is due), a bad one dropped."""
+        for _ in range(self.BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self.log_bad("Dropped a message of %d frames", len(frames))
+                continue
+            identity, frame = frames
+            request = self.decode(frame)
+            result = answer(request) if request is not None else None
+            if result is not None:
+                sock.send_multipart([identity, bus.encode(result)])
+
+    # --- what a stage overrides ----------------------------------------------------------------
+
+    def timeout_ms(self) -> int:
+        """How long the loop may sleep when nothing is ready."""
+        return 500
+
+    def figures(self) -> dict[str, Any]:
+        """The heartbeat's fields (gathered only when one is sent)."""
+        return {}
+
+    def turn(self) -> None:
+        """The stage's work after each poll, whatever was ready."""
+
+    def closing(self) -> None:
+        """Before the bus closes, at the stop signal."""
+
+    def run(self) -> int:
+        while not self.stop.requested:
+            if self.events.heartbeat_due(self.HEARTBEAT_S):
+                self.events.alive(**self.figures())
+            for source, _ in self.poller.poll(self.timeout_ms()):
+                reader = self._readers.get(source)
+                if reader is not None:  # None: an earlier reader of this turn stopped watching it
+                    reader()
+            self.turn()
+        self.closing()
+        self.events.close()
+        self.context.destroy(0)
+        return 0

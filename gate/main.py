@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
+import logging
 import shutil
 import socket
 import subprocess
@@ -23,17 +24,8 @@ import zmq
 from dynknock import bus, replies
 from dynknock.config import Config
 from dynknock.gate import core
-from dynknock.stage import (
-    Publisher,
-    RateLimitedLog,
-    StopSignal,
-    common_arguments,
-    gateway_label,
-    load_config_or_exit,
-    now_ms,
-    prepare_bus,
-    setup_logging,
-)
+from dynknock.stage import Publisher, Shell, common_arguments, load_config_or_exit, now_ms, setup_logging
+from dynknock.topics import Topic
 
 NFT_TIMEOUT_S = 5
 
@@ -232,84 +224,79 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("WARNING: gate.backend = \"none\": no firewall rules. Door ports are protected only by the "
                     "relay's address check; a scan can see them. Use nftables in production.")
 
-    context: zmq.Context[Any] = zmq.Context()
-    transport = prepare_bus(config, "gate", context)
-    commands = context.socket(zmq.ROUTER)
-    commands.setsockopt(zmq.LINGER, 0)
-    transport.bind(commands, "gate")
-    events = Publisher(context, transport, "gate", gateway_label(config))
-    if nft is None:
-        events.publish("gate.backend.none", warning="no firewall: relay address check only")
-    log_bad = RateLimitedLog(log)
-    watch = None
-    conntrack = shutil.which("conntrack") or "/usr/sbin/conntrack"
-    if nft is not None and settings.kernel_targets:
-        try:
-            watch = ConntrackWatch(context, conntrack, log)
-        except OSError as exc:
-            log.warning("No door connection events or byte counts: cannot run %s (%s); install conntrack",
-                        conntrack, exc)
-    doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
-    # A fleet's gateway sends the P3s auth hands it (bus.Reply) from its control port; bound at the first
-    # one, so that on one host (auth sends, and holds the port) the gate never binds it.
-    reply_from: dict[str, socket.socket] | None = None
-    poller = zmq.Poller()
-    poller.register(commands, zmq.POLLIN)
-    if watch is not None:
-        poller.register(watch.inbox, zmq.POLLIN)
-    stop = StopSignal()
-    while not stop.requested:
-        if events.heartbeat_due():
-            events.alive(backend=config.gate_backend, kernel_doors=len(doors),
-                         conntrack_watch=watch is not None and watch.process.poll() is None)
-        ready = dict(poller.poll(500))
-        if watch is not None and watch.inbox in ready:
-            seen = watch.inbox.recv_json()
-            assert isinstance(seen, dict)  # our own thread sent it
-            report_connection(core.ConnectionSeen(**seen), doors, events)
-        if commands not in ready:
-            continue
-        frames = commands.recv_multipart()
-        if len(frames) != 2:
-            log_bad("Dropped a message of %d frames", len(frames))
-            continue
-        identity, frame = frames
-        try:
-            command = bus.decode(frame)
-        except bus.BadMessage as exc:
-            log_bad("Dropped a bad message: %s", exc)
-            events.publish("gate.message.dropped", reason=str(exc))
-            continue
+    return GateShell(config, log, settings, nft).run()
+
+
+class GateShell(Shell):
+    """Answers auth's door commands on its ROUTER; for a fleet's gateway, sends the P3s auth hands it."""
+
+    DROPPED = Topic.GATE_MESSAGE_DROPPED
+
+    def __init__(self, config: Config, log: logging.Logger, settings: core.GateSettings, nft: Nft | None) -> None:
+        super().__init__("gate", config, log)
+        self.settings = settings
+        self.nft = nft
+        self.commands = self.socket(zmq.ROUTER, bind="gate")
+        self.watch(self.commands, lambda: self.serve(self.commands, self.answer))
+        if nft is None:
+            self.events.publish(Topic.GATE_BACKEND_NONE, warning="no firewall: relay address check only")
+        self.conntrack: ConntrackWatch | None = None
+        conntrack = shutil.which("conntrack") or "/usr/sbin/conntrack"
+        if nft is not None and settings.kernel_targets:
+            try:
+                self.conntrack = ConntrackWatch(self.context, conntrack, log)
+            except OSError as exc:
+                log.warning("No door connection events or byte counts: cannot run %s (%s); install conntrack",
+                            conntrack, exc)
+            else:
+                self.watch(self.conntrack.inbox, self.on_connection)
+        self.doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
+        # A fleet's gateway sends the P3s auth hands it (bus.Reply) from its control port; bound at the first
+        # one, so that on one host (auth sends, and holds the port) the gate never binds it.
+        self.reply_from: dict[str, socket.socket] | None = None
+
+    def figures(self) -> dict[str, Any]:
+        return {"backend": self.config.gate_backend, "kernel_doors": len(self.doors),
+                "conntrack_watch": self.conntrack is not None and self.conntrack.process.poll() is None}
+
+    def on_connection(self) -> None:
+        assert self.conntrack is not None
+        seen = self.conntrack.inbox.recv_json()
+        assert isinstance(seen, dict)  # our own thread sent it
+        report_connection(core.ConnectionSeen(**seen), self.doors, self.events)
+
+    def answer(self, command: bus.Message) -> bus.DoorResult | None:
         if isinstance(command, bus.DoorOpen):
-            result = handle_open(settings, nft, command, events, log)
+            result = handle_open(self.settings, self.nft, command, self.events, self.log)
             if result.ok and command.kernel:
-                forget_expired(doors)
-                doors[(command.client, command.port)] = command
-        elif isinstance(command, bus.DoorClose):
-            result = handle_close(settings, nft, command, events, log)
-            doors.pop((command.client, command.port), None)
-        elif isinstance(command, bus.Reply):
-            if reply_from is None:
-                try:
-                    reply_from = replies.reply_sockets(config.addresses, config.control_port)
-                except OSError as exc:
-                    log_bad("Cannot send P3 from the control port %d (server.addresses, server.control_port in "
-                            "%s): %s", config.control_port, config.path, exc)
-                    continue
-            failed = replies.send_reply(reply_from, command.source, command.destination, command.port,
-                                        command.payload)
-            if failed:
-                log_bad("%s", failed)
-            continue  # no answer: auth does not wait for one
-        else:
-            log_bad("Dropped an unexpected %s", type(command).__name__)
-            continue
-        commands.send_multipart([identity, bus.encode(result)])
-    if watch is not None:
-        watch.close()
-    events.close()
-    context.destroy(0)
-    return 0
+                forget_expired(self.doors)
+                self.doors[(command.client, command.port)] = command
+            return result
+        if isinstance(command, bus.DoorClose):
+            self.doors.pop((command.client, command.port), None)
+            return handle_close(self.settings, self.nft, command, self.events, self.log)
+        if isinstance(command, bus.Reply):
+            self.send_reply(command)
+            return None  # no answer: auth does not wait for one
+        self.unexpected(command)
+        return None
+
+    def send_reply(self, reply: bus.Reply) -> None:
+        config = self.config
+        if self.reply_from is None:
+            try:
+                self.reply_from = replies.reply_sockets(config.addresses, config.control_port)
+            except OSError as exc:
+                self.log_bad("Cannot send P3 from the control port %d (server.addresses, server.control_port "
+                             "in %s): %s", config.control_port, config.path, exc)
+                return
+        failed = replies.send_reply(self.reply_from, reply.source, reply.destination, reply.port, reply.payload)
+        if failed:
+            self.log_bad("%s", failed)
+
+    def closing(self) -> None:
+        if self.conntrack is not None:
+            self.conntrack.close()
 
 
 def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen]) -> None:
@@ -325,10 +312,10 @@ def report_connection(seen: core.ConnectionSeen, doors: dict[tuple[str, int], bu
     names = {"user": door.user, "door_id": door.door_id, "target": f"{door.target_host}:{door.target_port}"} \
         if door is not None else {}
     if seen.kind == "used":
-        events.publish("gate.connection.opened", client=seen.client, port=seen.door_port,
+        events.publish(Topic.GATE_CONNECTION_OPENED, client=seen.client, port=seen.door_port,
                        client_port=seen.client_port, **names)
     else:
-        events.publish("gate.connection.closed", client=seen.client, port=seen.door_port,
+        events.publish(Topic.GATE_CONNECTION_CLOSED, client=seen.client, port=seen.door_port,
                        client_port=seen.client_port, bytes_in=seen.bytes_in, bytes_out=seen.bytes_out,
                        counted="ip packets", **names)
 
@@ -341,9 +328,9 @@ def handle_open(settings: core.GateSettings, nft: Nft | None, command: bus.DoorO
             nft.apply(core.add_element(settings, element, timeout_ms))
     except (core.Invalid, NftError) as exc:
         log.info("Refused to open port %s for %s: %s", command.port, command.client, exc)
-        events.publish("gate.rule.refused", client=command.client, port=command.port, reason=str(exc))
+        events.publish(Topic.GATE_RULE_REFUSED, client=command.client, port=command.port, reason=str(exc))
         return bus.DoorResult(command.door_id, "gate", False, str(exc))
-    events.publish("gate.rule.added", client=element.address, port=element.port, timeout_ms=timeout_ms,
+    events.publish(Topic.GATE_RULE_ADDED, client=element.address, port=element.port, timeout_ms=timeout_ms,
                    user=command.user, forward="kernel" if element.target is not None else "relay")
     return bus.DoorResult(command.door_id, "gate", True)
 
@@ -360,9 +347,9 @@ def handle_close(settings: core.GateSettings, nft: Nft | None, command: bus.Door
                     if "No such file" not in str(exc):  # already expired or never added: closed is closed
                         raise
     except (core.Invalid, NftError) as exc:
-        events.publish("gate.rule.refused", client=command.client, port=command.port, reason=str(exc))
+        events.publish(Topic.GATE_RULE_REFUSED, client=command.client, port=command.port, reason=str(exc))
         return bus.DoorResult(command.door_id, "gate", False, str(exc))
-    events.publish("gate.rule.removed", client=element.address, port=element.port)
+    events.publish(Topic.GATE_RULE_REMOVED, client=element.address, port=element.port)
     return bus.DoorResult(command.door_id, "gate", True)
 
 

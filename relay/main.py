@@ -15,6 +15,8 @@ ACCEPT_BACKOFF_S, instead of the poll returning at once for ever (100% CPU).
 from __future__ import annotations
 
 import errno
+import functools
+import logging
 import os
 import queue
 import resource
@@ -27,20 +29,11 @@ from typing import Any
 import zmq
 
 from dynknock import bus
+from dynknock.config import Config
 from dynknock.relay import core
 from dynknock.relay.pump import Totals, relay_connection
-from dynknock.stage import (
-    Publisher,
-    RateLimitedLog,
-    StopSignal,
-    common_arguments,
-    drop_privileges,
-    gateway_label,
-    load_config_or_exit,
-    now_ms,
-    prepare_bus,
-    setup_logging,
-)
+from dynknock.stage import Shell, common_arguments, drop_privileges, load_config_or_exit, now_ms, setup_logging
+from dynknock.topics import Topic
 
 CONNECT_TIMEOUT_S = 5.0
 ACCEPT_BACKOFF_S = 0.5
@@ -108,102 +101,104 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     log = setup_logging("relay")
     limit = raise_descriptor_limit()
-    settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
-                                  frozenset((s.host, s.port) for s in config.services.values()))
-    table = core.DoorTable(settings)
-    context: zmq.Context[Any] = zmq.Context()
-    transport = prepare_bus(config, "relay", context)
-    commands = context.socket(zmq.ROUTER)
-    commands.setsockopt(zmq.LINGER, 0)
-    transport.bind(commands, "relay")
-    events = Publisher(context, transport, "relay", gateway_label(config))
-    log_bad = RateLimitedLog(log)
-    poller = zmq.Poller()
-    poller.register(commands, zmq.POLLIN)
-    listeners: dict[int, socket.socket] = {}  # door port -> listener
-    by_fd: dict[int, int] = {}  # listener fd -> door port
-    paused: dict[int, float] = {}  # door port -> monotonic time its listener is polled again
-    deferred_accepts = 0  # accepts put off for want of a descriptor (heartbeat figure)
-    finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
-    active = 0
-    stop = StopSignal()
-    budget = core.DescriptorBudget(limit, open_descriptors())
+    return RelayShell(config, log, limit).run()
 
-    def close_listener(door: core.Door, why: str) -> None:
-        sock = listeners.pop(door.port, None)
-        if sock is not None:
-            by_fd.pop(sock.fileno(), None)
-            if paused.pop(door.port, None) is None:
-                poller.unregister(sock)
-            sock.close()
-        table.remove(door)
-        events.publish("relay.door.closed", user=door.user, client=str(door.client), port=door.port, why=why)
-        if why == "window":
-            log.info("Port %d for %s timeout and closed.", door.port, door.client)
 
-    def handle_command(identity: bytes, frame: bytes) -> None:
-        try:
-            command = bus.decode(frame)
-        except bus.BadMessage as exc:
-            log_bad("Dropped a bad message: %s", exc)
-            events.publish("relay.message.dropped", reason=str(exc))
-            return
+class RelayShell(Shell):
+    """Opens and closes door listeners on auth's commands; accepts the authorised peer and hands each
+    connection to its pump threads (relay/pump.py), which report back through a queue so that only
+    this thread touches zmq sockets."""
+
+    DROPPED = Topic.RELAY_MESSAGE_DROPPED
+
+    def __init__(self, config: Config, log: logging.Logger, limit: int) -> None:
+        super().__init__("relay", config, log)
+        settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
+                                      frozenset((s.host, s.port) for s in config.services.values()))
+        self.table = core.DoorTable(settings)
+        self.commands = self.socket(zmq.ROUTER, bind="relay")
+        self.watch(self.commands, lambda: self.serve(self.commands, self.answer))
+        self.listeners: dict[int, socket.socket] = {}  # door port -> listener
+        self.paused: dict[int, float] = {}  # door port -> monotonic time its listener is polled again
+        self.deferred_accepts = 0  # accepts put off for want of a descriptor (heartbeat figure)
+        self.finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
+        self.active = 0
+        # Counted with the bus's sockets open: what is left is for doors and connections.
+        self.budget = core.DescriptorBudget(limit, open_descriptors())
+        log.info("Relay started: doors %d-%d, descriptor limit %d.", config.door_port_low, config.door_port_high,
+                 self.budget.limit)
+
+    def timeout_ms(self) -> int:
+        return 200
+
+    def figures(self) -> dict[str, Any]:
+        return {"doors": len(self.table), "connections": self.active, "deferred_accepts": self.deferred_accepts}
+
+    def answer(self, command: bus.Message) -> bus.DoorResult | None:
         if isinstance(command, bus.DoorOpen):
-            result = open_door(command)
-        elif isinstance(command, bus.DoorClose):
-            door = table.get(command.door_id)
+            return self.open_door(command)
+        if isinstance(command, bus.DoorClose):
+            door = self.table.get(command.door_id)
             if door is not None:
-                close_listener(door, "closed by auth")
-            result = bus.DoorResult(command.door_id, "relay", True)
-        else:
-            log_bad("Dropped an unexpected %s", type(command).__name__)
-            return
-        commands.send_multipart([identity, bus.encode(result)])
+                self.close_listener(door, "closed by auth")
+            return bus.DoorResult(command.door_id, "relay", True)
+        self.unexpected(command)
+        return None
 
-    def open_door(command: bus.DoorOpen) -> bus.DoorResult:
+    def open_door(self, command: bus.DoorOpen) -> bus.DoorResult:
         try:
-            door = table.validate(command, now_ms())
-            if door.port not in listeners:
-                if not budget.can_open_door(len(listeners), active):
-                    raise OSError(errno.EMFILE, f"{len(listeners)} doors and {active} connections hold "
-                                                f"its budget, limit {budget.limit}")
+            door = self.table.validate(command, now_ms())
+            if door.port not in self.listeners:
+                if not self.budget.can_open_door(len(self.listeners), self.active):
+                    raise OSError(errno.EMFILE, f"{len(self.listeners)} doors and {self.active} connections hold "
+                                                f"its budget, limit {self.budget.limit}")
                 sock = open_listener(door.port)
-                listeners[door.port] = sock
-                by_fd[sock.fileno()] = door.port
-                poller.register(sock, zmq.POLLIN)
+                self.listeners[door.port] = sock
+                self.watch(sock, functools.partial(self.accept, door.port))
         except (core.Invalid, OSError) as exc:
             detail = core.listener_refusal(exc) if isinstance(exc, OSError) else str(exc)
             if detail.startswith(core.OUT_OF_DESCRIPTORS):
-                log_bad("Refused port %d for %s: %s", command.port, command.client, detail)
-            events.publish("relay.door.refused", client=command.client, port=command.port, reason=detail)
+                self.log_bad("Refused port %d for %s: %s", command.port, command.client, detail)
+            self.events.publish(Topic.RELAY_DOOR_REFUSED, client=command.client, port=command.port, reason=detail)
             return bus.DoorResult(command.door_id, "relay", False, detail)
-        table.add(door)
-        log.info("Listening on door port %d for %s (%s).", door.port, door.user, door.client)
-        events.publish("relay.door.listening", user=door.user, client=str(door.client), port=door.port)
+        self.table.add(door)
+        self.log.info("Listening on door port %d for %s (%s).", door.port, door.user, door.client)
+        self.events.publish(Topic.RELAY_DOOR_LISTENING, user=door.user, client=str(door.client), port=door.port)
         return bus.DoorResult(command.door_id, "relay", True)
 
-    def pause(port: int, sock: socket.socket) -> None:
+    def close_listener(self, door: core.Door, why: str) -> None:
+        sock = self.listeners.pop(door.port, None)
+        if sock is not None:
+            if self.paused.pop(door.port, None) is None:
+                self.unwatch(sock)
+            sock.close()
+        self.table.remove(door)
+        self.events.publish(Topic.RELAY_DOOR_CLOSED, user=door.user, client=str(door.client), port=door.port,
+                            why=why)
+        if why == "window":
+            self.log.info("Port %d for %s timeout and closed.", door.port, door.client)
+
+    def pause(self, port: int, sock: socket.socket) -> None:
         """Stop polling a listener whose queued connection cannot be accepted now (no busy loop)."""
-        nonlocal deferred_accepts
-        deferred_accepts += 1
-        poller.unregister(sock)
-        paused[port] = time.monotonic() + ACCEPT_BACKOFF_S
+        self.deferred_accepts += 1
+        self.unwatch(sock)
+        self.paused[port] = time.monotonic() + ACCEPT_BACKOFF_S
 
-    def resume_listeners() -> None:
+    def resume_listeners(self) -> None:
         now = time.monotonic()
-        for port, when in list(paused.items()):
+        for port, when in list(self.paused.items()):
             if when <= now:
-                del paused[port]
-                poller.register(listeners[port], zmq.POLLIN)
+                del self.paused[port]
+                self.watch(self.listeners[port], functools.partial(self.accept, port))
 
-    def accept(port: int) -> None:
-        nonlocal active
-        sock = listeners[port]
+    def accept(self, port: int) -> None:
+        sock = self.listeners[port]
+        listeners, budget = self.listeners, self.budget
         while True:
-            if not budget.can_accept(len(listeners), active):
-                pause(port, sock)
-                log_bad("Connection to port %d waits: %d doors and %d connections use the descriptors "
-                        "(limit %d).", port, len(listeners), active, budget.limit)
+            if not budget.can_accept(len(listeners), self.active):
+                self.pause(port, sock)
+                self.log_bad("Connection to port %d waits: %d doors and %d connections use the descriptors "
+                             "(limit %d).", port, len(listeners), self.active, budget.limit)
                 return
             try:
                 conn, peer = sock.accept()
@@ -214,70 +209,50 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 # EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays queued and the listener
                 # readable; polling it again at once would spin. Try again after a pause.
-                pause(port, sock)
-                log_bad("Connection to port %d waits: accept failed (%s); %d doors, %d connections, "
-                        "descriptor limit %d.", port, exc.strerror or exc, len(listeners), active, budget.limit)
+                self.pause(port, sock)
+                self.log_bad("Connection to port %d waits: accept failed (%s); %d doors, %d connections, "
+                             "descriptor limit %d.", port, exc.strerror or exc, len(listeners), self.active,
+                             budget.limit)
                 return
-            verdict, door = table.on_connection(port, peer[0])
+            verdict, door = self.table.on_connection(port, peer[0])
             if verdict is not core.Verdict.ACCEPT or door is None:
                 reset(conn)
-                log_bad("Refused a connection to port %d from %s: not the authorised address.", port, peer[0])
-                events.publish("relay.connection.refused", port=port, peer=str(core.normalise_peer(peer[0])),
-                               reason="door refused a foreign IP")
+                self.log_bad("Refused a connection to port %d from %s: not the authorised address.", port, peer[0])
+                self.events.publish(Topic.RELAY_CONNECTION_REFUSED, port=port,
+                                    peer=str(core.normalise_peer(peer[0])), reason="door refused a foreign IP")
                 continue
-            active += 1
-            events.publish("relay.connection.accepted", user=door.user, client=str(door.client), port=port)
+            self.active += 1
+            self.events.publish(Topic.RELAY_CONNECTION_ACCEPTED, user=door.user, client=str(door.client), port=port)
             conn.setblocking(True)
 
             def done(totals: Totals, door: core.Door = door) -> None:
-                finished.put((door, "", totals))
+                self.finished.put((door, "", totals))
 
             try:
                 threading.Thread(target=relay_connection, args=(conn, door.target, CONNECT_TIMEOUT_S, done),
                                  name=f"relay-{port}", daemon=True).start()
             except RuntimeError as exc:  # no thread left: the connection cannot be served
                 reset(conn)
-                log_bad("Dropped a connection to port %d: %s", port, exc)
+                self.log_bad("Dropped a connection to port %d: %s", port, exc)
                 done(Totals(error=f"relay could not start a thread: {exc}"))
-            if table.should_close(door, now_ms()):
-                close_listener(door, "single use")
+            if self.table.should_close(door, now_ms()):
+                self.close_listener(door, "single use")
                 return
 
-    log.info("Relay started: doors %d-%d, descriptor limit %d.", config.door_port_low, config.door_port_high,
-             budget.limit)
-    while not stop.requested:
-        if events.heartbeat_due():
-            events.alive(doors=len(table), connections=active, deferred_accepts=deferred_accepts)
-        for fd_or_socket, _ in poller.poll(200):
-            if fd_or_socket is commands:
-                while True:
-                    try:
-                        frames = commands.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if len(frames) == 2:
-                        handle_command(frames[0], frames[1])
-                    else:
-                        log_bad("Dropped a message of %d frames", len(frames))
-            else:
-                fd = fd_or_socket if isinstance(fd_or_socket, int) else fd_or_socket.fileno()
-                port = by_fd.get(fd)
-                if port is not None:
-                    accept(port)
-        resume_listeners()
-        for door in table.expired(now_ms()):
-            close_listener(door, "window" if door.accepted == 0 else "single use")
-        while not finished.empty():
-            door, _, totals = finished.get()
-            active -= 1
-            events.publish("relay.connection.closed", user=door.user, client=str(door.client), port=door.port,
-                           bytes_to_service=totals.to_service, bytes_to_client=totals.to_client,
-                           error=totals.error)
-    for sock in listeners.values():
-        sock.close()
-    events.close()
-    context.destroy(0)
-    return 0
+    def turn(self) -> None:
+        self.resume_listeners()
+        for door in self.table.expired(now_ms()):
+            self.close_listener(door, "window" if door.accepted == 0 else "single use")
+        while not self.finished.empty():
+            door, _, totals = self.finished.get()
+            self.active -= 1
+            self.events.publish(Topic.RELAY_CONNECTION_CLOSED, user=door.user, client=str(door.client),
+                                port=door.port, bytes_to_service=totals.to_service, bytes_to_client=totals.to_client,
+                                error=totals.error)
+
+    def closing(self) -> None:
+        for sock in self.listeners.values():
+            sock.close()
 
 
 if __name__ == "__main__":
