@@ -20,8 +20,9 @@ from pathlib import Path
 
 from dynknock.config import load
 from dynknock.lab.netlab import LabUnavailable, NetLab, require_lab_support, start_sshd
-from dynknock.lab.stack import VENV_BIN, Stack, prepare_workdir, write_config
+from dynknock.lab.stack import VENV_BIN, Stack, prepare_workdir, wait_subscribed, write_config
 from dynknock.protocol import CONTROL_PORT
+from dynknock.topics import Topic
 
 PASSWORD = "demo password, not a secret"
 
@@ -68,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:  # e.g. a stage that cannot start here: say which, no traceback
                 print(f"knock-demo: {exc}", file=sys.stderr)
                 return 1
-            tap = subprocess.Popen([str(VENV_BIN / "knock-tap"), "--endpoint", stack.endpoints.tap],
-                                   stdout=subprocess.PIPE, text=True)
-            time.sleep(0.5)
+            # Every topic by the stages' prefixes, not by "" (which the metrics program has taken already):
+            # the bus passes a prefix on only when it is new, so wait_subscribed sees this tap join.
+            prefixes = sorted({topic.split(".")[0] + "." for topic in Topic})
+            tap = subprocess.Popen([str(VENV_BIN / "knock-tap"), "--endpoint", stack.endpoints.tap,
+                                    *(f"--topic={prefix}" for prefix in prefixes)], stdout=subprocess.PIPE, text=True)
+            wait_subscribed(stack.endpoints.events, prefixes)
             say("The attacker scans the control port and a door port: no answer at all")
             door_port = load(workdir / "dynknock.toml").door_port_low  # one of the door range
             for port in (CONTROL_PORT, 22, door_port):
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr.rstrip())
             say(f"ssh said (exit {done.returncode}, {time.monotonic() - started:.2f} s from knock to done):")
             print(done.stdout.rstrip())
-            time.sleep(1.0)
+            time.sleep(1.0)  # not a handshake: the session's last events are still on their way to knock-tap
         finally:
             if tap is not None:
                 tap.terminate()

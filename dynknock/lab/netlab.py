@@ -56,6 +56,7 @@ __all__ = [
     "SshdInfo",
     "explain_netns_failure",
     "explain_nft_failure",
+    "pcap_text",
     "require_lab_support",
     "require_privileges",
     "start_sshd",
@@ -348,29 +349,15 @@ class NetLab:
             raise ValueError(f"invalid lab prefix {prefix!r}")
         self.prefix = prefix
         self.bridge_ns = f"{prefix}-br"
-        self.server = Host(
-            role="server",
-            ns=f"{prefix}-srv",
-            ipv4=_check_ipv4(SERVER_IPV4),
-            ipv6=SERVER_IPV6,
-            bridge_port="v-srv",
-        )
-        self.client = Host(
-            role="client",
-            ns=f"{prefix}-cli",
-            ipv4=_check_ipv4(CLIENT_IPV4),
-            ipv6=CLIENT_IPV6,
-            bridge_port="v-cli",
-        )
-        self.attacker = Host(
-            role="attacker",
-            ns=f"{prefix}-atk",
-            ipv4=_check_ipv4(ATTACKER_IPV4),
-            ipv6=ATTACKER_IPV6,
-            bridge_port="v-atk",
-        )
-        extra = tuple(Host(role=role, ns=f"{prefix}-{role}", ipv4=_check_ipv4(ipv4), ipv6=ipv6,
-                           bridge_port=f"v-{role}"[:15]) for role, ipv4, ipv6 in extra_hosts)
+        def host(role: str, short: str, ipv4: str, ipv6: str) -> Host:
+            # Namespace {prefix}-{short}, bridge port v-{short} (interface names stop at 15 characters).
+            return Host(role=role, ns=f"{prefix}-{short}", ipv4=_check_ipv4(ipv4), ipv6=ipv6,
+                        bridge_port=f"v-{short}"[:15])
+
+        self.server = host("server", "srv", SERVER_IPV4, SERVER_IPV6)
+        self.client = host("client", "cli", CLIENT_IPV4, CLIENT_IPV6)
+        self.attacker = host("attacker", "atk", ATTACKER_IPV4, ATTACKER_IPV6)
+        extra = tuple(host(role, role, ipv4, ipv6) for role, ipv4, ipv6 in extra_hosts)
         self.hosts: tuple[Host, ...] = (self.server, self.client, self.attacker, *extra)
         self.namespaces: tuple[str, ...] = (self.bridge_ns,) + tuple(h.ns for h in self.hosts)
         self._procs: list[subprocess.Popen[Any]] = []
@@ -652,6 +639,11 @@ class NetLab:
 
     def can_connect(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> bool:
         return self.tcp_probe(host, address, port, timeout) == "connected"
+
+
+def pcap_text(path: Path) -> str:
+    """What a capture of :meth:`NetLab.sniff` holds, a line per packet as tcpdump prints it ("" if none)."""
+    return _run_plain(["tcpdump", "-n", "-r", str(path)]).stdout
 
 
 @dataclass(frozen=True)

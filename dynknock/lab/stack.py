@@ -16,28 +16,30 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
 from dynknock.auth.users import User, save_users
 from dynknock.keys import derive_master_key
-from dynknock.lab.netlab import Host, NetLab, SshdInfo
+from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
 from dynknock.protocol import CONTROL_PORT
+from dynknock.topics import ALIVE
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
 # e.g. a second checkout tested beside this one.
 DEFAULT_VENV = Path("/opt/dynknock/venv")
 VENV_BIN = Path(os.environ.get("DYNKNOCK_VENV", str(DEFAULT_VENV))) / "bin"
-STAGES = ("bus", "auth", "gate", "relay", "capture")
-ALIVE_TOPICS = ("auth.alive", "gate.alive", "relay.alive", "capture.alive")
+ALIVE_TOPICS: tuple[str, ...] = tuple(ALIVE.values())  # every stage that sends a heartbeat
 SERVICE_USER = "dynknock"
 # Prefix of the lab's supervisord command: a private mount namespace with an empty /run.
 PRIVATE_RUN = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
@@ -57,7 +59,8 @@ class LabUser:
 def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
                  window_seconds: int = 30, table: str = "dynknock", extra: str = "",
                  public_tcp_ports: tuple[int, ...] = (), services: dict[str, str] | None = None,
-                 bus_extra: str = "", forward: dict[str, str] | None = None) -> None:
+                 bus_extra: str = "", forward: dict[str, str] | None = None,
+                 door_ports: str = "63000-65535") -> None:
     """The lab's server config; `extra` lines go into [server], `bus_extra` into [bus];
     `forward` gives services.NAME.forward where a test wants other than "auto"."""
     services = services or {"ssh": "127.0.0.1:22"}
@@ -70,7 +73,7 @@ def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nfta
 interface = "{lab.server.interface}"
 addresses = ["{lab.server.ipv4}", "{lab.server.ipv6}"]
 control_port = {CONTROL_PORT}
-door_ports = "63000-65535"
+door_ports = "{door_ports}"
 window_seconds = {window_seconds}
 users_file = "{workdir}/users.json"
 state_dir = "{workdir}/state"
@@ -165,7 +168,7 @@ class Stack:
     def wait_alive(self, timeout_s: float = 20.0, stages: tuple[str, ...] = ALIVE_TOPICS) -> None:
         """Wait until every stage has published its heartbeat (after any restart too)."""
         seen: set[str] = set()
-        with self.tap() as sub:
+        with self.tap(connected=False) as sub:  # the bus itself may be starting: wait below, not there
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and not set(stages) <= seen:
                 if self.process is not None and self.process.poll() is not None:
@@ -180,13 +183,16 @@ class Stack:
                                f"see /var/log/dynknock/*.log")
 
     @contextmanager
-    def tap(self, prefix: str = "") -> Iterator[zmq.Socket[Any]]:
+    def tap(self, prefix: str = "", connected: bool = True) -> Iterator[zmq.Socket[Any]]:
+        """A SUB on the bus's tap for topics starting with `prefix`; with `connected`, yielded once its
+        ZMTP handshake with knock-bus is done: the subscription goes out with it, ahead of anything the
+        test then does (no sleep stands for "subscribed")."""
         context: zmq.Context[Any] = zmq.Context()
         sub: zmq.Socket[Any] = context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        sub.connect(self.endpoints.tap)
         try:
+            connect_handshaken(sub, self.endpoints.tap) if connected else sub.connect(self.endpoints.tap)
             yield sub
         finally:
             context.destroy(0)
@@ -226,6 +232,61 @@ class Stack:
             self.output = None
 
 
+def connect_handshaken(sock: zmq.Socket[Any], endpoint: str, timeout_s: float = 10.0) -> None:
+    """Connect `sock` and return once its ZMTP handshake with the peer has succeeded (a socket monitor
+    reports it): from then on what either side sends reaches the other."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sock.connect(endpoint)
+        if not monitor.poll(int(timeout_s * 1000)):
+            raise RuntimeError(f"no ZMTP handshake with {endpoint} within {timeout_s} s")
+        recv_monitor_message(monitor)
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+
+
+def wait_subscribed(events: str, prefixes: Iterable[str], timeout_s: float = 10.0) -> None:
+    """Until knock-bus, whose XSUB is at `events`, has taken a subscription to each of `prefixes` from
+    some tap. The bus passes each subscription new to it on to its publishers, and this connects as
+    one: a tap whose subscription arrived sees every event published after (no slow-joiner sleep)."""
+    context: zmq.Context[Any] = zmq.Context()
+    publisher: zmq.Socket[Any] = context.socket(zmq.XPUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    wanted = {prefix.encode() for prefix in prefixes}
+    deadline = time.monotonic() + timeout_s
+    try:
+        publisher.connect(events)
+        while wanted:
+            if not publisher.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                raise RuntimeError(f"no subscription to {sorted(wanted)} reached the bus within {timeout_s} s")
+            frame = publisher.recv()
+            if frame[:1] == b"\x01":  # 1 and the prefix: a subscription (0: its end)
+                wanted.discard(frame[1:])
+    finally:
+        context.destroy(0)
+
+
+@contextmanager
+def lab_stack(prefix: str, supervisord_conf: Path, users: list[LabUser], **config: Any
+              ) -> Iterator[tuple[NetLab, Stack, SshdInfo]]:
+    """A lab named `prefix` whose server runs sshd and the whole stack (up when this yields): its config
+    from write_config(**config), its users file from `users`; everything stopped and torn down after."""
+    require_privileges()
+    workdir = Path(tempfile.mkdtemp(prefix=f"dynknock-e2e-{prefix}-"))
+    with NetLab(prefix) as lab:
+        prepare_workdir(workdir)
+        write_config(workdir / "dynknock.toml", workdir, lab, **config)
+        write_users(workdir / "users.json", users)
+        sshd = start_sshd(lab, lab.server, workdir / "ssh")
+        stack = Stack(lab, workdir, supervisord_conf)
+        try:
+            stack.start()
+            yield lab, stack, sshd
+        finally:
+            stack.stop()
+
+
 class EventLog:
     """Every event on the bus (a stack's tap endpoint), collected by a thread with its own zmq
     context for as long as a test module runs; tests mark a point and read what came after it."""
@@ -233,9 +294,9 @@ class EventLog:
     def __init__(self, endpoint: str) -> None:
         self._events: list[bus.Event] = []
         self.arrivals: list[float] = []  # time.monotonic() each event was read
-        self.bad_frames = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._joined = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(endpoint,), name="event-log", daemon=True)
         self._thread.start()
 
@@ -245,9 +306,12 @@ class EventLog:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # for wait_joined
         sub.connect(endpoint)
         try:
             while not self._stop.is_set():
+                if not self._joined.is_set() and monitor.poll(0):
+                    self._joined.set()
                 if not sub.poll(100):
                     continue
                 while True:
@@ -257,14 +321,19 @@ class EventLog:
                         break
                     try:
                         event = bus.decode_as(frames[-1], bus.Event)
-                    except bus.BadMessage:
-                        self.bad_frames += 1
+                    except bus.BadMessage:  # not an event of ours: nothing to collect
                         continue
                     with self._lock:
                         self._events.append(event)
                         self.arrivals.append(time.monotonic())
         finally:
             context.destroy(0)
+
+    def wait_joined(self, timeout_s: float = 15.0) -> None:
+        """Until the log's handshake with the bus is done (made before the stack starts, it waits for the
+        bus): its subscription goes with it, so the events of what the test does next are collected."""
+        if not self._joined.wait(timeout_s):
+            raise RuntimeError(f"the event log did not join the bus within {timeout_s} s")
 
     def close(self) -> None:
         self._stop.set()
