@@ -13,17 +13,19 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
-from dynknock.lab.stack import VENV_BIN, prepare_workdir
+from dynknock.lab.stack import VENV_BIN, prepare_workdir, wait_subscribed
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -44,6 +46,8 @@ class StageEnv:
     control_port: int
     context: zmq.Context[Any]
     processes: list[subprocess.Popen[bytes]]
+    # Each socket of ours reports its finished ZMTP handshakes here (see wait_connected).
+    handshakes: dict[zmq.Socket[Any], zmq.Socket[Any]] = field(default_factory=dict)
 
     def write_config(self, *, backend: str = "none", services: dict[str, str] | None = None,
                      window_seconds: int = 30, extra_server: str = "", extra_bus: str = "") -> None:
@@ -86,6 +90,8 @@ table = "dkstage"
         sock: zmq.Socket[Any] = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 5000)  # a hang becomes a failure, not a stuck suite
+        # Monitored before it binds or connects, so that no handshake goes unseen.
+        self.handshakes[sock] = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         if bind:
             sock.bind(bind)
             if bind.startswith("ipc://"):  # we bind as root; the stage (dynknock) must connect
@@ -95,6 +101,17 @@ table = "dkstage"
         if connect:
             sock.connect(connect)
         return sock
+
+    def wait_connected(self, sock: zmq.Socket[Any], what: str, timeout_s: float = 10.0) -> None:
+        """Until one more peer of `sock` (made by :meth:`socket`) has finished its ZMTP handshake:
+        from then on a message either side sends reaches the other (no sleep stands for it)."""
+        if not self.handshakes[sock].poll(int(timeout_s * 1000)):
+            raise AssertionError(f"no handshake with {what} within {timeout_s} s")
+        recv_monitor_message(self.handshakes[sock])
+
+    def wait_subscribed(self, *prefixes: str, timeout_s: float = 10.0) -> None:
+        """Until knock-bus has taken a subscription to each prefix from some tap (see stack.wait_subscribed)."""
+        wait_subscribed(self.endpoints.events, prefixes, timeout_s)
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout_s
@@ -108,6 +125,37 @@ table = "dkstage"
 # Exactly how supervisord.conf starts the gate: the dynknock user with only CAP_NET_ADMIN.
 GATE_PRIVILEGES = ("/usr/bin/setpriv", "--reuid=dynknock", "--regid=dynknock", "--init-groups", "--no-new-privs",
                    "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin")
+
+
+@pytest.fixture
+def echo_service() -> Iterator[int]:
+    """A TCP echo service on 127.0.0.1 (a thread per connection) that echoes until EOF, then closes."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def start_relay(env: StageEnv, services: dict[str, str], prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """knock-relay for `services`, once its command socket is there (door commands may follow)."""
+    env.write_config(services=services)
+    relay = env.start("knock-relay", prefix=prefix)
+    env.wait_for(lambda: (env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    return relay
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

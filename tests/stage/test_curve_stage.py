@@ -7,6 +7,7 @@ import pwd
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -38,7 +39,7 @@ def tcp_config(env: StageEnv, curve: Path) -> dict[str, str]:
     return endpoints
 
 
-def dealer(env: StageEnv, endpoint: str, curve: Path, secret_file: Path | None) -> zmq.Socket[object]:
+def dealer(env: StageEnv, endpoint: str, curve: Path, secret_file: Path | None) -> zmq.Socket[Any]:
     sock = env.socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVTIMEO, 2000)
     if secret_file is not None:
@@ -58,8 +59,8 @@ def test_gate_over_tcp_answers_only_curve_clients_with_our_keys(stage_env: Stage
     curve = make_keys(stage_env)
     endpoints = tcp_config(stage_env, curve)
     stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
-    time.sleep(1.0)
     ours = dealer(stage_env, endpoints["gate"], curve, curve / "auth.key_secret")
+    stage_env.wait_connected(ours, what="the gate, over CURVE")  # then our 2 s receive timeout is for the answer
     ours.send(door_open())
     assert bus.decode_as(ours.recv(), bus.DoorResult).ok
     # A client without CURVE, and one with a key pair of its own: no answer, no door.

@@ -96,7 +96,9 @@ def test_only_the_dynknock_group_can_read_the_metrics(stage_env: StageEnv) -> No
 
     member = probe(AS_GROUP_MEMBER, port, token_file)
     assert member["token_read"] is True
-    status, body = member["with_token"]  # type: ignore[misc]
+    with_token = member["with_token"]
+    assert isinstance(with_token, list)  # [status, body], as JSON gives a tuple back
+    status, body = with_token
     assert status == 200 and 'dynknock_stage_up{stage="auth"} 0.0' in body
 
     token = token_file.read_text().strip()

@@ -9,43 +9,19 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from dynknock import bus
-from tests.stage.conftest import StageEnv, free_port
+from tests.stage.conftest import StageEnv, free_port, start_relay
 
 pytestmark = pytest.mark.stage
 
 FD_LIMIT = 128
 MAX_DOORS = 300  # bound of the loops: far more than FD_LIMIT descriptors
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@pytest.fixture
-def echo_service() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0), backlog=64)
-
-    def echo(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -71,9 +47,8 @@ def echoes(sock: socket.socket, payload: bytes, timeout_s: float) -> bool:
 
 def test_relay_short_of_descriptors_refuses_clearly_does_not_spin_and_recovers(stage_env: StageEnv,
                                                                                echo_service: int) -> None:
-    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
-    relay = stage_env.start("knock-relay", prefix=("/usr/bin/prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"))
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    relay = start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"},
+                        prefix=("/usr/bin/prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"))
     commands = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.relay)
     base = 40000 + free_port() % 9000
 
@@ -110,7 +85,7 @@ def test_relay_short_of_descriptors_refuses_clearly_does_not_spin_and_recovers(s
     late = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.relay)
     late.send(door_open(echo_service, base + MAX_DOORS + 1, "late"))
     assert bus.decode_as(late.recv(), bus.DoorResult).detail.startswith("out_of_descriptors:")
-    time.sleep(3.0)
+    time.sleep(3.0)  # not a handshake: the 3 s over which the relay's CPU and log lines are measured
     cpu_used = cpu_seconds(relay.pid) - cpu_before
     log_lines = len(stage_env.log("knock-relay").splitlines()) - log_before
     assert cpu_used < 0.6, f"relay used {cpu_used:.2f} s of CPU in 3 s while short of descriptors"

@@ -5,37 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
 
 from dynknock import bus
-from tests.stage.conftest import StageEnv, free_port
+from tests.stage.conftest import StageEnv, free_port, start_relay
 
 pytestmark = pytest.mark.stage
-
-
-@pytest.fixture
-def echo_service() -> Iterator[int]:
-    """A TCP echo server that echoes until EOF, then closes (to show half-close works)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield port
-    server.close()
 
 
 def open_door(env: StageEnv, service_port: int, client: str, door_port: int) -> bus.DoorResult:
@@ -54,14 +32,16 @@ def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
 
 
 def test_relay_forwards_the_authorised_peer_with_half_close(stage_env: StageEnv, echo_service: int) -> None:
-    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
-    stage_env.start("knock-relay")
+    start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"})
     door_port = 40000 + free_port() % 10000
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
     assert open_door(stage_env, echo_service, "127.0.0.1", door_port).ok
     with connect(door_port) as conn:
         payload = bytes(range(256)) * 4096  # 1 MiB through the splice pump
-        sender = threading.Thread(target=lambda: (conn.sendall(payload), conn.shutdown(socket.SHUT_WR)))
+        def send_all_then_eof() -> None:
+            conn.sendall(payload)
+            conn.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_all_then_eof)
         sender.start()
         received = bytearray()
         while chunk := conn.recv(65536):
@@ -74,10 +54,8 @@ def test_relay_forwards_the_authorised_peer_with_half_close(stage_env: StageEnv,
 
 
 def test_relay_refuses_a_foreign_peer_and_keeps_the_door(stage_env: StageEnv, echo_service: int) -> None:
-    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
-    stage_env.start("knock-relay")
+    start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"})
     door_port = 40000 + free_port() % 10000
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
     assert open_door(stage_env, echo_service, "127.0.0.2", door_port).ok
     received = b""
     try:  # reset at connect, at send or at receive: all fine, as long as no byte comes back
@@ -94,9 +72,7 @@ def test_relay_refuses_a_foreign_peer_and_keeps_the_door(stage_env: StageEnv, ec
 
 
 def test_relay_refuses_a_target_that_is_not_a_service(stage_env: StageEnv, echo_service: int) -> None:
-    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
-    stage_env.start("knock-relay")
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"})
     result = open_door(stage_env, 22, "127.0.0.1", 41111)
     assert not result.ok and "not a configured service" in result.detail
 
@@ -134,10 +110,8 @@ def test_relay_counts_each_direction_on_its_own(stage_env: StageEnv) -> None:
                 pass
 
     threading.Thread(target=serve, daemon=True).start()
-    stage_env.write_config(services={"svc": f"127.0.0.1:{service_port}"})
     stage_env.start("knock-bus")
-    stage_env.start("knock-relay")
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    start_relay(stage_env, {"svc": f"127.0.0.1:{service_port}"})
     events = subscribe_relay_events(stage_env)
     door_port = 40000 + free_port() % 10000
     assert open_door(stage_env, service_port, "127.0.0.1", door_port).ok
@@ -156,9 +130,7 @@ def test_relay_counts_each_direction_on_its_own(stage_env: StageEnv) -> None:
 def test_relay_says_address_in_use_when_another_socket_holds_the_port(stage_env: StageEnv,
                                                                       echo_service: int) -> None:
     """Issue 11 §5: exactly the prefix on which auth moves the door to another port."""
-    stage_env.write_config(services={"echo": f"127.0.0.1:{echo_service}"})
-    stage_env.start("knock-relay")
-    stage_env.wait_for(lambda: (stage_env.workdir / "run" / "relay.sock").exists(), what="relay socket")
+    start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"})
     for _ in range(20):  # a door-range port no one else holds, then hold it ourselves
         door_port = 40000 + free_port() % 10000
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

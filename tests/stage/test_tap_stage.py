@@ -14,6 +14,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.lab.stack import VENV_BIN
+from dynknock.topics import ALIVE
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage
@@ -41,11 +42,20 @@ def start_tap(env: StageEnv, *args: str) -> subprocess.Popen[str]:
 
 def test_tap_prints_events_of_a_real_stage_in_plain_english_paper_style_and_json(stage_env: StageEnv) -> None:
     stage_env.start("knock-bus")
-    stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
     lines_tap = start_tap(stage_env, "--topic", "gate.rule.", "--count", "3")
-    paper_tap = start_tap(stage_env, "--paper", "--topic", "gate.rule.", "--count", "3")
+    # The same three events by other prefixes than the first tap's: the bus passes on only a prefix new
+    # to it, so that wait_subscribed can see that this tap's subscriptions arrived too.
+    paper_tap = start_tap(stage_env, "--paper", "--topic", "gate.rule.added", "--topic", "gate.rule.refused",
+                          "--count", "3")
     json_tap = start_tap(stage_env, "--json", "--topic", "gate.", "--count", "3")
-    time.sleep(1.5)  # subscriptions travel to the proxy before the events (a tap sees only what follows)
+    heartbeats = stage_env.socket(zmq.SUB, connect=stage_env.endpoints.tap)
+    heartbeats.setsockopt(zmq.SUBSCRIBE, ALIVE["gate"].encode())
+    # A tap sees only what follows its subscription: each of them (and ours) must have reached the bus.
+    stage_env.wait_subscribed("gate.rule.", "gate.rule.added", "gate.rule.refused", "gate.", ALIVE["gate"])
+    # Started after them, the gate's publisher takes every one of them at once as it connects to the bus:
+    # its first heartbeat through the bus says that they are all in (the handshake, not a sleep).
+    stage_env.start("knock-gate", prefix=GATE_PRIVILEGES)
+    assert heartbeats.poll(10_000), "no heartbeat of the gate through the bus"
     drive_gate(stage_env, 2)
     lines, _ = lines_tap.communicate(timeout=10)
     paper = paper_tap.communicate(timeout=10)[0].splitlines()
@@ -85,7 +95,9 @@ def test_metrics_endpoint_counts_events(stage_env: StageEnv) -> None:
     stage_env.wait_for(lambda: _answers(port, token), what="metrics endpoint")
     before = scrape(port, token)
     assert before['dynknock_gate_rules_total{operation="added"}'] == 0
-    time.sleep(1.0)
+    # The gate's heartbeat counted: its publisher has the metrics tap's subscription (the tap's alone), so
+    # the events below reach it (the handshake, not a sleep).
+    stage_env.wait_for(lambda: scrape(port, token)['dynknock_stage_up{stage="gate"}'] == 1.0, what="gate heartbeat")
     drive_gate(stage_env, 3)
     stage_env.wait_for(lambda: scrape(port, token)['dynknock_gate_rules_total{operation="added"}'] == 3, what="3 rules")
     after = scrape(port, token)
