@@ -31,9 +31,9 @@ from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.users import User, UsersFileError, load_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
+from dynknock.limits import TokenBuckets
 from dynknock.stage import (
     Shell,
-    TokenBuckets,
     common_arguments,
     drop_privileges,
     load_config_or_exit,

@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dynknock.stage import TokenBuckets
+from dynknock.limits import TokenBuckets
 
 T = TypeVar("T")
 

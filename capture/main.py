@@ -24,9 +24,9 @@ from dynknock.capture.core import WRAPPED, build_filter, parse_frame, peek_datag
 from dynknock.capture.fairness import Shedder, fair_order
 from dynknock.capture.filters import Filters
 from dynknock.config import Config
+from dynknock.limits import PerSecond
 from dynknock.protocol import PacketType
 from dynknock.stage import (
-    PerSecond,
     Shell,
     common_arguments,
     drop_privileges,

@@ -2,7 +2,7 @@
 
 Layers, bottom up; an import only ever goes down (tests/unit/test_layout.py):
   wire      protocol, keys: the packets and keys that client, capture and auth all speak
-  shared    bus, topics, transport, config, stage, events, metrics, replies, rundir (server runtime)
+  shared    bus, topics, limits, transport, config, stage, events, metrics, replies, rundir (server runtime)
   stages    capture, auth, gate, relay, client; the tools busd, tap, status
   lab       lab.netlab, lab.stack, lab.demo: namespaces and whole stacks for tests and the demo
 """

@@ -18,8 +18,8 @@ PACKAGE = REPO / "dynknock"
 STAGES = ("capture", "auth", "gate", "relay", "client")
 
 WIRE = {"dynknock.protocol", "dynknock.keys"}
-SHARED = {"dynknock.bus", "dynknock.topics", "dynknock.transport", "dynknock.config", "dynknock.stage",
-          "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir"}
+SHARED = {"dynknock.bus", "dynknock.topics", "dynknock.limits", "dynknock.transport", "dynknock.config",
+          "dynknock.stage", "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir"}
 TOOLS = {"dynknock.busd", "dynknock.tap", "dynknock.status"}
 
 

@@ -1,4 +1,4 @@
-"""dynknock/stage.py's two limiters, the only ones the stages use: PerSecond (log lines and
+"""dynknock/limits.py's two limiters, the only ones the stages use: PerSecond (log lines and
 reports of remote garbage) and TokenBuckets (auth's per-user log, capture's shedding).
 Time is passed in: no clock, no sleep."""
 
@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from dynknock.stage import PerSecond, RateLimitedLog, TokenBuckets
+from dynknock.limits import PerSecond, TokenBuckets
+from dynknock.stage import RateLimitedLog
 
 
 def test_per_second_takes_its_limit_in_each_whole_second_and_counts_the_rest() -> None:
