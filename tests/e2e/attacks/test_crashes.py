@@ -11,16 +11,7 @@ import pytest
 
 from dynknock import protocol as proto
 from dynknock.topics import Topic
-from tests.e2e.attacks.world import (
-    CLIENT,
-    CONTROL_PORT,
-    LONG_WINDOW_S,
-    STAGES,
-    WINDOW_S,
-    World,
-    record_figures,
-    wait_until,
-)
+from tests.e2e.attacks.world import CLIENT, CONTROL_PORT, LONG_WINDOW_S, STAGES, World, record_figures, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +41,7 @@ def test_sigkill_of_relay_mid_session_leaves_nothing_open(world: World) -> None:
     world.stack.wait_alive(20)
     wait_until(lambda: not world.door_connections(), 5, every=0.2)
     left = world.door_connections()
-    doors = world.wait_doors(lambda d: not d, WINDOW_S + 4)
+    doors = world.wait_doors(lambda d: not d, world.window_s + 4)
     listeners = world.door_listeners()
     record_figures("crash_mid_relay", session_exit=session.returncode, connections_during=len(during),
                    connections_left=left, doors_after_window=sorted(doors))

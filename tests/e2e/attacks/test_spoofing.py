@@ -13,19 +13,11 @@ import pytest
 from dynknock.lab.netlab import Host, NetLab, SshdInfo, start_sshd
 from dynknock.lab.stack import EventLog, LabUser, Stack, door_port, prepare_workdir, write_config, write_users
 from dynknock.topics import Topic
-from tests.e2e.attacks.world import (
-    CONTROL_PORT,
-    NONE_PREFIX,
-    PYTHON,
-    REPO,
-    TOOLS,
-    WINDOW_S,
-    World,
-    record_figures,
-    wait_until,
-)
+from tests.e2e.attacks.world import CONTROL_PORT, PYTHON, REPO, TOOLS, WINDOW_S, World, record_figures, wait_until
 
 pytestmark = pytest.mark.e2e
+
+NONE_PREFIX = "dkan"  # the second lab, with no firewall
 
 
 def test_knocks_from_another_source_never_complete_a_sequence(world: World) -> None:

@@ -72,7 +72,6 @@ from dynknock.topics import Topic
 REPO = Path(__file__).resolve().parents[3]
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 PREFIX = "dka"
-NONE_PREFIX = "dkan"
 WINDOW_S = 5
 LONG_WINDOW_S = 16
 CONTROL_PORT = proto.CONTROL_PORT
