@@ -484,7 +484,7 @@ def cmd_nft(args: dict[str, Any]) -> None:
     from dynknock.gate.main import Nft
 
     settings = core.GateSettings(table=args.get("table", "dkbench"), door_port_low=40000, door_port_high=49999,
-                                 window_seconds=30, control_port=CONTROL_PORT, stealth=False)
+                                 window_seconds=30, stealth=False)
     count, batch = int(args["count"]), int(args["batch"])
     nft = Nft()
 

@@ -99,7 +99,7 @@ def capture_filter_compile(pair_counts: tuple[int, ...] = (0, 3, 30, 200, 201)) 
 
 def gate_core_ops(seconds: float) -> list[Row]:
     settings = gate_core.GateSettings(table="dynknock", door_port_low=40000, door_port_high=49999, window_seconds=30,
-                                      control_port=CONTROL_PORT, stealth=True)
+                                      stealth=True)
     now = int(time.time() * 1000)
     commands = [bus.DoorOpen(secrets.token_hex(8), "u", f"198.19.{i // 250}.{i % 250 + 1}", 40000 + i % 10000,
                              "127.0.0.1", 22, now + 20_000, True) for i in range(2000)]

@@ -52,7 +52,6 @@ class GateSettings:
     door_port_low: int
     door_port_high: int
     window_seconds: int
-    control_port: int
     stealth: bool
     public_tcp_ports: tuple[int, ...] = ()
     public_udp_ports: tuple[int, ...] = ()

@@ -95,7 +95,7 @@ def settings_from(config: Config) -> core.GateSettings:
                                if s.forward == "kernel")
     return core.GateSettings(table=config.nft_table, door_port_low=config.door_port_low,
                              door_port_high=config.door_port_high, window_seconds=config.window_seconds,
-                             control_port=config.control_port, stealth=config.stealth,
+                             stealth=config.stealth,
                              public_tcp_ports=config.public_tcp_ports, public_udp_ports=config.public_udp_ports,
                              kernel_targets=kernel_targets)
 

@@ -21,7 +21,7 @@ from dynknock.gate.core import DoorElement, GateSettings, Invalid
 
 NOW = 1_700_000_000_000
 SETTINGS = GateSettings(table="dynknock", door_port_low=40000, door_port_high=49999, window_seconds=30,
-                        control_port=62201, stealth=True)
+                        stealth=True)
 WINDOW_MS = SETTINGS.window_seconds * 1000
 DOOR_ID = "0123456789abcdef0123456789abcdef"
 
