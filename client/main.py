@@ -45,7 +45,7 @@ EXIT_NO_RAW_SOCKET = 5
 EXIT_UNAVAILABLE = 6
 EXIT_HOST = 7  # unknown host, no route, no address of the family asked for
 
-SKEW_S = 60  # the server's default clock window (auth/engine.py EngineConfig.skew_s)
+SKEW_S = 60  # the server's default clock window (server.clock_skew_seconds, dynknock/config.py)
 
 RAW_SOCKET_ADVICE = (f"{PROG}: sending the SYN knocks needs a raw socket: run as root or grant CAP_NET_RAW "
                      "(sudo setcap cap_net_raw+ep $(readlink -f $(which python3)))")
