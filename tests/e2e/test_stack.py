@@ -8,10 +8,8 @@ need root and netns and FAIL without them: CI has both.
 
 from __future__ import annotations
 
-import re
-import shlex
+import secrets
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +17,21 @@ from pathlib import Path
 import pytest
 
 from dynknock import bus
-from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.keys import write_key_file
+from dynknock.lab.netlab import NetLab, SshdInfo, pcap_text
+from dynknock.lab.stack import DOOR_LINE, VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW_S = 5
 CLIENT = str(VENV_BIN / "knock-client")
-DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
 
 
 class Lab:
-    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo, workdir: Path) -> None:
-        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, workdir
-        self.bob_key = workdir / "bob.key"
+    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo) -> None:
+        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, stack.workdir
+        self.bob_key = self.workdir / "bob.key"
 
     def knock(self, *args: str, user: str = "alice", password: str | None = "alice-pw",
               host: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -49,13 +47,10 @@ class Lab:
     def open_door(self, host: str | None = None, **kwargs: str) -> int:
         done = self.knock(host=host, **kwargs)  # type: ignore[arg-type]
         assert done.returncode == 0, done.stderr
-        match = DOOR_LINE.search(done.stdout + done.stderr)
-        assert match, done.stdout + done.stderr
-        return int(match.group(2))
+        return door_port(done.stdout + done.stderr)
 
     def ssh_command(self, command: str) -> str:
-        ssh = " ".join(shlex.quote(a) for a in self.sshd.ssh_argv("{host}"))
-        return f"{ssh} -p {{port}} {command}"
+        return ssh_command(self.sshd, command)
 
     def door_elements(self) -> str:
         out = self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors4"]).stdout
@@ -63,28 +58,17 @@ class Lab:
         return "".join(line for line in out.splitlines() if "elements" in line)
 
 
+BOB_KEY = bytes(range(32))
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[Lab]:
-    require_privileges()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-e2e-"))
-    with NetLab("dke") as lab:
-        prepare_workdir(workdir)
-        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S)
-        bob_key = bytes(range(32))
-        (workdir / "bob.key").write_text(__import__("base64").b64encode(bob_key).decode() + "\n")
-        (workdir / "bob.key").chmod(0o600)
-        write_users(workdir / "users.json", [
-            LabUser("alice", password="alice-pw"),
-            LabUser("bob", key=bob_key),
-            LabUser("carol", password="carol-pw", expires="2020-01-01T00:00:00+00:00"),
-        ])
-        sshd = start_sshd(lab, lab.server, workdir / "ssh")
-        stack = Stack(lab, workdir, REPO / "supervisord.conf")
-        try:
-            stack.start()
-            yield Lab(lab, stack, sshd, workdir)
-        finally:
-            stack.stop()
+    users = [LabUser("alice", password="alice-pw"), LabUser("bob", key=BOB_KEY),
+             LabUser("carol", password="carol-pw", expires="2020-01-01T00:00:00+00:00")]
+    with lab_stack("dke", REPO / "supervisord.conf", users, window_seconds=WINDOW_S) as (lab, stack, sshd):
+        world = Lab(lab, stack, sshd)
+        write_key_file(world.bob_key, BOB_KEY)
+        yield world
 
 
 def test_exec_ssh_through_the_door(world: Lab) -> None:
@@ -111,18 +95,14 @@ def test_ipv6_knock_and_ssh(world: Lab) -> None:
 def _silence_probe(world: Lab, ports: list[int], udp_ports: list[int]) -> tuple[list[str], str]:
     """From the attacker: TCP connects and UDP junk; returns (tcp results, what the server sent back)."""
     server = world.lab.server.ipv4
-    dump = world.lab.popen(world.lab.attacker, ["tcpdump", "-n", "-l", "-i", "eth0", "-c", "50",
-                                                f"ip src {server}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    time.sleep(1.0)  # tcpdump must be capturing before we probe
-    results = [world.lab.tcp_probe(world.lab.attacker, server, port, timeout=0.5) for port in ports]
-    script = ("import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-              f"for p in {udp_ports!r}:\n    s.sendto(os.urandom(130),('{server}',p))\n")
-    world.lab.run(world.lab.attacker, ["python3", "-c", script])
-    time.sleep(1.0)
-    dump.terminate()
-    out, _ = dump.communicate(timeout=5)
-    return results, out
+    with world.lab.sniff(world.lab.attacker, f"ip src {server}",
+                         world.workdir / f"silence-{secrets.token_hex(4)}.pcap") as capture:
+        results = [world.lab.tcp_probe(world.lab.attacker, server, port, timeout=0.5) for port in ports]
+        script = ("import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                  f"for p in {udp_ports!r}:\n    s.sendto(os.urandom(130),('{server}',p))\n")
+        world.lab.run(world.lab.attacker, ["python3", "-c", script])
+        time.sleep(1.0)  # not a handshake: the second in which an answer (there must be none) would come
+    return results, pcap_text(capture)
 
 
 def test_attacker_gets_nothing_from_an_open_door(world: Lab) -> None:
@@ -140,7 +120,7 @@ def test_silence_before_knock_and_after_window(world: Lab) -> None:
     assert all(r == "TimeoutError" for r in results), results
     assert replies.strip() == "", replies
     port = world.open_door()
-    time.sleep(WINDOW_S + 1.5)
+    time.sleep(WINDOW_S + 1.5)  # the behaviour under test: the door's window runs out
     results, replies = _silence_probe(world, [port], [62201])
     assert results == ["TimeoutError"] and replies.strip() == "", (results, replies)
 
@@ -153,7 +133,7 @@ def test_door_closes_on_time_but_established_session_stays(world: Lab) -> None:
                                                  world.lab.server.ipv4],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     port = world.open_door()
-    time.sleep(WINDOW_S + 1)
+    time.sleep(WINDOW_S + 1)  # the behaviour under test: the door's window runs out, the session does not
     # The unused door's window has ended: a new connection gets nowhere.
     assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port) == "TimeoutError"
     out, err = session.communicate(timeout=30)
@@ -164,8 +144,7 @@ def test_door_closes_on_time_but_established_session_stays(world: Lab) -> None:
 @pytest.mark.parametrize("user,password", [("alice", "wrong-password"), ("mallory", "alice-pw"),
                                            ("carol", "carol-pw")])
 def test_bad_credentials_get_silence_and_no_door(world: Lab, user: str, password: str) -> None:
-    with world.stack.tap() as tap:
-        time.sleep(0.3)
+    with world.stack.tap() as tap:  # subscribed before the knock (a handshake)
         done = world.knock(user=user, password=password)
         rejected = []
         while tap.poll(100):
@@ -187,7 +166,7 @@ def test_stage_killed_restarts_and_fails_closed(world: Lab, stage: str) -> None:
     old_pid = world.stack.kill_stage(stage)
     world.stack.wait_alive(20)
     assert world.stack.stage_pid(stage) != old_pid
-    time.sleep(WINDOW_S + 1)
+    time.sleep(WINDOW_S + 1)  # the behaviour under test: the kernel times the rule out on its own
     assert world.door_elements() == ""  # the kernel timed the rule out, whoever died
     assert world.lab.tcp_probe(world.lab.client, world.lab.server.ipv4, port) == "TimeoutError"
     done = world.knock("--exec", world.ssh_command("echo back"))
