@@ -2,7 +2,7 @@
 
 A module of its own, importing nothing, so that ``knock-client --help`` can show them
 without loading the config and key-file code. The control port is the wire layer's
-(dynknock/protocol.py CONTROL_PORT).
+(dynknock/rules.py CONTROL_PORT).
 """
 
 from __future__ import annotations

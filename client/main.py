@@ -21,6 +21,7 @@ import sys
 
 from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SERVICE
 from dynknock.client.paths import path_text
+from dynknock.rules import CONTROL_PORT, is_port, is_service_name
 
 # typing.TYPE_CHECKING without importing typing (a few ms); mypy treats the name alike.
 TYPE_CHECKING = False
@@ -117,8 +118,6 @@ class Options:
 
 
 def _port(text: str) -> int:
-    from dynknock.protocol import is_port  # only when the option is given; the knock imports it anyway
-
     try:
         value = int(text)
     except ValueError:
@@ -139,8 +138,6 @@ def _timeout(text: str) -> float:
 
 
 def _service(text: str) -> str:
-    from dynknock.protocol import is_service_name
-
     if not is_service_name(text):
         raise ValueError(f"{text!r}: 1-16 characters of a-z 0-9 _ -")
     return text
@@ -202,9 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "send them, and get a door (a random port, open to your address only) to the service.")
     parser.add_argument("host", nargs="?", metavar="HOST",
                         help="server name or address, or NAME of a [servers.NAME] stanza in the config file")
-    # dynknock.protocol.CONTROL_PORT, written out because --help does not import the wire layer
-    # (~6 ms); tests/unit/test_client_args.py checks that the two agree.
-    parser.add_argument("-p", "--port", type=checked(_port), help="control UDP port (default 62201)")
+    parser.add_argument("-p", "--port", type=checked(_port), help=f"control UDP port (default {CONTROL_PORT})")
     parser.add_argument("-u", "--user", help="user name (default $USER)")
     parser.add_argument("-s", "--service", type=checked(_service), help=f"service to open (default {DEFAULT_SERVICE})")
     parser.add_argument("-k", "--key-file", type=path_text, metavar="PATH",

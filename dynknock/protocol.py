@@ -30,6 +30,14 @@ import struct
 
 from dynknock.keys import HINT_LEN, SessionKeys
 
+# Re-exported: the rules a packet's fields follow are the protocol's (dynknock/rules.py says why
+# they live apart).
+from dynknock.rules import CONTROL_PORT as CONTROL_PORT
+from dynknock.rules import SERVICE_NAME_CHARACTERS as SERVICE_NAME_CHARACTERS
+from dynknock.rules import SERVICE_NAME_LEN as SERVICE_NAME_LEN
+from dynknock.rules import is_port as is_port
+from dynknock.rules import is_service_name as is_service_name
+
 # typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
 # this module on every start (ssh starts it for every connection): typing costs it ~3 ms, and the
 # dataclasses module ~10 ms (it imports inspect, ast, dis, tokenize), so at run time the records
@@ -38,7 +46,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from dataclasses import dataclass as dataclass  # re-exported: tests/unit/test_protocol.py uses it
-    from typing import Any, Final, TypeAlias, TypeGuard
+    from typing import Any, Final, TypeAlias
 
     # The AEAD (XChaCha20-Poly1305) that seal and open_packet use: pycryptodome's by default,
     # client/crypto.py's standard-library one in knock-client.
@@ -117,9 +125,6 @@ NONCE_LEN: Final = 24
 TAG_LEN: Final = 16
 KNOCK_COUNT: Final = 3
 REQUEST_ID_LEN: Final = 16
-SERVICE_NAME_LEN: Final = 16
-SERVICE_NAME_CHARACTERS: Final = "abcdefghijklmnopqrstuvwxyz0123456789_-"
-CONTROL_PORT: Final = 62201  # the default UDP port of P1/P2 (server.control_port, the client's port)
 
 _HEADER = struct.Struct("!BB8s24s")
 HEADER_LEN: Final = _HEADER.size  # 34
@@ -253,17 +258,6 @@ def _unpack_address(raw: bytes) -> IPAddress | None | Reject:
     if family == AddressFamily.IPV6:
         return ipaddress.IPv6Address(body)
     return Reject(RejectReason.BAD_FIELD, "address")
-
-
-def is_service_name(name: str) -> bool:
-    """What a P1 can carry as its service: 1-16 of [a-z0-9_-]. The one rule for the client's
-    options and config, knock-admin and the server's config."""
-    return 1 <= len(name) <= SERVICE_NAME_LEN and all(c in SERVICE_NAME_CHARACTERS for c in name)
-
-
-def is_port(value: object) -> TypeGuard[int]:
-    """A TCP/UDP port number, 1-65535 (a bool is no number here, though Python says it is an int)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 def _pack_service(name: str) -> bytes:

@@ -120,8 +120,6 @@ def test_a_bad_value_is_named_with_why(argv: list[str], message: str, empty_conf
 
 
 def test_help_names_the_control_port(capsys: pytest.CaptureFixture[str]) -> None:
-    # client/main.py writes the number out (--help does not import dynknock.protocol): this is
-    # the one place that checks it is CONTROL_PORT.
     assert run(["--help"], Io()) == EXIT_OK
     assert f"control UDP port (default {CONTROL_PORT})" in " ".join(capsys.readouterr().out.split())
 

@@ -264,7 +264,7 @@ def test_the_knocking_client_loads_only_the_standard_library_and_its_own_code() 
     assert foreign == set()
     # The wire layer and the client, nothing of the server (auth's engine, the bus, config).
     assert {m for m in ours if not m.startswith("dynknock.client")} == {"dynknock", "dynknock.keys",
-                                                                         "dynknock.protocol"}
+                                                                         "dynknock.protocol", "dynknock.rules"}
     assert not loaded & {"subprocess", "getpass", "tomllib", "typing_extensions"}
 
 
