@@ -14,10 +14,8 @@ Every loop here is bounded in count and time; the squatter is stopped in finally
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +25,15 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.lab.netlab import NetLab, SshdInfo
+from dynknock.lab.stack import VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
+from dynknock.topics import Topic
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = str(VENV_BIN / "knock-client")
 ADMIN = str(VENV_BIN / "knock-admin")
-DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
 WINDOW_S = 20
 RANGE = (63000, 63063)  # 64 ports: small, so that squatting most of it matters
 SQUATTED = (63000, 63039)  # 40 of the 64
@@ -56,8 +54,8 @@ time.sleep(float(sys.argv[3]))
 
 
 class World:
-    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo, workdir: Path) -> None:
-        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, workdir
+    def __init__(self, lab: NetLab, stack: Stack, sshd: SshdInfo) -> None:
+        self.lab, self.stack, self.sshd, self.workdir = lab, stack, sshd, stack.workdir
 
     def knock(self, user: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return self.lab.run(self.lab.client, [CLIENT, "-u", user, "--password-stdin", "--timeout", "3", *args,
@@ -69,13 +67,11 @@ class World:
         started = time.monotonic()
         done = self.knock(user, *args)
         took = time.monotonic() - started
-        match = DOOR_LINE.search(done.stdout + done.stderr)
-        assert done.returncode == 0 and match, (done.returncode, done.stdout, done.stderr)
-        return int(match.group(2)), took
+        assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+        return door_port(done.stdout + done.stderr), took
 
     def ssh_echo(self, user: str, word: str, *service: str) -> str:
-        ssh = " ".join(self.sshd.ssh_argv("{host}"))
-        done = self.knock(user, *service, "--exec", f"{ssh} -p {{port}} echo {word}", timeout=60)
+        done = self.knock(user, *service, "--exec", ssh_command(self.sshd, f"echo {word}"), timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -98,35 +94,25 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    require_privileges()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-e2e-doors-"))
-    with NetLab("dkd") as lab:
-        prepare_workdir(workdir)
-        config = workdir / "dynknock.toml"
-        # ssh relayed (the relay binds each door port: what a squatter can block); sshk the same
-        # sshd forwarded by the kernel.
-        write_config(config, workdir, lab, window_seconds=WINDOW_S, extra=f"max_doors_per_user = {CAP}\n",
-                     services={"ssh": "127.0.0.1:22", "sshk": "127.0.0.1:22"},
-                     forward={"ssh": "relay", "sshk": "kernel"})
-        text = config.read_text()
-        assert 'door_ports = "63000-65535"' in text  # the lab's default range, narrowed here
-        config.write_text(text.replace('door_ports = "63000-65535"', f'door_ports = "{RANGE[0]}-{RANGE[1]}"'))
-        write_users(workdir / "users.json", [LabUser(u, password=f"{u}-pw", services=("ssh", "sshk"))
-                                             for u in USERS])
-        sshd = start_sshd(lab, lab.server, workdir / "ssh")
-        stack = Stack(lab, workdir, REPO / "supervisord.conf")
-        try:
-            stack.start()
-            yield World(lab, stack, sshd, workdir)
-        finally:
-            stack.stop()
+    users = [LabUser(u, password=f"{u}-pw", services=("ssh", "sshk")) for u in USERS]
+    # ssh relayed (the relay binds each door port: what a squatter can block); sshk the same
+    # sshd forwarded by the kernel; the lab's door range narrowed to RANGE.
+    config: dict[str, Any] = {
+        "window_seconds": WINDOW_S, "extra": f"max_doors_per_user = {CAP}\n", "door_ports": f"{RANGE[0]}-{RANGE[1]}",
+        "services": {"ssh": "127.0.0.1:22", "sshk": "127.0.0.1:22"}, "forward": {"ssh": "relay", "sshk": "kernel"}}
+    with lab_stack("dkd", REPO / "supervisord.conf", users, **config) as (lab, stack, sshd):
+        yield World(lab, stack, sshd)
 
 
-def _count_topic(sub: zmq.Socket[Any], topic: str) -> int:
-    count = 0
-    while sub.poll(0):
-        if sub.recv_multipart()[0].decode() == topic:
-            count += 1
+def _count_until(sub: zmq.Socket[Any], topic: str, until: str, times: int, timeout_s: float = 10.0) -> int:
+    """How many `topic` events come before the `times`-th `until` event (one publisher: in order)."""
+    count = seen = 0
+    deadline = time.monotonic() + timeout_s
+    while seen < times:
+        assert sub.poll(max(0, int((deadline - time.monotonic()) * 1000))), f"{seen} of {times} {until} events"
+        received = sub.recv_multipart()[0].decode()
+        count += received == topic
+        seen += received == until
     return count
 
 
@@ -139,15 +125,14 @@ def test_doors_open_while_an_unprivileged_user_squats_the_door_range(world: Worl
         assert squatter.stdout is not None
         line = squatter.stdout.readline()
         assert line.strip() == f"squatting {SQUATTED[1] - SQUATTED[0] + 1}", (line, squatter.stderr)
-        with world.stack.tap("auth.door.") as sub:
-            time.sleep(0.3)  # the subscription reaches the bus
+        with world.stack.tap("auth.door.") as sub:  # subscribed before the first knock (a handshake)
             ports, took = [], []
             for i in range(9):  # three users in turn: each stays below its cap of doors
                 port, seconds = world.door(("alice", "bob", "carol")[i % 3])
                 ports.append(port)
                 took.append(seconds)
-            time.sleep(0.5)
-            moved = _count_topic(sub, "auth.door.moved")
+            # a door's moves come before its opening: all are in once the ninth door's opening is
+            moved = _count_until(sub, Topic.AUTH_DOOR_MOVED, Topic.AUTH_DOOR_OPENED, 9)
         assert all(RANGE[0] <= p <= RANGE[1] and not SQUATTED[0] <= p <= SQUATTED[1] for p in ports), ports
         # with 40 of 64 ports squatted, nine doors without a single move would be a 1e-4 fluke
         assert moved >= 1, moved
@@ -188,8 +173,7 @@ def test_one_user_hogging_doors_leaves_others_their_door(world: World) -> None:
 def test_removed_users_open_door_is_closed(world: World) -> None:
     port, _ = world.door("erin")
     assert f". {port}" in world.door_elements()
-    with world.stack.tap("auth.door.revoked") as sub:
-        time.sleep(0.3)
+    with world.stack.tap("auth.door.revoked") as sub:  # subscribed before the removal (a handshake)
         world.lab.run(world.lab.server, [ADMIN, "--users-file", str(world.workdir / "users.json"), "remove", "erin"])
         started = time.monotonic()
         revoked = False
