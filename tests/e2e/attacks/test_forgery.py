@@ -95,7 +95,8 @@ def _hostile_key_holder(world: World) -> list[tuple[bytes, str]]:
     return [(alice.seal_raw_plaintext(proto.PacketType.P1, p), reason) for p, reason in cases]
 
 
-def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world: World) -> None:
+def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(no_doors: World) -> None:
+    world = no_doors
     lab = world.lab
     groups = _forgeries(world)
     hostile = _hostile_key_holder(world)
@@ -170,7 +171,8 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(world:
     assert delta == expected, f"rejection counters moved by {dict(delta)}, expected {dict(expected)}"
 
 
-def test_every_tcp_flag_combination_opens_nothing(world: World) -> None:
+def test_every_tcp_flag_combination_opens_nothing(no_doors: World) -> None:
+    world = no_doors
     lab = world.lab
     client = lab.client.ipv4
     pids = world.pids()

@@ -67,7 +67,8 @@ def _replay(world: World, frames: list[bytes | float], origin: Host, authenticat
     }
 
 
-def test_replay_of_a_recorded_exchange_opens_nothing(world: World) -> None:
+def test_replay_of_a_recorded_exchange_opens_nothing(no_doors: World) -> None:
+    world = no_doors
     recorded, door_port = record_exchange(world)
     kinds = Counter(f.kind for f in recorded)
     assert kinds["P1"] >= 1 and kinds["SYN"] >= 3 and kinds["P2"] >= 1 and kinds["P3"] >= 1, kinds
@@ -142,7 +143,8 @@ def _first_burst(frames: list[Frame]) -> list[Frame]:
     return []
 
 
-def test_race_from_another_address_opens_no_door(world: World) -> None:
+def test_race_from_another_address_opens_no_door(no_doors: World) -> None:
+    world = no_doors
     lab = world.lab
     server, client, attacker = lab.server.ipv4, lab.client.ipv4, lab.attacker.ipv4
     bpf = f"dst host {server} and (udp port {CONTROL_PORT} or (tcp[tcpflags] & tcp-syn != 0))"

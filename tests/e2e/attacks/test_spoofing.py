@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 NONE_PREFIX = "dkan"  # the second lab, with no firewall
 
 
-def test_knocks_from_another_source_never_complete_a_sequence(world: World) -> None:
+def test_knocks_from_another_source_never_complete_a_sequence(no_doors: World) -> None:
+    world = no_doors
     lab = world.lab
     server, client, attacker = lab.server.ipv4, lab.client.ipv4, lab.attacker.ipv4
     p1, request = world.alice.p1(client)

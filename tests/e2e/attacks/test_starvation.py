@@ -27,7 +27,8 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
 
 
-def test_legitimate_knock_succeeds_under_flood_and_syn_scan(world: World) -> None:
+def test_legitimate_knock_succeeds_under_flood_and_syn_scan(no_doors: World) -> None:
+    world = no_doors
     lab = world.lab
     pids = world.pids()
     capture_before = world.events.next_alive("capture")

@@ -19,10 +19,10 @@ doors wrongly opened, crashes, flood rate, time to door under flood, CPU) are
 written to $DYNKNOCK_ATTACK_FIGURES (default /tmp/dynknock-attack-figures.json);
 docs/SECURITY.md quotes them.
 
-The stack is started once for the package (`world`); every test starts from a
-settled stack (`settled`: the short window, no door, no door listener) and puts
-back what it changed (the door window, a killed stage), so tests run alone or in
-any order.
+The stack is started once for the package (`world`); every test starts with the
+door window it asks for (`settled`, `long_window`), a test that asserts on every
+door starts with none (`no_doors`), and a test that kills a stage waits until all
+are alive again: tests run alone or in any order.
 These tests need root, netns, nftables, tcpdump and sshd; they FAIL without them.
 """
 
@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,16 +417,6 @@ class World:
             self.stack.wait_alive(20)
         self.window_s = seconds
 
-    @contextmanager
-    def long_window(self) -> Iterator[None]:
-        """Doors stay open LONG_WINDOW_S within the block (so that a door outlives a stage's restart)."""
-        self.set_window(LONG_WINDOW_S)
-        try:
-            yield
-        finally:
-            self.wait_doors(lambda d: not d, self.window_s + 4)
-            self.set_window(WINDOW_S)
-
 
 # --- shared by several themes ------------------------------------------------------
 
@@ -539,12 +529,26 @@ def world() -> Iterator[World]:
 
 
 @pytest.fixture(autouse=True)
-def settled(world: World) -> World:
-    """Every test starts from the same stack: the short window, no door, no door listener (a door an
-    earlier test opened is waited out, never assumed gone). A test that kills a stage waits until
-    every stage is alive again before it ends."""
-    world.set_window(WINDOW_S)
-    doors = world.wait_doors(lambda d: not d, world.window_s + 4)
-    assert doors == set(), f"a door outlived its window: {doors}"
-    assert wait_until(lambda: not world.door_listeners(), 3, every=0.2), world.door_listeners()
+def settled(world: World, request: pytest.FixtureRequest) -> World:
+    """Every test starts with the window it asks for: LONG_WINDOW_S if it uses `long_window` (so that a
+    door outlives a stage's restart), WINDOW_S otherwise. Changing it restarts auth, gate and relay;
+    consecutive tests of one window pay nothing. A test that kills a stage waits until every stage is
+    alive again before it ends."""
+    world.set_window(LONG_WINDOW_S if "long_window" in request.fixturenames else WINDOW_S)
     return world
+
+
+@pytest.fixture
+def long_window(settled: World) -> int:
+    """Doors stay open LONG_WINDOW_S in this test (`settled` sets it)."""
+    return settled.window_s
+
+
+@pytest.fixture
+def no_doors(settled: World) -> World:
+    """No door and no door listener at the start (one an earlier test opened is waited out, never
+    assumed gone): for tests that assert on every door there is."""
+    doors = settled.wait_doors(lambda d: not d, settled.window_s + 4)
+    assert doors == set(), f"a door outlived its window: {doors}"
+    assert wait_until(lambda: not settled.door_listeners(), 3, every=0.2), settled.door_listeners()
+    return settled
