@@ -13,16 +13,12 @@ connection and its bytes, each direction on its own.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import re
 import secrets
 import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,8 +30,9 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.keys import write_key_file
+from dynknock.lab.netlab import SERVER_IPV6, Host, NetLab, SshdInfo
+from dynknock.lab.stack import VENV_BIN, LabUser, Stack, connect_handshaken, door_port, lab_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +43,6 @@ WINDOW_S = 6
 CLIENT = str(VENV_BIN / "knock-client")
 PYTHON = str(VENV_BIN / "python")
 BOB_KEY = bytes.fromhex("6b65726e656c2d646f6f72732d6b65792d666f722d626f622d30313233343536")
-DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
 WEB6_PORT = 2222
 STAGES = ("capture", "auth", "gate", "relay", "bus")
 
@@ -103,9 +99,8 @@ class KernelLab:
         host = self.lab.server.ipv4 if family == 4 else self.lab.server.ipv6
         done = self.lab.run(self.lab.client, [CLIENT, "-u", "bob", "-k", str(self.key_file), "--timeout", "5",
                                               "-s", service, *args, host], check=False, timeout=60)
-        match = DOOR_LINE.search(done.stdout + done.stderr)
-        assert done.returncode == 0 and match, done.stdout + done.stderr
-        return int(match.group(2))
+        assert done.returncode == 0, done.stdout + done.stderr
+        return door_port(done.stdout + done.stderr)
 
     def connect(self, port: int, family: int = 4, ask: int = 0, hold: float = 0.0) -> str:
         host = self.lab.server.ipv4 if family == 4 else self.lab.server.ipv6
@@ -122,25 +117,26 @@ class KernelLab:
 
 @pytest.fixture(scope="module")
 def kernel_lab() -> Iterator[KernelLab]:
-    require_privileges()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-kernel-"))
-    os.chmod(workdir, 0o755)
-    with NetLab(PREFIX) as lab:
-        prepare_workdir(workdir)
-        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S,
-                     services={"ssh": "127.0.0.1:22", "web6": f"[{lab.server.ipv6}]:{WEB6_PORT}"})
-        key_file = workdir / "bob.key"
-        key_file.write_text(base64.b64encode(BOB_KEY).decode() + "\n")
-        key_file.chmod(0o600)
-        write_users(workdir / "users.json", [LabUser("bob", key=BOB_KEY, services=("ssh", "web6"))])
-        sshd = start_sshd(lab, lab.server, workdir / "ssh")
+    users = [LabUser("bob", key=BOB_KEY, services=("ssh", "web6"))]
+    services = {"ssh": "127.0.0.1:22", "web6": f"[{SERVER_IPV6}]:{WEB6_PORT}"}
+    with lab_stack(PREFIX, REPO / "supervisord.conf", users, window_seconds=WINDOW_S,
+                   services=services) as (lab, stack, sshd):
         lab.popen(lab.server, [sys.executable, "-c", BANNER_SERVICE, lab.server.ipv6, str(WEB6_PORT)])
-        stack = Stack(lab, workdir, REPO / "supervisord.conf")
-        try:
-            stack.start()
-            yield KernelLab(lab, stack, sshd, workdir, key_file)
-        finally:
-            stack.stop()
+        write_key_file(stack.workdir / "bob.key", BOB_KEY)
+        kernel = KernelLab(lab, stack, sshd, stack.workdir, stack.workdir / "bob.key")
+        deadline = time.monotonic() + 10
+        while not kernel.listening(WEB6_PORT):  # a bounded poll: the service is up before a test knocks for it
+            assert time.monotonic() < deadline, "the web6 service did not start"
+            time.sleep(0.05)
+        yield kernel
+
+
+def established(lab: NetLab, host: Host, ss_filter: str, timeout_s: float = 30.0) -> None:
+    """A bounded poll until `host` has an established TCP connection matching `ss_filter`."""
+    deadline = time.monotonic() + timeout_s
+    while not lab.run(host, ["ss", "-Htn", "state", "established", *ss_filter.split()]).stdout.strip():
+        assert time.monotonic() < deadline, f"no established connection ({ss_filter}) on {host.role}"
+        time.sleep(0.05)
 
 
 class Tap:
@@ -151,11 +147,9 @@ class Tap:
         self.sub: zmq.Socket[Any] = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self.sub.connect(stack.endpoints.tap)
+        # The slow joiner: the subscription goes out with the handshake, ahead of the action watched.
+        connect_handshaken(self.sub, stack.endpoints.tap)
         self.stack = stack
-        # The slow joiner: our subscription is live once a heartbeat comes through.
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"gate.alive")
-        self.wait(lambda e: e.topic == "gate.alive", 10)
 
     def wait(self, predicate: Any, timeout_s: float) -> bus.Event:
         deadline = time.monotonic() + timeout_s
@@ -194,7 +188,7 @@ def test_one_connection_per_door_in_the_kernel_and_it_outlives_the_window(kernel
     first = kernel_lab.lab.popen(kernel_lab.lab.client, [sys.executable, "-c", DOOR_CLIENT, kernel_lab.lab.server.ipv4,
                                                          str(port), "", str(WINDOW_S + 2)],
                                  stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    established(kernel_lab.lab, kernel_lab.lab.client, f"dport = :{port}")
     # The element is gone with the first connection: a second one is dropped, silently.
     assert f". {port} " not in kernel_lab.nft_elements("once4")
     assert kernel_lab.connect(port) == "TimeoutError"
@@ -204,7 +198,7 @@ def test_one_connection_per_door_in_the_kernel_and_it_outlives_the_window(kernel
 
 def test_an_unused_door_closes_on_time(kernel_lab: KernelLab) -> None:
     port = kernel_lab.knock()
-    time.sleep(WINDOW_S + 1)
+    time.sleep(WINDOW_S + 1)  # the behaviour under test: the door's window runs out
     assert f". {port} " not in kernel_lab.nft_elements("once4") + kernel_lab.nft_elements("fwd4")
     assert kernel_lab.connect(port) == "TimeoutError"
 
@@ -316,7 +310,8 @@ def test_an_established_session_survives_a_sigkill_of_every_stage(kernel_lab: Ke
     session = lab.popen(lab.client, [CLIENT, "-u", "bob", "-k", str(kernel_lab.key_file), "--exec",
                                      f"{ssh} -p {{port}} 'sleep 6; echo still-here'", lab.server.ipv4],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # knocked, connected, sleeping on the server
+    # knocked and connected through the kernel door (sshd's end of the TCP session is there)
+    established(lab, lab.server, "sport = :22")
     for stage in STAGES:
         kernel_lab.stack.kill_stage(stage)
     out, err = session.communicate(timeout=60)
