@@ -35,13 +35,14 @@ import pytest
 from supervisor.datatypes import byte_size  # type: ignore[import-untyped]
 
 from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from dynknock.lab.stack import wait_subscribed
+from dynknock.protocol import CONTROL_PORT
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "dkr"
 PASSWORD = "alice on a real server"
-CONTROL_PORT = 62201
 CONF = "/etc/dynknock/supervisord.conf"
 STAGES = ("bus", "auth", "gate", "relay", "capture", "metrics")
 CLIENT = "/opt/dynknock/venv/bin/knock-client"  # on the client machine: this host's install
@@ -359,15 +360,8 @@ def captured_p1(server: Server, pcap: Path) -> bytes:
 
 def test_reboot_keeps_users_and_journal_and_closes_doors(server: Server) -> None:
     lab = server.lab
-    pcap = server.workdir / "knock.pcap"
-    sniffer = lab.popen(lab.client, ["tcpdump", "-n", "-U", "-i", lab.client.interface, "-w", str(pcap),
-                                     f"udp dst port {CONTROL_PORT}"], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    door = server.open_door()  # knocked, never used: open when the power goes
-    time.sleep(0.5)
-    sniffer.terminate()
-    sniffer.wait(timeout=10)
+    with lab.sniff(lab.client, f"udp dst port {CONTROL_PORT}", server.workdir / "knock.pcap") as pcap:
+        door = server.open_door()  # knocked, never used: open when the power goes
     p1 = captured_p1(server, pcap)
     before = server.state()
     assert any(path.startswith("/var/lib/dynknock/") for path in before), "no replay journal was written"
@@ -388,7 +382,7 @@ def test_reboot_keeps_users_and_journal_and_closes_doors(server: Server) -> None
     assert lab.tcp_probe(lab.client, lab.server.ipv4, door, timeout=1.5) == "TimeoutError"
     # The P1 of the knock before the reboot, sent again: the journal remembers it.
     tap = server.machine.start("knock-tap --json --topic auth.request. --count 1", server.workdir / "tap.json")
-    time.sleep(1.5)
+    wait_subscribed(f"ipc://{server.machine.path('/run/dynknock/events.sock')}", ["auth.request."])
     send = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
             "s.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))")
     lab.run(lab.client, ["python3", "-c", send, p1.hex(), lab.server.ipv4, str(CONTROL_PORT)])
