@@ -26,18 +26,15 @@ in packets and seconds; run only under the e2e flock (docs: notes/COMMON.md).
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import os
 import random
-import re
 import secrets
 import selectors
 import socket
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,21 +48,21 @@ from dynknock import protocol as proto
 from dynknock.capture.core import build_filter
 from dynknock.capture.fairness import SOURCES_PER_PAYLOAD, Limits
 from dynknock.client.session import new_request
-from dynknock.keys import SessionKeys, hint_epoch, user_hint
-from dynknock.lab.netlab import Host, NetLab, require_privileges
-from dynknock.lab.stack import VENV_BIN, EventLog, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.keys import SessionKeys, hint_epoch, user_hint, write_key_file
+from dynknock.lab.netlab import Host, NetLab
+from dynknock.lab.stack import DOOR_LINE, VENV_BIN, EventLog, LabUser, Stack, lab_stack
+from dynknock.protocol import CONTROL_PORT
+from dynknock.topics import Topic
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "dkcw"
-CONTROL_PORT = 62201
 WINDOW_S = 5
 CLIENT = str(VENV_BIN / "knock-client")
 PYTHON = str(VENV_BIN / "python")
 ALICE_KEY = bytes.fromhex("a11ce0000000000000000000000000000000000000000000000000000000a11c")
 BOB_KEY = bytes.fromhex("b0b0000000000000000000000000000000000000000000000000000000000b0b")
-DOOR_LINE = re.compile(r"Door is open at (\S+) port (\d+) for (\d+) seconds")
 FIGURES_PATH = Path(os.environ.get("DYNKNOCK_CAPTURE_FIGURES", "/tmp/dynknock-capture-figures.json"))
 FIGURES: dict[str, Any] = {}
 
@@ -310,6 +307,16 @@ class World:
         flat.update({f"shed_{k}": v for k, v in dict(alive.get("shed", {})).items()})
         return flat
 
+    def capture_counters_once(self, before: dict[str, Any], done: Callable[[dict[str, int]], bool],
+                              timeout_s: float = 6.0) -> dict[str, Any]:
+        """capture's counters from its next heartbeats, once `done` holds for how they moved since `before`
+        (a bounded poll on what capture reports, not a sleep); the last ones at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            after = self.capture_counters()
+            if done(delta(after, before)) or time.monotonic() > deadline:
+                return after
+
 
 def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
     return {k: int(after[k]) - int(before.get(k, 0)) for k in after}
@@ -317,33 +324,23 @@ def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    require_privileges()
     FIGURES.clear()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-capture-"))
-    os.chmod(workdir, 0o755)
-    with NetLab(PREFIX) as lab:
-        prepare_workdir(workdir)
-        # Bob knocks 15 times within a few seconds: more doors than the default per-user cap.
-        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=WINDOW_S,
-                     extra="max_doors_per_user = 100")
-        keys = {}
-        for name, key in (("alice", ALICE_KEY), ("bob", BOB_KEY)):
-            path = workdir / f"{name}.key"
-            path.write_text(base64.b64encode(key).decode() + "\n")
-            path.chmod(0o600)
-            keys[name] = path
-        write_users(workdir / "users.json", [LabUser("alice", key=ALICE_KEY), LabUser("bob", key=BOB_KEY)])
-        stack = Stack(lab, workdir, REPO / "supervisord.conf")
+    # Bob knocks 15 times within a few seconds: more doors than the default per-user cap.
+    with lab_stack(PREFIX, REPO / "supervisord.conf", [LabUser("alice", key=ALICE_KEY), LabUser("bob", key=BOB_KEY)],
+                   window_seconds=WINDOW_S, extra="max_doors_per_user = 100") as (lab, stack, _):
+        workdir = stack.workdir
+        keys = {name: workdir / f"{name}.key" for name in ("alice", "bob")}
+        write_key_file(keys["alice"], ALICE_KEY)
+        write_key_file(keys["bob"], BOB_KEY)
         events = EventLog(stack.endpoints.tap)
         try:
-            stack.start()
+            events.wait_joined()
             world = World(lab, stack, workdir, events, Keyholder(ALICE_KEY), Link(b"", b"", "", ""), keys)
             world.link = Link(world.mac(lab.attacker), world.mac(lab.server), lab.server.ipv4, lab.server.ipv6)
             ok, _, text = world.knock("alice")  # auth has sent capture the live hints
             assert ok, text
             yield world
         finally:
-            stack.stop()
             events.close()
 
 
@@ -412,7 +409,7 @@ def test_junk_in_every_wrapping_costs_auth_nothing(world: World) -> None:
     before = world.capture_counters()
     seer = _start(world, lab.server, [PYTHON, world.tool("see.py", SEE_TOOL), lab.server.interface, old_filter, "8"])
     sent_refused = _send(world, all_refused, "refused")
-    time.sleep(0.5)
+    time.sleep(0.5)  # not a handshake: the half second in which refused frames, were any read, would show
     after = world.capture_counters()
     old_saw = int(_finish(seer, 30).strip())
     refused_delta = delta(after, before)
@@ -427,8 +424,8 @@ def test_junk_in_every_wrapping_costs_auth_nothing(world: World) -> None:
     all_accepted = [frame for frames in accepted.values() for frame in frames]
     before = world.capture_counters()
     sent_accepted = _send(world, all_accepted, "accepted")
-    time.sleep(0.5)
-    accepted_delta = delta(world.capture_counters(), before)
+    accepted_delta = delta(world.capture_counters_once(before, lambda moved: moved["received"] >= sent_accepted),
+                           before)
 
     record_figures("wrappings", refused={k: len(v) for k, v in refused.items()}, refused_sent=sent_refused,
                    refused_capture=refused_delta, tagged_frames_the_old_filter_passes=old_saw,
@@ -473,7 +470,7 @@ def _flood(world: World, name: str, frames: list[bytes], others: Callable[[], di
     started = time.monotonic()
     ticks = {stage: _cpu_ticks(pid) for stage, pid in pids.items()}
     try:
-        time.sleep(1.0)  # the flood is on before anyone knocks
+        time.sleep(1.0)  # not a handshake: the flood has been on for a second (a steady state) before anyone knocks
         outcome = others()
         still_on = all(f.poll() is None for f in floods)
         outcome.update(flooded())
@@ -485,11 +482,11 @@ def _flood(world: World, name: str, frames: list[bytes], others: Callable[[], di
             if f.poll() is None:
                 f.kill()
                 f.wait(5)
-    time.sleep(0.5)
-    after = world.capture_counters()
+    packets = sum(s["sent"] for s in sent)
+    # Until capture has accounted for every flood packet (read, or dropped by the kernel).
+    after = world.capture_counters_once(before, lambda moved: moved["received"] + moved["kernel_dropped"] >= packets)
     auth_after = world.events.next_alive("auth")
     hz = os.sysconf("SC_CLK_TCK")
-    packets = sum(s["sent"] for s in sent)
     seconds = max(s["seconds"] for s in sent)
     tap = world.events.since(tap_mark)
     tap_seconds = max(1.0, time.monotonic() - started)
@@ -524,6 +521,11 @@ def _bob_knocks(world: World, count: int) -> dict[str, Any]:
             "bob_failures": [text[-300:] for ok, _, text in results if not ok], "bob_slow_timelines": slow}
 
 
+def _alice_knocks_once(world: World) -> dict[str, Any]:
+    ok, took, _ = world.knocks("alice", 1)[0]
+    return {"alice_opened": ok, "alice_s": round(took, 3)}
+
+
 @pytest.fixture(scope="module")
 def idle(world: World) -> dict[str, Any]:
     figures = _bob_knocks(world, IDLE_KNOCKS)
@@ -552,11 +554,8 @@ def test_flood_of_junk_under_a_live_hint_leaves_others_knocks_open(world: World,
     frames = [ether(link, ipv4(_spoofed(rng), link.dst4, junk(kinds[i % 2], hint, rng), sport=1024 + i % 60000))
               for i in range(16384)]
 
-    def alice() -> dict[str, Any]:
-        ok, took, _ = world.knocks("alice", 1)[0]
-        return {"alice_opened": ok, "alice_s": round(took, 3)}
-
-    figures = _flood(world, "live-hint-spoofed", frames, lambda: _bob_knocks(world, FLOOD_KNOCKS), alice)
+    figures = _flood(world, "live-hint-spoofed", frames, lambda: _bob_knocks(world, FLOOD_KNOCKS),
+                     lambda: _alice_knocks_once(world))
     record_figures("live_hint_spoofed_sources", **figures)
     _check_others(figures)
     # What reached auth under Alice's hint is her hint's budget (and Bob's and Alice's knocks), not the flood.
@@ -590,20 +589,21 @@ def test_replay_flood_costs_no_crypto_and_leaves_knocks_open(world: World, idle:
     client_link = Link(world.mac(lab.client), link.dst_mac, link.dst4, link.dst6)
     originals = [ether(client_link, ipv4(lab.client.ipv4, link.dst4, p, sport=45000)) for p in (p1, p2)]
     path = world.frames_file("original", originals)
+    mark = world.events.mark()
     lab.run(lab.client, [PYTHON, "-c", "import sys, pcap\nh = pcap.pcap(name=sys.argv[1], immediate=True)\n"
                          "for line in open(sys.argv[2]):\n    h.sendpacket(bytes.fromhex(line.strip()))\n",
                          lab.client.interface, path])
-    time.sleep(0.5)
+    # auth has taken the P1 (its P2 came right behind it): capture saw both first from Alice's address.
+    received = world.events.wait_for(lambda e: e.topic == Topic.AUTH_REQUEST_RECEIVED
+                                     and e.fields.get("client") == lab.client.ipv4, mark, 10)
+    assert received is not None, "auth never took the original P1"
     # Copies from Alice's address, the attacker's and spoofed ones.
     sources = [lab.client.ipv4, lab.attacker.ipv4] + [_spoofed(rng) for _ in range(4000)]
     frames = [ether(link, ipv4(sources[i % len(sources)], link.dst4, (p1, p2)[i % 2], sport=45000))
               for i in range(8192)]
 
-    def alice() -> dict[str, Any]:
-        ok, took, _ = world.knocks("alice", 1)[0]
-        return {"alice_opened": ok, "alice_s": round(took, 3)}
-
-    figures = _flood(world, "replay", frames, lambda: _bob_knocks(world, FLOOD_KNOCKS), alice)
+    figures = _flood(world, "replay", frames, lambda: _bob_knocks(world, FLOOD_KNOCKS),
+                     lambda: _alice_knocks_once(world))
     record_figures("replay", **figures)
     _check_others(figures)
     assert figures["alice_opened"], figures
