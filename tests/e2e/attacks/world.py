@@ -547,8 +547,9 @@ def long_window(settled: World) -> int:
 @pytest.fixture
 def no_doors(settled: World) -> World:
     """No door and no door listener at the start (one an earlier test opened is waited out, never
-    assumed gone): for tests that assert on every door there is."""
-    doors = settled.wait_doors(lambda d: not d, settled.window_s + 4)
+    assumed gone): for tests that assert on every door there is. A door may have been opened with
+    the long window before this test set the short one: it is waited out too."""
+    doors = settled.wait_doors(lambda d: not d, LONG_WINDOW_S + 4)
     assert doors == set(), f"a door outlived its window: {doors}"
     assert wait_until(lambda: not settled.door_listeners(), 3, every=0.2), settled.door_listeners()
     return settled
