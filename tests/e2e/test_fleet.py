@@ -248,8 +248,11 @@ relay = "tcp://{gw_b.ipv4}:{PORTS['relay']}"
             sent = lab.run(lab.attacker, [str(VENV_BIN / "python"), str(INJECT_TOOL), lab.attacker.interface,
                                           str(script)])
             assert int(sent.stdout.strip()) == len(replay)
-            time.sleep(1.0)
+            # A bounded poll until auth's heartbeat counts the copies (then any door they could open is decided).
+            deadline = time.monotonic() + 15
             after_replay = status(lab, auth, auth_config)
+            while refusals(after_replay) < before + 2 and time.monotonic() < deadline:
+                after_replay = status(lab, auth, auth_config)
             assert doors_at(after_replay, "gw-b") == 1, after_replay  # only alice's own door of step 1
             assert refusals(after_replay) >= before + 2, after_replay  # at least the P1 and the P2 copies
             elements = lab.run(gw_b, ["nft", "list", "table", "inet", "dynknock"]).stdout
