@@ -809,7 +809,7 @@ def test_relayed_services_still_need_both_stages() -> None:
 
 
 def test_a_p2_copy_answered_address_mismatch_does_not_refuse_the_clients_own() -> None:
-    """The lab's race (tests/e2e/test_attacks.py): an on-path attacker sends the client's first burst
+    """The lab's race (tests/e2e/attacks/test_replay.py): an on-path attacker sends the client's first burst
     from its own address before the client's arrives. Its P1 copy is refused (wrong source) and leaves
     the NAT note for its address; its P2 copy is answered ADDRESS_MISMATCH (sealed: it learns nothing).
     The client's own P1, knocks and P2, arriving late and unchanged, must open and answer the door
