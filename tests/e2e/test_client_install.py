@@ -11,7 +11,6 @@ and carry ssh through it as a ProxyCommand, with a key file and with a password.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from dynknock.keys import write_key_file
+from dynknock.lab.netlab import NetLab, SshdInfo
+from dynknock.lab.stack import VENV_BIN, LabUser, lab_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -106,23 +106,12 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    require_privileges()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-e2e-install-"))
-    with NetLab("dki") as lab:
-        prepare_workdir(workdir)
-        write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=10)
-        key = os.urandom(32)
-        key_file = workdir / "bob.key"
-        key_file.write_text(base64.b64encode(key).decode() + "\n")
-        key_file.chmod(0o600)
-        write_users(workdir / "users.json", [LabUser("alice", password="alice-pw"), LabUser("bob", key=key)])
-        sshd = start_sshd(lab, lab.server, workdir / "ssh")
-        stack = Stack(lab, workdir, REPO / "supervisord.conf")
-        try:
-            stack.start()
-            yield World(lab, sshd, key_file)
-        finally:
-            stack.stop()
+    key = os.urandom(32)
+    users = [LabUser("alice", password="alice-pw"), LabUser("bob", key=key)]
+    with lab_stack("dki", REPO / "supervisord.conf", users, window_seconds=10) as (lab, stack, sshd):
+        key_file = stack.workdir / "bob.key"
+        write_key_file(key_file, key)
+        yield World(lab, sshd, key_file)
 
 
 def test_installed_client_carries_ssh_as_proxycommand_with_a_key_file(installed: Installed, world: World) -> None:

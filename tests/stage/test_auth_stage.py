@@ -284,11 +284,10 @@ def test_removing_a_user_closes_their_open_door(stage_env: StageEnv) -> None:
     write_users(users_file, [LabUser("bob", key=BOB_KEY)])  # what knock-admin remove writes
     # A later mtime, as the rewrite has a second on, even where the file system counts whole seconds.
     os.utime(users_file, ns=(before + 1_000_000_000, before + 1_000_000_000))
-    started = time.monotonic()
     for sock in (gate, relay):
-        _, close = _receive(sock, timeout_ms=6000)  # auth looks at the file every 2 s
+        # auth looks at the file every 2 s; the window (30 s) is far off, so a close now is the revocation
+        _, close = _receive(sock, timeout_ms=6000)
         assert close == bus.DoorClose(door.door_id, "127.0.0.1", door.port)
-    assert time.monotonic() - started < 6
     assert "revoked" in stage_env.log("knock-auth")
 
 
