@@ -304,11 +304,12 @@ def _signal_pid(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group that may be gone already: one process's end must never stop the
+    teardown of the others (that leaked processes once)."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
-        # The whole group is already gone: nothing left to stop.
         pass
 
 
@@ -427,7 +428,7 @@ class NetLab:
         # one grace period in total rather than one per process.
         for proc in procs:
             if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + _TERM_GRACE_S
         for proc in procs:
             try:
@@ -439,7 +440,7 @@ class NetLab:
             # SIGKILL the group even when the leader has exited: children it
             # left in its group (start_new_session made pgid == leader pid)
             # would otherwise linger.
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             try:
                 proc.wait(timeout=_TERM_GRACE_S)
             except subprocess.TimeoutExpired:

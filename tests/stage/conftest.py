@@ -25,6 +25,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
+from dynknock.lab.netlab import signal_group
 from dynknock.lab.stack import VENV_BIN, prepare_workdir, wait_subscribed
 
 
@@ -158,14 +159,6 @@ def start_relay(env: StageEnv, services: dict[str, str], prefix: tuple[str, ...]
     return relay
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Never let one stage's end stop the teardown of the others (that leaked processes once)."""
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def stage_env() -> Iterator[StageEnv]:
     if os.geteuid() != 0:
@@ -182,10 +175,10 @@ def stage_env() -> Iterator[StageEnv]:
     finally:
         for process in env.processes:  # each in its own session (start_new_session): its group
             if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
+                signal_group(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    _signal_group(process.pid, signal.SIGKILL)
+                    signal_group(process.pid, signal.SIGKILL)
                     process.wait(timeout=5)
         context.destroy(0)
