@@ -19,6 +19,8 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
+
 from dynknock.bus import HintFilter, KnockFilter
 from dynknock.capture.core import valid_hints, valid_pairs
 from dynknock.capture.fairness import Admissions
@@ -76,10 +78,11 @@ class Filters:
     def knows(self, hint: bytes) -> bool:
         return self.hints is None or hint in self.hints
 
-    def on_p1(self, source: str, hint: bytes, now: float) -> None:
+    def on_p1(self, source: str | bytes, hint: bytes, now: float) -> None:
         """A P1 under a live hint passed the budgets: its knocks follow 5 ms behind, let them in now
-        (auth narrows it to the exact pairs later)."""
-        if self.hints is not None and self.atomic and self.admitted.p1(source, hint, now):
+        (auth narrows it to the exact pairs later). `source` as text, or packed as capture peeked it:
+        made text only where admissions apply (live hints known, an atomic filter), as before."""
+        if self.hints is not None and self.atomic and self.admitted.p1(str(ipaddress.ip_address(source)), hint, now):
             self._widen = True
 
     def on_syn(self, source: str, now: float) -> None:

@@ -162,7 +162,7 @@ class CaptureShell(Shell):
                 continue
             datagrams.append((hint, frame))
             if payload[1] == P1_TYPE:
-                filters.on_p1(str(ipaddress.ip_address(source)), hint, now)
+                filters.on_p1(source, hint, now)
         filters.expire(now)
         if filters.due(now):
             # Before this batch goes to auth: the knocks of its P1s are on their way already.
