@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from dynknock.stage import common_arguments, drop_privileges, load_config_or_exit, prepare_bus, setup_logging
+from dynknock.stage import common_arguments, drop_privileges, load_config_or_exit, open_bus, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     log = setup_logging("bus")
     context: zmq.Context[Any] = zmq.Context()
-    transport = prepare_bus(config, "bus", context)
+    transport = open_bus(config, "bus", context)
     inbound = context.socket(zmq.XSUB)
     outbound = context.socket(zmq.XPUB)
     for sock in (inbound, outbound):

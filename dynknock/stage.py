@@ -154,18 +154,6 @@ def set_no_new_privs() -> None:
         raise SystemExit(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
 
 
-def connect_bus(config: Config, stage: str) -> Transport:
-    """For a stage that only connects (capture): in a directory others can write, anyone could plant
-    the sockets it connects to (and read every P1/P2, or feed it knock filters). Exits on error."""
-    if config.bus_transport == "ipc":
-        try:
-            bus.ensure_runtime_dir(config.runtime_dir, config.path)
-        except bus.RuntimeDirError as exc:
-            print(f"knock-{stage}: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return transport_for(config, stage)
-
-
 def transport_for(config: Config, stage: str) -> Transport:
     """ipc endpoints in bus.runtime_dir, or the configured tcp endpoints with CURVE."""
     if config.bus_transport == "tcp":
@@ -184,13 +172,16 @@ def own_key_name(config: Config, stage: str) -> str:
     return ""
 
 
-def prepare_bus(config: Config, stage: str, context: zmq.Context[Any]) -> Transport:
-    """For a stage that binds: check the ipc directory, or start CURVE authentication. Exits on error."""
+def open_bus(config: Config, stage: str, context: zmq.Context[Any], *, binds: bool = True) -> Transport:
+    """Check the ipc directory (a stage that only connects, such as capture, needs it too: in a
+    directory others can write, anyone could plant the sockets it connects to and read every P1/P2,
+    or feed it knock filters), or, for a stage that binds over tcp, start CURVE authentication.
+    Exits with one line on error."""
     transport = transport_for(config, stage)
     try:
         if config.bus_transport == "ipc":
             bus.ensure_runtime_dir(config.runtime_dir, config.path)
-        else:
+        elif binds:
             transport.start_authenticator(context, fleet=config.fleet)
     except (bus.RuntimeDirError, TransportError) as exc:
         print(f"knock-{stage}: {exc}", file=sys.stderr)
@@ -239,7 +230,7 @@ class Shell:
         self.log_bad = RateLimitedLog(log)  # for anything a remote peer or a bad message can trigger
         self.stop = StopSignal()
         self.context: zmq.Context[Any] = zmq.Context()
-        self.transport = prepare_bus(config, name, self.context) if binds else connect_bus(config, name)
+        self.transport = open_bus(config, name, self.context, binds=binds)
         # A gateway stage of a fleet names its gateway in its events (auth serves every gateway).
         self.events = Publisher(self.context, self.transport, name,
                                 gateway_label(config) if name in GATEWAY_ROLES else "")
