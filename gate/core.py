@@ -250,6 +250,10 @@ def _output_rules(settings: GateSettings) -> list[str]:
     flows, a reply to our own ping) is related to or part of a confirmed entry and
     passes. The chain is always there, and empty without stealth, so turning
     stealth off removes its rules.
+
+    No rule names a protocol or a service ("meta l4proto ipv6-icmp"): nft resolves names
+    through /etc/protocols and /etc/services, which minimal images lack (package netbase).
+    "icmp type" alone makes nft add the family and protocol match itself.
     """
     t = f"inet {settings.table}"
     lines = [f"add chain {t} output {{ type filter hook output priority filter - 10; policy accept; }}",
@@ -257,12 +261,12 @@ def _output_rules(settings: GateSettings) -> list[str]:
     if settings.stealth:
         lines += [
             f'add rule {t} output oifname "lo" accept',
-            f"add rule {t} output meta l4proto icmp icmp type {{ {_ICMP_ANSWERS} }} ct status ! confirmed counter drop",
-            f"add rule {t} output meta l4proto ipv6-icmp icmpv6 type {{ {_ICMPV6_ANSWERS} }} ct status ! confirmed"
+            f"add rule {t} output icmp type {{ {_ICMP_ANSWERS} }} ct status ! confirmed counter drop",
+            f"add rule {t} output icmpv6 type {{ {_ICMPV6_ANSWERS} }} ct status ! confirmed"
             " counter drop",
             f"add rule {t} output ct state established,related accept",
-            f"add rule {t} output meta l4proto icmp icmp type {{ {_ICMP_ANSWERS} }} counter drop",
-            f"add rule {t} output meta l4proto ipv6-icmp icmpv6 type {{ {_ICMPV6_ANSWERS} }} counter drop",
+            f"add rule {t} output icmp type {{ {_ICMP_ANSWERS} }} counter drop",
+            f"add rule {t} output icmpv6 type {{ {_ICMPV6_ANSWERS} }} counter drop",
         ]
     return lines
 

@@ -238,16 +238,16 @@ OUTPUT_CHAIN = [
 ]
 OUTPUT_STEALTH = OUTPUT_CHAIN + [
     'add rule inet dynknock output oifname "lo" accept',
-    "add rule inet dynknock output meta l4proto icmp icmp type { echo-reply, destination-unreachable, source-quench,"
+    "add rule inet dynknock output icmp type { echo-reply, destination-unreachable, source-quench,"
     " redirect, router-advertisement, time-exceeded, parameter-problem, timestamp-reply, info-reply,"
     " address-mask-reply } ct status ! confirmed counter drop",
-    "add rule inet dynknock output meta l4proto ipv6-icmp icmpv6 type { destination-unreachable, packet-too-big,"
+    "add rule inet dynknock output icmpv6 type { destination-unreachable, packet-too-big,"
     " time-exceeded, parameter-problem, echo-reply, nd-redirect, 140 } ct status ! confirmed counter drop",
     "add rule inet dynknock output ct state established,related accept",
-    "add rule inet dynknock output meta l4proto icmp icmp type { echo-reply, destination-unreachable, source-quench,"
+    "add rule inet dynknock output icmp type { echo-reply, destination-unreachable, source-quench,"
     " redirect, router-advertisement, time-exceeded, parameter-problem, timestamp-reply, info-reply,"
     " address-mask-reply } counter drop",
-    "add rule inet dynknock output meta l4proto ipv6-icmp icmpv6 type { destination-unreachable, packet-too-big,"
+    "add rule inet dynknock output icmpv6 type { destination-unreachable, packet-too-big,"
     " time-exceeded, parameter-problem, echo-reply, nd-redirect, 140 } counter drop",
 ]
 
