@@ -13,6 +13,8 @@ unit=/etc/systemd/system/dynknock.service
 ctl_socket=/run/dynknock-supervisor.sock
 
 step() { echo "setup: $*"; }
+# Runs a command that chatters (compiler hints, deprecation notes); shows its output only if it fails.
+quiet() { local out; if ! out=$("$@" 2>&1); then echo "$out" >&2; echo "setup.sh: failed: $*" >&2; exit 1; fi; }
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (sudo $0): it installs packages and creates a system user" >&2
@@ -30,6 +32,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     step "apt: installing ${missing[*]} (apt-get update + install, may take a minute)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    for p in "${missing[@]}"; do
+        policy=$(apt-cache policy "$p" 2>/dev/null)  # not piped into grep -q: SIGPIPE under pipefail
+        if [[ "$policy" != *"Candidate: "[0-9]* ]]; then
+            # Ubuntu keeps python3-venv and conntrack in "universe", which debootstrap-made and
+            # some cloud images leave out.
+            echo "setup.sh: apt knows no package $p: on Ubuntu enable the universe component" \
+                 "(add-apt-repository universe, or add it to Components: in /etc/apt/sources.list.d/ubuntu.sources), then run me again" >&2
+            exit 1
+        fi
+    done
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
     step "apt: all ${#apt_packages[@]} packages already installed"
@@ -58,7 +70,8 @@ if [ -e "$etc/users.json" ]; then chgrp dynknock "$etc/users.json"; fi
 if [ ! -x "$venv/bin/python" ]; then
     step "venv: creating $venv"
     /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
+    # A venv left half-made (no network, say) would be taken as done by the next run.
+    "$venv/bin/pip" install -q --upgrade pip || { rm -rf "$venv"; exit 1; }
 fi
 step "pip: installing dynknock from $repo and its dependencies into $venv (about 30 s the first time)"
 # A copy, not an editable install: the unprivileged stages must be able to read the
@@ -66,6 +79,22 @@ step "pip: installing dynknock from $repo and its dependencies into $venv (about
 # every file an earlier layout had (0.1's top-level auth/, client/, ...): the wheel would carry
 # them back into site-packages, so each install builds from an empty one.
 rm -rf "$repo/build"
+# pypcap's only release ships a C file made by a Cython too old for Python 3.12 (Ubuntu 24.04,
+# Debian 13): it does not compile there. Build it from its own pcap.pyx with a current Cython, on
+# every Python, so that the build CI tests is the one every server gets.
+pypcap=1.3.0
+if ! "$venv/bin/python" -c "import pcap, sys; sys.exit(pcap.__version__ != '$pypcap')" 2>/dev/null; then
+    step "pypcap: building $pypcap from its Cython source (its release's C file predates Python 3.12)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$venv/bin/pip" install -q "cython>=3.0,<4"
+    "$venv/bin/pip" download -q --no-deps --no-binary :all: "pypcap==$pypcap" -d "$work"
+    tar -xzf "$work/pypcap-$pypcap.tar.gz" -C "$work"
+    # -2: the language level the released C file was made with (str literals, division).
+    quiet "$venv/bin/cython" -2 "$work/pypcap-$pypcap/pcap.pyx" -o "$work/pypcap-$pypcap/pcap.c"
+    quiet "$venv/bin/pip" install -q --no-cache-dir "$work/pypcap-$pypcap"
+    "$venv/bin/pip" uninstall -q -y cython
+fi
 "$venv/bin/pip" install -q --upgrade "$repo[server,dev]"
 "$venv/bin/pip" install -q --force-reinstall --no-deps "$repo"
 chmod -R a+rX /opt/dynknock

@@ -6,9 +6,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh"
 # tests/e2e/test_real_server.py checks the systemd unit with systemd-analyze (package systemd;
 # a container may lack it; systemd need not be PID 1 for that).
-if ! command -v systemd-analyze >/dev/null; then
-    echo "test: installing systemd (for systemd-analyze verify)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+# tests/e2e/test_fresh_machine.py builds minimal Debian and Ubuntu roots with debootstrap.
+test_packages=()
+command -v systemd-analyze >/dev/null || test_packages+=(systemd)
+command -v debootstrap >/dev/null || test_packages+=(debootstrap)
+if [ ${#test_packages[@]} -gt 0 ]; then
+    echo "test: installing ${test_packages[*]} (for the tests only)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${test_packages[@]}" >/dev/null
 fi
 cd "$repo"
 exec /opt/dynknock/venv/bin/pytest "$@"
