@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 KEYS = Path(__file__).resolve().parent / "keys"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-ROOT_CA = "/etc/ssl/host-trusted.crt"  # in the root: not where a package would put anything
+ROOT_CA = "/etc/host-trusted-ca.crt"  # in the root: not where a package would put anything
 
 
 @dataclass(frozen=True)
