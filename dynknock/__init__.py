@@ -2,7 +2,8 @@
 
 Layers, bottom up; an import only ever goes down (tests/unit/test_layout.py):
   wire      protocol, keys, rules: the packets, keys and value rules client, capture and auth all share
-  shared    bus, topics, limits, transport, config, stage, events, metrics, replies, rundir (server runtime)
+  shared    bus, topics, limits, transport, config, stage, events, metrics, replies, rundir, reasons
+            (server runtime)
   stages    capture, auth, gate, relay, client; the tools busd, tap, status
   lab       lab.netlab, lab.stack, lab.demo: namespaces and whole stacks for tests and the demo
 """

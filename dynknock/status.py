@@ -17,6 +17,7 @@ import zmq
 
 from dynknock import bus
 from dynknock.events import paper_line
+from dynknock.reasons import ProgramState
 from dynknock.topics import Topic
 from dynknock.transport import GATEWAY_ROLES, Transport
 
@@ -73,8 +74,16 @@ def _state(stage: str, stages: dict[str, dict[str, Any]]) -> str:
     return "up"
 
 
-def render(summary: Summary, now_ms: int) -> str:
+def render(summary: Summary, now_ms: int, programs: list[ProgramState] | None = None,
+           supervisor_note: str = "") -> str:
+    """`programs`: supervisord's view of this host's programs (each one not running says why);
+    `supervisor_note`: why it could not be asked."""
     lines = ["Stages: " + "  ".join(f"{s} {'up' if s in summary.alive else 'DOWN'}" for s in bus.STAGES)]
+    for program in programs or ():
+        if not program.running:
+            lines.append(f"  {program.name}: {program.describe()}")
+    if supervisor_note and any(s not in summary.alive for s in bus.STAGES):
+        lines.append(f"  (why a stage is down: {supervisor_note})")
     for gateway, stages in sorted(summary.gateways.items()):  # a fleet: each gateway heard from, by host
         lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {_state(s, stages)}" for s in GATEWAY_ROLES))
     auth = summary.alive.get("auth", {})

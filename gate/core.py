@@ -271,6 +271,39 @@ def _output_rules(settings: GateSettings) -> list[str]:
     return lines
 
 
+# What nft's error most likely means on a server, in the words of the fix; the first match wins.
+_NFT_CAUSES = (
+    ("cannot run", "nftables is not installed (apt-get install nftables)"),
+    ("Operation not permitted", "the gate lacks CAP_NET_ADMIN here: start it as supervisord.conf does "
+     "(setpriv ... +net_admin), or set gate.backend = \"none\""),
+    ("Could not resolve protocol", "/etc/protocols is missing or lacks the name (package netbase)"),
+    ("Could not resolve service", "/etc/services is missing or lacks the name (package netbase)"),
+    ("Protocol not supported", "this kernel has no nf_tables: modprobe nf_tables, or use a kernel built with it"),
+    ("Address family not supported", "this kernel has no nf_tables: modprobe nf_tables, or use a kernel built "
+     "with it"),
+    ("No such file or directory", "this kernel lacks an nftables module the ruleset needs (nft_ct, nft_nat, "
+     "nft_set_hash, nft_reject): modprobe them, or use a kernel built with them"),
+)
+
+
+def explain_nft_error(error: str) -> str:
+    """The likely cause of an nft error, for the line the admin reads."""
+    for needle, cause in _NFT_CAUSES:
+        if needle in error:
+            return f"likely cause: {cause}"
+    return "see nft's error above; `nft -c -f FILE` with `knock-gate --print-ruleset` output reproduces it"
+
+
+def explain_os_error(error: OSError) -> str:
+    path = str(error.filename or "")
+    if isinstance(error, FileNotFoundError) and path.startswith("/proc/sys/net/ipv4/conf/"):
+        return f"there is no interface {path.split('/')[6]!r} (server.interface)"
+    if path.startswith("/proc/sys/"):
+        return ("kernel doors set this sysctl: the gate needs CAP_NET_ADMIN and a writable /proc/sys "
+                "(no ProtectKernelTunables= in a systemd unit)")
+    return "check gate.backend and server.interface"
+
+
 def remove_table(settings: GateSettings) -> str:
     return f"delete table inet {settings.table}\n"
 

@@ -31,7 +31,20 @@ NFT_TIMEOUT_S = 5
 
 
 class NftError(RuntimeError):
-    pass
+    """nft's own error line; `rule` is the line of our input it points at, if it named one."""
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def _nft_error(text: str, fallback: str) -> NftError:
+    """nft's error output: "Error: ..." (maybe prefixed by a place), then the input line, then carets."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return NftError(fallback)
+    rule = lines[1].strip() if len(lines) > 1 and not set(lines[1].strip()) <= {"^", "~"} else ""
+    return NftError(lines[0].strip(), rule)
 
 
 class Nft:
@@ -42,14 +55,15 @@ class Nft:
     starting an nft process. Otherwise, `nft -f -` with the script on stdin.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dry_run: bool = False) -> None:
+        """`dry_run`: the kernel checks every transaction whole and commits none (`nft -c`)."""
         self._lib: ctypes.CDLL | None = None
         self._ctx: int | None = None
         try:
             lib = ctypes.CDLL("libnftables.so.1")
         except OSError:
             path = shutil.which("nft") or "/usr/sbin/nft"
-            self._argv = [path, "-f", "-"]
+            self._argv = [path, *(["-c"] if dry_run else []), "-f", "-"]
             return
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -66,6 +80,9 @@ class Nft:
             raise NftError("nft_ctx_new failed")
         lib.nft_ctx_buffer_output(ctx)
         lib.nft_ctx_buffer_error(ctx)
+        if dry_run:
+            lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+            lib.nft_ctx_set_dry_run(ctx, True)
         self._lib, self._ctx = lib, ctx
 
     @property
@@ -79,15 +96,17 @@ class Nft:
             self._lib.nft_ctx_get_output_buffer(self._ctx)
             error = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
             if failed:
-                raise NftError(error.splitlines()[0] if error else "nft failed")
+                raise _nft_error(error, "nft failed")
             return
         try:
             done = subprocess.run(self._argv, input=script, capture_output=True, text=True,
                                   timeout=NFT_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NftError(str(exc)) from None
+        except OSError as exc:
+            raise NftError(f"cannot run {self._argv[0]}: {exc.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise NftError(f"{self._argv[0]} did not answer within {NFT_TIMEOUT_S} s") from None
         if done.returncode != 0:
-            raise NftError(done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}")
+            raise _nft_error(done.stderr, f"exit {done.returncode}")
 
 
 def settings_from(config: Config) -> core.GateSettings:
@@ -194,10 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = common_arguments("dynknock gate stage (nftables; needs CAP_NET_ADMIN)")
     parser.add_argument("--remove-table", action="store_true",
                         help="delete our nftables table and exit (uninstall; open doors close at once)")
+    parser.add_argument("--print-ruleset", action="store_true",
+                        help="print the nft script that installs our table for this config, and exit "
+                             "(check it with: nft -c -f FILE)")
+    parser.add_argument("--check", action="store_true",
+                        help="check that the kernel takes our table (nothing is changed), say why not, and exit "
+                             "(knock-admin doctor runs it)")
     args = parser.parse_args(argv)
     config = load_config_or_exit(args.config, "gate")
     log = setup_logging("gate")
     settings = settings_from(config)
+    if args.print_ruleset:
+        print(core.ruleset(settings), end="")
+        return 0
+    if args.check:
+        return check(config, settings)
     nft = Nft() if config.gate_backend == "nftables" else None
     kernel = KernelSettings(config)
     if args.remove_table:
@@ -212,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 kernel.count_bytes()
                 if kernel.needed(settings):
                     kernel.enable()
-        except (NftError, OSError) as exc:
-            print(f"knock-gate: cannot install the nftables table inet {settings.table} "
-                  f"(needs CAP_NET_ADMIN; gate.backend in {config.path}): {exc}", file=sys.stderr)
+        except (NftError, OSError) as exc:  # nft's refusal, or the sysctls of kernel doors
+            print(f"knock-gate: {why_not_installed(config, settings, exc)}", file=sys.stderr)
             return 2
         log.info("nftables table inet %s ready (via %s): doors %d-%d%s%s.", settings.table, nft.via,
                  settings.door_port_low, settings.door_port_high, ", stealth" if settings.stealth else "",
@@ -225,6 +254,34 @@ def main(argv: list[str] | None = None) -> int:
                     "relay's address check; a scan can see them. Use nftables in production.")
 
     return GateShell(config, log, settings, nft).run()
+
+
+def why_not_installed(config: Config, settings: core.GateSettings, error: NftError | OSError) -> str:
+    """The one line that says why our table cannot be installed, and the likely cause."""
+    if isinstance(error, NftError):
+        where = f" in `{error.rule}`" if error.rule else ""
+        said, cause = f"nft said \"{error}\"{where}", core.explain_nft_error(str(error))
+    else:
+        said, cause = str(error), core.explain_os_error(error)
+    return f"cannot install the nftables table inet {settings.table}: {said}; {cause} (gate.backend in {config.path})"
+
+
+def check(config: Config, settings: core.GateSettings) -> int:
+    """`--check`: the kernel's dry run of our ruleset and the sysctls kernel doors need; nothing changes."""
+    if config.gate_backend != "nftables":
+        print(f'knock-gate: gate.backend = "none" in {config.path}: no firewall rules to check')
+        return 0
+    try:
+        Nft(dry_run=True).apply(core.ruleset(settings))
+        kernel = KernelSettings(config)
+        # (nf_conntrack_acct appears once the ruleset's ct rules load conntrack: not before a dry run.)
+        if kernel.needed(settings) and not kernel.path.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(kernel.path))
+    except (NftError, OSError) as exc:
+        print(f"knock-gate: {why_not_installed(config, settings, exc)}", file=sys.stderr)
+        return 2
+    print(f"knock-gate: the kernel takes table inet {settings.table}")
+    return 0
 
 
 class GateShell(Shell):

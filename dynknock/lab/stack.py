@@ -33,6 +33,7 @@ from dynknock.auth.users import User, save_users
 from dynknock.keys import derive_master_key
 from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
 from dynknock.protocol import CONTROL_PORT
+from dynknock.reasons import TAIL_BYTES, why_stopped
 from dynknock.topics import ALIVE
 
 # The installed stages the lab runs (scripts/setup.sh); DYNKNOCK_VENV points the tests at another install,
@@ -145,6 +146,8 @@ class Stack:
         self.endpoints = bus.Endpoints.in_directory(workdir / "run")
         self.process: Any = None
         self.output: Any = None
+        # supervisord's own output: its log lines and the reasons listener's (dynknock/reasons.py).
+        self.output_path = workdir / f"supervisord{'-' + name if name else ''}.out"
 
     def start(self, timeout_s: float = 20.0, wait: bool = True) -> None:
         """Start supervisord; with `wait`, until every stage is alive on the (ipc) tap.
@@ -158,8 +161,7 @@ class Stack:
         if supervisord is None:
             raise RuntimeError("supervisord not found: run scripts/setup.sh first")
         # supervisord echoes its own log; keep it in the work directory, not on the terminal.
-        self.output = open(self.workdir / f"supervisord{'-' + self.name if self.name else ''}.out",  # noqa: SIM115
-                           "ab")  # closed in stop()
+        self.output = open(self.output_path, "ab")  # noqa: SIM115 (closed in stop())
         self.process = self.lab.popen(self.host, [*PRIVATE_RUN, supervisord, "-c", str(self.supervisord_conf)],
                                       env=env, stdout=self.output, stderr=subprocess.STDOUT)
         if wait:
@@ -172,15 +174,22 @@ class Stack:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and not set(stages) <= seen:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"supervisord exited with {self.process.returncode}; "
-                                       f"see /var/log/dynknock/*.log")
+                    output = self.output_path.read_text(errors="replace").strip().splitlines()
+                    raise RuntimeError(f"supervisord exited with {self.process.returncode}: "
+                                       f"{output[-1] if output else 'no output'}")
                 if sub.poll(200):
                     topic = sub.recv_multipart()[0].decode()
                     seen.add(topic)
         missing = set(stages) - seen
         if missing:
-            raise RuntimeError(f"stages not alive after {timeout_s} s: {sorted(missing)}; "
-                               f"see /var/log/dynknock/*.log")
+            said = "; ".join(f"{program}: {self.why_down(program)}"
+                             for program in sorted(topic.split(".", 1)[0] for topic in missing))
+            raise RuntimeError(f"stages not alive after {timeout_s} s: {said}")
+
+    def why_down(self, program: str) -> str:
+        """The line a program printed when it stopped, as `knock-admin status` would show it."""
+        done = self.supervisorctl("tail", f"-{TAIL_BYTES}", program)
+        return why_stopped(done.stdout) or f"no error line in its log ({done.stdout.strip()[-200:] or done.stderr})"
 
     @contextmanager
     def tap(self, prefix: str = "", connected: bool = True) -> Iterator[zmq.Socket[Any]]:

@@ -19,7 +19,8 @@ STAGES = ("capture", "auth", "gate", "relay", "client")
 
 WIRE = {"dynknock.protocol", "dynknock.keys", "dynknock.rules"}
 SHARED = {"dynknock.bus", "dynknock.topics", "dynknock.limits", "dynknock.transport", "dynknock.config",
-          "dynknock.stage", "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir"}
+          "dynknock.stage", "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir",
+          "dynknock.reasons"}
 TOOLS = {"dynknock.busd", "dynknock.tap", "dynknock.status"}
 
 
