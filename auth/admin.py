@@ -5,6 +5,8 @@
     knock-admin remove alice
     knock-admin list
     knock-admin set-services bob ssh
+    knock-admin status                            # stages alive (and why one is down), doors, rejections
+    knock-admin doctor                            # check the server's setup; says what to fix
 
 The file (auth/users.py) holds every user's 32-byte master key, never a
 password; it is rewritten atomically with mode 0600, and knock-auth reloads it
@@ -302,6 +304,7 @@ def cmd_list(args: argparse.Namespace, io: Io) -> int:
 def cmd_status(args: argparse.Namespace, io: Io) -> int:
     from dynknock import status
     from dynknock.config import ConfigError, config_path, load
+    from dynknock.reasons import ProgramState, Supervisor, SupervisorUnreachable
     from dynknock.stage import transport_for
 
     try:
@@ -309,8 +312,23 @@ def cmd_status(args: argparse.Namespace, io: Io) -> int:
     except ConfigError as exc:
         raise AdminError(str(exc)) from None
     summary = status.collect(transport_for(config, "tap"), args.seconds)
-    print(status.render(summary, int(io.now().timestamp() * 1000)), file=io.stdout)
+    programs: list[ProgramState] | None = None
+    note = ""
+    try:
+        programs = Supervisor.from_conf(args.supervisord_conf).programs()
+    except SupervisorUnreachable as exc:
+        note = str(exc)
+    print(status.render(summary, int(io.now().timestamp() * 1000), programs, note), file=io.stdout)
     return EXIT_OK if "auth" in summary.alive else EXIT_FAILURE
+
+
+def cmd_doctor(args: argparse.Namespace, io: Io) -> int:
+    from dynknock.auth import doctor
+    from dynknock.config import config_path
+
+    findings = doctor.examine(config_path(args.config), args.supervisord_conf)
+    print(doctor.render(findings), file=io.stdout)
+    return EXIT_FAILURE if any(f.level == doctor.PROBLEM for f in findings) else EXIT_OK
 
 
 def _gateway_argument(text: str) -> str:
@@ -383,7 +401,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     status.add_argument("-c", "--config", help="server config (default: $DYNKNOCK_CONFIG or "
                                                "/etc/dynknock/dynknock.toml)")
     status.add_argument("--seconds", type=float, default=2.5, help="how long to listen (default: %(default)s)")
+    status.add_argument("--supervisord-conf", type=Path, default=Path("/etc/dynknock/supervisord.conf"),
+                        metavar="PATH", help="asked (as root) why a stage is down (default: %(default)s)")
     status.set_defaults(handler=cmd_status)
+
+    doctor = commands.add_parser("doctor", help="check this server's setup (config, interface, nftables, users "
+                                 "file, directories, services, supervisord) and say what to fix")
+    doctor.add_argument("-c", "--config", help="server config (default: $DYNKNOCK_CONFIG or "
+                                               "/etc/dynknock/dynknock.toml)")
+    doctor.add_argument("--supervisord-conf", type=Path, default=Path("/etc/dynknock/supervisord.conf"),
+                        metavar="PATH", help="supervisord to ask about its programs (default: %(default)s)")
+    doctor.set_defaults(handler=cmd_doctor)
 
     keys = commands.add_parser("bus-keys", help="make CURVE keys for a bus over tcp (stages on several hosts)")
     keys.add_argument("directory", type=Path, metavar="DIR", help="new or empty directory (bus.curve_dir)")
