@@ -140,19 +140,23 @@ print(json.dumps(out[1:]))
 '''
 
 SEE_TOOL = r'''
-"""see.py IFACE FILTER SECONDS: count the frames a libpcap handle with FILTER sees; prints "ready", then the count."""
+"""see.py IFACE FILTER SECONDS: count the frames a libpcap handle with FILTER passes; prints "ready", then the count.
+
+The count is the kernel's (pcap stats: ps_recv, every frame the filter passed, read or dropped for want of
+buffer), so a reader that falls behind on a busy machine counts the same.
+"""
 import sys, time
 import pcap
-handle = pcap.pcap(name=sys.argv[1], snaplen=256, promisc=False, immediate=True, timeout_ms=50)
+handle = pcap.pcap(name=sys.argv[1], snaplen=256, promisc=False, immediate=True, timeout_ms=50,
+                   buffer_size=32 * 1024 * 1024)
 handle.setfilter(sys.argv[2])
 handle.setnonblock(True)
 print("ready", flush=True)
-seen = 0
 deadline = time.monotonic() + float(sys.argv[3])
 while time.monotonic() < deadline:
-    seen += len(handle.readpkts())
+    handle.readpkts()
     time.sleep(0.01)
-print(seen)
+print(handle.stats()[0])
 '''
 
 

@@ -39,8 +39,11 @@ class Installed:
 
 
 def _no_compiler_env(venv: Path) -> dict[str, str]:
-    return {"PATH": f"{venv / 'bin'}:/nonexistent", "HOME": os.environ.get("HOME", "/root"), "CC": "/nonexistent/cc",
-            "CXX": "/nonexistent/c++", "CFLAGS": "-I/nonexistent", "LDFLAGS": "-L/nonexistent", "LANG": "C.UTF-8"}
+    """No compiler; the user's own pip settings (PIP_*: an index, a certificate file) stay, as for any install."""
+    pip = {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+    return {**pip, "PATH": f"{venv / 'bin'}:/nonexistent", "HOME": os.environ.get("HOME", "/root"),
+            "CC": "/nonexistent/cc", "CXX": "/nonexistent/c++", "CFLAGS": "-I/nonexistent", "LDFLAGS": "-L/nonexistent",
+            "LANG": "C.UTF-8"}
 
 
 @pytest.fixture(scope="module")
