@@ -163,6 +163,7 @@ class RejectReason(enum.Enum):
     TOO_MANY_DOORS = "too_many_doors"  # the user (or all users) hold max_doors_per_user (max_doors_total)
     HINT_OVER_BUDGET = "hint_over_budget"  # too many tag checks under this hint this second (a flood)
     WRONG_GATEWAY = "wrong_gateway"  # a fleet: P2 or knock seen at another gateway than the request's P1
+    KNOCK_KIND_REFUSED = "knock_kind_refused"  # connect() knocks, and server.connect_knocks = false
 
 
 class Status(enum.IntEnum):
@@ -173,6 +174,14 @@ class Status(enum.IntEnum):
     ADDRESS_MISMATCH = 2  # the source the server saw differs from the declared one
     SERVICE_NOT_ALLOWED = 3
     UNAVAILABLE = 4  # the server could not open a door now; try again later
+    KNOCK_KIND_REFUSED = 5  # the server takes only SYN knocks with a chosen ISN (server.connect_knocks)
+
+
+class KnockKind(enum.IntEnum):
+    """How the P1's knocks are sent, and so what of them the server can match (P1 byte 75)."""
+
+    SYN = 0  # SYNs built by hand with a chosen ISN (a raw socket): matched by address, port and ISN
+    CONNECT = 1  # ordinary connect()s, the ISN the kernel's: matched by address and port; ISNs are 0
 
 
 class AddressFamily(enum.IntEnum):
@@ -202,6 +211,7 @@ class P1:
     address: IPAddress | None  # None = AS_SEEN
     service: str
     knocks: tuple[Knock, Knock, Knock]
+    knock_kind: KnockKind = KnockKind.SYN
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +243,7 @@ class Reject:
 
 _ADDRESS = struct.Struct("!B16s")
 _KNOCK = struct.Struct("!HI")
-_P1_BODY = struct.Struct("!Q16s17s16s18s")  # 75 bytes, padded to 80
+_P1_BODY = struct.Struct("!Q16s17s16s18sB")  # 76 bytes, padded to 80
 _P2_BODY = struct.Struct("!Q16s")  # 24 bytes, padded to 32
 _P3_BODY = struct.Struct("!Q16sBHH17s")  # 46 bytes, padded to 48
 
@@ -285,9 +295,12 @@ def encode_plaintext(message: Message) -> tuple[PacketType, bytes]:
         for knock in message.knocks:
             if not (1 <= knock.port <= 65535 and 0 <= knock.isn < 2**32):
                 raise ValueError(f"bad knock {knock}")
+            if message.knock_kind is KnockKind.CONNECT and knock.isn:
+                raise ValueError("connect() knocks carry no ISN (0)")
         knocks = b"".join(_KNOCK.pack(k.port, k.isn) for k in message.knocks)
         body = _P1_BODY.pack(message.timestamp_ms, message.request_id,
-                             _pack_address(message.address), _pack_service(message.service), knocks)
+                             _pack_address(message.address), _pack_service(message.service), knocks,
+                             message.knock_kind)
         kind = PacketType.P1
     elif isinstance(message, P2):
         body = _P2_BODY.pack(message.timestamp_ms, message.request_id)
@@ -307,7 +320,7 @@ def decode_plaintext(kind: PacketType, plain: bytes) -> Message | Reject:
     if len(plain) != PLAINTEXT_LEN[kind]:
         return Reject(RejectReason.BAD_SIZE, "plaintext")
     if kind is PacketType.P1:
-        ts, rid, raw_addr, raw_service, raw_knocks = _P1_BODY.unpack_from(plain)
+        ts, rid, raw_addr, raw_service, raw_knocks, raw_kind = _P1_BODY.unpack_from(plain)
         used = _P1_BODY.size
     elif kind is PacketType.P2:
         ts, rid = _P2_BODY.unpack_from(plain)
@@ -331,10 +344,14 @@ def decode_plaintext(kind: PacketType, plain: bytes) -> Message | Reject:
     service = _unpack_service(raw_service)
     if isinstance(service, Reject):
         return service
+    if raw_kind not in KnockKind.__members__.values():
+        return Reject(RejectReason.BAD_FIELD, "knock_kind")
+    knock_kind = KnockKind(raw_kind)
     knocks = tuple(Knock(*_KNOCK.unpack_from(raw_knocks, i * _KNOCK.size)) for i in range(KNOCK_COUNT))
-    if any(k.port == 0 for k in knocks) or len(set(knocks)) != KNOCK_COUNT:
+    if any(k.port == 0 for k in knocks) or len(set(knocks)) != KNOCK_COUNT \
+            or (knock_kind is KnockKind.CONNECT and any(k.isn for k in knocks)):
         return Reject(RejectReason.BAD_FIELD, "knocks")
-    return P1(ts, rid, address, service, (knocks[0], knocks[1], knocks[2]))
+    return P1(ts, rid, address, service, (knocks[0], knocks[1], knocks[2]), knock_kind)
 
 
 # --- sealing and opening ----------------------------------------------------

@@ -99,6 +99,12 @@ def plaintexts() -> dict[str, bytes]:
             zero = bytearray(plain)
             zero[57:59] = b"\0\0"
             out[f"{name}-knock-port-0"] = bytes([kind]) + bytes(zero)
+            unknown = bytearray(plain)
+            unknown[75] = 2
+            out[f"{name}-knock-kind-2"] = bytes([kind]) + bytes(unknown)
+            flipped = bytearray(plain)
+            flipped[75] ^= 1  # SYN knocks called connect() ones (ISNs left), or the other way round
+            out[f"{name}-knock-kind-flipped"] = bytes([kind]) + bytes(flipped)
         if kind == 3:
             status = bytearray(plain)
             status[24] = 9

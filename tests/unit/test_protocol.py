@@ -136,6 +136,7 @@ def test_the_vector_set_is_complete_and_current() -> None:
     expected = {"keys.json", "p1_ipv4.json", "p1_ipv6.json", "p1_as_seen.json", "p2.json"}
     expected |= {f"p3_{s.name.lower()}.json" for s in Status}
     expected |= {"v2_p1_ipv4.json", "v2_p1_ipv6.json", "v2_p2.json", "v2_p3_open.json"}  # bound to a gateway
+    expected |= {"p1_connect_ipv4.json", "v2_p1_connect_ipv6.json"}  # knocks sent by connect()
     assert set(VECTORS) == expected
     # The files are exactly what the generator writes from the code today.
     assert MV.main(["--check"]) == 0
@@ -239,7 +240,10 @@ def test_plaintext_offsets_are_as_documented() -> None:
     assert p1[24] == 4 and p1[25:29] == bytes([203, 0, 113, 7]) and p1[29:41] == bytes(12)
     assert p1[41:57] == b"ssh".ljust(16, b"\0")
     assert struct.unpack("!HIHIHI", p1[57:75]) == (15075, 0x54841860, 4174, 0xE2AA5A03, 44809, 0x902AC754)
-    assert p1[75:80] == bytes(5)
+    assert p1[75] == proto.KnockKind.SYN and p1[76:80] == bytes(4)
+    connect = bytes.fromhex(PACKET_VECTORS["p1_connect_ipv4.json"]["derived"]["plaintext"])
+    assert connect[75] == proto.KnockKind.CONNECT and connect[:57] == p1[:57]
+    assert struct.unpack("!HIHIHI", connect[57:75]) == (15075, 0, 4174, 0, 44809, 0)
     p1v6 = bytes.fromhex(PACKET_VECTORS["p1_ipv6.json"]["derived"]["plaintext"])
     assert p1v6[24] == 6 and p1v6[25:41] == ipaddress.IPv6Address("2001:db8::7").packed
     p1seen = bytes.fromhex(PACKET_VECTORS["p1_as_seen.json"]["derived"]["plaintext"])
@@ -431,7 +435,7 @@ def test_bad_tag() -> None:
 def test_bad_padding(message: proto.Message) -> None:
     kind, plain = proto.encode_plaintext(message)
     assert decode(KEYS, seal_raw(KEYS, kind, plain)) == message  # the raw sealer is right
-    for index in range({PacketType.P1: 75, PacketType.P2: 24, PacketType.P3: 46}[kind], len(plain)):
+    for index in range({PacketType.P1: 76, PacketType.P2: 24, PacketType.P3: 46}[kind], len(plain)):
         bad = bytearray(plain)
         bad[index] = 0x80
         assert decode(KEYS, seal_raw(KEYS, kind, bytes(bad))) == Reject(RejectReason.BAD_PADDING), index
@@ -456,7 +460,10 @@ P3_PLAIN = proto.encode_plaintext(_p3())[1]
     (_patched(P1_PLAIN, 41, b"ss h"), "service"),  # space
     (_patched(P1_PLAIN, 57, struct.pack("!HI", 0, 5)), "knocks"),  # port 0
     (_patched(P1_PLAIN, 63, P1_PLAIN[57:63]), "knocks"),  # a knock twice
-    (_patched(P3_PLAIN, 24, b"\x05"), "status"),
+    (_patched(P1_PLAIN, 75, b"\x02"), "knock_kind"),  # an unknown kind of knock
+    (_patched(P1_PLAIN, 75, b"\x80"), "knock_kind"),
+    (_patched(P1_PLAIN, 75, b"\x01"), "knocks"),  # connect() knocks with ISNs
+    (_patched(P3_PLAIN, 24, b"\x06"), "status"),
     (_patched(P3_PLAIN, 24, b"\xff"), "status"),
     (_patched(P3_PLAIN, 29, b"\x07"), "address"),
 ], ids=lambda x: x if isinstance(x, str) else "")

@@ -57,6 +57,9 @@ def message_to_json(message: proto.Message) -> dict[str, Any]:
         out["address"] = _address_json(message.address)
         out["service"] = message.service
         out["knocks"] = [{"port": k.port, "isn": k.isn, "isn_hex": f"{k.isn:08x}"} for k in message.knocks]
+        if message.knock_kind is not proto.KnockKind.SYN:  # the vectors of before it existed stay as they were
+            out["knock_kind"] = message.knock_kind.name
+            out["knock_kind_value"] = int(message.knock_kind)
     elif isinstance(message, proto.P3):
         out["status"] = message.status.name
         out["status_value"] = int(message.status)
@@ -75,7 +78,8 @@ def message_from_json(kind: str, doc: dict[str, Any]) -> proto.Message:
     ts, rid = int(doc["timestamp_ms"]), bytes.fromhex(doc["request_id"])
     if kind == "P1":
         k = [proto.Knock(int(x["port"]), int(x["isn"])) for x in doc["knocks"]]
-        return proto.P1(ts, rid, _address_from_json(doc["address"]), str(doc["service"]), (k[0], k[1], k[2]))
+        return proto.P1(ts, rid, _address_from_json(doc["address"]), str(doc["service"]), (k[0], k[1], k[2]),
+                        proto.KnockKind[doc.get("knock_kind", "SYN")])
     if kind == "P2":
         return proto.P2(ts, rid)
     return proto.P3(ts, rid, proto.Status[doc["status"]], int(doc["door_port"]), int(doc["window_seconds"]),
@@ -174,6 +178,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         (proto.Status.ADDRESS_MISMATCH, 0, 0, seen),
         (proto.Status.SERVICE_NOT_ALLOWED, 0, 0, v6),
         (proto.Status.UNAVAILABLE, 0, 0, v4),
+        (proto.Status.KNOCK_KIND_REFUSED, 0, 0, v4),
     ]
     for i, (status, port, window, address) in enumerate(p3s):
         p3 = proto.P3(ts + 1600, REQUEST_ID, status, port, window, address)
@@ -187,6 +192,16 @@ def build_vectors() -> dict[str, dict[str, Any]]:
                                            server=gateway6)
     out["v2_p2.json"] = packet_vector("v2: P2 of p2 bound to gateway 198.18.0.11", proto.P2(ts + 1500, REQUEST_ID),
                                       0xF0, server=gateway4)
+    # Knocks sent by connect(): the kernel picks the ISN, the P1 declares ports only (knock_kind 1, ISNs 0).
+    connect_knocks = tuple(proto.Knock(k.port, 0) for k in PAPER_KNOCKS)
+    out["p1_connect_ipv4.json"] = packet_vector(
+        "P1 of p1_ipv4 declaring connect() knocks (knock_kind 1: the server matches address and port)",
+        proto.P1(ts, REQUEST_ID, v4, "ssh", (connect_knocks[0], connect_knocks[1], connect_knocks[2]),
+                 proto.KnockKind.CONNECT), 0xD0)
+    out["v2_p1_connect_ipv6.json"] = packet_vector(
+        "v2: P1 declaring connect() knocks from an IPv6 client, bound to gateway 2001:db8:d::11",
+        proto.P1(ts + 1, REQUEST_ID, v6, "ssh", (connect_knocks[0], connect_knocks[1], connect_knocks[2]),
+                 proto.KnockKind.CONNECT), 0xD8, server=gateway6)
     out["v2_p3_open.json"] = packet_vector(
         "v2: P3 OPEN from gateway 198.18.0.11", proto.P3(ts + 1600, REQUEST_ID, proto.Status.OPEN, 58201, 30, v4),
         0xF8, server=gateway4)
