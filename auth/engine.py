@@ -17,7 +17,9 @@ Invariants:
 1. At most one request per (user, client address); a newer authenticated P1
    with another request id replaces the older one.
 2. A knock counts only for the request whose P1 declared exactly this
-   (source address, destination port, ISN); any other SYN changes nothing.
+   (source address, destination port, ISN), or for connect() knocks (knock kind
+   CONNECT: the kernel chose the ISN) this (source address, destination port);
+   any other SYN changes nothing.
 3. A nonce is remembered (and journalled) only when its packet is accepted, so
    a copy raced from another address cannot burn the real packet's nonce.
 4. P3 OPEN is sent only after every stage that opens the door confirmed it: gate and
@@ -33,7 +35,9 @@ Invariants:
 9. Tag checks under one hint are capped per second (and bad tags per source and
    hint), so a flood under one user's hint leaves every other user's packets
    their turn.
-10. A user holds at most max_doors_per_user doors, all users max_doors_total.
+10. A user holds at most max_doors_per_user doors not used yet, all users max_doors_total;
+    a single-use door stops counting (and frees its port) when a stage reports its connection
+    (DoorUsed); a user opens at most doors_per_minute doors a minute (a bucket of as many).
 11. A door lives only as long as its user may have it: a removed user, a new key,
     a service taken away or an account expired closes it (CloseDoor to both stages).
 12. A door whose port a local process holds ("address_in_use" from a stage) is
@@ -55,13 +59,16 @@ from dynknock.auth.replay import ReplayCache
 from dynknock.auth.users import User, UserDirectory
 from dynknock.config import Config, ServiceConfig, default_of
 from dynknock.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
-from dynknock.protocol import IPAddress, RejectReason, Status
+from dynknock.limits import TokenBuckets
+from dynknock.protocol import IPAddress, KnockKind, RejectReason, Status
 from dynknock.topics import Topic
 
 # Who opens a door: the gate admits the client and the relay forwards; or, for a door the
 # kernel forwards (services.NAME.forward), the gate alone.
 DOOR_STAGES = frozenset({"gate", "relay"})
 KERNEL_DOOR_STAGES = frozenset({"gate"})
+# The ISN a connect() knock is awaited with: the kernel chose it, so any ISN matches.
+ANY_ISN = -1
 
 # --- actions -----------------------------------------------------------------
 
@@ -145,6 +152,9 @@ class EngineConfig:
     reject_events_per_second: int = 20
     max_doors_per_user: int = default_of("max_doors_per_user")
     max_doors_total: int = default_of("max_doors_total")
+    doors_per_minute: int = default_of("doors_per_minute")
+    single_use: bool = default_of("single_use")
+    connect_knocks: bool = default_of("connect_knocks")
     # A tag check costs ~37 us in Python: 500 a second is ~2% of a core per flooded hint,
     # and far above what a user's clients send (a P1 and a P2 or two per door).
     hint_checks_per_second: int = 500
@@ -211,6 +221,7 @@ class Request:
     version: int = proto.VERSION  # the P1's wire version: P3s answer in it (2: bound to the gateway address)
     held_until_ms: int = 0  # a P2 held (p2_hold_ms) until then; 0: none held
     held_once: bool = False
+    denial: Status = Status.SERVICE_NOT_ALLOWED  # what a DENIED request's P2s are told
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,8 @@ class Door:
     service: str
     expires_ms: int
     gateway: str = ""
+    stages: frozenset[str] = DOOR_STAGES  # who opened it, and so who may report its connection
+    single_use: bool = True
 
 
 # The detail of a DoorResult(ok=False) when the port is held by another socket (the relay
@@ -250,7 +263,10 @@ class Engine:
         # port -> door: reserved from OpenDoor until the window ends, even if the request
         # is replaced meanwhile (invariant 5), unless revoked (invariant 11).
         self._doors: dict[int, Door] = {}
+        self._door_ports: dict[str, int] = {}  # door id -> its port, while it is in _doors
         self._doors_of: Counter[str] = Counter()  # user -> doors held (invariant 10)
+        # user -> doors that user may still open this minute (invariant 10)
+        self._door_rate = TokenBuckets(config.doors_per_minute / 60, config.doors_per_minute)
         self._busy_ports: dict[int, int] = {}  # port -> until when not to draw it again (address in use)
         # nonce -> (packet, what its tag check gave, forget after): invariant 8
         self._checked: dict[bytes, tuple[bytes, proto.Message | proto.Reject, int]] = {}
@@ -394,17 +410,17 @@ class Engine:
 
     def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int, gateway: str = "") -> list[Action]:
         """A SYN seen at `gateway`: a knock only for a request whose P1 came to that gateway."""
-        request = self._knocks.get((source, port, isn))
-        if request is not None and request.gateway != gateway:
-            self.unmatched_syns += 1  # a copy at another gateway: the knock still waits where it belongs
-            return []
-        request = self._knocks.pop((source, port, isn), None)
-        if request is not None:
-            self._pair_removed(source, port)
+        key = (source, port, isn)
+        request = self._knocks.get(key)
         if request is None:
-            self.unmatched_syns += 1
+            key = (source, port, ANY_ISN)  # a connect() knock: the kernel chose the ISN
+            request = self._knocks.get(key)
+        if request is None or request.gateway != gateway:
+            self.unmatched_syns += 1  # not awaited; or a copy at another gateway: it waits where it belongs
             return []
-        request.remaining.discard((port, isn))
+        del self._knocks[key]
+        self._pair_removed(source, port)
+        request.remaining.discard((port, key[2]))
         actions: list[Action] = [Notify(Topic.AUTH_KNOCK_MATCHED, {
             "user": request.user, "client": _addr(source), "port": port,
             "left": len(request.remaining)})]
@@ -450,6 +466,26 @@ class Engine:
                 actions += self._door_failed(request, "relay restarted", now_ms)
         return actions
 
+    def on_door_used(self, door_id: str, stage: str, now_ms: int, gateway: str = "") -> list[Action]:
+        """A stage that opened this door saw its connection come (bus.DoorUsed).
+
+        A single-use door has done its work: it stops counting against its user's and the server's
+        caps (invariant 10) and its port is freed; CloseDoor takes what is left of it out of the
+        gate (a kernel door's forwarding entry; the connection itself lives on in conntrack, or in
+        the relay). A door of many connections counts until its window ends.
+        """
+        port = self._door_ports.get(door_id)
+        door = self._doors.get(port) if port is not None else None
+        if door is None or door.gateway != gateway or stage not in door.stages or not door.single_use:
+            return []  # unknown, closed already, reported by a stage that did not open it, or of many uses
+        request = self._by_door.get(door_id)
+        if request is not None and request.state is State.OPENING:
+            return []  # no client was told of it yet (invariant 4): it counts until it opens or fails
+        self._release(door.port)
+        return [CloseDoor(door.door_id, door.client, door.port, door.gateway),
+                Notify(Topic.AUTH_DOOR_USED, {"user": door.user, "client": _addr(door.client), "port": door.port,
+                                              "seen_by": stage, **({"gateway": gateway} if gateway else {})})]
+
     def on_tick(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         self._replay.sweep(now_ms)
@@ -480,6 +516,7 @@ class Engine:
         for port, until in list(self._busy_ports.items()):
             if until <= now_ms:
                 del self._busy_ports[port]
+        self._door_rate.forget_full(now_ms / 1000)
         for rid, (_, _, expiry) in list(self._mismatches.items()):
             if expiry <= now_ms:
                 del self._mismatches[rid]
@@ -525,20 +562,25 @@ class Engine:
         if existing is not None:
             actions.append(Notify(Topic.AUTH_REQUEST_REPLACED, {"user": user.name, "client": _addr(client)}))
             actions += self._drop(existing)
+        connect = p1.knock_kind is KnockKind.CONNECT
         request = Request(user.name, keys, client, p1.request_id, p1.service, now_ms,
-                          {(k.port, k.isn) for k in p1.knocks}, state_since_ms=now_ms, gateway=gateway,
-                          version=version)
+                          {(k.port, ANY_ISN if connect else k.isn) for k in p1.knocks}, state_since_ms=now_ms,
+                          gateway=gateway, version=version)
         self._requests[(user.name, client)] = request
         self._by_id[p1.request_id] = request
         actions.append(Notify(Topic.AUTH_REQUEST_RECEIVED, {
             "user": user.name, "client": _addr(client), "source": _addr(source), "service": p1.service,
-            **({"gateway": gateway} if gateway else {})}))
+            "knocks": p1.knock_kind.name.lower(), **({"gateway": gateway} if gateway else {})}))
+        denial = None
         if p1.service not in user.services or p1.service not in self.config.services:
-            request.state = State.DENIED
+            denial = (Status.SERVICE_NOT_ALLOWED, RejectReason.SERVICE_NOT_ALLOWED, p1.service)
+        elif connect and not self.config.connect_knocks:
+            denial = (Status.KNOCK_KIND_REFUSED, RejectReason.KNOCK_KIND_REFUSED, "server.connect_knocks = false")
+        if denial is not None:
+            request.state, request.denial = State.DENIED, denial[0]
             request.remaining.clear()
-            self.rejections[RejectReason.SERVICE_NOT_ALLOWED.value] += 1
-            actions.append(self._rejection_event(RejectReason.SERVICE_NOT_ALLOWED, client, user.name,
-                                                 p1.service))
+            self.rejections[denial[1].value] += 1
+            actions.append(self._rejection_event(denial[1], client, user.name, denial[2]))
             return actions + self._filter_update()  # the replaced request's knocks are gone
         for port, isn in request.remaining:
             if (client, port, isn) not in self._knocks:  # else it is taken over, not added
@@ -625,8 +667,11 @@ class Engine:
                                         {"user": request.user, "client": _addr(request.client)})]
         request.state_since_ms = now_ms
         refusal: tuple[RejectReason, str] | None = None
+        rate = self._door_rate.has(request.user, now_ms / 1000)
         if self._doors_of[request.user] >= self.config.max_doors_per_user:
-            refusal = (RejectReason.TOO_MANY_DOORS, f"user holds {self.config.max_doors_per_user}")
+            refusal = (RejectReason.TOO_MANY_DOORS, f"user holds {self.config.max_doors_per_user} unused")
+        elif rate is None:
+            refusal = (RejectReason.TOO_MANY_DOORS, f"user opened {self.config.doors_per_minute} in a minute")
         elif len(self._doors) >= self.config.max_doors_total:
             refusal = (RejectReason.TOO_MANY_DOORS, f"server holds {self.config.max_doors_total}")
         if refusal is None:
@@ -638,7 +683,8 @@ class Engine:
             self.rejections[refusal[0].value] += 1
             actions.append(self._rejection_event(refusal[0], request.client, request.user, refusal[1]))
             return actions + self._maybe_answer(request, now_ms) + self._filter_update()
-        assert port is not None
+        assert port is not None and rate is not None
+        rate[0] -= 1.0  # the bucket's token: only a door really asked for takes one
         return actions + self._open_at(request, port, now_ms) + self._filter_update()
 
     def _open_at(self, request: Request, port: int, now_ms: int) -> list[Action]:
@@ -652,7 +698,8 @@ class Engine:
         request.door_stages = door_stages(service, request.client)
         self._by_door[request.door_id] = request
         self._doors[port] = Door(request.door_id, request.user, request.client, port, request.service,
-                                 request.door_expires_ms, request.gateway)
+                                 request.door_expires_ms, request.gateway, request.door_stages, self.config.single_use)
+        self._door_ports[request.door_id] = port
         self._doors_of[request.user] += 1
         return [OpenDoor(request.door_id, request.user, request.client, port, service.name,
                          service.host, service.port, request.door_expires_ms, request.door_stages, request.gateway)]
@@ -693,6 +740,7 @@ class Engine:
     def _release(self, port: int) -> None:
         door = self._doors.pop(port, None)
         if door is not None:
+            del self._door_ports[door.door_id]
             self._doors_of[door.user] -= 1
             if self._doors_of[door.user] <= 0:
                 del self._doors_of[door.user]
@@ -760,7 +808,7 @@ class Engine:
             p3 = proto.P3(now_ms, request.request_id, Status.OPEN, request.door_port, left, destination)
         else:
             status = {State.AWAITING_KNOCKS: Status.PENDING, State.OPENING: Status.PENDING,
-                      State.DENIED: Status.SERVICE_NOT_ALLOWED, State.FAILED: Status.UNAVAILABLE}[request.state]
+                      State.DENIED: request.denial, State.FAILED: Status.UNAVAILABLE}[request.state]
             p3 = proto.P3(now_ms, request.request_id, status, 0, 0, destination)
         bound = source if request.version != proto.VERSION else None  # v2: bound to the address it leaves from
         return SendReply(destination, port, source, self._seal(request.user, request.keys, p3, now_ms, bound),

@@ -136,7 +136,7 @@ class AuthShell(Shell):
                 else:
                     transport.connect(sock, stage)
                 self.door_stages[(gateway, stage)] = sock
-                self.watch(sock, functools.partial(self.read_results, sock))
+                self.watch(sock, functools.partial(self.read_results, sock, (gateway, stage)))
         # Which gateway an address belongs to: a capture may only report packets sent to its own.
         self.gateway_of = {ipaddress.ip_address(address): g.name
                            for g in config.gateways.values() for address in g.addresses}
@@ -330,14 +330,14 @@ class AuthShell(Shell):
             except zmq.Again:
                 return
 
-    def read_results(self, sock: zmq.Socket[Any]) -> None:
+    def read_results(self, sock: zmq.Socket[Any], door_stage: tuple[str, str]) -> None:
         for _ in range(self.BATCH):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.flush()  # keep the order of effects
-            self.on_result(frame)
+            self.on_result(frame, door_stage)
 
     def on_monitor(self, monitor: zmq.Socket[Any], door_stage: tuple[str, str]) -> None:
         gateway, stage = door_stage
@@ -352,9 +352,14 @@ class AuthShell(Shell):
                 self.flush()  # keep the order of effects
                 self.execute(self.engine.on_door_stage_lost(stage, now_ms(), gateway))
 
-    def on_result(self, frame: bytes) -> None:
+    def on_result(self, frame: bytes, door_stage: tuple[str, str]) -> None:
+        """A DoorResult, or a DoorUsed, from the (gateway, stage) whose socket it came on."""
         result = self.decode(frame, "door result")
         if result is None:
+            return
+        gateway, stage = door_stage
+        if isinstance(result, bus.DoorUsed) and result.stage == stage:
+            self.execute(self.engine.on_door_used(result.door_id, stage, now_ms(), gateway))
             return
         if not isinstance(result, bus.DoorResult):
             self.unexpected(result, " on a door socket")

@@ -16,6 +16,7 @@ KnockFilter         auth         capture                     PUB -> SUB ``filter
 DoorOpen            auth         gate, relay (not kernel)    DEALER -> ROUTER ``gate``/``relay``
 DoorClose           auth         gate, relay                 DEALER -> ROUTER
 DoorResult          gate, relay  auth                        ROUTER -> DEALER (reply)
+DoorUsed            gate, relay  auth                        ROUTER -> DEALER (unasked)
 Reply               auth         gate (fleet only)           DEALER -> ROUTER ``gate``
 ==================  ===========  =========================  ========================
 
@@ -142,6 +143,19 @@ class DoorResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DoorUsed:
+    """A door's connection came: the gate saw the kernel forward it (conntrack), or the relay accepted
+    it. Sent to the auth that opened the door; a single-use door stops counting against its user's
+    cap then (auth/engine.py). An old auth drops it as unknown, and counts the door as before."""
+
+    KIND: ClassVar[str] = "door_used"
+    door_id: str
+    stage: str
+    client: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A sealed P3 for a gateway's gate to send from (source, control port) to the client.
 
@@ -166,10 +180,10 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | Reply | Event
+Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | DoorUsed | Reply | Event
 _CATALOGUE: Final[dict[str, type[Any]]] = {
-    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, Reply,
-                              Event)
+    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, DoorUsed,
+                              Reply, Event)
 }
 _PY_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "str": (str,), "int": (int,), "bytes": (bytes,), "bool": (bool,), "float": (float, int),
@@ -235,7 +249,7 @@ def decode_as(frame: bytes, kind: type[M]) -> M:
     return message
 
 
-def event(topic: str, stage: str, **fields: Any) -> list[bytes]:
+def event(topic: str, stage: str, /, **fields: Any) -> list[bytes]:
     """The two frames of a published event: topic (for prefix subscription), body."""
     return [topic.encode(), encode(Event(topic, stage, time.time(), fields))]
 

@@ -223,9 +223,16 @@ class Config:
     knock_timeout_seconds: int = _key("server", "knock_timeout_seconds", _int_range(1, 120), 10,
                                       "time from P1 to the last knock")
     max_doors_per_user: int = _key("server", "max_doors_per_user", _int_range(1, 10_000), 8,
-                                   "doors one user may hold at once")
+                                   "doors one user may hold at once that are not used yet (a single-use "
+                                   "door stops counting when its connection comes)")
     max_doors_total: int = _key("server", "max_doors_total", _int_range(1, 65_535), 1000,
-                                "doors all users together may hold at once")
+                                "doors all users together may hold at once, used single-use doors not counted")
+    doors_per_minute: int = _key("server", "doors_per_minute", _int_range(1, 100_000), 300,
+                                 "doors one user may open a minute (a bucket of as many, refilled over the "
+                                 "minute): bounds the work a key holder can cause")
+    connect_knocks: bool = _key("server", "connect_knocks", _bool, True,
+                                "accept knocks sent by ordinary connect() (a client without raw sockets; "
+                                "matched by address and port, docs/SECURITY.md)")
     users_file: Path = _key("server", "users_file", _path, "/etc/dynknock/users.json",
                             "users and their keys (mode 0600)")
     state_dir: Path = _key("server", "state_dir", _path, "/var/lib/dynknock", "replay journal")

@@ -21,6 +21,7 @@ _TEMPLATES: dict[str, str] = {
     Topic.AUTH_KNOCK_COMPLETE: "Correct knock sequence received from {user} ({client}, {client}).",
     Topic.AUTH_DOOR_OPENED: "Binded port {port} for {user}. ({client}) in {latency_ms} ms",
     Topic.AUTH_DOOR_EXPIRED: "Port {port} for {client} timeout and closed.",
+    Topic.AUTH_DOOR_USED: "Port {port} for {user} ({client}) used: its one connection came ({seen_by}).",
     Topic.AUTH_USERS_RELOADED: "Users file reloaded: {users} users.",
     Topic.AUTH_STARTED: "Server started.",
     Topic.GATE_RULE_ADDED: "Firewall opened port {port} for {client} ({timeout_ms} ms).",

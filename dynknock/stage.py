@@ -78,7 +78,7 @@ class Publisher:
         transport.connect(self._socket, "events")
         self._last_alive = 0.0
 
-    def publish(self, topic: Topic, **fields: Any) -> None:
+    def publish(self, topic: Topic, /, **fields: Any) -> None:
         if self.gateway:
             fields.setdefault("gateway", self.gateway)
         try:
@@ -236,6 +236,9 @@ class Shell:
                                 gateway_label(config) if name in GATEWAY_ROLES else "")
         self.poller = zmq.Poller()
         self._readers: dict[zmq.Socket[Any] | int, Reader] = {}
+        # The ROUTER identity of the request serve() is answering: a stage that reports later on
+        # what a request began (DoorUsed) keeps it to send to the same peer.
+        self.peer = b""
 
     def socket(self, kind: int, *, bind: str = "", connect: str = "",
                options: Mapping[int, int | bytes] | None = None) -> zmq.Socket[Any]:
@@ -294,6 +297,7 @@ class Shell:
                 self.log_bad("Dropped a message of %d frames", len(frames))
                 continue
             identity, frame = frames
+            self.peer = identity
             request = self.decode(frame)
             result = answer(request) if request is not None else None
             if result is not None:

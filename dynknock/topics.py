@@ -23,6 +23,7 @@ class Topic(StrEnum):
     AUTH_DOOR_EXPIRED = "auth.door.expired"
     AUTH_DOOR_MOVED = "auth.door.moved"
     AUTH_DOOR_REVOKED = "auth.door.revoked"
+    AUTH_DOOR_USED = "auth.door.used"  # a single-use door's connection came: it stops counting
     AUTH_USERS_RELOADED = "auth.users.reloaded"
     AUTH_STARTED = "auth.started"
     AUTH_ALIVE = "auth.alive"

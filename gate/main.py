@@ -308,6 +308,7 @@ class GateShell(Shell):
             else:
                 self.watch(self.conntrack.inbox, self.on_connection)
         self.doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
+        self.door_peers: dict[tuple[str, int], bytes] = {}  # ... and the auth that opened each (for DoorUsed)
         # A fleet's gateway sends the P3s auth hands it (bus.Reply) from its control port; bound at the first
         # one, so that on one host (auth sends, and holds the port) the gate never binds it.
         self.reply_from: dict[str, socket.socket] | None = None
@@ -318,19 +319,28 @@ class GateShell(Shell):
 
     def on_connection(self) -> None:
         assert self.conntrack is not None
-        seen = self.conntrack.inbox.recv_json()
-        assert isinstance(seen, dict)  # our own thread sent it
-        report_connection(core.ConnectionSeen(**seen), self.doors, self.events)
+        fields = self.conntrack.inbox.recv_json()
+        assert isinstance(fields, dict)  # our own thread sent it
+        seen = core.ConnectionSeen(**fields)
+        report_connection(seen, self.doors, self.events)
+        door = self.doors.get((seen.client, seen.door_port))
+        peer = self.door_peers.get((seen.client, seen.door_port))
+        if seen.kind == "used" and door is not None and door.single_use and peer is not None:
+            # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
+            self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "gate", seen.client,
+                                                                        seen.door_port))])
 
     def answer(self, command: bus.Message) -> bus.DoorResult | None:
         if isinstance(command, bus.DoorOpen):
             result = handle_open(self.settings, self.nft, command, self.events, self.log)
             if result.ok and command.kernel:
-                forget_expired(self.doors)
+                forget_expired(self.doors, self.door_peers)
                 self.doors[(command.client, command.port)] = command
+                self.door_peers[(command.client, command.port)] = self.peer
             return result
         if isinstance(command, bus.DoorClose):
             self.doors.pop((command.client, command.port), None)
+            self.door_peers.pop((command.client, command.port), None)
             return handle_close(self.settings, self.nft, command, self.events, self.log)
         if isinstance(command, bus.Reply):
             self.send_reply(command)
@@ -356,11 +366,12 @@ class GateShell(Shell):
             self.conntrack.close()
 
 
-def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen]) -> None:
+def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen], peers: dict[tuple[str, int], bytes]) -> None:
     """Doors past their window (their connections may go on: a minute's grace names them)."""
     now = now_ms()
     for key in [k for k, door in doors.items() if door.expires_at_ms + 60_000 < now]:
         del doors[key]
+        peers.pop(key, None)
 
 
 def report_connection(seen: core.ConnectionSeen, doors: dict[tuple[str, int], bus.DoorOpen],

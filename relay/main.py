@@ -119,6 +119,7 @@ class RelayShell(Shell):
         self.commands = self.socket(zmq.ROUTER, bind="relay")
         self.watch(self.commands, lambda: self.serve(self.commands, self.answer))
         self.listeners: dict[int, socket.socket] = {}  # door port -> listener
+        self.door_peers: dict[str, bytes] = {}  # door id -> the auth that opened it (for DoorUsed)
         self.paused: dict[int, float] = {}  # door port -> monotonic time its listener is polled again
         self.deferred_accepts = 0  # accepts put off for want of a descriptor (heartbeat figure)
         self.finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
@@ -162,6 +163,7 @@ class RelayShell(Shell):
             self.events.publish(Topic.RELAY_DOOR_REFUSED, client=command.client, port=command.port, reason=detail)
             return bus.DoorResult(command.door_id, "relay", False, detail)
         self.table.add(door)
+        self.door_peers[door.door_id] = self.peer
         self.log.info("Listening on door port %d for %s (%s).", door.port, door.user, door.client)
         self.events.publish(Topic.RELAY_DOOR_LISTENING, user=door.user, client=str(door.client), port=door.port)
         return bus.DoorResult(command.door_id, "relay", True)
@@ -173,6 +175,7 @@ class RelayShell(Shell):
                 self.unwatch(sock)
             sock.close()
         self.table.remove(door)
+        self.door_peers.pop(door.door_id, None)
         self.events.publish(Topic.RELAY_DOOR_CLOSED, user=door.user, client=str(door.client), port=door.port,
                             why=why)
         if why == "window":
@@ -235,6 +238,11 @@ class RelayShell(Shell):
                 reset(conn)
                 self.log_bad("Dropped a connection to port %d: %s", port, exc)
                 done(Totals(error=f"relay could not start a thread: {exc}"))
+            peer = self.door_peers.get(door.door_id)
+            if door.single_use and peer is not None:
+                # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
+                self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "relay", str(door.client),
+                                                                            port))])
             if self.table.should_close(door, now_ms()):
                 self.close_listener(door, "single use")
                 return

@@ -124,6 +124,15 @@ table = "dkstage"
 
 
 # Exactly how supervisord.conf starts the gate: the dynknock user with only CAP_NET_ADMIN.
+def next_result(sock: zmq.Socket[Any]) -> bus.DoorResult:
+    """The next DoorResult on a door stage's socket, past the DoorUsed reports it sends unasked."""
+    while True:
+        message = bus.decode(sock.recv())
+        if isinstance(message, bus.DoorResult):
+            return message
+        assert isinstance(message, bus.DoorUsed), message
+
+
 GATE_PRIVILEGES = ("/usr/bin/setpriv", "--reuid=dynknock", "--regid=dynknock", "--init-groups", "--no-new-privs",
                    "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin")
 

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from dynknock import bus
-from tests.stage.conftest import StageEnv, free_port, start_relay
+from tests.stage.conftest import StageEnv, free_port, next_result, start_relay
 
 pytestmark = pytest.mark.stage
 
@@ -57,7 +57,7 @@ def test_relay_short_of_descriptors_refuses_clearly_does_not_spin_and_recovers(s
     refusal = None
     for i in range(MAX_DOORS):
         commands.send(door_open(echo_service, base + i, f"door{i}"))
-        result = bus.decode_as(commands.recv(), bus.DoorResult)
+        result = next_result(commands)
         if not result.ok and result.detail.startswith("address_in_use:"):
             continue  # some other socket of this busy host holds that port: as auth does, take another
         if not result.ok:
@@ -101,10 +101,10 @@ def test_relay_short_of_descriptors_refuses_clearly_does_not_spin_and_recovers(s
     # And doors open again and carry bytes once auth closes some.
     for port in opened[-10:]:
         commands.send(bus.encode(bus.DoorClose(f"door{port - base}", "127.0.0.1", port)))
-        assert bus.decode_as(commands.recv(), bus.DoorResult).ok
+        assert next_result(commands).ok
     for fresh_port in range(base + MAX_DOORS + 2, base + MAX_DOORS + 12):
         commands.send(door_open(echo_service, fresh_port, f"fresh{fresh_port}"))
-        result = bus.decode_as(commands.recv(), bus.DoorResult)
+        result = next_result(commands)
         if not result.detail.startswith("address_in_use:"):
             break
     assert result.ok, result.detail

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from dynknock import bus
-from tests.stage.conftest import StageEnv, free_port, start_relay
+from tests.stage.conftest import StageEnv, free_port, next_result, start_relay
 
 pytestmark = pytest.mark.stage
 
@@ -51,6 +51,19 @@ def test_relay_forwards_the_authorised_peer_with_half_close(stage_env: StageEnv,
     # Single use (the default): the listener is gone after the first connection.
     with pytest.raises(ConnectionRefusedError):
         connect(door_port)
+
+
+def test_relay_reports_a_single_use_doors_connection_to_the_auth_that_opened_it(stage_env: StageEnv,
+                                                                                 echo_service: int) -> None:
+    start_relay(stage_env, {"echo": f"127.0.0.1:{echo_service}"})
+    door_port = 40000 + free_port() % 10000
+    sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.relay)
+    sock.send(bus.encode(bus.DoorOpen("u5ed", "alice", "127.0.0.1", door_port, "127.0.0.1", echo_service,
+                                      int(time.time() * 1000) + 10_000, True)))
+    assert next_result(sock).ok
+    with connect(door_port):
+        assert sock.poll(5000), "no DoorUsed"
+        assert bus.decode_as(sock.recv(), bus.DoorUsed) == bus.DoorUsed("u5ed", "relay", "127.0.0.1", door_port)
 
 
 def test_relay_refuses_a_foreign_peer_and_keeps_the_door(stage_env: StageEnv, echo_service: int) -> None:

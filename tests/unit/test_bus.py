@@ -349,6 +349,14 @@ def test_event_topic_frame_is_a_prefix_for_subscriptions() -> None:
     assert bus.decode_as(bus.event("auth.started", "auth")[1], Event).fields == {}
 
 
+def test_an_event_may_carry_fields_named_like_the_event_itself() -> None:
+    """A field called stage or topic is the event's own (auth's auth.door.used names the stage that saw the
+    connection): it must not clash with the publisher's arguments (it crashed auth once)."""
+    _, body = bus.event("auth.door.used", "auth", stage="gate", topic="x")
+    decoded = bus.decode_as(body, Event)
+    assert (decoded.stage, decoded.fields) == ("auth", {"stage": "gate", "topic": "x"})
+
+
 def test_event_with_a_non_ascii_topic() -> None:
     topic, body = bus.event("relay.é", "relay")
     assert topic == "relay.é".encode()

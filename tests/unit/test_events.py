@@ -38,6 +38,8 @@ PAPER_LINES = [
      "Binded port 45123 for foobar. (10.0.0.3) in 12 ms"),
     (event("auth.door.expired", user="foobar", client="10.0.0.3", port=45123),
      "Port 45123 for 10.0.0.3 timeout and closed."),
+    (event("auth.door.used", user="foobar", client="10.0.0.3", port=45123, seen_by="gate"),
+     "Port 45123 for foobar (10.0.0.3) used: its one connection came (gate)."),
     (event("auth.knock.matched", user="bob", client="2001:db8::7", port=15075, left=2),
      "Knock from bob (2001:db8::7) on port 15075, 2 to go."),
     (event("auth.request.retry", user="bob", client="10.0.0.4"), "Port request repeated by bob. (10.0.0.4)"),
