@@ -34,22 +34,21 @@ from dynknock.client.main import (
     EXIT_ERROR,
     EXIT_HOST,
     EXIT_NO_ANSWER,
-    EXIT_NO_RAW_SOCKET,
+    EXIT_NO_KNOCK,
     EXIT_OK,
     EXIT_SERVICE_NOT_ALLOWED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     PROG,
-    RAW_SOCKET_ADVICE,
     SKEW_S,
     Options,
     UsageError,
 )
 from dynknock.client.paths import expand_user
 from dynknock.client.session import ClientSession, Request, Timing, new_request
-from dynknock.client.syn import RawSynSender
+from dynknock.client.syn import KnockError, open_knocker
 from dynknock.keys import KeyError_, SessionKeys
-from dynknock.protocol import Status
+from dynknock.protocol import KnockKind, Status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ class Io:
 
     def __init__(self, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
                  getpass: Callable[[str], str] = _getpass,
-                 open_syn_sender: Callable[[int], SynSender] = RawSynSender,
+                 open_syn_sender: Callable[[int], SynSender] = open_knocker,
                  clock: Clock | None = None, environ: Mapping[str, str] | None = None,
                  proxy_in_fd: int = 0, proxy_out_fd: int = 1) -> None:
         self.stdin: TextIO = sys.stdin if stdin is None else stdin
@@ -208,15 +207,13 @@ class Client:
             endpoint.sock.close()
 
     def _knock(self, endpoint: Endpoint) -> int:
-        # Before anything is sent or asked: a client that cannot knock must not send a P1.
+        # Before anything is sent or asked: a raw socket for the paper's SYN knocks if this process
+        # may have one, else connect() knocks, which any user may send.
         try:
             syn = self.io.open_syn_sender(endpoint.family)
-        except PermissionError:
-            print(RAW_SOCKET_ADVICE, file=self.io.stderr)
-            return EXIT_NO_RAW_SOCKET
         except OSError as exc:
-            _error(self.io, f"cannot open a raw socket for the SYN knocks: {exc.strerror or exc}")
-            return EXIT_ERROR
+            _error(self.io, f"cannot open a socket for the knocks: {exc.strerror or exc}")
+            return EXIT_NO_KNOCK
         try:
             try:
                 keys = crypto.session_keys(self._master_key())
@@ -226,7 +223,7 @@ class Client:
                 return EXIT_USAGE
             answer = self._exchange(keys, endpoint, syn, declared)
         finally:
-            # The raw socket is a privilege: never keep it through --exec or --proxy.
+            # A raw socket is a privilege: never keep it through --exec or --proxy.
             syn.close()
         if isinstance(answer, int):
             return answer
@@ -270,13 +267,16 @@ class Client:
                   declared: IPAddress | None) -> proto.P3 | int:
         """Returns the P3 OPEN, or an exit status after explaining the failure."""
         s = self.settings
-        request = new_request(s.service, declared)
+        request = new_request(s.service, declared, syn.kind)
         for round_ in (1, 2):
             self._announce(request)
             session = ClientSession(keys, request, Timing(timeout_s=s.timeout),
                                     server=endpoint.server if s.bind else None)
             try:
                 outcome = run_session(session, endpoint, syn, self.io.clock, idle=self._prepare_door)
+            except KnockError as exc:  # a P1 may be out, but without its knocks it opens nothing
+                _error(self.io, str(exc))
+                return EXIT_NO_KNOCK
             except OSError as exc:
                 _error(self.io, f"sending to {s.host}: {exc.strerror or exc}")
                 return EXIT_ERROR
@@ -288,7 +288,7 @@ class Client:
                 seen = answer.seen_address
                 if round_ == 1 and seen is not None:
                     self.say(f"The server sees you as {seen} (NAT?); asking again for {seen}")
-                    request = new_request(s.service, seen)
+                    request = new_request(s.service, seen, syn.kind)
                     continue
                 _error(self.io, f"the server still sees you as another address ({seen}) than the one declared "
                                 f"({request.address}); try --nat")
@@ -296,6 +296,11 @@ class Client:
             if answer.status is Status.SERVICE_NOT_ALLOWED:
                 _error(self.io, f"the server does not allow service {s.service!r} for this user")
                 return EXIT_SERVICE_NOT_ALLOWED
+            if answer.status is Status.KNOCK_KIND_REFUSED:
+                _error(self.io, f"{s.host} takes only the paper's SYN knocks, with chosen sequence numbers, which "
+                                "need a raw socket (root or CAP_NET_RAW); its admin may allow this client's "
+                                "connect() knocks with server.connect_knocks = true")
+                return EXIT_NO_KNOCK
             if answer.status is Status.UNAVAILABLE:
                 _error(self.io, "the server could not open a door now (no free door port, or its firewall or "
                                 "relay failed); try again later")
@@ -312,7 +317,8 @@ class Client:
         # The paper's client shows the knocks; they are spent once used, so
         # showing them gives nothing away.
         for number, knock in enumerate(request.knocks, 1):
-            self.say(f"Knock? ({number} - Port = {knock.port}, ISN = {knock.isn:08X})")
+            isn = "by connect()" if request.knock_kind is KnockKind.CONNECT else f"{knock.isn:08X}"
+            self.say(f"Knock? ({number} - Port = {knock.port}, ISN = {isn})")
         self.say("Can I come in? Waiting for response.")
 
     def _explain_silence(self, outcome: Outcome, endpoint: Endpoint, request: Request) -> None:

@@ -42,14 +42,11 @@ EXIT_ERROR = 1  # anything else, e.g. --proxy could not connect to the opened do
 EXIT_USAGE = 2  # bad option, config file or key file
 EXIT_NO_ANSWER = 3  # no authentic answer in time (silence is by design)
 EXIT_SERVICE_NOT_ALLOWED = 4
-EXIT_NO_RAW_SOCKET = 5
+EXIT_NO_KNOCK = 5  # the knocks cannot be sent (local firewall, no route), or the server refuses their kind
 EXIT_UNAVAILABLE = 6
 EXIT_HOST = 7  # unknown host, no route, no address of the family asked for
 
 SKEW_S = 60  # the server's default clock window (server.clock_skew_seconds, dynknock/config.py)
-
-RAW_SOCKET_ADVICE = (f"{PROG}: sending the SYN knocks needs a raw socket: run as root or grant CAP_NET_RAW "
-                     "(sudo setcap cap_net_raw+ep $(readlink -f $(which python3)))")
 
 EPILOG = f"""\
 exit status:
@@ -58,7 +55,8 @@ exit status:
   {EXIT_USAGE}  usage error: bad option, config file or key file
   {EXIT_NO_ANSWER}  no answer from the server in time (wrong key, clock skew, firewall, NAT, server down)
   {EXIT_SERVICE_NOT_ALLOWED}  the server does not allow this service for this user
-  {EXIT_NO_RAW_SOCKET}  no raw socket to send the SYN knocks (needs root or CAP_NET_RAW)
+  {EXIT_NO_KNOCK}  the knocks could not be sent (this machine's firewall, no route), or the server takes
+     only SYN knocks with chosen sequence numbers, which need root or CAP_NET_RAW
   {EXIT_UNAVAILABLE}  the server could not open a door now; try again later
   {EXIT_HOST}  unknown host, or no route to it (e.g. no IPv6 route with -6)
 

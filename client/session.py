@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dynknock import protocol as proto
 from dynknock.client import crypto
 from dynknock.keys import SessionKeys, hint_epoch, user_hint
-from dynknock.protocol import IPAddress, Knock, PacketType, Status
+from dynknock.protocol import IPAddress, Knock, KnockKind, PacketType, Status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 else:  # the same without typing's and secrets' ~7 ms of knock-client start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple, secrets
 
-KNOCK_PORT_LOW = 1024  # knocks on privileged ports would look like an attack on real services
-KNOCK_PORT_HIGH = 65535
+# Knock ports come from IANA's dynamic range (49152-65535, never assigned to a service) below the
+# server's default door ports (63000-65535): a knock's SYN never meets a public service of the
+# server, whose ports are the well-known and registered ones (docs/SECURITY.md).
+KNOCK_PORT_LOW = 49152
+KNOCK_PORT_HIGH = 62999
 
 # --- the request -------------------------------------------------------------
 
@@ -61,12 +64,14 @@ class Request(NamedTuple):
     address: IPAddress | None  # None: "as seen" (NAT)
     service: str
     knocks: tuple[Knock, Knock, Knock]
+    knock_kind: KnockKind = KnockKind.SYN
 
 
-def new_request(service: str, address: IPAddress | None,
+def new_request(service: str, address: IPAddress | None, knock_kind: KnockKind = KnockKind.SYN,
                 token_bytes: Callable[[int], bytes] = secrets.token_bytes,
                 randbelow: Callable[[int], int] = secrets.randbelow) -> Request:
-    """A fresh request: random id, three distinct random ports and random ISNs.
+    """A fresh request: random id, three distinct random ports and, for SYN knocks, random ISNs
+    (connect() knocks carry none: the kernel chooses).
 
     The ports and ISNs are the knock secret (the paper's 144 bits), so they come
     from the OS CSPRNG, never from `random`.
@@ -76,8 +81,10 @@ def new_request(service: str, address: IPAddress | None,
         port = KNOCK_PORT_LOW + randbelow(KNOCK_PORT_HIGH - KNOCK_PORT_LOW + 1)
         if port not in ports:
             ports.append(port)
-    knocks = tuple(Knock(port, int.from_bytes(token_bytes(4), "big")) for port in ports)
-    return Request(token_bytes(proto.REQUEST_ID_LEN), address, service, (knocks[0], knocks[1], knocks[2]))
+    connect = knock_kind is KnockKind.CONNECT
+    knocks = tuple(Knock(port, 0 if connect else int.from_bytes(token_bytes(4), "big")) for port in ports)
+    return Request(token_bytes(proto.REQUEST_ID_LEN), address, service, (knocks[0], knocks[1], knocks[2]),
+                   knock_kind)
 
 
 # --- commands ------------------------------------------------------------------
@@ -242,7 +249,7 @@ class ClientSession:
 
     def _seal_p1(self, wall_ms: int) -> bytes:
         r = self.request
-        message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks)
+        message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks, r.knock_kind)
         return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN), self.server)
 
     def _seal_p2(self, wall_ms: int) -> bytes:

@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from dynknock.client.app import Io, Settings, resolve_settings
 from dynknock.client.main import (
     EXIT_HOST,
-    EXIT_NO_RAW_SOCKET,
+    EXIT_NO_KNOCK,
     EXIT_OK,
     EXIT_USAGE,
-    RAW_SOCKET_ADVICE,
     Options,
     UsageError,
     build_parser,
@@ -127,8 +126,9 @@ def test_help_names_the_control_port(capsys: pytest.CaptureFixture[str]) -> None
 def test_help_documents_exit_codes_and_ssh(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--help"], Io()) == EXIT_OK
     text = capsys.readouterr().out
-    for line in ["0  the door is open", "3  no answer", "4  the server does not allow", "5  no raw socket",
-                 "6  the server could not open", "7  unknown host", "ProxyCommand knock-client --proxy -k"]:
+    for line in ["0  the door is open", "3  no answer", "4  the server does not allow",
+                 "5  the knocks could not be sent", "6  the server could not open", "7  unknown host",
+                 "ProxyCommand knock-client --proxy -k"]:
         assert line in text
 
 
@@ -215,13 +215,13 @@ def test_ipv6_asked_for_an_ipv4_only_host_exits_7(empty_config: list[str]) -> No
     assert "IPv6 address" in err.getvalue()
 
 
-def test_no_raw_socket_exits_5_before_sending_anything(empty_config: list[str]) -> None:
+def test_no_socket_for_the_knocks_exits_5_before_sending_anything(empty_config: list[str]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.setblocking(False)  # loopback delivers within the sender's sendto: no need to wait
 
         def refuse(family: int) -> SynSender:
-            raise PermissionError(1, "Operation not permitted")
+            raise OSError(24, "Too many open files")
 
         err = io.StringIO()
         asked: list[str] = []
@@ -232,9 +232,8 @@ def test_no_raw_socket_exits_5_before_sending_anything(empty_config: list[str]) 
 
         io_ = Io(stdout=io.StringIO(), stderr=err, environ=ENV, open_syn_sender=refuse, getpass=getpass)
         argv = ["127.0.0.1", "-p", str(server.getsockname()[1]), *empty_config]
-        assert run(argv, io_) == EXIT_NO_RAW_SOCKET
-        assert err.getvalue() == RAW_SOCKET_ADVICE + "\n"
-        assert "CAP_NET_RAW" in RAW_SOCKET_ADVICE and "setcap cap_net_raw+ep" in RAW_SOCKET_ADVICE
+        assert run(argv, io_) == EXIT_NO_KNOCK
+        assert err.getvalue() == "knock-client: cannot open a socket for the knocks: Too many open files\n"
         assert asked == []  # not even the password was asked for
         with pytest.raises(BlockingIOError):
             server.recv(2048)  # and no P1 left

@@ -40,7 +40,7 @@ from dynknock.client.main import (
 )
 from dynknock.client.session import ClientSession, Timing, new_request
 from dynknock.keys import SessionKeys, derive_master_key, encode_key, hint_epoch, user_hint
-from dynknock.protocol import IPAddress, PacketType, Status
+from dynknock.protocol import IPAddress, KnockKind, PacketType, Status
 from tests.unit.test_client_syn import has_ipv6_loopback
 
 LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
@@ -192,6 +192,8 @@ class FakeServer:
 class FakeSynSender:
     """Stands in for the raw socket: no root needed, and the server 'sees' every SYN
     (without a server, the SYNs go nowhere)."""
+
+    kind = KnockKind.SYN
 
     def __init__(self, server: FakeServer | None) -> None:
         self.server = server
