@@ -6,10 +6,13 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from dynknock import protocol as proto
+from dynknock.client.session import KNOCK_PORT_HIGH, KNOCK_PORT_LOW
 from dynknock.lab.netlab import Host, NetLab, SshdInfo, start_sshd
 from dynknock.lab.stack import EventLog, LabUser, Stack, door_port, prepare_workdir, write_config, write_users
 from dynknock.topics import Topic
@@ -59,6 +62,34 @@ def test_knocks_from_another_source_never_complete_a_sequence(no_doors: World) -
     # The attacker's own-address SYNs never left the kernel filter; the guessed ISNs did and matched nothing.
     assert unmatched_after - unmatched_before == len(guesses)
     assert statuses[-1:] == ["OPEN"] and {a for a, _ in opened} == {client}, (statuses, opened)
+
+
+def test_a_blind_spray_completes_connect_knocks_but_the_door_is_the_clients(no_doors: World) -> None:
+    """What connect() knocks give up (docs/SECURITY.md 2.5): with no ISN to guess, an off-path spoofer who
+    sends a SYN from the client's address to every knock port completes a pending request. It gains
+    nothing: the door is for the client's address alone, as the P1 declared."""
+    world = no_doors
+    lab = world.lab
+    client = lab.client.ipv4
+    p1, request = world.alice.p1(client, knock_kind=proto.KnockKind.CONNECT)
+    with world.sniff(lab.client, f"udp src port {CONTROL_PORT}") as answers:
+        mark = world.events.mark()
+        world.send_p1(lab.client, p1, client)
+        spray = [world.tcp_from(lab.attacker, port, secrets.randbits(32), src=client)
+                 for port in range(KNOCK_PORT_LOW, KNOCK_PORT_HIGH + 1)]
+        started = time.monotonic()
+        sent = world.inject(lab.attacker, spray)
+        complete = world.events.wait_for(lambda e: e.topic == Topic.AUTH_KNOCK_COMPLETE
+                                         and e.fields.get("client") == client, mark, 10)
+        took = time.monotonic() - started
+        opened = world.wait_doors(lambda d: bool(d), 3)
+        world.inject(lab.client, [world.udp_from(lab.client, world.alice.p2(request.request_id), sport=34003)])
+        statuses = world.wait_statuses(answers, world.alice, lambda s: s[-1:] == ["OPEN"])
+    record_figures("connect_knock_spray", frames=sent, seconds=round(took, 2), completed=complete is not None)
+    assert sent == len(spray) == KNOCK_PORT_HIGH - KNOCK_PORT_LOW + 1
+    assert complete is not None  # the request was completed by the spray...
+    assert {address for address, _ in opened} == {client}, opened  # ...for the client's address only
+    assert statuses[-1:] == ["OPEN"], statuses
 
 
 def _foreign_connects(lab: NetLab, attempts: dict[str, tuple[Host, str, int]]) -> dict[str, str]:

@@ -212,10 +212,12 @@ class Keyholder:
         return proto.seal(self.keys, message, self.hint(message.timestamp_ms / 1000),
                           secrets.token_bytes(proto.NONCE_LEN))
 
-    def p1(self, address: str, service: str = "ssh") -> tuple[bytes, Request]:
-        request = new_request(service, ipaddress.ip_address(address))
+    def p1(self, address: str, service: str = "ssh",
+           knock_kind: proto.KnockKind = proto.KnockKind.SYN) -> tuple[bytes, Request]:
+        request = new_request(service, ipaddress.ip_address(address), knock_kind)
         now = time.time_ns() // 1_000_000
-        return self.seal(proto.P1(now, request.request_id, request.address, service, request.knocks)), request
+        return self.seal(proto.P1(now, request.request_id, request.address, service, request.knocks,
+                                  knock_kind)), request
 
     def p2(self, request_id: bytes) -> bytes:
         return self.seal(proto.P2(time.time_ns() // 1_000_000, request_id))
