@@ -22,7 +22,9 @@ measures, for each client under test, side by side and in alternating order:
   self time of every module imported, so that a regression shows where it came from.
 
 Clients: ``--client LABEL=PATH`` is an installed ``knock-client`` (default: the lab
-venv's); ``--tree LABEL=DIR`` runs the code of a checkout or ``git archive`` (its
+venv's); ``--unprivileged`` adds, for each, ``LABEL-unprivileged``: the same client run by an
+ordinary account (``nobody``, no capability, its own copy of the key files), which knocks with
+connect() where root's client sends the paper's raw SYNs; ``--tree LABEL=DIR`` runs the code of a checkout or ``git archive`` (its
 ``client`` and ``auth`` packages) with the lab venv's Python, as its console script
 would, e.g. the code before a change::
 
@@ -226,6 +228,8 @@ def worker(args: dict[str, Any]) -> None:
     client: list[str] = args["client"]
     server: str = args["server"]
     keys = [str(Path(args["keys_dir"]) / f"u{i}.key") for i in range(int(args["key_count"]))]
+    # Run as root, or (an unprivileged client) as nobody by setpriv around this whole worker, so that no
+    # exec of setpriv falls into the figures.
     mode = args["mode"]
     deadline = time.monotonic() + float(args.get("max_seconds", 300))
     rows: list[dict[str, Any]] = []
@@ -423,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace", type=float, default=0.25, metavar="SECONDS",
                         help="least time between two process starts (the server's per-source limit: 10 datagrams/s)")
     parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument("--unprivileged", action="store_true",
+                        help="also run each client as an ordinary account (nobody): its connect() knocks")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -445,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         clients[label] = [path]
     if not clients:
         clients["installed"] = [str(VENV_BIN / "knock-client")]
+    # label -> the account its worker runs as ("": root) and the key directory it reads.
+    unprivileged = {f"{label}-unprivileged": argv for label, argv in clients.items()} if args.unprivileged else {}
+    clients.update(unprivileged)
+    trees.update({f"{label}-unprivileged": tree for label, tree in trees.items() if args.unprivileged})
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
         "command": shlex.join(["sudo", python, "bench/client_startup.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -457,6 +467,16 @@ def main(argv: list[str] | None = None) -> int:
             # One user per spawn in a round (a user holds at most max_doors_per_user doors at once).
             names = [f"u{i}" for i in range(200)]
             users = [LabUser(n, key=_write_key(keys_dir / f"{n}.key"), services=(SERVICE,)) for n in names]
+            nobody_keys = workdir / "keys-nobody"
+            if unprivileged:  # an ordinary account's own copy: the client refuses a key file it does not own
+                import pwd
+                import shutil
+
+                shutil.copytree(keys_dir, nobody_keys)
+                (workdir / "home-nobody").mkdir(mode=0o700)  # nobody's own HOME (its config file: none)
+                account = pwd.getpwnam("nobody")
+                for path in [nobody_keys, *nobody_keys.iterdir(), workdir / "home-nobody"]:
+                    os.chown(path, account.pw_uid, account.pw_gid)
             users += [LabUser(f"pw{i}", password=PASSWORD, services=(SERVICE,)) for i in range(PASSWORD_USERS)]
             prepare_workdir(workdir)
             write_users(workdir / "users.json", users)
@@ -482,12 +502,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 def run(label: str, mode: str, count: int) -> list[dict[str, Any]]:
                     nonlocal offset
-                    payload = {"client": clients[label], "server": lab.server.ipv4, "keys_dir": str(keys_dir),
+                    as_nobody = label in unprivileged
+                    payload = {"client": clients[label], "server": lab.server.ipv4,
+                               "keys_dir": str(nobody_keys if as_nobody else keys_dir),
                                "key_count": len(names), "mode": mode, "count": count, "key_offset": offset,
                                "max_seconds": 600, "tree": trees.get(label), "timing": args.timing,
                                "pace_s": 0.0 if mode in ("help", "no-key", "python") else args.pace}
                     offset += count
-                    done = lab.run(lab.client, [python, __file__, "worker",
+                    runner = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+                              "--bounding-set=-all", "--no-new-privs", "env", f"HOME={workdir / 'home-nobody'}",
+                              "USER=nobody", "LOGNAME=nobody"] if as_nobody else []
+                    done = lab.run(lab.client, [*runner, python, __file__, "worker",
                                                 base64.b64encode(json.dumps(payload).encode()).decode()],
                                    timeout=700, check=True)
                     rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])

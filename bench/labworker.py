@@ -43,7 +43,7 @@ from dynknock.client.config import read_key_file
 from dynknock.client.crypto import session_keys
 from dynknock.client.knock import Endpoint, parse_ip, run_session
 from dynknock.client.session import ClientSession, Timing, new_request
-from dynknock.client.syn import RawSynSender
+from dynknock.client.syn import open_knocker
 from dynknock.protocol import CONTROL_PORT
 
 BANNER = b"B"
@@ -164,8 +164,8 @@ def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing,
         # ~35 ms, to the first knock of every worker process, which knock-client never pays.
         keys = session_keys(read_key_file(key_file))
         endpoint = _endpoint(server, source)
-        syn = RawSynSender(socket.AF_INET)
-        request = new_request(service, endpoint.local)
+        syn = open_knocker(socket.AF_INET)  # as knock-client: raw SYNs as root, connect() knocks otherwise
+        request = new_request(service, endpoint.local, syn.kind)
         session = ClientSession(keys, request, timing)
         outcome = run_session(session, endpoint, syn)
         t_p3 = time.perf_counter()
