@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import ipaddress
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dynknock.capture.core import DLT_EN10MB, NOT_VLAN, build_filter, text_form
 
 SOL_SOCKET = 1
 SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 SKF_AD_OFF = -0x1000
 SKF_AD_VLAN_TAG_PRESENT = 48  # linux/filter.h (44 is SKF_AD_VLAN_TAG, the TCI)
 BPF_LD_B_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS
@@ -123,8 +126,37 @@ def attach(fd: int, program: list[Instruction]) -> None:
         raise OSError(error, f"SO_ATTACH_FILTER: {os.strerror(error)}")
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A knock filter the kernel (or libpcap) would not attach: its form, its length, what was said."""
+
+    form: str
+    instructions: int  # 0: libpcap's text (other link types)
+    error: str
+
+
+def detach(fd: int) -> None:
+    """Take the socket's filter off (no filter: every frame passes); none attached is fine."""
+    unused = ctypes.c_int(0)  # the kernel wants an int's length here, and reads nothing
+    if _libc().setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, ctypes.byref(unused), ctypes.sizeof(unused)) != 0:
+        error = ctypes.get_errno()
+        if error != errno.ENOENT:
+            raise OSError(error, f"SO_DETACH_FILTER: {os.strerror(error)}")
+
+
 class KernelFilter:
-    """The filter of an open pcap handle: set with libpcap once, then swapped atomically (Ethernet)."""
+    """The filter of an open pcap handle: set with libpcap once, then swapped atomically (Ethernet).
+
+    The kernel may refuse a swap: it charges the old and the new program together against
+    net.core.optmem_max (128 KiB by default: programs past ~2,100 instructions, some 250 pending
+    clients, fail with ENOMEM, and past ~4,000 even a first attach does). The knock filter then
+    falls back, in order, to a shorter form (exact pairs, the pending sources to any port, every
+    SYN to us): a knock passes a wider filter, capture and auth narrow again in user space. An old
+    program can hold so much of the budget that not even the shortest fits beside it: then the old
+    one is taken off first and the forms are tried again alone (between those two system calls the
+    socket has no filter, and every frame reaches capture, which checks each one again: nothing is
+    lost, unlike libpcap's own swap). Each refusal is counted (`refused`; `refusals` holds the last
+    call's)."""
 
     def __init__(self, handle: Any, linktype: int, snaplen: int, addresses: Iterable[str] = (),
                  control_port: int = 0) -> None:
@@ -135,26 +167,59 @@ class KernelFilter:
         self.addresses = sorted(addresses)
         self.control_port = control_port
         self._datagrams: list[Instruction] | None = None  # libpcap's datagram part, compiled once
+        self.refused = 0  # knock filters the kernel refused since the start (each one fell back)
+        self.refusals: list[Refusal] = []  # those of the last call of knocks()
+        self.detached = False  # whether the last call of knocks() took the old filter off first
 
-    def knocks(self, pairs: Iterable[tuple[str, int]], admitted: Iterable[str] = ()) -> str:
+    def knocks(self, pairs: Iterable[tuple[str, int]], admitted: Iterable[str] = ()) -> str | None:
         """Pass the pending knocks' SYNs (and any SYN from an admitted source); returns how narrowly:
-        "pairs", "sources" (the kernel's length limit), "all" (every SYN to us: past that too)."""
+        "pairs", "sources" (the kernel's length limit, or a refused "pairs"), "all" (every SYN to us:
+        past that too). None: the kernel refused every form, even alone, and the socket is left with
+        no filter (every frame reaches capture; only an absurdly small optmem_max does that)."""
         pairs = list(pairs)
+        self.refusals = []
+        self.detached = False
         if not self.atomic:
             # libpcap's text (other link types are rare): exact pairs, past MAX_FILTER_PAIRS the pending
-            # sources, past MAX_FILTER_SOURCES every SYN.
+            # sources, past MAX_FILTER_SOURCES every SYN; every SYN if the text's filter is refused.
             admitted = list(admitted)
-            text = build_filter(self.addresses, self.control_port, pairs, admitted=admitted, linktype=self.linktype)
-            self.handle.setfilter(text)
             form = text_form(pairs, admitted)[0]
-            return "pairs" if form == "none" else form
+            tries = [(form, False)] + ([("all", True)] if form in ("pairs", "sources") else [])
+            for name, all_syns in tries:
+                try:
+                    self.handle.setfilter(build_filter(self.addresses, self.control_port, pairs, admitted=admitted,
+                                                       all_syns=all_syns, linktype=self.linktype))
+                except OSError as exc:
+                    self._refused("pairs" if name == "none" else name, 0, exc)
+                    continue
+                return "pairs" if name == "none" else name
+            return None
         if self._datagrams is None:
             text = build_filter(self.addresses, self.control_port, ())
             self._datagrams = compile_text(text.removesuffix(NOT_VLAN), DLT_EN10MB, self.snaplen)
-        program, form = knock_program(self._datagrams, self.addresses, knock_sources(pairs, admitted),
-                                      self.snaplen)
-        attach(self.handle.fileno(), program)
-        return form
+        fd = self.handle.fileno()
+        programs = list(knock_programs(self._datagrams, self.addresses, knock_sources(pairs, admitted),
+                                       self.snaplen))
+        for alone in (False, True):
+            if alone:
+                try:
+                    detach(fd)  # not even the shortest fits beside the old program: it goes first
+                except OSError as exc:
+                    self._refused("detach", 0, exc)
+                    return None
+                self.detached = True
+            for program, form in programs:
+                try:
+                    attach(fd, program)
+                except OSError as exc:  # ENOMEM (optmem_max) above all; any refusal falls back the same way
+                    self._refused(form, len(program), exc)
+                    continue
+                return form
+        return None
+
+    def _refused(self, form: str, instructions: int, exc: OSError) -> None:
+        self.refused += 1
+        self.refusals.append(Refusal(form, instructions, str(exc)))
 
     def first(self, expression: str) -> None:
         # libpcap's own way once: it also judges, in userland, what is already in the ring.
@@ -381,11 +446,13 @@ def splice(datagrams: list[Instruction], syns: list[Instruction]) -> list[Instru
     return out + syns
 
 
-def knock_program(datagrams: list[Instruction], addresses: list[str], sources: dict[str, frozenset[int]],
-                  accept: int) -> tuple[list[Instruction], str]:
-    """The whole Ethernet program (VLAN refusal, datagrams, SYNs), narrowed as far as the kernel's
-    length limit allows: pairs; else each pending source to any port; else every SYN to us. The
-    second value says which ("pairs", "sources", "all")."""
+def knock_programs(datagrams: list[Instruction], addresses: list[str], sources: dict[str, frozenset[int]],
+                   accept: int) -> Iterator[tuple[list[Instruction], str]]:
+    """The whole Ethernet program (VLAN refusal, datagrams, SYNs) in each form, narrowest first, that
+    fits the kernel's length limit: pairs; each pending source to any port; every SYN to us. With the
+    form's name ("pairs", "sources", "all"). A form that would be the same program as the one before
+    (nothing pending; every source already admitted to any port) is not given twice."""
+    previous: dict[str, frozenset[int]] | None = None
     for form in ("pairs", "sources", "all"):
         if form == "pairs":
             wanted = sources
@@ -393,8 +460,18 @@ def knock_program(datagrams: list[Instruction], addresses: list[str], sources: d
             wanted = dict.fromkeys(sources, ANY_PORT)
         else:
             wanted = {}
+        if previous is not None and (wanted == previous or not sources):
+            continue
+        previous = wanted
         syns = syn_program(addresses, wanted, accept, all_sources=form == "all" and bool(sources))
         program = REFUSE_TAGGED + splice(datagrams, syns)
         if len(program) <= BPF_MAXINSNS:
-            return program, form
+            yield program, form
+
+
+def knock_program(datagrams: list[Instruction], addresses: list[str], sources: dict[str, frozenset[int]],
+                  accept: int) -> tuple[list[Instruction], str]:
+    """The narrowest program of knock_programs: what the kernel's length limit allows."""
+    for program, form in knock_programs(datagrams, addresses, sources, accept):
+        return program, form
     raise OSError("the datagram part alone is longer than the kernel takes")

@@ -15,6 +15,8 @@ Invariants:
   out (knocks seen, admissions ended) waits up to NARROW_AFTER_S for the next widening, and
   they are attached together: one attach per new knock instead of four (1,800 in the scale
   benchmark).
+* If the kernel refuses every form of the filter, even alone (capture/bpf.py KernelFilter.knocks),
+  the attach is tried again RETRY_S later, or at once for something new; the form says "refused".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dynknock.capture.fairness import Admissions
 NARROW_AFTER_S = 0.05
 IDLE_WAIT_MS = 500  # nothing to attach: the loop wakes for packets and messages only
 ADMITTED_WAIT_MS = 100  # admissions run out on their own (ADMIT_S): look at them this often
+RETRY_S = 0.5  # the kernel refused every form of the filter: try again this much later
 
 
 class Filters:
@@ -104,6 +107,12 @@ class Filters:
         self.form = form
         self._installed_pairs, self._installed_admitted = frozenset(self.pairs), frozenset(self.admitted.sources())
         self.changes += 1
+
+    def refused(self, now: float) -> None:
+        """The shell could attach no form of the filter (the kernel refused them all): tried again
+        RETRY_S later, or at once when something new must pass."""
+        self._widen, self._narrow_at = False, now + RETRY_S
+        self.form = "refused"
 
     def wait_ms(self, now: float) -> int:
         """How long the loop may sleep without missing an attach that is due."""

@@ -22,7 +22,7 @@ from dynknock import bus
 from dynknock.capture.bpf import KernelFilter
 from dynknock.capture.core import WRAPPED, build_filter, parse_frame, peek_datagram
 from dynknock.capture.fairness import Shedder, fair_order
-from dynknock.capture.filters import Filters
+from dynknock.capture.filters import RETRY_S, Filters
 from dynknock.config import Config
 from dynknock.limits import PerSecond
 from dynknock.protocol import PacketType
@@ -48,6 +48,9 @@ P1_TYPE = PacketType.P1.value
 # Admissions): with both CPUs busy (1,000 clients knocking, or a flood) capture waited its turn
 # behind the busy processes for longer than that. Its work per packet is bounded by its budgets.
 NICE = -5
+# The kernel refusing a knock filter (capture/bpf.py KernelFilter) is logged at once, then at most this
+# often with a count: with hundreds of clients pending it may refuse several attaches a second.
+REFUSED_LOG_EVERY_S = 60.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +100,8 @@ class CaptureShell(Shell):
         self.reject_budget = PerSecond(REJECT_EVENTS_PER_SECOND)  # reports on the bus: a flood must not flood it
         self.forwarded = self.dropped = self.bus_full = self.wrapped = self.unknown_hints = 0
         self.batch: list[bytes] = []
+        self.refused_logged_at: float | None = None
+        self.refused_logged = 0  # kernel_filter.refused when last logged
         log.info("Capture started on %s for %s, control port %d (running as uid %d).",
                  config.interface, ", ".join(sorted(self.addresses)), config.control_port, os.getuid())
         self.events.publish(Topic.CAPTURE_STARTED, interface=config.interface)
@@ -166,7 +171,13 @@ class CaptureShell(Shell):
         filters.expire(now)
         if filters.due(now):
             # Before this batch goes to auth: the knocks of its P1s are on their way already.
-            filters.installed(self.kernel_filter.knocks(filters.pairs, filters.admitted.sources()))
+            form = self.kernel_filter.knocks(filters.pairs, filters.admitted.sources())
+            if self.kernel_filter.refusals:
+                self.filter_refused(form, now)
+            if form is None:
+                filters.refused(now)
+            else:
+                filters.installed(form)
         # SYNs cost auth a look-up, datagrams an AEAD check each: SYNs first, then one datagram
         # of each hint in turn, so no hint's burst queues ahead of another hint's first datagram.
         for frame in syns + fair_order(datagrams):
@@ -185,6 +196,27 @@ class CaptureShell(Shell):
                 self.bus_full += 1
                 self.log_bad("auth is not keeping up (or down): packet dropped")
 
+    def filter_refused(self, form: str | None, now: float) -> None:
+        """The kernel refused a knock filter: said at once, then at most once a minute with a count (the
+        heartbeat's filter_refused counts every refusal)."""
+        if self.refused_logged_at is not None and now - self.refused_logged_at < REFUSED_LOG_EVERY_S:
+            return
+        first = self.kernel_filter.refusals[0]
+        count = self.kernel_filter.refused - self.refused_logged
+        since = "the start" if self.refused_logged_at is None else "the last such line"
+        self.refused_logged_at, self.refused_logged = now, self.kernel_filter.refused
+        size = f"{first.instructions:,} instructions, " if first.instructions else ""
+        detached = " after taking the old one off (not even the shortest fitted beside it)" \
+            if self.kernel_filter.detached else ""
+        outcome = f"passing the {form!r} form instead{detached}" if form is not None else \
+            f"no form fitted, not even alone: no kernel filter now, capture checks every frame (retried in " \
+            f"{RETRY_S:g} s)"
+        self.log.warning(
+            "The kernel refused capture's knock filter (%s%r form, %d pending pairs): %s; %s. "
+            "A swap charges the old and the new filter together against net.core.optmem_max: raise it to keep "
+            "exact pairs. %d refused since %s (heartbeat: filter_refused; this line at most every %g s).",
+            size, first.form, len(self.filters.pairs), first.error, outcome, count, since, REFUSED_LOG_EVERY_S)
+
     def figures(self) -> dict[str, Any]:
         # Gathered only when a heartbeat is due: pcap stats are a system call, not one per batch.
         received, kernel_dropped, if_dropped = self.handle.stats()
@@ -194,6 +226,7 @@ class CaptureShell(Shell):
                 "unknown_hints": self.unknown_hints, "wrapped": self.wrapped, "shed": dict(self.shedder.dropped),
                 "filter_pairs": len(filters.pairs), "filter_admitted": len(admitted), "admitted": admitted.total,
                 "admit_full": admitted.full, "filter_changes": filters.changes, "filter_form": filters.form,
+                "filter_refused": self.kernel_filter.refused,  # knock filters the kernel refused (fell back)
                 "filter_generation": filters.generation}  # -1: no knock filter from auth yet (knocks cannot pass)
 
     def closing(self) -> None:
