@@ -133,21 +133,86 @@ def add_element(settings: GateSettings, element: DoorElement, timeout_ms: int) -
     return text + f"add element {t} {element.set_name} {{ {_key(element)} timeout {timeout_ms}ms }}\n"
 
 
-def delete_element(settings: GateSettings, element: DoorElement) -> str:
-    return f"delete element inet {settings.table} {element.set_name} {{ {_key(element)} }}\n"
+def close_element(settings: GateSettings, element: DoorElement, target: tuple[str, int] | None = None) -> str:
+    """One transaction that empties every place a door of this (client, port) can be, and cannot fail.
 
-
-def delete_everywhere(settings: GateSettings, element: DoorElement) -> list[str]:
-    """Deletions, one per transaction, of every place a door of this (client, port) can be.
-
-    A DoorClose does not say which kind the door was (a gate restarted in between does
-    not know either), and nft refuses a whole transaction that deletes a missing
-    element: the gate applies each and ignores "not found". A used single-use door has
-    already lost its ``once`` element to the NAT rule; its target goes with the rest.
+    A DoorClose does not say which kind the door was (a gate restarted in between does not know either),
+    and a transaction that deletes a missing element fails whole. A failing nf_tables transaction costs
+    the kernel an RCU grace period (nf_tables_abort calls synchronize_rcu: 7-16 ms here, with almost no
+    CPU): the gate that closed a door in four transactions, two of them failing, fell behind by tens of
+    seconds under load (bench/ANALYSIS.md, round five). So each set gets its key added (a no-op if there)
+    and then deleted. The map ``fwd`` may be added to only with the value it holds: `target`, the door's
+    (from auth's DoorClose, the gate's memory or the kernel's listing), else the family's one kernel
+    target; with several and none known, the map element stays to its kernel timeout (it admits nothing
+    alone: the NAT rule forwards only what a ``once`` or ``many`` element names). A used single-use door
+    has lost its ``once`` element already: the add brings it back for the length of this transaction only.
     """
+    t = f"inet {settings.table}"
     v = element.version
-    names = (f"doors{v}", f"once{v}", f"many{v}", f"fwd{v}")
-    return [delete_element(settings, DoorElement(name, element.address, element.port)) for name in names]
+    key = _key(element)
+    text = "".join(f"add element {t} {name}{v} {{ {key} }}\ndelete element {t} {name}{v} {{ {key} }}\n"
+                   for name in ("doors", "once", "many"))
+    family = sorted(k for k in settings.kernel_targets if ipaddress.ip_address(k[0]).version == v)
+    targets = [target] if target is not None else family
+    if len(targets) == 1:
+        host, port = targets[0]
+        text += f"add element {t} fwd{v} {{ {key} : {host} . {port} }}\ndelete element {t} fwd{v} {{ {key} }}\n"
+    return text
+
+
+DOOR_SETS = frozenset({"doors4", "doors6", "once4", "once6", "many4", "many6", "fwd4", "fwd6"})
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A door element the kernel holds: its set or map, key, and (a map's) target."""
+
+    name: str
+    address: str
+    port: int
+    target: tuple[str, int] | None = None
+
+
+def _pair(value: object) -> tuple[str, int] | None:
+    concat = value.get("concat") if isinstance(value, dict) else None
+    if isinstance(concat, list) and len(concat) == 2 and isinstance(concat[0], str) and isinstance(concat[1], int):
+        try:
+            return str(ipaddress.ip_address(concat[0])), concat[1]
+        except ValueError:
+            return None
+    return None
+
+
+def held_elements(listing: object) -> set[Held]:
+    """Every element of our door sets and maps in the JSON of `nft -j list table` (what the kernel holds,
+    whoever put it there)."""
+    found: set[Held] = set()
+    items = listing.get("nftables") if isinstance(listing, dict) else None
+    for item in items if isinstance(items, list) else []:
+        holder = (item.get("set") or item.get("map")) if isinstance(item, dict) else None
+        if not isinstance(holder, dict) or holder.get("name") not in DOOR_SETS:
+            continue
+        for entry in holder.get("elem") or []:
+            key, value = (entry[0], entry[1]) if isinstance(entry, list) and len(entry) == 2 else (entry, None)
+            if isinstance(key, dict) and isinstance(key.get("elem"), dict):
+                key = key["elem"].get("val")
+            pair = _pair(key)
+            if pair is not None:
+                found.add(Held(str(holder["name"]), pair[0], pair[1], _pair(value)))
+    return found
+
+
+def reconcile(settings: GateSettings, held: set[Held], believed: set[tuple[str, int]]) -> list[str]:
+    """One transaction (that cannot fail) per door whose (client, port) the kernel holds and auth no longer
+    believes open, emptying it. Never an addition: a door the kernel no longer holds stays shut (a used
+    single-use door has lost its element on purpose, and must never get it back)."""
+    stale: dict[tuple[str, int], tuple[str, int] | None] = {}
+    for element in held:
+        key = (element.address, element.port)
+        if key not in believed:
+            stale[key] = element.target or stale.get(key)
+    return [close_element(settings, DoorElement("doors4" if ipaddress.ip_address(a).version == 4 else "doors6", a, p),
+                          target) for (a, p), target in sorted(stale.items())]
 
 
 def ruleset(settings: GateSettings) -> str:

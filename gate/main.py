@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
+import json
 import logging
 import shutil
 import socket
@@ -28,6 +29,7 @@ from dynknock.stage import Publisher, Shell, common_arguments, load_config_or_ex
 from dynknock.topics import Topic
 
 NFT_TIMEOUT_S = 5
+NFT_CTX_OUTPUT_JSON = 1 << 4  # libnftables' output flag for JSON
 
 
 class NftError(RuntimeError):
@@ -75,6 +77,9 @@ class Nft:
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
         if not ctx:
             raise NftError("nft_ctx_new failed")
@@ -88,6 +93,33 @@ class Nft:
     @property
     def via(self) -> str:
         return "libnftables" if self._lib is not None else "the nft command"
+
+    def list_json(self, what: str) -> object:
+        """`nft -j list WHAT` (e.g. "table inet dynknock"): the kernel's view, as nft's JSON."""
+        if self._lib is not None:
+            flags = self._lib.nft_ctx_output_get_flags(self._ctx)
+            self._lib.nft_ctx_output_set_flags(self._ctx, flags | NFT_CTX_OUTPUT_JSON)
+            try:
+                failed = self._lib.nft_run_cmd_from_buffer(self._ctx, f"list {what}".encode()) != 0
+                output = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+                error = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            finally:
+                self._lib.nft_ctx_output_set_flags(self._ctx, flags)
+            if failed:
+                raise _nft_error(error, "nft list failed")
+        else:
+            try:
+                done = subprocess.run([self._argv[0], "-j", "list", *what.split()], capture_output=True, text=True,
+                                      timeout=NFT_TIMEOUT_S, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise NftError(f"cannot run {self._argv[0]}: {exc}") from None
+            if done.returncode != 0:
+                raise _nft_error(done.stderr, f"exit {done.returncode}")
+            output = done.stdout
+        try:
+            return json.loads(output)
+        except ValueError:
+            raise NftError("nft's JSON listing did not parse") from None
 
     def apply(self, script: str) -> None:
         if self._lib is not None:
@@ -284,6 +316,18 @@ def check(config: Config, settings: core.GateSettings) -> int:
     return 0
 
 
+@dataclasses.dataclass(slots=True)
+class Step:
+    """One door command of a batch: its nft text, or why it was refused, and what it concerns."""
+
+    identity: bytes
+    command: bus.DoorOpen | bus.DoorClose
+    script: str = ""
+    refused: str = ""
+    element: core.DoorElement | None = None
+    timeout_ms: int = 0
+
+
 class GateShell(Shell):
     """Answers auth's door commands on its ROUTER; for a fleet's gateway, sends the P3s auth hands it."""
 
@@ -294,7 +338,12 @@ class GateShell(Shell):
         self.settings = settings
         self.nft = nft
         self.commands = self.socket(zmq.ROUTER, bind="gate")
-        self.watch(self.commands, lambda: self.serve(self.commands, self.answer))
+        self.watch(self.commands, self.serve_batch)
+        # What the heartbeat says of the backlog (since the last heartbeat): the most commands one turn found
+        # waiting, and the oldest command's age when it was read (from auth's sent_ms).
+        self.batch_max = 0
+        self.command_age_max_ms = 0
+        self.reconciled = 0  # door elements emptied because auth no longer knew them (since the start)
         if nft is None:
             self.events.publish(Topic.GATE_BACKEND_NONE, warning="no firewall: relay address check only")
         self.conntrack: ConntrackWatch | None = None
@@ -314,8 +363,12 @@ class GateShell(Shell):
         self.reply_from: dict[str, socket.socket] | None = None
 
     def figures(self) -> dict[str, Any]:
-        return {"backend": self.config.gate_backend, "kernel_doors": len(self.doors),
-                "conntrack_watch": self.conntrack is not None and self.conntrack.process.poll() is None}
+        figures = {"backend": self.config.gate_backend, "kernel_doors": len(self.doors),
+                   "conntrack_watch": self.conntrack is not None and self.conntrack.process.poll() is None,
+                   "backlog": self.batch_max, "command_age_ms": self.command_age_max_ms,
+                   "reconciled": self.reconciled}
+        self.batch_max = self.command_age_max_ms = 0
+        return figures
 
     def on_connection(self) -> None:
         assert self.conntrack is not None
@@ -330,23 +383,135 @@ class GateShell(Shell):
             self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "gate", seen.client,
                                                                         seen.door_port))])
 
-    def answer(self, command: bus.Message) -> bus.DoorResult | None:
+    def serve_batch(self) -> None:
+        """Every command waiting on the ROUTER (up to BATCH), door commands applied in one nft transaction.
+
+        A turn that finds several commands commits them together: one transaction costs about what one
+        command did, so a burst of doors is one commit (bench/ANALYSIS.md, round five). Each command is
+        validated alone and answered alone, in the order it came; if the whole transaction fails (rare:
+        no step is written to fail), each is applied alone to find which one did. A DoorSet applies what
+        came before it first, so that it judges the doors as auth did when it sent it.
+        """
+        steps: list[Step] = []
+        for _ in range(self.BATCH):
+            try:
+                frames = self.commands.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                self.log_bad("Dropped a message of %d frames", len(frames))
+                continue
+            identity, frame = frames
+            command = self.decode(frame)
+            if command is None:
+                continue
+            sent_ms = getattr(command, "sent_ms", 0)
+            if sent_ms:
+                self.command_age_max_ms = max(self.command_age_max_ms, now_ms() - sent_ms)
+            if isinstance(command, bus.DoorOpen | bus.DoorClose):
+                steps.append(self.plan(identity, command))
+            elif isinstance(command, bus.DoorSet):
+                self.carry_out(steps)
+                steps = []
+                self.reconcile(command)
+            elif isinstance(command, bus.Reply):
+                self.send_reply(command)
+            else:
+                self.unexpected(command)
+        self.batch_max = max(self.batch_max, len(steps))
+        self.carry_out(steps)
+
+    def plan(self, identity: bytes, command: bus.DoorOpen | bus.DoorClose) -> Step:
+        """Validate a door command again (the gate trusts nothing it is told) and write its nft text."""
+        step = Step(identity, command)
+        try:
+            if isinstance(command, bus.DoorOpen):
+                step.element, step.timeout_ms = core.validate_open(self.settings, command, now_ms())
+                step.script = core.add_element(self.settings, step.element, step.timeout_ms)
+            else:
+                step.element = core.validate_close(self.settings, command)
+                known = self.doors.get((command.client, command.port))
+                target = (command.target_host, command.target_port) if command.target_host else \
+                    (known.target_host, known.target_port) if known is not None else None
+                step.script = core.close_element(self.settings, step.element, target)
+        except core.Invalid as exc:
+            step.refused = str(exc)
+        return step
+
+    def carry_out(self, steps: list[Step]) -> None:
+        """Apply the steps' nft text in one transaction (each alone if that fails), then answer each."""
+        if self.nft is not None:
+            script = "".join(step.script for step in steps if not step.refused)
+            try:
+                if script:
+                    self.nft.apply(script)
+            except NftError:
+                for step in steps:
+                    if not step.refused and step.script:
+                        try:
+                            self.nft.apply(step.script)
+                        except NftError as exc:
+                            step.refused = str(exc)
+        for step in steps:
+            self.commands.send_multipart([step.identity, bus.encode(self.answer(step))])
+
+    def answer(self, step: Step) -> bus.DoorResult:
+        command, element = step.command, step.element
+        if step.refused:
+            if isinstance(command, bus.DoorOpen):
+                self.log.info("Refused to open port %s for %s: %s", command.port, command.client, step.refused)
+            self.events.publish(Topic.GATE_RULE_REFUSED, client=command.client, port=command.port,
+                                reason=step.refused)
+            return bus.DoorResult(command.door_id, "gate", False, step.refused)
+        assert element is not None
+        key = (command.client, command.port)
         if isinstance(command, bus.DoorOpen):
-            result = handle_open(self.settings, self.nft, command, self.events, self.log)
-            if result.ok and command.kernel:
+            if command.kernel:
                 forget_expired(self.doors, self.door_peers)
-                self.doors[(command.client, command.port)] = command
-                self.door_peers[(command.client, command.port)] = self.peer
-            return result
-        if isinstance(command, bus.DoorClose):
-            self.doors.pop((command.client, command.port), None)
-            self.door_peers.pop((command.client, command.port), None)
-            return handle_close(self.settings, self.nft, command, self.events, self.log)
-        if isinstance(command, bus.Reply):
-            self.send_reply(command)
-            return None  # no answer: auth does not wait for one
-        self.unexpected(command)
-        return None
+                self.doors[key] = command
+                self.door_peers[key] = step.identity
+            self.events.publish(Topic.GATE_RULE_ADDED, client=element.address, port=element.port,
+                                timeout_ms=step.timeout_ms, user=command.user,
+                                forward="kernel" if element.target is not None else "relay")
+        else:
+            self.doors.pop(key, None)
+            self.door_peers.pop(key, None)
+            self.events.publish(Topic.GATE_RULE_REMOVED, client=element.address, port=element.port)
+        return bus.DoorResult(command.door_id, "gate", True)
+
+    def reconcile(self, believed: bus.DoorSet) -> None:
+        """Empty every door element whose (client, port) auth no longer believes open; add nothing."""
+        if self.nft is None:
+            return
+        try:
+            doors = {(str(ipaddress.ip_address(client)), int(port)) for _, client, port in believed.doors}
+        except (TypeError, ValueError):
+            self.log_bad("Dropped a door set with a bad entry")
+            return
+        try:
+            held = core.held_elements(self.nft.list_json(f"table inet {self.settings.table}"))
+            scripts = core.reconcile(self.settings, held, doors)
+            if not scripts:
+                return
+            try:
+                self.nft.apply("".join(scripts))
+            except NftError:
+                for script in scripts:  # each alone: one that raced a kernel timeout must not keep the others
+                    try:
+                        self.nft.apply(script)
+                    except NftError:
+                        pass
+        except NftError as exc:
+            self.log_bad("Cannot compare the firewall with auth's doors: %s", exc)
+            return
+        stale = {(e.address, e.port) for e in held} - doors
+        self.reconciled += len(stale)
+        for address, port in sorted(stale):
+            self.doors.pop((address, port), None)
+            self.door_peers.pop((address, port), None)
+            self.events.publish(Topic.GATE_RULE_REMOVED, client=address, port=port, why="auth does not know it")
+        self.log.warning("Emptied %d door(s) auth no longer knows (a backlog, or a restart): %s", len(stale),
+                         ", ".join(f"{a} port {p}" for a, p in sorted(stale)[:5]) + (" ..." if len(stale) > 5 else ""))
 
     def send_reply(self, reply: bus.Reply) -> None:
         config = self.config
@@ -386,39 +551,6 @@ def report_connection(seen: core.ConnectionSeen, doors: dict[tuple[str, int], bu
         events.publish(Topic.GATE_CONNECTION_CLOSED, client=seen.client, port=seen.door_port,
                        client_port=seen.client_port, bytes_in=seen.bytes_in, bytes_out=seen.bytes_out,
                        counted="ip packets", **names)
-
-
-def handle_open(settings: core.GateSettings, nft: Nft | None, command: bus.DoorOpen,
-                events: Publisher, log: Any) -> bus.DoorResult:
-    try:
-        element, timeout_ms = core.validate_open(settings, command, now_ms())
-        if nft is not None:
-            nft.apply(core.add_element(settings, element, timeout_ms))
-    except (core.Invalid, NftError) as exc:
-        log.info("Refused to open port %s for %s: %s", command.port, command.client, exc)
-        events.publish(Topic.GATE_RULE_REFUSED, client=command.client, port=command.port, reason=str(exc))
-        return bus.DoorResult(command.door_id, "gate", False, str(exc))
-    events.publish(Topic.GATE_RULE_ADDED, client=element.address, port=element.port, timeout_ms=timeout_ms,
-                   user=command.user, forward="kernel" if element.target is not None else "relay")
-    return bus.DoorResult(command.door_id, "gate", True)
-
-
-def handle_close(settings: core.GateSettings, nft: Nft | None, command: bus.DoorClose,
-                 events: Publisher, log: Any) -> bus.DoorResult:
-    try:
-        element = core.validate_close(settings, command)
-        if nft is not None:
-            for deletion in core.delete_everywhere(settings, element):
-                try:
-                    nft.apply(deletion)
-                except NftError as exc:
-                    if "No such file" not in str(exc):  # already expired or never added: closed is closed
-                        raise
-    except (core.Invalid, NftError) as exc:
-        events.publish(Topic.GATE_RULE_REFUSED, client=command.client, port=command.port, reason=str(exc))
-        return bus.DoorResult(command.door_id, "gate", False, str(exc))
-    events.publish(Topic.GATE_RULE_REMOVED, client=element.address, port=element.port)
-    return bus.DoorResult(command.door_id, "gate", True)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,47 @@ def test_gate_kernel_door_elements_route_localnet_and_its_restore(stage_env: Sta
                               str(stage_env.config), "--remove-table"], capture_output=True, text=True)
     assert removed.returncode == 0, removed.stderr
     assert sysctl(netns, route_localnet) == "0"
+
+
+def nft_elements(netns: str) -> set[tuple[str, str, int]]:
+    """(set, client, port) of every door element of the gate's table."""
+    from dynknock.gate.core import held_elements
+
+    listing = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "table", "inet", "dkstage"],
+                             capture_output=True, text=True, check=True).stdout
+    import json
+
+    return {(e.name, e.address, e.port) for e in held_elements(json.loads(listing))}
+
+
+def test_gate_closes_a_used_kernel_door_in_one_transaction_and_reconciles_with_auths_doors(
+        stage_env: StageEnv, netns: str) -> None:
+    stage_env.write_config(backend="nftables")  # ssh -> 127.0.0.1:22: kernel doors
+    stage_env.start("knock-gate", prefix=("ip", "netns", "exec", netns, *GATE_PRIVILEGES))
+    sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.gate)
+    # A burst of commands, sent before the gate reads any: answered each, in order, all applied.
+    opens = [dataclasses.replace(door(port=41300 + i, client=f"198.18.0.{10 + i}", door_id=f"b{i:02x}"),
+                                 kernel=i % 2 == 0) for i in range(40)]
+    for command in opens:
+        sock.send(bus.encode(command))
+    results = [ask_next(sock) for _ in opens]
+    assert [r.door_id for r in results] == [c.door_id for c in opens] and all(r.ok for r in results)
+    held = nft_elements(netns)
+    assert {(f"198.18.0.{10 + i}", 41300 + i) for i in range(40)} == {(a, p) for _, a, p in held}
+    assert ("fwd4", "198.18.0.10", 41300) in held and ("doors4", "198.18.0.11", 41301) in held
+    # A kernel door closed with its target: every element of it gone (once, and the map entry).
+    assert ask(sock, bus.DoorClose("b00", "198.18.0.10", 41300, "127.0.0.1", 22)).ok
+    # Closed again, or a door that was never there: still one transaction that cannot fail.
+    assert ask(sock, bus.DoorClose("b00", "198.18.0.10", 41300, "127.0.0.1", 22)).ok
+    assert ask(sock, bus.DoorClose("ee", "198.18.0.99", 41399)).ok
+    assert not {(a, p) for _, a, p in nft_elements(netns)} & {("198.18.0.10", 41300), ("198.18.0.99", 41399)}
+    # Auth believes only four doors open: the gate empties the other 35, and answers nothing to the set.
+    believed = [[c.door_id, c.client, c.port] for c in opens[1:5]]
+    sock.send(bus.encode(bus.DoorSet(believed, int(time.time() * 1000))))
+    assert ask(sock, door(port=41399, client="198.18.0.98", door_id="af7e4")).ok  # in order after the set
+    assert {(a, p) for _, a, p in nft_elements(netns)} == {(c.client, c.port) for c in opens[1:5]} | \
+        {("198.18.0.98", 41399)}
+
+
+def ask_next(sock: zmq.Socket[object]) -> bus.DoorResult:
+    return bus.decode_as(sock.recv(), bus.DoorResult)

@@ -184,11 +184,16 @@ def test_add_element_text() -> None:
         "add element inet knock_2 doors6 { 2001:db8::7 . 49999 timeout 1234ms }\n"
 
 
-def test_delete_element_text() -> None:
-    assert core.delete_element(SETTINGS, core.validate_close(SETTINGS, door_close())) == \
-        "delete element inet dynknock doors4 { 203.0.113.7 . 40001 }\n"
-    assert core.delete_element(SETTINGS, core.validate_close(SETTINGS, door_close(client="::1", port=40000))) == \
-        "delete element inet dynknock doors6 { ::1 . 40000 }\n"
+def _add_delete(table: str, name: str, key: str) -> str:
+    return f"add element inet {table} {name} {{ {key} }}\ndelete element inet {table} {name} {{ {key} }}\n"
+
+
+def test_close_text_adds_then_deletes_each_set_so_it_cannot_fail() -> None:
+    """A relay-only server: no kernel target, so no map entry to empty."""
+    assert core.close_element(SETTINGS, core.validate_close(SETTINGS, door_close())) == "".join(
+        _add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001") for name in ("doors", "once", "many"))
+    assert core.close_element(SETTINGS, core.validate_close(SETTINGS, door_close(client="::1", port=40000))) == \
+        "".join(_add_delete("dynknock", f"{name}6", "::1 . 40000") for name in ("doors", "once", "many"))
 
 
 def test_remove_table_text() -> None:
@@ -319,7 +324,7 @@ def _check_safe(client: str, port: int) -> None:
     assert 0 < timeout_ms <= WINDOW_MS + core.TIMEOUT_SLACK_MS
     text = core.add_element(SETTINGS, element, timeout_ms)
     assert text == f"add element inet dynknock {element.set_name} {{ {element.address} . {port} timeout 30000ms }}\n"
-    assert core.delete_element(SETTINGS, element).count("{") == 1
+    assert core.close_element(SETTINGS, element).count("{") == 6
     assert ipaddress.ip_address(element.address) == ipaddress.ip_address(client)
 
 
@@ -393,11 +398,46 @@ def test_kernel_door_refused_when_no_service_is_kernel_forwarded() -> None:
         core.validate_open(SETTINGS, kernel_open(), NOW)
 
 
-def test_close_deletes_every_place_a_door_can_be() -> None:
+def test_close_empties_every_place_a_door_can_be_in_one_transaction() -> None:
     element = core.validate_close(KERNEL, door_close(client="203.0.113.7", port=40001))
-    assert core.delete_everywhere(KERNEL, element) == [
-        f"delete element inet dynknock {name} {{ 203.0.113.7 . 40001 }}\n"
-        for name in ("doors4", "once4", "many4", "fwd4")]
+    sets = "".join(_add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001") for name in ("doors", "once", "many"))
+    # The family's one kernel target, or the one the close names: the map is added to with its own value.
+    assert core.close_element(KERNEL, element) == sets + \
+        "add element inet dynknock fwd4 { 203.0.113.7 . 40001 : 127.0.0.1 . 22 }\n" \
+        "delete element inet dynknock fwd4 { 203.0.113.7 . 40001 }\n"
+    two = replace(KERNEL, kernel_targets=KERNEL.kernel_targets | {("127.0.0.1", 8080)})
+    assert core.close_element(two, element, ("127.0.0.1", 8080)).endswith(
+        "add element inet dynknock fwd4 { 203.0.113.7 . 40001 : 127.0.0.1 . 8080 }\n"
+        "delete element inet dynknock fwd4 { 203.0.113.7 . 40001 }\n")
+    assert core.close_element(two, element) == sets  # not known which: the map entry keeps to its timeout
+
+
+LISTING = {"nftables": [
+    {"metainfo": {"version": "1.0.6"}},
+    {"set": {"name": "doors4", "elem": [{"elem": {"val": {"concat": ["198.18.0.2", 63000]}, "timeout": 30}}]}},
+    {"set": {"name": "once6", "elem": [{"concat": ["2001:db8::2", 63001]}]}},
+    {"map": {"name": "fwd4", "elem": [[{"elem": {"val": {"concat": ["198.18.0.3", 63002]}}},
+                                       {"concat": ["127.0.0.1", 22]}]]}},
+    {"set": {"name": "other", "elem": [{"concat": ["198.18.0.9", 1]}]}},  # not ours: ignored
+    {"map": {"name": "fwd6", "elem": [["junk", 5]]}},  # malformed: ignored
+]}
+
+
+def test_the_kernels_listing_gives_every_door_element() -> None:
+    assert core.held_elements(LISTING) == {
+        core.Held("doors4", "198.18.0.2", 63000), core.Held("once6", "2001:db8::2", 63001),
+        core.Held("fwd4", "198.18.0.3", 63002, ("127.0.0.1", 22))}
+    assert core.held_elements({"nftables": "no"}) == set() and core.held_elements([]) == set()
+
+
+def test_reconcile_empties_what_auth_does_not_know_and_adds_nothing() -> None:
+    held = core.held_elements(LISTING)
+    assert core.reconcile(KERNEL, held, {("198.18.0.2", 63000), ("2001:db8::2", 63001), ("198.18.0.3", 63002)}) == []
+    scripts = core.reconcile(KERNEL, held, {("198.18.0.2", 63000)})
+    assert len(scripts) == 2 and all("add element" in s and "delete element" in s for s in scripts)
+    assert "fwd4 { 198.18.0.3 . 63002 : 127.0.0.1 . 22 }" in scripts[0]  # the map's own value, from the listing
+    assert "2001:db8::2 . 63001" in scripts[1]
+    assert not any("timeout" in s for s in scripts)  # nothing is (re)opened
 
 
 CONNTRACK_LINES = {
