@@ -101,6 +101,7 @@ class CloseDoor:
     client: IPAddress
     port: int
     gateway: str = ""
+    target: tuple[str, int] | None = None  # a kernel door's service (the gate empties its map entry with it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,7 +483,7 @@ class Engine:
         if request is not None and request.state is State.OPENING:
             return []  # no client was told of it yet (invariant 4): it counts until it opens or fails
         self._release(door.port)
-        return [CloseDoor(door.door_id, door.client, door.port, door.gateway),
+        return [self._close(door.door_id, door.client, door.port, door.gateway, door.service, door.stages),
                 Notify(Topic.AUTH_DOOR_USED, {"user": door.user, "client": _addr(door.client), "port": door.port,
                                               "seen_by": stage, **({"gateway": gateway} if gateway else {})})]
 
@@ -714,7 +715,8 @@ class Engine:
         self._release(old_port)
         self._busy_ports[old_port] = now_ms + self.config.window_seconds * 1000
         request.retries += 1
-        actions: list[Action] = [CloseDoor(old_id, request.client, old_port, request.gateway)]
+        actions: list[Action] = [self._close(old_id, request.client, old_port, request.gateway, request.service,
+                                             request.door_stages)]
         port = self._allocate_port()
         if port is None:
             request.door_id = ""
@@ -733,9 +735,15 @@ class Engine:
         if request is not None:
             self._forget(request)
         self._release(door.port)
-        return [CloseDoor(door.door_id, door.client, door.port, door.gateway),
+        return [self._close(door.door_id, door.client, door.port, door.gateway, door.service, door.stages),
                 Notify(Topic.AUTH_DOOR_REVOKED, {"user": door.user, "client": _addr(door.client), "port": door.port,
                                                  "detail": why})]
+
+    def _close(self, door_id: str, client: IPAddress, port: int, gateway: str, service: str,
+               stages: frozenset[str]) -> CloseDoor:
+        target = self.config.services.get(service)
+        kernel = target is not None and stages == KERNEL_DOOR_STAGES
+        return CloseDoor(door_id, client, port, gateway, (target.host, target.port) if kernel and target else None)
 
     def _release(self, port: int) -> None:
         door = self._doors.pop(port, None)
@@ -750,7 +758,8 @@ class Engine:
         self.rejections[RejectReason.DOOR_FAILED.value] += 1
         actions: list[Action] = []
         if close:  # compensate: whichever stage did open must close again, so nothing is half-open
-            actions.append(CloseDoor(request.door_id, request.client, request.door_port, request.gateway))
+            actions.append(self._close(request.door_id, request.client, request.door_port, request.gateway,
+                                       request.service, request.door_stages))
         actions.append(self._rejection_event(RejectReason.DOOR_FAILED, request.client, request.user, detail))
         self._by_door.pop(request.door_id, None)
         self._release(request.door_port)
@@ -778,7 +787,8 @@ class Engine:
         if request.state is State.OPENING:
             # The OpenDoor is already out: without this the door would open, unknown
             # to anyone, for its whole window (e.g. after its user was removed).
-            actions.append(CloseDoor(request.door_id, request.client, request.door_port, request.gateway))
+            actions.append(self._close(request.door_id, request.client, request.door_port, request.gateway,
+                                       request.service, request.door_stages))
             self._release(request.door_port)
         self._forget(request)
         return actions
@@ -871,6 +881,15 @@ class Engine:
     def hints(self, now_ms: int) -> frozenset[bytes]:
         """The hints a packet may carry now (for capture's early drop)."""
         return self._directory.hints(now_ms / 1000)
+
+    def doors_at(self, gateway: str) -> list[Door]:
+        """The doors believed open or being opened at a gateway (the gate and relay reconcile with them)."""
+        return [d for d in self._doors.values() if d.gateway == gateway]
+
+    def opening(self, now_ms: int) -> tuple[int, int]:
+        """Doors asked for and not yet confirmed, and the oldest one's age in ms (a stage falling behind)."""
+        ages = [now_ms - r.state_since_ms for r in self._by_door.values() if r.state is State.OPENING]
+        return len(ages), max(ages, default=0)
 
     def open_doors(self) -> list[dict[str, Any]]:
         return [{"user": d.user, "client": _addr(d.client), "port": d.port, "expires_ms": d.expires_ms,

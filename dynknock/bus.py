@@ -17,6 +17,7 @@ DoorOpen            auth         gate, relay (not kernel)    DEALER -> ROUTER ``
 DoorClose           auth         gate, relay                 DEALER -> ROUTER
 DoorResult          gate, relay  auth                        ROUTER -> DEALER (reply)
 DoorUsed            gate, relay  auth                        ROUTER -> DEALER (unasked)
+DoorSet             auth         gate, relay                 DEALER -> ROUTER (no answer)
 Reply               auth         gate (fleet only)           DEALER -> ROUTER ``gate``
 ==================  ===========  =========================  ========================
 
@@ -123,6 +124,7 @@ class DoorOpen:
     # True: the gate forwards the door's connection in the kernel (nftables DNAT) and the
     # relay is not asked; False: the gate only admits the client, the relay forwards.
     kernel: bool = False
+    sent_ms: int = 0  # auth's wall clock when it sent this: the receiver's backlog shows as its age
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,23 @@ class DoorClose:
     door_id: str
     client: str
     port: int
+    # A kernel door's target: the gate empties its forwarding entry in one transaction that cannot fail
+    # (it must name the value the map holds). "" and 0: not a kernel door, or not known (an old auth).
+    target_host: str = ""
+    target_port: int = 0
+    sent_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DoorSet:
+    """Every door auth believes open at a gateway: (door id, client, port) each. The gate empties any door
+    element of another (client, port), the relay closes any listener of another door id, so no door
+    outlives auth's knowledge of it (a backlog, a crash, a restart of either side). Sent every few seconds
+    and after a stage (re)connects; in order with the door commands on the same socket."""
+
+    KIND: ClassVar[str] = "door_set"
+    doors: list[list[Any]]
+    sent_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +199,11 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorResult | DoorUsed | Reply | Event
+Message = (Datagram | Syn | KnockFilter | HintFilter | DoorOpen | DoorClose | DoorSet | DoorResult | DoorUsed | Reply
+           | Event)
 _CATALOGUE: Final[dict[str, type[Any]]] = {
-    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorResult, DoorUsed,
-                              Reply, Event)
+    cls.KIND: cls for cls in (Datagram, Syn, KnockFilter, HintFilter, DoorOpen, DoorClose, DoorSet, DoorResult,
+                              DoorUsed, Reply, Event)
 }
 _PY_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "str": (str,), "int": (int,), "bytes": (bytes,), "bool": (bool,), "float": (float, int),

@@ -57,6 +57,9 @@ class MetricsModel:
     kernel_bytes: Counter[str] = field(default_factory=Counter)
     # A fleet: (gateway, stage) -> last heartbeat, from the stages that name their gateway.
     gateway_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    # A stage falling behind (the last heartbeat's figures): door commands a gate turn found waiting and the
+    # oldest one's age; doors auth asked for and has not seen confirmed, and the oldest one's age.
+    backlog: dict[str, int] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         topic, fields = event.topic, event.fields
@@ -72,6 +75,10 @@ class MetricsModel:
                 self.rejections = {str(k): int(v) for k, v in rejections.items() if isinstance(v, int)}
             doors = fields.get("doors", [])
             self.doors_open = len(doors) if isinstance(doors, list) else self.doors_open
+            self._backlog(fields, auth_doors_opening="doors_opening", auth_opening_age_ms="opening_age_ms")
+        elif topic == Topic.GATE_ALIVE:
+            self._backlog(fields, gate_backlog="backlog", gate_command_age_ms="command_age_ms",
+                          gate_reconciled="reconciled")
         elif topic == Topic.CAPTURE_ALIVE:
             self.capture = {k: int(v) for k, v in fields.items()
                             if k in ("received", "kernel_dropped", "interface_dropped", "forwarded", "dropped",
@@ -104,6 +111,13 @@ class MetricsModel:
                     self.kernel_bytes[direction] += value
         elif topic.startswith("gate.rule."):
             self.gate_rules[topic.rsplit(".", 1)[1]] += 1
+
+
+    def _backlog(self, fields: dict[str, object], **names: str) -> None:
+        for name, key in names.items():
+            value = fields.get(key)
+            if type(value) is int:
+                self.backlog[name] = value
 
 
 def _family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str, label: str,
@@ -149,6 +163,17 @@ class ModelCollector(Collector):
                       ("added", "removed", "refused"))
         yield _family(gauge, "dynknock_capture_packets", "libpcap and capture counters since capture start", "kind",
                       m.capture)
+        # A stage that falls behind says so: auth's doors waiting for confirmation, the gate's queue of commands.
+        yield GaugeMetricFamily("dynknock_doors_opening", "Doors asked of the gate and relay, not yet confirmed",
+                                value=m.backlog.get("auth_doors_opening", 0))
+        yield GaugeMetricFamily("dynknock_doors_opening_age_seconds", "Age of the oldest door not yet confirmed",
+                                value=m.backlog.get("auth_opening_age_ms", 0) / 1000)
+        yield GaugeMetricFamily("dynknock_gate_backlog", "Most door commands one gate turn found waiting "
+                                "(last heartbeat period)", value=m.backlog.get("gate_backlog", 0))
+        yield GaugeMetricFamily("dynknock_gate_command_age_seconds", "Oldest door command's age when the gate read "
+                                "it (last heartbeat period)", value=m.backlog.get("gate_command_age_ms", 0) / 1000)
+        yield CounterMetricFamily("dynknock_gate_reconciled_doors", "Door elements the gate emptied because auth "
+                                  "no longer knew them (since gate start)", value=m.backlog.get("gate_reconciled", 0))
         now = time.time()
         up = GaugeMetricFamily("dynknock_stage_up", "1 if the stage's heartbeat was seen recently", labels=["stage"])
         for stage in STAGES:

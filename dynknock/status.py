@@ -99,6 +99,16 @@ def render(summary: Summary, now_ms: int, programs: list[ProgramState] | None = 
         lines.append(f"Rejections since auth started: {counts}")
     else:
         lines.append("Rejections since auth started: none")
+    gate = summary.alive.get("gate", {})
+    behind = []
+    if isinstance(auth.get("doors_opening"), int) and auth["doors_opening"]:
+        behind.append(f"auth waits for {auth['doors_opening']} door(s) to be confirmed, the oldest for "
+                      f"{auth.get('opening_age_ms', 0)} ms")
+    if isinstance(gate.get("backlog"), int) and gate["backlog"] > 1:
+        behind.append(f"the gate found {gate['backlog']} commands waiting, the oldest {gate.get('command_age_ms', 0)} "
+                      f"ms old")
+    if behind:
+        lines.append("Falling behind: " + "; ".join(behind))
     capture = summary.alive.get("capture", {})
     if capture:
         lines.append(f"Capture: {capture.get('received', 0)} packets received, "

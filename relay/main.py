@@ -143,6 +143,12 @@ class RelayShell(Shell):
             if door is not None:
                 self.close_listener(door, "closed by auth")
             return bus.DoorResult(command.door_id, "relay", True)
+        if isinstance(command, bus.DoorSet):
+            # Every door auth believes open here: a listener for any other has outlived its knowledge.
+            believed = {str(entry[0]) for entry in command.doors if isinstance(entry, list) and entry}
+            for door in [d for d in self.table.doors() if d.door_id not in believed]:
+                self.close_listener(door, "auth does not know it")
+            return None
         self.unexpected(command)
         return None
 
