@@ -24,8 +24,8 @@ measures, for each client under test, side by side and in alternating order:
 Clients: ``--client LABEL=PATH`` is an installed ``knock-client`` (default: the lab
 venv's); ``--unprivileged`` adds, for each, ``LABEL-unprivileged``: the same client run by an
 ordinary account (``nobody``, no capability, its own copy of the key files), which knocks with
-connect() where root's client sends the paper's raw SYNs; ``--tree LABEL=DIR`` runs the code of a checkout or ``git archive`` (its
-``client`` and ``auth`` packages) with the lab venv's Python, as its console script
+connect() where root's client sends the paper's raw SYNs; ``--tree LABEL=DIR`` runs the code of a
+checkout or ``git archive`` (its ``client`` and ``auth`` packages) with the lab venv's Python, as its console script
 would, e.g. the code before a change::
 
     git archive 84ce791 client auth | tar -x -C /tmp/before
