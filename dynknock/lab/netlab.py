@@ -41,7 +41,6 @@ __all__ = [
     "CLIENT_IPV4",
     "CLIENT_IPV6",
     "DEFAULT_PREFIX",
-    "EXTRA_IPV4_GATEWAY",
     "EXTRA_IPV4_NETWORK",
     "IPV4_PREFIXLEN",
     "IPV6_PREFIXLEN",
@@ -77,11 +76,14 @@ SERVER_IPV6 = "2001:db8:d::1"
 CLIENT_IPV6 = "2001:db8:d::2"
 ATTACKER_IPV6 = "2001:db8:d::3"
 
-# Extra client addresses (for many-clients benchmarks) come from this block;
-# the server owns EXTRA_IPV4_GATEWAY in it so the whole block is on-link for
-# the server and its replies need no routing.
+# Extra client addresses (for many-clients benchmarks) come from this block.
+# Each is a /32 on the host that owns it; every other host routes it through
+# the owner's main lab address, so it holds one neighbour (ARP) entry per lab
+# host, not one per address. The kernel's neighbour table is shared by every
+# namespace (net.ipv4.neigh.default.gc_thresh3 = 1024 here): a server that
+# answered each extra address on-link overflowed it at 2,000 clients, and
+# about half of them never heard back.
 EXTRA_IPV4_NETWORK = "198.19.0.0/16"
-EXTRA_IPV4_GATEWAY = "198.19.255.254"
 
 # The host key is recorded in known_hosts under this alias rather than under
 # an address, so ssh can verify the lab's sshd whatever address or port
@@ -365,7 +367,7 @@ class NetLab:
         # Next free slot in EXTRA_IPV4_NETWORK, shared by all hosts so two
         # hosts never receive the same extra address.
         self._next_extra = 0
-        self._gateway_added = False
+        self._extra_owners: set[str] = set()  # namespaces whose ARP already names their main address
         self._active = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -554,39 +556,45 @@ class NetLab:
     def add_ipv4_addresses(self, host: Host | str, count: int) -> list[str]:
         """Give host `count` extra addresses from 198.19.0.0/16; return them.
 
-        The server also gets EXTRA_IPV4_GATEWAY in that block (once), so the
-        block is on-link for it and it can answer every extra address
-        directly. Addresses are unique across all hosts of the lab.
+        Addresses are unique across all hosts of the lab. Each is a /32 on the
+        host's eth0; every other host on its subnet (the server above all)
+        gets routes to them via the host's main address, a few prefixes per
+        call (`ip -batch`, so 2,000 addresses take well under a second). A
+        server answering thousands of them thus holds one neighbour entry for
+        the host, not one per address (see EXTRA_IPV4_NETWORK). The host asks
+        ARP from its main address too (arp_announce 2, in its namespace only),
+        or each extra source would leave an entry for itself on the server.
         """
         ns = self._namespace_of(host)
         if ns == self.bridge_ns:
             raise ValueError("the bridge namespace has no addressed interface")
         if count < 0:
             raise ValueError("count must be >= 0")
+        owner = next(h for h in self.hosts if h.ns == ns)
         # Host octets 1..254 in third-octet blocks 1..254 keep clear of the
-        # .0/.255 lookalikes and of the gateway in 198.19.255.0/24.
+        # .0/.255 lookalikes.
         capacity = 254 * 254
         if self._next_extra + count > capacity:
             raise ValueError(f"at most {capacity} extra addresses per lab")
-        network = ipaddress.IPv4Network(EXTRA_IPV4_NETWORK)
         addresses: list[str] = []
         for index in range(self._next_extra, self._next_extra + count):
             third, fourth = divmod(index, 254)
             addresses.append(_check_ipv4(f"198.19.{third + 1}.{fourth + 1}"))
         self._next_extra += count
-        prefixlen = network.prefixlen
-        if not self._gateway_added:
-            _check_ipv4(EXTRA_IPV4_GATEWAY)
-            self._ip(
-                self.server.ns, "addr", "add",
-                f"{EXTRA_IPV4_GATEWAY}/{prefixlen}", "dev", LAB_INTERFACE,
-            )  # fmt: skip
-            self._gateway_added = True
-        if addresses:
-            # One `ip -batch` process instead of one per address: adding
-            # 1,000 addresses then takes well under a second.
-            batch = "".join(f"addr add {addr}/{prefixlen} dev {LAB_INTERFACE}\n" for addr in addresses)
-            self._ip(ns, "-batch", "-", input=batch)
+        if not addresses:
+            return addresses
+        if ns not in self._extra_owners:
+            self._sysctl(ns, "net.ipv4.conf.all.arp_announce", "2")
+            self._extra_owners.add(ns)
+        # One `ip -batch` process per host instead of one per address.
+        batch = "".join(f"addr add {addr}/32 dev {owner.interface}\n" for addr in addresses)
+        self._ip(ns, "-batch", "-", input=batch)
+        routes = "".join(f"route add {prefix} via {owner.ipv4} dev {LAB_INTERFACE}\n"
+                         for prefix in _covering_prefixes(addresses))
+        subnet = ipaddress.IPv4Interface(owner.ipv4_cidr).network
+        for other in self.hosts:
+            if other.ns != ns and ipaddress.IPv4Address(other.ipv4) in subnet:
+                self._ip(other.ns, "-batch", "-", input=routes)
         return addresses
 
     def tcp_probe(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> str:
@@ -640,6 +648,21 @@ class NetLab:
 
     def can_connect(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> bool:
         return self.tcp_probe(host, address, port, timeout) == "connected"
+
+
+def _covering_prefixes(addresses: Sequence[str]) -> list[ipaddress.IPv4Network]:
+    """The fewest prefixes that cover exactly these addresses (runs of consecutive ones summarised)."""
+    values = sorted(int(ipaddress.IPv4Address(a)) for a in addresses)
+    prefixes: list[ipaddress.IPv4Network] = []
+    start = previous = values[0]
+    for value in [*values[1:], None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        prefixes += ipaddress.summarize_address_range(ipaddress.IPv4Address(start), ipaddress.IPv4Address(previous))
+        if value is not None:
+            start = previous = value
+    return prefixes
 
 
 def pcap_text(path: Path) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,11 @@ def test_run_reports_failures_with_stderr(lab: NetLab) -> None:
         lab.run(lab.client, ["sleep", "5"], timeout=0.5)
 
 
+def neighbours(lab: NetLab, host: netlab.Host) -> list[str]:
+    """The host's neighbour table, a line per entry (what `ip -n NS neigh show | wc -l` counts)."""
+    return [line for line in lab.run(host, ["ip", "neigh", "show"]).stdout.splitlines() if line.strip()]
+
+
 def test_extra_ipv4_addresses_reach_the_server(lab: NetLab) -> None:
     first = lab.add_ipv4_addresses(lab.client, 300)
     second = lab.add_ipv4_addresses(lab.attacker, 2)
@@ -144,11 +150,68 @@ def test_extra_ipv4_addresses_reach_the_server(lab: NetLab) -> None:
     assert all(ipaddress.IPv4Address(a) in block for a in first + second)
     on_client = {a["local"] for a in addresses(lab, lab.client, "eth0")}
     assert set(first) <= on_client
+    # The server owns nothing in the block: it reaches each address through the host that owns it.
     on_server = {a["local"] for a in addresses(lab, lab.server, "eth0")}
-    assert netlab.EXTRA_IPV4_GATEWAY in on_server
+    assert not any(ipaddress.IPv4Address(a) in block for a in on_server if ":" not in a)
+    routes = json.loads(lab.run(lab.server, ["ip", "-j", "-4", "route", "show"]).stdout)
+    via = {route["dst"]: route.get("gateway") for route in routes if route["dst"] != "default"}
+    covered = {a: next(gw for dst, gw in via.items() if "/" in dst and ipaddress.IPv4Address(a) in
+                       ipaddress.IPv4Network(dst) or dst == a) for a in first + second}
+    assert {covered[a] for a in first} == {lab.client.ipv4}
+    assert {covered[a] for a in second} == {lab.attacker.ipv4}
+    assert len(via) < 40  # a few prefixes per /24, not a route per address
     # Sourced from an extra address, the echo reply has to find its way back.
     assert "1 received" in ping(lab, lab.client, lab.server.ipv4, "-I", first[-1])
     assert "1 received" in ping(lab, lab.attacker, lab.server.ipv4, "-I", second[0])
+    # Another host reaches them too (through their owner), and the owner answers from them.
+    assert "1 received" in ping(lab, lab.attacker, first[0])
+    assert "1 received" in ping(lab, lab.client, second[1], "-I", first[5])
+
+
+# Inside the client: one TCP connection to the server from each extra address given, a byte each way.
+CONNECT_FROM_EACH = """
+import socket, sys
+server, port, sources = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+ok = 0
+for source in sources:
+    with socket.create_connection((server, port), timeout=3, source_address=(source, 0)) as conn:
+        conn.sendall(b"x")
+        ok += conn.recv(1) == b"x"
+print(ok)
+"""
+# Inside the server: echo one byte on each connection, for as many connections as given.
+ECHO_EACH = """
+import socket, sys
+server = socket.create_server((sys.argv[1], 0), backlog=512)
+server.settimeout(60)
+print(server.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[2])):
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(conn.recv(1))
+"""
+
+
+def test_extra_addresses_cost_the_server_one_neighbour_entry_per_host_not_per_address(lab: NetLab) -> None:
+    """The kernel's ARP table is shared by every namespace (gc_thresh3 1,024 on this kernel): a server that
+    answered each extra address on-link held an entry for each, and past ~1,000 clients it overflowed and
+    clients never heard back. The server's table must not grow with the number of extra addresses."""
+    count = 400
+    extra = lab.add_ipv4_addresses(lab.client, count)
+    echo = lab.popen(lab.server, [sys.executable, "-c", ECHO_EACH, lab.server.ipv4, str(count)],
+                     stdout=subprocess.PIPE, text=True)
+    assert echo.stdout is not None
+    port = echo.stdout.readline().strip()
+    few = lab.run(lab.client, [sys.executable, "-c", CONNECT_FROM_EACH, lab.server.ipv4, port, *extra[:10]])
+    assert few.stdout.strip() == "10"
+    with_few = neighbours(lab, lab.server)
+    many = lab.run(lab.client, [sys.executable, "-c", CONNECT_FROM_EACH, lab.server.ipv4, port, *extra[10:]],
+                   timeout=120)
+    assert many.stdout.strip() == str(count - 10)  # each extra address reached the server and heard back
+    with_many = neighbours(lab, lab.server)
+    assert len(with_many) == len(with_few) <= len(lab.hosts), with_many
+    assert not [line for line in with_many if line.startswith("198.19.")], with_many
+    echo.wait(timeout=10)
 
 
 def test_sshd_on_server_loopback_only(tmp_path: Path) -> None:
