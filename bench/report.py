@@ -304,62 +304,105 @@ def _relay(page: Page, relay: dict[str, Any], sizes: dict[str, Any]) -> None:
                      med(ratio_of["relay"]) >= 0.8))
 
 
-def _scale(page: Page, scale: dict[str, Any], sizes: dict[str, Any]) -> None:
-    """## 4: many clients at once, each from its own address; memory and CPU of each stage."""
+def window_figures(window: dict[str, Any]) -> dict[str, str]:
+    """How busy the machine was over a scale row's window (bench/run.py Window), as the report writes it:
+    the busy share of all CPUs and of each, the 1-minute load average at its start and end, and what was
+    busy (the stages, the bench's client processes, the rest: kernel and anything else running)."""
+    if not window:
+        return {"busy": "n/a", "cpus": "", "load": "n/a", "split": ""}
+    stages = sum(v for k, v in window["processes_s"].items() if k in STAGES)
+    clients = sum(v for k, v in window["processes_s"].items() if k.startswith("client"))
+    return {"busy": f"{window['busy_share']:.0%}",
+            "cpus": ", ".join(f"cpu{i} {share:.0%}" for i, share in enumerate(window["cpu_shares"])),
+            "load": f"{window['loadavg_start'][0]:.2f} → {window['loadavg_end'][0]:.2f}",
+            "split": f"{window['busy_s']:.2f} of {window['total_s']:.2f} CPU-s busy: the stages {stages:.2f}, "
+                     f"the bench's clients {clients:.2f}, the rest (kernel, anything else running) "
+                     f"{window['busy_s'] - stages - clients:.2f}"}
+
+
+def _scale(page: Page, scale: dict[str, Any], more: list[dict[str, Any]], sizes: dict[str, Any]) -> None:
+    """## 4: many clients at once, each from its own address (a row per count: 1,000, then 2,000); how busy
+    the whole machine was meanwhile; memory and CPU of each stage."""
     add, bars = page.lines.append, page.bars
-    rows = scale["rows"]
-    st = door_stats(rows)
+    phases = [scale, *more]
     add("## 4. Scale")
     add("")
-    add(f"{scale['clients']} clients, each its own user and its own source address in 198.19.0.0/16, their")
-    add(f"starts spread evenly over {scale['spread_s']:g} s (client library with knock-client's timing, "
-        f"{sizes['scale_procs']} processes of threads); each knocks, then connects through its door.")
+    counts = " then ".join(f"{p['clients']:,}" for p in phases)
+    add(f"{counts} clients, each its own user and its own source address in 198.19.0.0/16, their starts")
+    add(f"spread evenly over {scale['spread_s']:g} s (client library with knock-client's timing, "
+        f"{sizes['scale_procs']} processes of threads); each knocks,")
+    add("then connects through its door. One row per count, one after the other in the same stack (the earlier")
+    add("rows' doors still open). 'knocks complete to door confirmed' is the server's side, from auth's events.")
+    add("'machine busy' is the share of all CPUs' time that was not idle (/proc/stat) over exactly the clients'")
+    add(f"{scale['spread_s']:g} s; with the 1-minute load average at its start and end it tells a loaded run "
+        "from a quiet one:")
+    add("the tail follows how busy the machine was (bench/ANALYSIS.md).")
     add("")
-    errors: dict[str, int] = {}
-    for r in rows:
-        if not r.get("ok"):
-            key = str(r.get("error", "?"))[:60]
-            errors[key] = errors.get(key, 0) + 1
-    add("| clients | opened and connected | success | p50 ms | p90 ms | p99 ms | max ms | first burst |")
-    add("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rate = st["ok"] / st["n"] if st["n"] else 0.0
-    add(f"| {st['n']} | {st['ok']} | {rate:.1%} | {fmt(st['p50'])} | {fmt(st['p90'])} | {fmt(st['p99'])} | "
-        f"{fmt(st['max'])} | {st['first_burst']} |")
-    if errors:
+    add("| clients | opened and connected | success | p50 ms | p90 ms | p99 ms | max ms | first burst | "
+        "knocks complete to door confirmed p50 / p99 ms | machine busy in the clients' window | "
+        "load average (1 min) |")
+    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for phase in phases:
+        st = door_stats(phase["rows"])
+        rate = st["ok"] / st["n"] if st["n"] else 0.0
+        confirmed = phase.get("steps", {}).get("knocks_to_open_ms", [])
+        w = window_figures(phase.get("window", {}))
+        add(f"| {st['n']:,} | {st['ok']:,} | {rate:.1%} | {fmt(st['p50'])} | {fmt(st['p90'])} | {fmt(st['p99'])} | "
+            f"{fmt(st['max'])} | {st['first_burst']:,} | {fmt(pct(confirmed, 50))} / {fmt(pct(confirmed, 99))} | "
+            f"{w['busy']} | {w['load']} |")
+    add("")
+    for phase in phases:
+        rows = phase["rows"]
+        st = door_stats(rows)
+        add(f"**{phase['clients']:,} clients.**")
+        errors: dict[str, int] = {}
+        for r in rows:
+            if not r.get("ok"):
+                key = str(r.get("error", "?"))[:60]
+                errors[key] = errors.get(key, 0) + 1
+        if errors:
+            add("Failures: " + "; ".join(f"{n}x {e}" for e, n in sorted(errors.items())) + ".")
+        pending = sum(1 for r in rows if r.get("pending"))
+        server = phase.get("server_side_ms", [])
+        add(f"First burst: {st['first_burst']} opened with one burst and no PENDING; {pending} saw a PENDING. "
+            f"Server side (auth's P1 to door opened, `auth.door.opened` latency_ms, {len(server)} doors): "
+            f"p50 {fmt(pct(server, 50))} ms, p99 {fmt(pct(server, 99))} ms, "
+            f"max {fmt(max(server, default=float('nan')))} ms.")
+        for key, label in (("p1_to_knocks_ms", "auth's P1 to its knocks complete"),
+                           ("knocks_to_open_ms", "knocks complete to door confirmed")):
+            values = phase.get("steps", {}).get(key, [])
+            if values:
+                add(f"{label}: p50 {fmt(pct(values, 50))} ms, p99 {fmt(pct(values, 99))} ms ({len(values)}).")
+        add(f"Doors open at once afterwards: {phase['nft_doors']} elements for these clients in the nftables set, "
+            f"{phase['auth_doors']} in auth's door table (window {sizes['window_s']} s).")
+        cap0, cap1 = phase["capture_before"], phase["capture_after"]
+        if "kernel_dropped" in cap0 and "kernel_dropped" in cap1:
+            refused = f", {cap1['filter_refused'] - cap0['filter_refused']:,} knock filters refused by the " \
+                "kernel (fell back to a wider form)" if "filter_refused" in cap0 and "filter_refused" in cap1 else ""
+            add(f"Capture meanwhile: {cap1['received'] - cap0['received']:,} packets passed its kernel filter, "
+                f"{cap1['kernel_dropped'] - cap0['kernel_dropped']:,} dropped by the kernel{refused}.")
+        w = window_figures(phase.get("window", {}))
+        if phase.get("window"):
+            add(f"The machine over the clients' {phase['window']['seconds']:.2f} s: {w['busy']} busy "
+                f"({w['cpus']}), {w['split']}; load average (1, 5, 15 min) "
+                + ", ".join(f"{v:.2f}" for v in phase["window"]["loadavg_start"]) + " at its start, "
+                + ", ".join(f"{v:.2f}" for v in phase["window"]["loadavg_end"]) + " at its end.")
+        if "machine_busy_s" in phase:
+            stages_s = sum(phase["cpu_s"].values())
+            add(f"From the start of the client processes to the last one's end: "
+                f"{phase['machine_busy_s']:.1f} s of {phase['machine_total_s']:.1f} CPU-s busy, of which the "
+                f"stages {stages_s:.1f} s.")
         add("")
-        add("Failures: " + "; ".join(f"{n}x {e}" for e, n in sorted(errors.items())))
-    add("")
-    pending = sum(1 for r in rows if r.get("pending"))
-    server = scale.get("server_side_ms", [])
-    add(f"First burst: {st['first_burst']} opened with one burst and no PENDING; {pending} saw a PENDING. "
-        f"Server side (auth's P1 to door opened, `auth.door.opened` latency_ms, {len(server)} doors): "
-        f"p50 {fmt(pct(server, 50))} ms, p99 {fmt(pct(server, 99))} ms, "
-        f"max {fmt(max(server, default=float('nan')))} ms.")
-    for key, label in (("p1_to_knocks_ms", "auth's P1 to its knocks complete"),
-                       ("knocks_to_open_ms", "knocks complete to door confirmed")):
-        values = scale.get("steps", {}).get(key, [])
-        if values:
-            add(f"{label}: p50 {fmt(pct(values, 50))} ms, p99 {fmt(pct(values, 99))} ms ({len(values)}).")
-    add("")
-    add(f"Doors open at once afterwards: {scale['nft_doors']} elements for 198.19.0.0/16 in the nftables set, "
-        f"{scale['auth_doors']} in auth's door table (window {sizes['window_s']} s).")
-    cap0, cap1 = scale["capture_before"], scale["capture_after"]
-    if "kernel_dropped" in cap0 and "kernel_dropped" in cap1:
-        add(f"Capture meanwhile: {cap1['received'] - cap0['received']:,} packets passed its kernel filter, "
-            f"{cap1['kernel_dropped'] - cap0['kernel_dropped']:,} dropped by the kernel.")
-    add("")
-    if "machine_busy_s" in scale:
-        stages_s = sum(scale["cpu_s"].values())
-        add(f"The machine meanwhile (start of the clients to the last one's end): "
-            f"{scale['machine_busy_s']:.1f} s of {scale['machine_total_s']:.1f} CPU-s busy, of which the stages "
-            f"{stages_s:.1f} s; the rest is the client processes and the kernel.")
-        add("")
-    add("| stage | VmRSS before MiB | peak MiB | after MiB | CPU s during the run |")
-    add("|---|---:|---:|---:|---:|")
+    add("| stage | clients | VmRSS before MiB | peak MiB | after MiB | CPU s during the row |")
+    add("|---|---:|---:|---:|---:|---:|")
     for stage in STAGES:
-        add(f"| {stage} | {scale['rss_before'][stage] / 1024:.1f} | {scale['rss_peak'][stage] / 1024:.1f} | "
-            f"{scale['rss_after'][stage] / 1024:.1f} | {scale['cpu_s'][stage]:.2f} |")
+        for phase in phases:
+            add(f"| {stage} | {phase['clients']:,} | {phase['rss_before'][stage] / 1024:.1f} | "
+                f"{phase['rss_peak'][stage] / 1024:.1f} | {phase['rss_after'][stage] / 1024:.1f} | "
+                f"{phase['cpu_s'][stage]:.2f} |")
     add("")
+    st = door_stats(scale["rows"])
+    rate = st["ok"] / st["n"] if st["n"] else 0.0
     bars.append((f"{scale['clients']} clients at once: every door opens", f"{rate:.1%}", rate == 1.0))
     bars.append((f"{scale['clients']} clients at once: p99 <= 100 ms", f"{fmt(st['p99'])} ms", st["p99"] <= 100))
     bars.append((f"{scale['clients']} clients at once: max <= 300 ms", f"{fmt(st['max'])} ms", st["max"] <= 300))
@@ -429,7 +472,8 @@ def _head(run: Run, bars: list[tuple[str, str, bool]]) -> list[str]:
     head.append(f"| duration | {run.get('elapsed_s', float('nan')):.0f} s |")
     head.append("")
     head.append("The lab (dynknock/lab/netlab.py): namespaces on a bridge, server 198.18.0.1, client 198.18.0.2,")
-    head.append("attacker 198.18.0.3, extra clients in 198.19.0.0/16. The real stack runs in the server namespace,")
+    head.append("attacker 198.18.0.3, extra clients in 198.19.0.0/16 on the client (the server routes them through")
+    head.append("198.18.0.2: one neighbour entry, not one per address). The real stack runs in the server namespace,")
     head.append("started by `supervisord -c supervisord.conf` (nftables with stealth, libpcap on eth0); the service")
     head.append(f"is a sink on 127.0.0.1:{SINK_PORT} behind the relay, also listening on 198.18.0.1:{DIRECT_PORT} "
                 "(a `gate.public_tcp_ports` port) for the direct path.")
@@ -461,7 +505,7 @@ def render(run: Run, startup_md: str = "", analysis_md: str = "") -> str:
     if results.get("relay"):
         _relay(page, results["relay"], sizes)
     if results.get("scale"):
-        _scale(page, results["scale"], sizes)
+        _scale(page, results["scale"], results.get("scale_more", []), sizes)
     if results.get("micro"):
         _micro(page, results["micro"])
     if analysis_md and not run.get("smoke", False):

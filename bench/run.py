@@ -12,12 +12,14 @@ nftables, libpcap), and measures, side by side in the same run:
    to random ports) with legitimate knocks during them, CPU per stage, capture drops;
 3. relay throughput against the same stream sent straight to the service, one stream
    and many, and connection setup through the relay against direct;
-4. many clients from many source addresses at once, memory of each stage;
+4. many clients from many source addresses at once (1,000, then 2,000, each over 3 s), memory of each
+   stage, and how busy the whole machine was over exactly the clients' 3 s (/proc/stat, load average);
 5. per-stage microbenchmarks (codec, capture parse, gate rules, bus).
 
 Every loop and flood is bounded in count and time; the lab is torn down in
 `finally`. --smoke runs tiny counts (well under a minute) to keep this code from
 rotting (tests/e2e/test_bench_smoke.py); its report goes where --output says.
+--lab-prefix names the lab's namespaces (a lab of the same prefix is removed first).
 
 To measure a candidate change before it lands: --code DIR runs the stack, the
 workers and knock-client from DIR's packages instead of the installed copy, and
@@ -105,9 +107,10 @@ class Sizes:
     shaped_rate: str = "1gbit"  # a link slower than this machine's CPUs, for context
     parallel_streams: int = 100
     parallel_reps: int = 3
-    scale_clients: int = 1000
+    scale_clients: tuple[int, ...] = (1000, 2000)  # one scale row each, in turn, each over scale_spread_s
     scale_procs: int = 4
     scale_spread_s: float = 3.0
+    scale_pause_s: float = 5.0  # between two scale rows: what the first left (closes, conntrack) settles
     micro_seconds: float = 2.0
     nft_singles: int = 100
     nft_batch: int = 1000
@@ -119,7 +122,8 @@ SMOKE = Sizes(knocks=6, spawns=1, kdf_runs=1, gap_sweep=(0.01,), gap_sweep_knock
               flood_rate=20_000, flood_senders=1, flood_seconds=1.0, flood_max_seconds=6.0, flood_trials=2,
               hog_knocks=10,
               stream_seconds=0.5,
-              stream_reps=1, parallel_streams=3, parallel_reps=1, scale_clients=12, scale_procs=2, scale_spread_s=0.5,
+              stream_reps=1, parallel_streams=3, parallel_reps=1, scale_clients=(12, 24), scale_procs=2,
+              scale_spread_s=0.5, scale_pause_s=0.5,
               micro_seconds=0.2, nft_singles=3, nft_batch=20, bus_messages=5_000, window_s=60)
 
 
@@ -141,9 +145,64 @@ def proc_stat_ticks(pid: int) -> int:
 
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+    return cpu_ticks()[0]
+
+
+def cpu_ticks() -> list[tuple[int, int]]:
+    """(busy, total) clock ticks from /proc/stat: all CPUs together first, then each CPU."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if not line.startswith("cpu"):
+            break
+        values = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+        idle = values[3] + values[4]  # idle + iowait
+        out.append((sum(values) - idle, sum(values)))
+    return out
+
+
+def loadavg() -> list[float]:
+    """The load average over 1, 5 and 15 minutes."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+class Window:
+    """How busy the whole machine was over exactly [start_wall, start_wall + seconds] (wall clock): the
+    busy share of all CPUs together and of each (/proc/stat), the load average at both ends, and the CPU
+    of the named processes meanwhile. A thread samples at the two instants, whatever the caller does."""
+
+    def __init__(self, start_wall: float, seconds: float, pids: dict[str, int]) -> None:
+        self.start_wall, self.seconds, self.pids = start_wall, seconds, dict(pids)
+        self._out: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="window", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _snap(self) -> tuple[float, list[tuple[int, int]], list[float], dict[str, int]]:
+        ticks = {}
+        for name, pid in self.pids.items():
+            try:
+                ticks[name] = proc_stat_ticks(pid)
+            except OSError:  # gone meanwhile (a stage restarted, a client process ended)
+                pass
+        return time.time(), cpu_ticks(), loadavg(), ticks
+
+    def _run(self) -> None:
+        time.sleep(max(0.0, self.start_wall - time.time()))
+        t0, cpu0, load0, proc0 = self._snap()
+        time.sleep(max(0.0, self.start_wall + self.seconds - time.time()))
+        t1, cpu1, load1, proc1 = self._snap()
+        shares = [(b1 - b0) / (n1 - n0) if n1 > n0 else float("nan")
+                  for (b0, n0), (b1, n1) in zip(cpu0, cpu1, strict=True)]
+        self._out = {"start_wall": t0, "seconds": t1 - t0, "busy_s": (cpu1[0][0] - cpu0[0][0]) / CLK_TCK,
+                     "total_s": (cpu1[0][1] - cpu0[0][1]) / CLK_TCK, "busy_share": shares[0],
+                     "cpu_shares": shares[1:], "loadavg_start": load0, "loadavg_end": load1,
+                     "processes_s": {name: (proc1[name] - proc0[name]) / CLK_TCK for name in proc0 if name in proc1}}
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """The figures, once the window is over (empty if it never ended within timeout)."""
+        self._thread.join(timeout)
+        return dict(self._out)
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -198,8 +257,13 @@ def reexec_with_code(checkout: Path, argv: list[str], command: str) -> None:
     import shutil
 
     target = Path(tempfile.mkdtemp(prefix="dynknock-bench-code-"))
+    # Each package's modules, as the install lays them out (pyproject's packages): in a checkout
+    # dynknock/<stage> is a symlink to the stage's folder, so a copy of the tree under dynknock/ would
+    # hold each stage twice over (and copytree of dynknock/ then met dynknock/lab already there).
     for package in PACKAGES:
-        shutil.copytree(checkout / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+        (target / package).mkdir(parents=True, exist_ok=True)
+        for module in (checkout / package).resolve().glob("*.py"):
+            shutil.copyfile(module, target / package / module.name)
     for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     env = dict(os.environ, PYTHONPATH=str(target), DYNKNOCK_BENCH_CODE=str(target),
@@ -235,14 +299,14 @@ def machine_info() -> dict[str, str]:
 STEP_TOPICS = (Topic.AUTH_REQUEST_RECEIVED, Topic.AUTH_KNOCK_COMPLETE, Topic.AUTH_DOOR_OPENED)
 
 
-def request_steps(steps: list[tuple[float, str, str]], prefix: str) -> dict[str, list[float]]:
-    """Per client address starting with prefix, from auth's events: ms from its first P1 read to its
-    knocks complete, and from knocks complete to the door opened (gate's confirmation)."""
+def request_steps(steps: list[tuple[float, str, str]], clients: set[str]) -> dict[str, list[float]]:
+    """Per client address of `clients`, from auth's events: ms from its first P1 read to its knocks
+    complete, and from knocks complete to the door opened (gate's confirmation)."""
     first: dict[str, float] = {}
     complete: dict[str, float] = {}
     opened: dict[str, float] = {}
     for when, topic, client in steps:
-        if not client.startswith(prefix):
+        if client not in clients:
             continue
         if topic == Topic.AUTH_REQUEST_RECEIVED:
             first.setdefault(client, when)
@@ -345,7 +409,7 @@ class Bench:
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
         users = []
         for name in ["lat0", "lat1", "spawn", "flood", "stream", "sweep", "victim", "hog"] + \
-                [f"scale{i}" for i in range(s.scale_clients)]:
+                [f"scale{i}" for i in range(max(s.scale_clients, default=0))]:
             users.append(LabUser(name, key=write_key(Path(self.key(name))), services=(SERVICE, RELAY_SERVICE)))
         write_users(self.workdir / "users.json", users)
         # A public port for the direct path, and our sink as the service behind the relay.
@@ -594,12 +658,12 @@ class Bench:
 
     # -- 4. scale -----------------------------------------------------------------------------------
 
-    def nft_door_count(self, prefix: str) -> int:
-        """Doors open now for addresses starting with prefix: relay doors, and kernel doors by their target
+    def nft_door_count(self, clients: set[str]) -> int:
+        """Doors open now for these client addresses: relay doors, and kernel doors by their target
         (fwd4 keeps it for the whole window; a used single-use door has lost its once4 element)."""
-        return self._nft_set_count("set", "doors4", prefix) + self._nft_set_count("map", "fwd4", prefix)
+        return self._nft_set_count("set", "doors4", clients) + self._nft_set_count("map", "fwd4", clients)
 
-    def _nft_set_count(self, kind: str, name: str, prefix: str) -> int:
+    def _nft_set_count(self, kind: str, name: str, clients: set[str]) -> int:
         out = self.lab.run(self.lab.server, ["nft", "-j", "list", kind, "inet", "dynknock", name]).stdout
         count = 0
         for item in json.loads(out)["nftables"]:
@@ -608,29 +672,61 @@ class Bench:
                     element = element[0]
                 value = element.get("elem", {}).get("val", element) if isinstance(element, dict) else element
                 concat = value.get("concat", []) if isinstance(value, dict) else []
-                if concat and str(concat[0]).startswith(prefix):
+                if concat and str(concat[0]) in clients:
                     count += 1
         return count
 
     def bench_scale(self) -> None:
+        """One row per count of scale_clients, in turn: the first (1,000) is results["scale"] as it always
+        was, the others results["scale_more"]."""
         s = self.sizes
-        log(f"scale: {s.scale_clients} clients from {s.scale_clients} addresses over {s.scale_spread_s} s")
-        addresses = self.lab.add_ipv4_addresses(self.lab.client, s.scale_clients)
+        rows = []
+        for n, count in enumerate(s.scale_clients):
+            if n:
+                time.sleep(s.scale_pause_s)
+            rows.append(self.scale_row(count))
+        if rows:
+            self.results["scale"] = rows[0]
+            self.results["scale_more"] = rows[1:]
+
+    def scale_row(self, count: int) -> dict[str, Any]:
+        """`count` clients, each its own user and fresh source address, their starts spread over
+        scale_spread_s; how busy the machine was over exactly those seconds (Window)."""
+        s = self.sizes
+        log(f"scale: {count} clients from {count} addresses over {s.scale_spread_s} s")
+        addresses = self.lab.add_ipv4_addresses(self.lab.client, count)
+        mine = set(addresses)
         pids = self.stage_pids()
         since = time.monotonic()
         machine0 = machine_ticks()
         rss0 = {stage: vm_rss_kib(pid) for stage, pid in pids.items()}
         cpu0 = {stage: proc_stat_ticks(pid) for stage, pid in pids.items()}
-        cap0 = self.tap.latest("capture") if self.tap else {}
+        cap0 = self.tap.fresh("capture", time.monotonic() - 2.5, 5) if self.tap else {}  # one every 2 s
         clients = [(addr, self.key(f"scale{i}")) for i, addr in enumerate(addresses)]
         start_wall = time.time() + 3.0
         timing = {"timeout_s": 15.0, **self.client_timing}
         procs = [self.worker_popen(self.lab.client, "scale", {
             "server": self.lab.server.ipv4, "clients": clients[n::s.scale_procs], "start_wall": start_wall,
             "spread_s": s.scale_spread_s, "timing": timing, "seed": n}) for n in range(s.scale_procs)]
+        window = Window(start_wall, s.scale_spread_s,
+                        {**pids, **{f"client{n}": proc.pid for n, proc in enumerate(procs)}})
+        window.start()
+        # Each worker's rows are read as they come: 500 rows (2,000 clients) fill a pipe, and a worker
+        # blocked on its write never ended (the row waited for its deadline, 90 s more, and said so).
+        collected: list[list[dict[str, Any]]] = [[] for _ in procs]
+        failures: list[str] = []
+
+        def drain(n: int, proc: subprocess.Popen[str]) -> None:
+            try:
+                collected[n] = self.collect(proc, s.scale_spread_s + 90)  # killed past that
+            except RuntimeError as exc:
+                failures.append(str(exc))
+
+        readers = [threading.Thread(target=drain, args=(n, proc), daemon=True) for n, proc in enumerate(procs)]
+        for reader in readers:
+            reader.start()
         peak: dict[str, int] = dict(rss0)
-        deadline = time.monotonic() + s.scale_spread_s + 90
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        while any(reader.is_alive() for reader in readers):
             for stage, pid in pids.items():
                 try:
                     peak[stage] = max(peak[stage], vm_rss_kib(pid))
@@ -638,25 +734,25 @@ class Bench:
                     pass
             time.sleep(0.2)
         machine1 = machine_ticks()
-        rows = []
-        for proc in procs:
-            rows += [r for r in self.collect(proc, 30) if "ok" in r]
-        doors_nft = self.nft_door_count("198.19.")
+        if failures:
+            raise RuntimeError(failures[0])
+        rows = [r for worker_rows in collected for r in worker_rows if "ok" in r]
+        doors_nft = self.nft_door_count(mine)
         rss1 = {stage: vm_rss_kib(pid) for stage, pid in pids.items()}
         cpu1 = {stage: proc_stat_ticks(pid) for stage, pid in pids.items()}
         auth_alive = self.tap.fresh("auth", time.monotonic(), 5) if self.tap else {}
         cap1 = self.tap.fresh("capture", time.monotonic(), 5) if self.tap else {}
-        auth_doors = sum(1 for d in auth_alive.get("doors", []) if str(d.get("client", "")).startswith("198.19."))
-        self.results["scale"] = {"clients": s.scale_clients, "rows": rows, "rss_before": rss0, "rss_after": rss1,
-                                 "rss_peak": peak, "cpu_s": {st: (cpu1[st] - cpu0[st]) / CLK_TCK for st in STAGES},
-                                 "nft_doors": doors_nft, "auth_doors": auth_doors, "capture_before": cap0,
-                                 "capture_after": cap1, "spread_s": s.scale_spread_s,
-                                 "machine_busy_s": (machine1[0] - machine0[0]) / CLK_TCK,
-                                 "machine_total_s": (machine1[1] - machine0[1]) / CLK_TCK,
-                                 "server_side_ms": [f["latency_ms"] for f in self.tap.opened_since(since)
-                                                    if str(f.get("client", "")).startswith("198.19.")]
-                                 if self.tap else [],
-                                 "steps": request_steps(list(self.tap.steps), "198.19.") if self.tap else {}}
+        auth_doors = sum(1 for d in auth_alive.get("doors", []) if str(d.get("client", "")) in mine)
+        return {"clients": count, "rows": rows, "rss_before": rss0, "rss_after": rss1,
+                "rss_peak": peak, "cpu_s": {st: (cpu1[st] - cpu0[st]) / CLK_TCK for st in STAGES},
+                "nft_doors": doors_nft, "auth_doors": auth_doors, "capture_before": cap0,
+                "capture_after": cap1, "spread_s": s.scale_spread_s,
+                "machine_busy_s": (machine1[0] - machine0[0]) / CLK_TCK,
+                "machine_total_s": (machine1[1] - machine0[1]) / CLK_TCK,
+                "window": window.result(timeout=s.scale_spread_s + 10),
+                "server_side_ms": [f["latency_ms"] for f in self.tap.opened_since(since)
+                                   if str(f.get("client", "")) in mine] if self.tap else [],
+                "steps": request_steps(list(self.tap.steps), mine) if self.tap else {}}
 
     # -- 5. micro -------------------------------------------------------------------------------------
 
@@ -691,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path,
                         help="run the stack and the clients from this checkout's code instead of the installed "
                              "copy (PYTHONPATH), e.g. to measure a candidate change before it lands")
+    parser.add_argument("--lab-prefix", default=PREFIX, metavar="NAME",
+                        help=f"the lab's namespace prefix (default {PREFIX}); a lab with the same prefix is "
+                             "removed first, so two runs at once need different prefixes")
     parser.add_argument("--spread-with", type=Path, nargs="+", default=[], metavar="JSON",
                         help="earlier runs' --json files: the report adds the median and range of every goal's "
                              "figure over them and this run (bench/spread.py), after this run's bars")
@@ -712,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     failure = ""
     try:
-        with NetLab(PREFIX) as lab:
+        with NetLab(args.lab_prefix) as lab:
             bench = Bench(lab, workdir, sizes)
             bench.client_timing = args.client_timing
             if args.client_timing:

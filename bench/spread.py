@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from figures import cpu_per_gb, door_stats, gbps, med, resent_knock
+from figures import cpu_per_gb, door_stats, gbps, med, pct, resent_knock
 
 FLOOD_NAMES = {"junk": "random junk", "sized": "P1-size junk", "syn": "SYN scan",
                "hint": "junk under one user's live hint (spoofed sources)", "replay": "one captured P1/P2 replayed"}
@@ -70,6 +70,30 @@ def table(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     for key in ("p50", "p99", "max"):
         out.append((f"1,000 clients: {key} ms", spread([s[key] for s in scale])))
     out.append(("1,000 clients: opened on the first burst", ", ".join(str(s["first_burst"]) for s in scale)))
+    out += scale_rows(results)
+    return out
+
+
+def scale_rows(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each scale row's machine (busy share over the clients' window, load at its start; runs in order:
+    the tail follows it), and the rows after the first (2,000 clients) where every run has them."""
+    out = []
+    phases = [[r["scale"], *r.get("scale_more", [])] for r in results]
+    for index, phase in enumerate(phases[-1]):
+        count = phase["clients"]
+        same = [p[index] for p in phases if len(p) > index and p[index]["clients"] == count]
+        if index and len(same) == len(results):
+            stats = [door_stats(p["rows"]) for p in same]
+            out.append((f"{count:,} clients in 3 s: opened", ", ".join(f"{s['ok']}/{s['n']}" for s in stats)))
+            for key in ("p50", "p99", "max"):
+                out.append((f"{count:,} clients: {key} ms", spread([s[key] for s in stats])))
+            confirmed = [pct(p.get("steps", {}).get("knocks_to_open_ms", []), 99) for p in same]
+            out.append((f"{count:,} clients: knocks complete to door confirmed p99 ms, runs in order",
+                        ", ".join(f"{c:.1f}" for c in confirmed)))
+        machine = [p[index].get("window", {}) if len(p) > index else {} for p in phases]
+        out.append((f"{count:,} clients: machine busy in the clients' window, load at its start, runs in order",
+                    ", ".join(f"{w['busy_share']:.0%} (load {w['loadavg_start'][0]:.2f})" if w else "n/a"
+                              for w in machine)))
     return out
 
 

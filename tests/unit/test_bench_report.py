@@ -164,3 +164,73 @@ def test_a_smoke_run_says_so_and_leaves_the_analysis_out(bench: tuple[ModuleType
     text: str = report.render(run, analysis_md="ANALYSIS TEXT")
     assert text.startswith("# dynknock benchmarks (SMOKE RUN: tiny counts, figures are not meaningful)\n")
     assert "ANALYSIS TEXT" not in text
+
+
+def window(busy: float, load: float) -> dict[str, Any]:
+    """bench/run.py Window's figures: 2 CPUs over 3 s, `busy` of them busy; the stages 1.2 CPU-s, the clients 0.9."""
+    return {"start_wall": 1.0, "seconds": 3.0, "busy_s": 6.0 * busy, "total_s": 6.0, "busy_share": busy,
+            "cpu_shares": [busy - 0.05, busy + 0.05], "loadavg_start": [load, 1.5, 1.0],
+            "loadavg_end": [load + 1.0, 1.6, 1.0],
+            "processes_s": {"capture": 0.2, "auth": 0.5, "gate": 0.3, "relay": 0.1, "bus": 0.1,
+                            "client0": 0.5, "client1": 0.4}}
+
+
+def with_two_scale_rows(run: dict[str, Any], busy: float = 0.71, load: float = 0.4) -> dict[str, Any]:
+    """The run with its 4-client row measured over a window, and a second row of 8 clients after it."""
+    scale = run["results"]["scale"]
+    scale["window"] = window(busy, load)
+    scale["steps"] = {"p1_to_knocks_ms": [5.0] * 4, "knocks_to_open_ms": [2.0, 3.0, 4.0, 9.0]}
+    more = copy.deepcopy(scale)
+    more.update(clients=8, rows=[knock(ms) for ms in (20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0)]
+                + [{"i": 0, "ok": False, "error": "no P3 (timeout)"}], nft_doors=7, auth_doors=7,
+                window=window(0.98, 3.2), steps={"knocks_to_open_ms": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 700.0]})
+    run["results"]["scale_more"] = [more]
+    run["sizes"]["scale_clients"] = (4, 8)
+    return run
+
+
+def scale_table(report: str) -> list[list[str]]:
+    """The cells of the scale section's first table, a list per row."""
+    section = report.split("\n## 4. Scale\n", 1)[1]
+    table = section.split("\n| clients |", 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def test_the_scale_section_has_a_row_per_count_with_the_machines_load(bench: tuple[ModuleType, ModuleType]) -> None:
+    report, _ = bench
+    text: str = report.render(with_two_scale_rows(sample_run([10.0] * 5)))
+    first, second = scale_table(text)
+    # clients, opened, success, p50, p90, p99, max, first burst, confirmed p50 / p99, busy, load
+    assert first == ["4", "4", "100.0%", "40.0", "400.0", "400.0", "400.0", "4", "3.0 / 9.0", "71%",
+                     "0.40 → 1.40"]
+    assert second == ["8", "7", "87.5%", "50.0", "80.0", "80.0", "80.0", "7", "40.0 / 700.0", "98%",
+                      "3.20 → 4.20"]
+    assert "Failures: 1x no P3 (timeout)." in text
+    assert ("The machine over the clients' 3.00 s: 71% busy (cpu0 66%, cpu1 76%), 4.26 of 6.00 CPU-s busy: the "
+            "stages 1.20, the bench's clients 0.90, the rest (kernel, anything else running) 2.16; load average "
+            "(1, 5, 15 min) 0.40, 1.50, 1.00 at its start, 1.40, 1.60, 1.00 at its end.") in text
+    assert "| auth | 8 | 10.0 | 20.0 | 10.0 | 0.50 |" in text
+    # The bars stay the first row's (1,000 clients in the real run): the second row is reported, not a goal.
+    bars = bars_of(text)
+    assert bars["4 clients at once: every door opens"] == ("100.0%", "met") and len(bars) == 23
+    assert not [name for name in bars if name.startswith("8 ")]
+    # A run stored before these figures (no window, one row) still renders, with n/a where they would be.
+    old = sample_run([10.0] * 5)
+    (row,) = scale_table(report.render(old))
+    assert row[-3:] == ["n/a / n/a", "n/a", "n/a"]
+
+
+def test_the_spread_has_the_second_row_and_each_runs_machine(bench: tuple[ModuleType, ModuleType]) -> None:
+    report, spread = bench
+    runs = [with_two_scale_rows(sample_run([10.0] * 5), busy, load) for busy, load in ((0.71, 0.4), (0.95, 2.5))]
+    runs.insert(0, sample_run([10.0] * 5))  # an older run: one row, no window
+    section = spread.section(report.render(runs[-1]), runs, ["/tmp/b1.json", "/tmp/b2.json"])
+    assert "| 4 clients: machine busy in the clients' window, load at its start, runs in order | " \
+           "n/a, 71% (load 0.40), 95% (load 2.50) |" in section
+    assert "| 8 clients: machine busy in the clients' window, load at its start, runs in order | " \
+           "n/a, 98% (load 3.20), 98% (load 3.20) |" in section
+    assert "8 clients in 3 s: opened" not in section  # not every run has that row
+    two = spread.section(report.render(runs[-1]), runs[1:], ["/tmp/b2.json"])
+    assert "| 8 clients in 3 s: opened | 7/8, 7/8 |" in two
+    assert "| 8 clients: p99 ms | 80.0 (80.0–80.0) |" in two
+    assert "| 8 clients: knocks complete to door confirmed p99 ms, runs in order | 700.0, 700.0 |" in two
