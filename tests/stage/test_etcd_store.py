@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -508,3 +509,50 @@ def test_what_the_running_etcd_version_lets_a_credential_holder_do(lab: EtcdLab)
         finally:
             lab.etcdctl("alarm", "disarm")
         assert replica.claim(os.urandom(24), now_ms() + WINDOW_MS, now_ms()) is True
+
+
+def test_a_refused_token_is_replaced_by_a_new_login(lab: EtcdLab) -> None:
+    """A token etcd no longer takes (a member restarted, --auth-token-ttl idle, or the auth store
+    changed since the login) costs one login, not a refusal."""
+    ensure_running(lab)
+    with store(lab, lab.replica) as replica:
+        now = now_ms()
+        assert replica.claim(os.urandom(24), now + WINDOW_MS, now)
+        replica._token = "not-a-token"  # as after a member restart: "invalid auth token"
+        started = time.monotonic()
+        assert replica.claim(os.urandom(24), now + WINDOW_MS, now) is True
+        print(f"\ninvalid token: the claim logged in again and passed in {(time.monotonic() - started) * 1000:.0f} ms")
+        # Any change of users or roles makes older tokens "revision of auth store is old".
+        lab.etcdctl("role", "grant-permission", "auth-replica", "read", f"{lab.prefix}/users")
+        assert replica.claim(os.urandom(24), now + WINDOW_MS, now) is True
+        counts = replica.health()["counts"]
+        assert isinstance(counts, dict) and not any(k.startswith("error.") for k in counts), counts
+
+
+def test_configuration_errors_are_one_line_store_errors(lab: EtcdLab, tmp_path: Path) -> None:
+    creds = lab.replica
+
+    def refused(**change: Any) -> StoreError:
+        options: dict[str, Any] = {"endpoints": lab.endpoints, "ca": lab.ca, "cert": creds.cert, "key": creds.key,
+                                   "user": creds.user, "password_file": creds.password_file} | change
+        with pytest.raises(StoreError) as error:
+            EtcdStore(**options)
+        assert error.value.kind == "config" and "\n" not in str(error.value)
+        return error.value
+
+    assert "not https://HOST:PORT" in str(refused(endpoints=["http://198.18.231.1:2379"]))
+    assert "no endpoint" in str(refused(endpoints=[]))
+    assert "prefix" in str(refused(prefix="/dynknock/"))
+    open_password = tmp_path / "open.password"
+    open_password.write_text("x\n")
+    open_password.chmod(0o644)
+    assert "chmod 640" in str(refused(password_file=open_password))
+    assert "No such file" in str(refused(key=tmp_path / "missing.key"))
+
+
+def test_advisories_follow_the_fixed_releases() -> None:
+    assert len(advisories("3.4.23")) == 3  # Debian 12
+    assert len(advisories("3.4.42")) == 1 and "CVE-2026-44283" in advisories("3.4.42")[0]
+    assert advisories("3.4.44") == advisories("3.5.30") == advisories("3.6.11") == advisories("3.7.0") == []
+    assert len(advisories("3.5.27")) == 3 and len(advisories("3.3.27")) == 3
+    assert advisories("not a version") == []
