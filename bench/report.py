@@ -336,7 +336,8 @@ def _scale(page: Page, scale: dict[str, Any], more: list[dict[str, Any]], sizes:
     add("'machine busy' is the share of all CPUs' time that was not idle (/proc/stat) over exactly the clients'")
     add(f"{scale['spread_s']:g} s; with the 1-minute load average at its start and end it tells a loaded run "
         "from a quiet one:")
-    add("the tail follows how busy the machine was (bench/ANALYSIS.md).")
+    add("the tail follows how busy the machine was (bench/ANALYSIS.md). The kernel recomputes the load average every")
+    add("5 s, so over a 3 s window its two ends may be the same figure.")
     add("")
     add("| clients | opened and connected | success | p50 ms | p90 ms | p99 ms | max ms | first burst | "
         "knocks complete to door confirmed p50 / p99 ms | machine busy in the clients' window | "

@@ -67,11 +67,13 @@ def test_the_window_sampler_measures_exactly_the_window(run: ModuleType) -> None
     while time.monotonic() < deadline:  # a little work of our own inside the window
         sum(range(10_000))
     result: dict[str, Any] = window.result(timeout=5)
-    assert abs(result["start_wall"] - start) < 0.05 and 0.45 < result["seconds"] < 0.7
+    # A sleeping thread wakes a little late on a busy machine; the figures are over what it did measure.
+    assert 0 <= result["start_wall"] - start < 0.2 and 0.45 < result["seconds"] < 0.9
     assert 0.0 <= result["busy_share"] <= 1.0
     assert len(result["cpu_shares"]) == os.cpu_count()
     assert all(0.0 <= share <= 1.0 for share in result["cpu_shares"])
     assert result["total_s"] == pytest.approx(result["seconds"] * (os.cpu_count() or 1), rel=0.25)
-    assert 0.0 < result["processes_s"]["me"] <= result["busy_s"] + 0.02
+    # Per-process and per-CPU times come from different kernel counters: equal within a few ticks.
+    assert 0.0 < result["processes_s"]["me"] <= result["busy_s"] + 0.1
     for key in ("loadavg_start", "loadavg_end"):
         assert len(result[key]) == 3 and all(value >= 0 for value in result[key])
