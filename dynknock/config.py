@@ -212,6 +212,10 @@ class Config:
                                       "server addresses knocks and P1/P2 are sent to")
     control_port: int = _key("server", "control_port", _port, CONTROL_PORT,
                              "UDP port of P1/P2 (nothing listens on it)")
+    # Below 1024, so that no ordinary local user can take it: every relayed door leads there.
+    relay_port: int = _key("server", "relay_port", _int_range(1, 1023), 1022,
+                           "the relay's one TCP listener, where nftables redirects relayed doors "
+                           "(a privileged port: the relay holds CAP_NET_BIND_SERVICE)")
     # Above Linux's default ephemeral range (net.ipv4.ip_local_port_range 32768-60999), so no
     # outbound connection of this host takes a door port, and above control_port 62201.
     door_ports: tuple[int, int] = _key("server", "door_ports", _port_range, "63000-65535",
@@ -236,6 +240,9 @@ class Config:
     users_file: Path = _key("server", "users_file", _path, "/etc/dynknock/users.json",
                             "users and their keys (mode 0600)")
     state_dir: Path = _key("server", "state_dir", _path, "/var/lib/dynknock", "replay journal")
+    key_file: Path = _key("server", "key_file", _path, "/etc/dynknock/server.key",
+                          "the server's own X25519 key, for key-pair users (knock-admin server-key makes it; "
+                          "none: no key-pair user)")
     run_as: str = _key("server", "run_as", _str, "dynknock", "unprivileged user of the stages")
     # The name of this host's gateway: capture tags what it sees with it, so auth commands this
     # gateway's gate and relay and labels its events.

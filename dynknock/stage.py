@@ -146,12 +146,28 @@ def drop_privileges(user: str) -> None:
 
 
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def set_no_new_privs() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise SystemExit(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def drop_capabilities() -> None:
+    """Give up every capability of this thread for good (ambient, effective, permitted, inheritable).
+
+    For a stage that needed one only at start (the relay binds its privileged port, then has no use
+    for CAP_NET_BIND_SERVICE). Lowering one's own capabilities needs no privilege. Call it before any
+    other thread exists (the zmq context makes some): capset(2) changes the calling thread alone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}: all zero
+    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 or libc.capset(header, data) != 0:
+        raise SystemExit(f"cannot drop capabilities: {os.strerror(ctypes.get_errno())}")
 
 
 def transport_for(config: Config, stage: str) -> Transport:

@@ -9,16 +9,23 @@ The ruleset lives in our own table (``inet <table>``) and never touches anyone
 else's. Door elements carry kernel-side timeouts: a door closes on time even if
 the gate, or the whole stack, dies (fail closed).
 
-Two kinds of door:
+Two kinds of door, both forwarded by nftables, so that a door never depends on a port
+a local process could take (issue 22: a user who bound the whole door range used to
+deny every relayed door):
 
-* relay doors (``doors4``/``doors6``): the input chain admits (client, door port)
-  and the relay stage accepts the connection and pumps it to the service;
 * kernel doors (``once4``/``many4`` and the map ``fwd4``, and their IPv6 twins):
   nftables itself forwards the connection (DNAT to the service's address and port),
-  so no byte crosses user space and an established session outlives every stage.
-  A single-use door is a ``once`` element that the NAT rule deletes with the first
-  new connection it forwards: a second connection finds no element, is not
-  forwarded, and the input chain drops it as it drops any door port.
+  so no byte crosses user space and an established session outlives every stage;
+* relay doors (``ronce4``/``ronce6`` single-use, ``rmany4``/``rmany6`` for many
+  connections): nftables redirects the connection to the relay's one listener
+  (``relay_port``, a privileged port no ordinary user can bind), on the address it
+  came to; the relay reads the door port the client asked for from the connection
+  (SO_ORIGINAL_DST), checks the client, and pumps the bytes to the service (targets
+  on other hosts, and IPv6 clients of an IPv4 service, since NAT keeps the family).
+
+A single-use door is an element that the NAT rule deletes with the first new
+connection it forwards: a second connection finds no element, is not forwarded, and
+the input chain drops it as it drops any door port.
 
 Forwarding to 127.0.0.0/8 needs ``route_localnet`` on the interface (the gate sets
 it, see gate/main.py); the ``guard`` chain, before NAT, drops every packet from
@@ -40,6 +47,8 @@ TIMEOUT_SLACK_MS = 2000
 # conntrack mark bits of a connection forwarded by a kernel door: the input chain admits
 # it and the gate's conntrack watcher reports its use and its bytes ("KN").
 KERNEL_DOOR_MARK = 0x4B4E0000
+# ... and of one redirected to the relay ("KR"): admitted; the relay reports its use itself.
+RELAY_DOOR_MARK = 0x4B520000
 
 
 class Invalid(ValueError):
@@ -58,11 +67,12 @@ class GateSettings:
     # (address, port) of the services a kernel door may forward to; nothing else, whatever
     # a command says (as the relay connects only to configured targets).
     kernel_targets: frozenset[tuple[str, int]] = frozenset()
+    relay_port: int = 1022  # where relay doors are redirected (server.relay_port)
 
 
 @dataclass(frozen=True, slots=True)
 class DoorElement:
-    set_name: str  # doors4 / doors6 (relay); once4 / many4 / once6 / many6 (kernel)
+    set_name: str  # ronce4 / rmany4 (relay); once4 / many4 (kernel); their IPv6 twins
     address: str
     port: int
     target: tuple[str, int] | None = None  # kernel doors: where the connection is forwarded
@@ -84,7 +94,7 @@ def _element(settings: GateSettings, client: str, port: int) -> DoorElement:
         raise Invalid(f"client {client} cannot be a door's peer")
     if isinstance(port, bool) or not settings.door_port_low <= port <= settings.door_port_high:
         raise Invalid(f"port {port} outside the door range")
-    return DoorElement("doors4" if address.version == 4 else "doors6", str(address), port)
+    return DoorElement(f"ronce{address.version}", str(address), port)
 
 
 def _kernel_element(settings: GateSettings, element: DoorElement, command: DoorOpen) -> DoorElement:
@@ -105,6 +115,8 @@ def validate_open(settings: GateSettings, command: DoorOpen, now_ms: int) -> tup
     element = _element(settings, command.client, command.port)
     if command.kernel:
         element = _kernel_element(settings, element, command)
+    elif not command.single_use:
+        element = replace(element, set_name=f"rmany{element.version}")
     timeout_ms = command.expires_at_ms - now_ms
     if timeout_ms <= 0:
         raise Invalid(f"command arrived {-timeout_ms} ms after the door's end")
@@ -151,7 +163,7 @@ def close_element(settings: GateSettings, element: DoorElement, target: tuple[st
     v = element.version
     key = _key(element)
     text = "".join(f"add element {t} {name}{v} {{ {key} }}\ndelete element {t} {name}{v} {{ {key} }}\n"
-                   for name in ("doors", "once", "many"))
+                   for name in ("ronce", "rmany", "once", "many"))
     family = sorted(k for k in settings.kernel_targets if ipaddress.ip_address(k[0]).version == v)
     targets = [target] if target is not None else family
     if len(targets) == 1:
@@ -160,7 +172,9 @@ def close_element(settings: GateSettings, element: DoorElement, target: tuple[st
     return text
 
 
-DOOR_SETS = frozenset({"doors4", "doors6", "once4", "once6", "many4", "many6", "fwd4", "fwd6"})
+# (A table made before relay doors were redirected keeps its sets doors4/doors6: no rule reads them any more,
+# and their elements run out within a window.)
+DOOR_SETS = frozenset({"ronce4", "ronce6", "rmany4", "rmany6", "once4", "once6", "many4", "many6", "fwd4", "fwd6"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +225,8 @@ def reconcile(settings: GateSettings, held: set[Held], believed: set[tuple[str, 
         key = (element.address, element.port)
         if key not in believed:
             stale[key] = element.target or stale.get(key)
-    return [close_element(settings, DoorElement("doors4" if ipaddress.ip_address(a).version == 4 else "doors6", a, p),
-                          target) for (a, p), target in sorted(stale.items())]
+    return [close_element(settings, DoorElement(f"ronce{ipaddress.ip_address(a).version}", a, p), target)
+            for (a, p), target in sorted(stale.items())]
 
 
 def ruleset(settings: GateSettings) -> str:
@@ -225,19 +239,18 @@ def ruleset(settings: GateSettings) -> str:
     doors = f"{settings.door_port_low}-{settings.door_port_high}"
     lines = [
         f"add table {t}",
-        f"add set {t} doors4 {{ type ipv4_addr . inet_service; flags timeout; }}",
-        f"add set {t} doors6 {{ type ipv6_addr . inet_service; flags timeout; }}",
-        *_kernel_door_rules(settings),
+        *_door_nat_rules(settings),
         # Before the usual filter priority so our drop of the door range holds
         # even if another table would accept; we never accept for others.
         f"add chain {t} input {{ type filter hook input priority filter - 10; policy accept; }}",
         f"flush chain {t} input",
         # Connections made through a door outlive its window.
         f"add rule {t} input ct state established,related accept",
-        # A new connection that a kernel door forwarded (DNAT, marked, in _kernel_door_rules).
+        # A new connection that a door forwarded (DNAT or redirect to the relay, marked, in _door_nat_rules).
         f"add rule {t} input ct status dnat ct mark and {KERNEL_DOOR_MARK:#x} == {KERNEL_DOOR_MARK:#x} accept",
-        f"add rule {t} input tcp dport {doors} ip saddr . tcp dport @doors4 accept",
-        f"add rule {t} input tcp dport {doors} ip6 saddr . tcp dport @doors6 accept",
+        f"add rule {t} input ct status dnat ct mark and {RELAY_DOOR_MARK:#x} == {RELAY_DOOR_MARK:#x} accept",
+        # Nothing else reaches the relay's port: it admits only what a door redirected.
+        f"add rule {t} input tcp dport {settings.relay_port} drop",
         # Silently: no RST, so a scan cannot tell a door port from a dead one.
         f"add rule {t} input tcp dport {doors} drop",
     ]
@@ -258,7 +271,7 @@ def ruleset(settings: GateSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _kernel_door_rules(settings: GateSettings) -> list[str]:
+def _door_nat_rules(settings: GateSettings) -> list[str]:
     t = f"inet {settings.table}"
     doors = f"{settings.door_port_low}-{settings.door_port_high}"
     lines = []
@@ -268,6 +281,8 @@ def _kernel_door_rules(settings: GateSettings) -> list[str]:
             f"add set {t} once{v} {{ type {addr} . inet_service; flags dynamic,timeout; }}",
             f"add set {t} many{v} {{ type {addr} . inet_service; flags timeout; }}",
             f"add map {t} fwd{v} {{ type {addr} . inet_service : {addr} . inet_service; flags timeout; }}",
+            f"add set {t} ronce{v} {{ type {addr} . inet_service; flags dynamic,timeout; }}",
+            f"add set {t} rmany{v} {{ type {addr} . inet_service; flags timeout; }}",
         ]
     lines += [
         # Before NAT (raw priority): from outside, nothing may reach 127.0.0.0/8, whatever
@@ -280,6 +295,8 @@ def _kernel_door_rules(settings: GateSettings) -> list[str]:
         f"flush chain {t} doors_nat",
     ]
     mark = f"ct mark set ct mark or {KERNEL_DOOR_MARK:#x}"
+    relay_mark = f"ct mark set ct mark or {RELAY_DOOR_MARK:#x}"
+    relay = f"redirect to :{settings.relay_port}"
     for v, family in ((4, "ip"), (6, "ip6")):
         key = f"{family} saddr . tcp dport"
         target = f"dnat {family} to {key} map @fwd{v}"
@@ -288,6 +305,9 @@ def _kernel_door_rules(settings: GateSettings) -> list[str]:
         lines += [
             f"add rule {t} doors_nat tcp dport {doors} {key} @once{v} delete @once{v} {{ {key} }} {mark} {target}",
             f"add rule {t} doors_nat tcp dport {doors} {key} @many{v} {mark} {target}",
+            f"add rule {t} doors_nat tcp dport {doors} {key} @ronce{v} delete @ronce{v} {{ {key} }} {relay_mark} "
+            f"{relay}",
+            f"add rule {t} doors_nat tcp dport {doors} {key} @rmany{v} {relay_mark} {relay}",
         ]
     return lines
 

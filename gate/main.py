@@ -148,7 +148,7 @@ def settings_from(config: Config) -> core.GateSettings:
                              door_port_high=config.door_port_high, window_seconds=config.window_seconds,
                              stealth=config.stealth,
                              public_tcp_ports=config.public_tcp_ports, public_udp_ports=config.public_udp_ports,
-                             kernel_targets=kernel_targets)
+                             kernel_targets=kernel_targets, relay_port=config.relay_port)
 
 
 class KernelSettings:

@@ -1,6 +1,14 @@
-"""knock-relay: one listener per door, relaying the one authorised peer to the service.
+"""knock-relay: relaying each door's one authorised peer to the service.
 
-The main thread polls the command socket and every door listener; each
+With nftables (gate.backend = "nftables") the relay has one listener per address
+family on ``server.relay_port``, a privileged port that no ordinary local user can
+take (the relay holds CAP_NET_BIND_SERVICE for it): the gate redirects a relayed
+door's connection there, and the relay reads from the connection the door port the
+client asked for (SO_ORIGINAL_DST), so a door never depends on a port any local
+process could bind. Without nftables ("none") it listens on each door's port, as
+before, which a local process holding that port denies (docs/SECURITY.md L5).
+
+The main thread polls the command socket and the listeners; each
 accepted connection is pumped by its own threads (relay/pump.py), which report
 back through a queue so that only the main thread touches zmq sockets.
 
@@ -22,6 +30,7 @@ import queue
 import resource
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any
@@ -32,10 +41,19 @@ from dynknock import bus
 from dynknock.config import Config
 from dynknock.relay import core
 from dynknock.relay.pump import Totals, relay_connection
-from dynknock.stage import Shell, common_arguments, drop_privileges, load_config_or_exit, now_ms, setup_logging
+from dynknock.stage import (
+    Shell,
+    common_arguments,
+    drop_capabilities,
+    drop_privileges,
+    load_config_or_exit,
+    now_ms,
+    setup_logging,
+)
 from dynknock.topics import Topic
 
 CONNECT_TIMEOUT_S = 5.0
+SO_ORIGINAL_DST = 80  # <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST is the same number at SOL_IPV6
 ACCEPT_BACKOFF_S = 0.5
 # Raised to the hard limit at start, but not past this: the default soft limit (1,024)
 # is used up by about a thousand doors, and memory, not descriptors, should bound us.
@@ -86,6 +104,49 @@ def open_listener(port: int) -> socket.socket:
     return sock
 
 
+def open_redirect_listeners(config: Config) -> list[socket.socket]:
+    """The relay's listeners on server.relay_port, one per family (SO_ORIGINAL_DST is per family).
+
+    Opened before privileges are dropped: a port below 1024 needs root or CAP_NET_BIND_SERVICE, which is
+    the point (no ordinary user can take it first). A host without IPv6 gets the IPv4 one alone.
+    """
+    listeners: list[socket.socket] = []
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:
+                continue
+            raise
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, config.relay_port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            for other in listeners:
+                other.close()
+            raise
+        listeners.append(sock)
+    return listeners
+
+
+def original_door_port(conn: socket.socket) -> int | None:
+    """The port the client asked for before nftables redirected its connection here, or None."""
+    try:
+        if conn.family == socket.AF_INET:
+            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
+        else:
+            raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)  # SOL_IPV6; struct sockaddr_in6
+    except OSError:
+        return None
+    port: int = struct.unpack_from("!H", raw, 2)[0]
+    return port
+
+
 def reset(sock: socket.socket) -> None:
     """Close with RST at once: the wrong peer gets no byte from the service."""
     try:
@@ -98,10 +159,22 @@ def reset(sock: socket.socket) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = common_arguments("dynknock relay stage (per-door TCP forwarding)").parse_args(argv)
     config = load_config_or_exit(args.config, "relay")
+    redirected: list[socket.socket] = []
+    if config.gate_backend == "nftables":
+        try:
+            redirected = open_redirect_listeners(config)
+        except OSError as exc:
+            why = {errno.EACCES: "a port below 1024 needs CAP_NET_BIND_SERVICE, which supervisord.conf gives the "
+                                 "relay (setpriv ... +net_bind_service)",
+                   errno.EADDRINUSE: f"another process holds it (ss -ltnp 'sport = :{config.relay_port}')"}
+            print(f"knock-relay: cannot listen on TCP port {config.relay_port} (server.relay_port in {config.path}): "
+                  f"{exc.strerror}; {why.get(exc.errno or 0, 'check the port')}", file=sys.stderr)
+            return 2
     drop_privileges(config.run_as)  # started as root by hand: never keep it
+    drop_capabilities()  # CAP_NET_BIND_SERVICE served its purpose: the port is bound
     log = setup_logging("relay")
     limit = raise_descriptor_limit()
-    return RelayShell(config, log, limit).run()
+    return RelayShell(config, log, limit, redirected).run()
 
 
 class RelayShell(Shell):
@@ -111,7 +184,8 @@ class RelayShell(Shell):
 
     DROPPED = Topic.RELAY_MESSAGE_DROPPED
 
-    def __init__(self, config: Config, log: logging.Logger, limit: int) -> None:
+    def __init__(self, config: Config, log: logging.Logger, limit: int,
+                 redirected: list[socket.socket] | None = None) -> None:
         super().__init__("relay", config, log)
         settings = core.RelaySettings(config.door_port_low, config.door_port_high, config.window_seconds,
                                       frozenset((s.host, s.port) for s in config.services.values()))
@@ -124,16 +198,22 @@ class RelayShell(Shell):
         self.deferred_accepts = 0  # accepts put off for want of a descriptor (heartbeat figure)
         self.finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
         self.active = 0
+        # nftables redirects every relayed door to these (empty: a listener per door, gate.backend "none").
+        self.redirected = redirected or []
+        for sock in self.redirected:
+            self.watch(sock, functools.partial(self.accept_redirected, sock))
         # Counted with the bus's sockets open: what is left is for doors and connections.
         self.budget = core.DescriptorBudget(limit, open_descriptors())
-        log.info("Relay started: doors %d-%d, descriptor limit %d.", config.door_port_low, config.door_port_high,
+        log.info("Relay started: doors %d-%d%s, descriptor limit %d.", config.door_port_low, config.door_port_high,
+                 f" redirected to port {config.relay_port}" if self.redirected else ", a listener each",
                  self.budget.limit)
 
     def timeout_ms(self) -> int:
         return 200
 
     def figures(self) -> dict[str, Any]:
-        return {"doors": len(self.table), "connections": self.active, "deferred_accepts": self.deferred_accepts}
+        return {"doors": len(self.table), "door_ports": sorted(d.port for d in self.table.doors()),
+                "connections": self.active, "deferred_accepts": self.deferred_accepts}
 
     def answer(self, command: bus.Message) -> bus.DoorResult | None:
         if isinstance(command, bus.DoorOpen):
@@ -155,7 +235,7 @@ class RelayShell(Shell):
     def open_door(self, command: bus.DoorOpen) -> bus.DoorResult:
         try:
             door = self.table.validate(command, now_ms())
-            if door.port not in self.listeners:
+            if not self.redirected and door.port not in self.listeners:
                 if not self.budget.can_open_door(len(self.listeners), self.active):
                     raise OSError(errno.EMFILE, f"{len(self.listeners)} doors and {self.active} connections hold "
                                                 f"its budget, limit {self.budget.limit}")
@@ -188,7 +268,8 @@ class RelayShell(Shell):
             self.log.info("Port %d for %s timeout and closed.", door.port, door.client)
 
     def pause(self, port: int, sock: socket.socket) -> None:
-        """Stop polling a listener whose queued connection cannot be accepted now (no busy loop)."""
+        """Stop polling a listener whose queued connection cannot be accepted now (no busy loop); `port` is
+        the door's, or the negated descriptor of a redirect listener."""
         self.deferred_accepts += 1
         self.unwatch(sock)
         self.paused[port] = time.monotonic() + ACCEPT_BACKOFF_S
@@ -198,7 +279,64 @@ class RelayShell(Shell):
         for port, when in list(self.paused.items()):
             if when <= now:
                 del self.paused[port]
-                self.watch(self.listeners[port], functools.partial(self.accept, port))
+                if port < 0:
+                    sock = next(s for s in self.redirected if s.fileno() == -port)
+                    self.watch(sock, functools.partial(self.accept_redirected, sock))
+                else:
+                    self.watch(self.listeners[port], functools.partial(self.accept, port))
+
+    def accept_redirected(self, sock: socket.socket) -> None:
+        """Connections nftables redirected here: each one's door by the port its client asked for."""
+        for _ in range(self.BATCH):
+            if not self.budget.can_accept(0, self.active):
+                self.pause(-sock.fileno(), sock)
+                self.log_bad("Connections wait: %d connections use the descriptors (limit %d).", self.active,
+                             self.budget.limit)
+                return
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                self.pause(-sock.fileno(), sock)
+                self.log_bad("Connections wait: accept failed (%s); %d connections, descriptor limit %d.",
+                             exc.strerror or exc, self.active, self.budget.limit)
+                return
+            port = original_door_port(conn) or 0
+            verdict, door = self.table.on_connection(port, peer[0])
+            if verdict is not core.Verdict.ACCEPT or door is None:
+                reset(conn)
+                self.log_bad("Refused a connection to port %s from %s: no door of its.", port, peer[0])
+                self.events.publish(Topic.RELAY_CONNECTION_REFUSED, port=port,
+                                    peer=str(core.normalise_peer(peer[0])), reason="no door for this address")
+                continue
+            self.serve_connection(conn, door, port)
+
+    def serve_connection(self, conn: socket.socket, door: core.Door, port: int) -> None:
+        """An accepted connection of a door: to its pump threads; tell auth if a single-use door is used."""
+        self.active += 1
+        self.events.publish(Topic.RELAY_CONNECTION_ACCEPTED, user=door.user, client=str(door.client), port=port)
+        conn.setblocking(True)
+
+        def done(totals: Totals, door: core.Door = door) -> None:
+            self.finished.put((door, "", totals))
+
+        try:
+            threading.Thread(target=relay_connection, args=(conn, door.target, CONNECT_TIMEOUT_S, done),
+                             name=f"relay-{port}", daemon=True).start()
+        except RuntimeError as exc:  # no thread left: the connection cannot be served
+            reset(conn)
+            self.log_bad("Dropped a connection to port %d: %s", port, exc)
+            done(Totals(error=f"relay could not start a thread: {exc}"))
+        peer = self.door_peers.get(door.door_id)
+        if door.single_use and peer is not None:
+            # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
+            self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "relay", str(door.client),
+                                                                        port))])
+        if self.table.should_close(door, now_ms()):
+            self.close_listener(door, "single use")
 
     def accept(self, port: int) -> None:
         sock = self.listeners[port]
@@ -230,28 +368,9 @@ class RelayShell(Shell):
                 self.events.publish(Topic.RELAY_CONNECTION_REFUSED, port=port,
                                     peer=str(core.normalise_peer(peer[0])), reason="door refused a foreign IP")
                 continue
-            self.active += 1
-            self.events.publish(Topic.RELAY_CONNECTION_ACCEPTED, user=door.user, client=str(door.client), port=port)
-            conn.setblocking(True)
-
-            def done(totals: Totals, door: core.Door = door) -> None:
-                self.finished.put((door, "", totals))
-
-            try:
-                threading.Thread(target=relay_connection, args=(conn, door.target, CONNECT_TIMEOUT_S, done),
-                                 name=f"relay-{port}", daemon=True).start()
-            except RuntimeError as exc:  # no thread left: the connection cannot be served
-                reset(conn)
-                self.log_bad("Dropped a connection to port %d: %s", port, exc)
-                done(Totals(error=f"relay could not start a thread: {exc}"))
-            peer = self.door_peers.get(door.door_id)
-            if door.single_use and peer is not None:
-                # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
-                self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "relay", str(door.client),
-                                                                            port))])
-            if self.table.should_close(door, now_ms()):
-                self.close_listener(door, "single use")
-                return
+            self.serve_connection(conn, door, port)
+            if self.listeners.get(port) is not sock:
+                return  # the listener closed with the door (single use)
 
     def turn(self) -> None:
         self.resume_listeners()
@@ -265,7 +384,7 @@ class RelayShell(Shell):
                                 error=totals.error)
 
     def closing(self) -> None:
-        for sock in self.listeners.values():
+        for sock in [*self.listeners.values(), *self.redirected]:
             sock.close()
 
 

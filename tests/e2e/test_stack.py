@@ -54,8 +54,8 @@ class Lab:
         return ssh_command(self.sshd, command)
 
     def door_elements(self) -> str:
-        out = self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors4"]).stdout
-        out += self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", "doors6"]).stdout
+        out = "".join(self.lab.run(self.lab.server, ["nft", "list", "set", "inet", "dynknock", name]).stdout
+                      for name in ("ronce4", "ronce6", "rmany4", "rmany6"))
         return "".join(line for line in out.splitlines() if "elements" in line)
 
     def doors(self) -> set[tuple[str, int]]:

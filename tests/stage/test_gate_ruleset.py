@@ -55,9 +55,9 @@ def test_every_ruleset_loads_without_netbase(variant: str) -> None:
     # A door of each kind too, as the gate adds them.
     element = core.DoorElement("once4", "198.18.0.2", 40001, ("127.0.0.1", 22))
     script += core.add_element(settings, element, 30_000)
-    script += core.add_element(settings, core.DoorElement("doors6", "2001:db8::2", 40002), 30_000)
+    script += core.add_element(settings, core.DoorElement("ronce6", "2001:db8::2", 40002), 30_000)
     # Closes, of doors there and not there: one transaction each that cannot fail.
     script += core.close_element(settings, element, ("127.0.0.1", 22))
-    script += core.close_element(settings, core.DoorElement("doors6", "2001:db8::9", 40009))
+    script += core.close_element(settings, core.DoorElement("ronce6", "2001:db8::9", 40009))
     done = nft_check_without_netbase(script)
     assert done.returncode == 0, done.stderr

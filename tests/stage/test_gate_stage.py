@@ -62,11 +62,11 @@ def test_gate_nftables_adds_and_removes_elements_with_only_cap_net_admin(stage_e
     process = stage_env.start("knock-gate", prefix=("ip", "netns", "exec", netns, *GATE_PRIVILEGES))
     sock = stage_env.socket(zmq.DEALER, connect=stage_env.endpoints.gate)
     assert ask(sock, door(port=41234, client="198.18.0.7")).ok
-    assert "198.18.0.7 . 41234 timeout" in nft_set(netns, "doors4")
+    assert "198.18.0.7 . 41234 timeout" in nft_set(netns, "ronce4")
     assert ask(sock, door(port=41235, client="2001:db8:d::7", door_id="ef56")).ok
-    assert "2001:db8:d::7 . 41235" in nft_set(netns, "doors6")
+    assert "2001:db8:d::7 . 41235" in nft_set(netns, "ronce6")
     assert ask(sock, bus.DoorClose("ab12", "198.18.0.7", 41234)).ok
-    assert "41234" not in nft_set(netns, "doors4")
+    assert "41234" not in nft_set(netns, "ronce4")
     # Closing again is not an error: closed is closed.
     assert ask(sock, bus.DoorClose("ab12", "198.18.0.7", 41234)).ok
     # The Python process (child of setpriv's exec: same PID) holds CAP_NET_ADMIN (bit 12) and nothing else.
@@ -133,7 +133,7 @@ def test_gate_closes_a_used_kernel_door_in_one_transaction_and_reconciles_with_a
     assert [r.door_id for r in results] == [c.door_id for c in opens] and all(r.ok for r in results)
     held = nft_elements(netns)
     assert {(f"198.18.0.{10 + i}", 41300 + i) for i in range(40)} == {(a, p) for _, a, p in held}
-    assert ("fwd4", "198.18.0.10", 41300) in held and ("doors4", "198.18.0.11", 41301) in held
+    assert ("fwd4", "198.18.0.10", 41300) in held and ("ronce4", "198.18.0.11", 41301) in held
     # A kernel door closed with its target: every element of it gone (once, and the map entry).
     assert ask(sock, bus.DoorClose("b00", "198.18.0.10", 41300, "127.0.0.1", 22)).ok
     # Closed again, or a door that was never there: still one transaction that cannot fail.

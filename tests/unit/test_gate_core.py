@@ -40,13 +40,13 @@ def door_close(client: str = "203.0.113.7", port: int = 40001, door_id: str = DO
 
 
 @pytest.mark.parametrize("client,set_name,address", [
-    ("203.0.113.7", "doors4", "203.0.113.7"),
-    ("2001:db8::7", "doors6", "2001:db8::7"),
-    ("2001:DB8:0:0:0:0:0:7", "doors6", "2001:db8::7"),  # canonical form in the rule
-    ("127.0.0.1", "doors4", "127.0.0.1"),
-    ("::1", "doors6", "::1"),
-    ("::ffff:203.0.113.7", "doors6", "::ffff:cb00:7107"),
-    ("fe80::1", "doors6", "fe80::1"),
+    ("203.0.113.7", "ronce4", "203.0.113.7"),
+    ("2001:db8::7", "ronce6", "2001:db8::7"),
+    ("2001:DB8:0:0:0:0:0:7", "ronce6", "2001:db8::7"),  # canonical form in the rule
+    ("127.0.0.1", "ronce4", "127.0.0.1"),
+    ("::1", "ronce6", "::1"),
+    ("::ffff:203.0.113.7", "ronce6", "::ffff:cb00:7107"),
+    ("fe80::1", "ronce6", "fe80::1"),
 ])
 def test_validate_open_accepts_good_commands(client: str, set_name: str, address: str) -> None:
     element, timeout_ms = core.validate_open(SETTINGS, door_open(client=client), NOW)
@@ -73,8 +73,8 @@ def test_validate_open_timeout_is_what_is_left(left_ms: int) -> None:
 
 
 def test_validate_close_accepts_good_commands() -> None:
-    assert core.validate_close(SETTINGS, door_close()) == DoorElement("doors4", "203.0.113.7", 40001)
-    assert core.validate_close(SETTINGS, door_close(client="2001:db8::7")) == DoorElement("doors6", "2001:db8::7",
+    assert core.validate_close(SETTINGS, door_close()) == DoorElement("ronce4", "203.0.113.7", 40001)
+    assert core.validate_close(SETTINGS, door_close(client="2001:db8::7")) == DoorElement("ronce6", "2001:db8::7",
                                                                                           40001)
 
 
@@ -177,11 +177,11 @@ def test_validation_order_reports_the_first_problem() -> None:
 def test_add_element_text() -> None:
     element, timeout_ms = core.validate_open(SETTINGS, door_open(), NOW)
     assert core.add_element(SETTINGS, element, timeout_ms) == \
-        "add element inet dynknock doors4 { 203.0.113.7 . 40001 timeout 30000ms }\n"
+        "add element inet dynknock ronce4 { 203.0.113.7 . 40001 timeout 30000ms }\n"
     element6, _ = core.validate_open(SETTINGS, door_open(client="2001:db8::7", port=49999), NOW)
     other_table = replace(SETTINGS, table="knock_2")
     assert core.add_element(other_table, element6, 1234) == \
-        "add element inet knock_2 doors6 { 2001:db8::7 . 49999 timeout 1234ms }\n"
+        "add element inet knock_2 ronce6 { 2001:db8::7 . 49999 timeout 1234ms }\n"
 
 
 def _add_delete(table: str, name: str, key: str) -> str:
@@ -191,45 +191,56 @@ def _add_delete(table: str, name: str, key: str) -> str:
 def test_close_text_adds_then_deletes_each_set_so_it_cannot_fail() -> None:
     """A relay-only server: no kernel target, so no map entry to empty."""
     assert core.close_element(SETTINGS, core.validate_close(SETTINGS, door_close())) == "".join(
-        _add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001") for name in ("doors", "once", "many"))
+        _add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001") for name in ("ronce", "rmany", "once", "many"))
     assert core.close_element(SETTINGS, core.validate_close(SETTINGS, door_close(client="::1", port=40000))) == \
-        "".join(_add_delete("dynknock", f"{name}6", "::1 . 40000") for name in ("doors", "once", "many"))
+        "".join(_add_delete("dynknock", f"{name}6", "::1 . 40000") for name in ("ronce", "rmany", "once", "many"))
 
 
 def test_remove_table_text() -> None:
     assert core.remove_table(SETTINGS) == "delete table inet dynknock\n"
 
 
+def _nat(v: int) -> list[str]:
+    family, addr = ("ip", "ipv4_addr") if v == 4 else ("ip6", "ipv6_addr")
+    key = f"{family} saddr . tcp dport"
+    kernel, relay = "ct mark set ct mark or 0x4b4e0000", "ct mark set ct mark or 0x4b520000 redirect to :1022"
+    return [
+        f"add rule inet dynknock doors_nat tcp dport 40000-49999 {key} @once{v} delete @once{v} {{ {key} }} {kernel}"
+        f" dnat {family} to {key} map @fwd{v}",
+        f"add rule inet dynknock doors_nat tcp dport 40000-49999 {key} @many{v} {kernel} dnat {family} to {key}"
+        f" map @fwd{v}",
+        f"add rule inet dynknock doors_nat tcp dport 40000-49999 {key} @ronce{v} delete @ronce{v} {{ {key} }} {relay}",
+        f"add rule inet dynknock doors_nat tcp dport 40000-49999 {key} @rmany{v} {relay}",
+    ]
+
+
+def _sets(v: int) -> list[str]:
+    addr = "ipv4_addr" if v == 4 else "ipv6_addr"
+    return [
+        f"add set inet dynknock once{v} {{ type {addr} . inet_service; flags dynamic,timeout; }}",
+        f"add set inet dynknock many{v} {{ type {addr} . inet_service; flags timeout; }}",
+        f"add map inet dynknock fwd{v} {{ type {addr} . inet_service : {addr} . inet_service; flags timeout; }}",
+        f"add set inet dynknock ronce{v} {{ type {addr} . inet_service; flags dynamic,timeout; }}",
+        f"add set inet dynknock rmany{v} {{ type {addr} . inet_service; flags timeout; }}",
+    ]
+
+
 BASE_RULESET = [
     "add table inet dynknock",
-    "add set inet dynknock doors4 { type ipv4_addr . inet_service; flags timeout; }",
-    "add set inet dynknock doors6 { type ipv6_addr . inet_service; flags timeout; }",
-    "add set inet dynknock once4 { type ipv4_addr . inet_service; flags dynamic,timeout; }",
-    "add set inet dynknock many4 { type ipv4_addr . inet_service; flags timeout; }",
-    "add map inet dynknock fwd4 { type ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout; }",
-    "add set inet dynknock once6 { type ipv6_addr . inet_service; flags dynamic,timeout; }",
-    "add set inet dynknock many6 { type ipv6_addr . inet_service; flags timeout; }",
-    "add map inet dynknock fwd6 { type ipv6_addr . inet_service : ipv6_addr . inet_service; flags timeout; }",
+    *_sets(4), *_sets(6),
     "add chain inet dynknock guard { type filter hook prerouting priority raw; policy accept; }",
     "flush chain inet dynknock guard",
     'add rule inet dynknock guard iifname != "lo" ip daddr 127.0.0.0/8 counter drop',
     'add rule inet dynknock guard iifname != "lo" ip saddr 127.0.0.0/8 counter drop',
     "add chain inet dynknock doors_nat { type nat hook prerouting priority dstnat; policy accept; }",
     "flush chain inet dynknock doors_nat",
-    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip saddr . tcp dport @once4 delete @once4"
-    " { ip saddr . tcp dport } ct mark set ct mark or 0x4b4e0000 dnat ip to ip saddr . tcp dport map @fwd4",
-    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip saddr . tcp dport @many4"
-    " ct mark set ct mark or 0x4b4e0000 dnat ip to ip saddr . tcp dport map @fwd4",
-    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip6 saddr . tcp dport @once6 delete @once6"
-    " { ip6 saddr . tcp dport } ct mark set ct mark or 0x4b4e0000 dnat ip6 to ip6 saddr . tcp dport map @fwd6",
-    "add rule inet dynknock doors_nat tcp dport 40000-49999 ip6 saddr . tcp dport @many6"
-    " ct mark set ct mark or 0x4b4e0000 dnat ip6 to ip6 saddr . tcp dport map @fwd6",
+    *_nat(4), *_nat(6),
     "add chain inet dynknock input { type filter hook input priority filter - 10; policy accept; }",
     "flush chain inet dynknock input",
     "add rule inet dynknock input ct state established,related accept",
     "add rule inet dynknock input ct status dnat ct mark and 0x4b4e0000 == 0x4b4e0000 accept",
-    "add rule inet dynknock input tcp dport 40000-49999 ip saddr . tcp dport @doors4 accept",
-    "add rule inet dynknock input tcp dport 40000-49999 ip6 saddr . tcp dport @doors6 accept",
+    "add rule inet dynknock input ct status dnat ct mark and 0x4b520000 == 0x4b520000 accept",
+    "add rule inet dynknock input tcp dport 1022 drop",
     "add rule inet dynknock input tcp dport 40000-49999 drop",
 ]
 STEALTH_RULES = [
@@ -290,16 +301,16 @@ def test_ruleset_uses_the_table_and_range_given() -> None:
     text = core.ruleset(replace(SETTINGS, table="other", door_port_low=50000, door_port_high=50015))
     assert all(" inet other" in line for line in text.splitlines())
     assert "dynknock" not in text
-    assert text.count("tcp dport 50000-50015") == 7  # 3 input rules, 4 kernel-door NAT rules
+    assert text.count("tcp dport 50000-50015") == 9  # the input rule, 8 NAT rules (4 kernel, 4 relay doors)
 
 
 def test_ruleset_never_flushes_the_door_sets() -> None:
     """Doors open when the gate restarts stay open until their own timeouts."""
     text = core.ruleset(SETTINGS)
     assert "flush set" not in text and "flush map" not in text and "flush ruleset" not in text
-    # The only deletion is the NAT rule's own, of a single-use element as its connection starts.
+    # The only deletions are the NAT rules' own, of a single-use element as its connection starts.
     assert [line for line in text.splitlines() if "delete" in line] == [
-        line for line in text.splitlines() if line.startswith("add rule inet dynknock doors_nat") and "@once" in line]
+        line for line in text.splitlines() if line.startswith("add rule inet dynknock doors_nat") and "once" in line]
     assert text.index("ct state established,related accept") < text.index("dport 40000-49999 drop")
 
 
@@ -320,11 +331,11 @@ def _check_safe(client: str, port: int) -> None:
         return
     assert SAFE.fullmatch(element.address), element.address
     assert SETTINGS.door_port_low <= element.port <= SETTINGS.door_port_high
-    assert element.set_name in ("doors4", "doors6")
+    assert element.set_name in ("ronce4", "ronce6")
     assert 0 < timeout_ms <= WINDOW_MS + core.TIMEOUT_SLACK_MS
     text = core.add_element(SETTINGS, element, timeout_ms)
     assert text == f"add element inet dynknock {element.set_name} {{ {element.address} . {port} timeout 30000ms }}\n"
-    assert core.close_element(SETTINGS, element).count("{") == 6
+    assert core.close_element(SETTINGS, element).count("{") == 8
     assert ipaddress.ip_address(element.address) == ipaddress.ip_address(client)
 
 
@@ -346,7 +357,7 @@ def test_every_ordinary_address_passes_or_is_refused_for_its_kind(address: ipadd
     else:
         element, _ = core.validate_open(SETTINGS, door_open(client=str(address)), NOW)
         assert element.address == str(address)
-        assert element.set_name == f"doors{address.version}"
+        assert element.set_name == f"ronce{address.version}"
 
 
 @given(door_id=st.text(max_size=40), now_offset=st.integers(-10**6, 10**6))
@@ -400,7 +411,8 @@ def test_kernel_door_refused_when_no_service_is_kernel_forwarded() -> None:
 
 def test_close_empties_every_place_a_door_can_be_in_one_transaction() -> None:
     element = core.validate_close(KERNEL, door_close(client="203.0.113.7", port=40001))
-    sets = "".join(_add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001") for name in ("doors", "once", "many"))
+    sets = "".join(_add_delete("dynknock", f"{name}4", "203.0.113.7 . 40001")
+                   for name in ("ronce", "rmany", "once", "many"))
     # The family's one kernel target, or the one the close names: the map is added to with its own value.
     assert core.close_element(KERNEL, element) == sets + \
         "add element inet dynknock fwd4 { 203.0.113.7 . 40001 : 127.0.0.1 . 22 }\n" \
@@ -414,7 +426,7 @@ def test_close_empties_every_place_a_door_can_be_in_one_transaction() -> None:
 
 LISTING = {"nftables": [
     {"metainfo": {"version": "1.0.6"}},
-    {"set": {"name": "doors4", "elem": [{"elem": {"val": {"concat": ["198.18.0.2", 63000]}, "timeout": 30}}]}},
+    {"set": {"name": "ronce4", "elem": [{"elem": {"val": {"concat": ["198.18.0.2", 63000]}, "timeout": 30}}]}},
     {"set": {"name": "once6", "elem": [{"concat": ["2001:db8::2", 63001]}]}},
     {"map": {"name": "fwd4", "elem": [[{"elem": {"val": {"concat": ["198.18.0.3", 63002]}}},
                                        {"concat": ["127.0.0.1", 22]}]]}},
@@ -425,7 +437,7 @@ LISTING = {"nftables": [
 
 def test_the_kernels_listing_gives_every_door_element() -> None:
     assert core.held_elements(LISTING) == {
-        core.Held("doors4", "198.18.0.2", 63000), core.Held("once6", "2001:db8::2", 63001),
+        core.Held("ronce4", "198.18.0.2", 63000), core.Held("once6", "2001:db8::2", 63001),
         core.Held("fwd4", "198.18.0.3", 63002, ("127.0.0.1", 22))}
     assert core.held_elements({"nftables": "no"}) == set() and core.held_elements([]) == set()
 

@@ -12,7 +12,7 @@ key when a test needs to stop half-way through an exchange. The programs the
 attacker runs are real files in tests/e2e/tools/, run there by the venv's python.
 
 What every test checks is what an attacker would want: a door (an element in
-nftables' `inet dynknock doors4/doors6`, a relay listener, an OPEN answer), a
+nftables' `inet dynknock ronce4/ronce6/rmany4/rmany6`, a relay's door, an OPEN answer), a
 reply (any UDP from the server), a crash (a stage PID that changed), or a secret
 (in a log, an event or an error message). Measured figures (packets tried,
 doors wrongly opened, crashes, flood rate, time to door under flood, CPU) are
@@ -352,7 +352,7 @@ class World:
     def doors(self, lab: NetLab | None = None) -> set[tuple[str, int]]:
         lab = lab or self.lab
         found: set[tuple[str, int]] = set()
-        for name in ("doors4", "doors6"):
+        for name in ("ronce4", "ronce6", "rmany4", "rmany6"):
             out = lab.run(lab.server, ["nft", "-j", "list", "set", "inet", "dynknock", name]).stdout
             for item in json.loads(out)["nftables"]:
                 for elem in item.get("set", {}).get("elem", []):
@@ -370,10 +370,14 @@ class World:
             time.sleep(0.2)
 
     def door_listeners(self, lab: NetLab | None = None) -> set[int]:
-        lab = lab or self.lab
-        out = lab.run(lab.server, ["ss", "-Hltn"]).stdout
+        """The door ports the relay serves: its listeners on door ports (gate.backend "none"), and, for this
+        world's stack (nftables redirects relayed doors to one listener), the doors of its next heartbeat."""
+        out = (lab or self.lab).run((lab or self.lab).server, ["ss", "-Hltn"]).stdout
         ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
-        return {p for p in ports if DOOR_LOW <= p <= DOOR_HIGH}
+        served = {p for p in ports if DOOR_LOW <= p <= DOOR_HIGH}
+        if lab is None or lab is self.lab:
+            served |= {int(p) for p in self.events.next_alive("relay")["door_ports"]}
+        return served
 
     def door_connections(self) -> list[str]:
         out = self.lab.run(self.lab.server, ["ss", "-Htn"]).stdout
@@ -425,8 +429,8 @@ class World:
         for stage in ("auth", "gate", "relay"):
             self.stack.kill_stage(stage)
         self.stack.wait_alive(20)
-        for family in ("doors4", "doors6"):
-            self.lab.run(self.lab.server, ["nft", "flush", "set", "inet", "dynknock", family])
+        for name in ("ronce4", "ronce6", "rmany4", "rmany6"):
+            self.lab.run(self.lab.server, ["nft", "flush", "set", "inet", "dynknock", name])
 
 
 # --- shared by several themes ------------------------------------------------------
