@@ -2,14 +2,17 @@
 
     knock-admin add alice --services ssh,web --source 198.51.100.0/24
     knock-admin add bob --key-gen bob.key        # random key, give bob.key to bob
+    knock-admin add paula --public-key 'dynknock-ed25519 ...'   # a key pair: the server keeps only her public key
+    knock-admin server-key                        # the line key-pair users pin (made at the first such user)
+    knock-admin rekey bob --public-key bob.pub    # move a user to another key (her doors close)
     knock-admin remove alice
     knock-admin list
     knock-admin set-services bob ssh
     knock-admin status                            # stages alive (and why one is down), doors, rejections
     knock-admin doctor                            # check the server's setup; says what to fix
 
-The file (auth/users.py) holds every user's 32-byte master key, never a
-password; it is rewritten atomically with mode 0600, and knock-auth reloads it
+The file (auth/users.py) holds every symmetric user's 32-byte master key (never a
+password) and every key-pair user's public key; it is rewritten atomically with mode 0600, and knock-auth reloads it
 when it changes, closing the doors of a user removed, given a new key or a
 service taken away. Changes take an exclusive lock on ``<file>.lock`` so that two
 admins at once cannot lose each other's changes (a lost revocation would bring
@@ -46,11 +49,12 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the file could not be written (permissions, disk)
 EXIT_USAGE = 2  # bad input: option, name, CIDR, date, key file, password, or an unusable users file
 
+DEFAULT_SERVER_KEY_NAME = "server.key"
 SHORT_PASSWORD = 12  # below this, warn: a sniffed packet allows an offline guess per scrypt call
 
 EPILOG = f"""\
 password:
-  Without --key-file or --key-gen, `add` asks for the password twice (no echo)
+  Without --public-key, --key-file or --key-gen, `add` asks for the password twice (no echo)
   and stores scrypt(name, password), the key the client derives from the same
   two. If standard input is not a terminal, the password is instead read from
   its first line (the line end is not part of it), for scripts:
@@ -149,6 +153,52 @@ def write_new_key_file(path: Path, key: bytes) -> None:
         raise AdminError(str(exc)) from None
 
 
+def read_public_key(text: str) -> bytes:
+    """A key-pair user's public key from her line (``dynknock-ed25519 BASE64 [comment]``, as
+    ``knock-client --key-gen`` prints it) or from a file holding that line (her FILE.pub)."""
+    from dynknock.auth.serverkey import check_user_public_key
+
+    line, where = text, "--public-key"
+    if not text.lstrip().startswith(keys.PAIR_PUBLIC + " "):
+        path = Path(text)
+        try:
+            line, where = path.read_text(encoding="ascii"), str(path)
+        except FileNotFoundError:
+            raise AdminError(f"--public-key {text!r}: neither a {keys.PAIR_PUBLIC} line nor a file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AdminError(f"--public-key {text}: cannot read: {exc}") from None
+    try:
+        public, _ = keys.parse_key_line(line, keys.PAIR_PUBLIC)
+        check_user_public_key(public)
+    except KeyError_ as exc:
+        raise AdminError(f"{where}: {exc}") from None
+    return public
+
+
+def server_key_file(args: argparse.Namespace) -> Path:
+    """--server-key-file, else server.key beside the users file (both in /etc/dynknock by default,
+    as server.key_file and server.users_file say)."""
+    explicit: Path | None = args.server_key_file
+    return explicit if explicit is not None else args.users_file.with_name(DEFAULT_SERVER_KEY_NAME)
+
+
+def ensure_server_key(path: Path, io: Io) -> str:
+    """The server's public line, the key made first if there is none (the first key-pair user)."""
+    from dynknock.auth.serverkey import ServerKeyError, load_server_key, make_server_key
+
+    try:
+        server = load_server_key(path)
+        if server is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            server = make_server_key(path)
+            share_with_service_group(path)
+            print(f"made the server's key {path} (knock-auth reads it when it next reloads the users file); "
+                  "every key-pair user pins its public line", file=io.stdout)
+    except ServerKeyError as exc:
+        raise AdminError(str(exc)) from None
+    return server.line(os.uname().nodename)
+
+
 # --- the users file -----------------------------------------------------------
 
 
@@ -218,6 +268,62 @@ def share_with_service_group(path: Path) -> None:
         os.chmod(path, 0o640)
 
 
+@dataclasses.dataclass(frozen=True)
+class NewKey:
+    """The key `add` or `rekey` gives a user: a master key and how it was made, or a public key."""
+
+    master_key: bytes = b""
+    kind: str = ""  # "password" or "key" (auth/users.py User.kind)
+    public_key: bytes | None = None
+    key_gen: Path | None = None  # a key file to write for the user
+
+
+def read_new_key(args: argparse.Namespace, name: str, io: Io) -> NewKey:
+    if args.public_key is not None:
+        return NewKey(public_key=read_public_key(args.public_key))
+    if args.key_file is not None:
+        return NewKey(read_key_file(args.key_file), "key")
+    if args.key_gen is not None:
+        return NewKey(secrets.token_bytes(MASTER_KEY_LEN), "key", key_gen=args.key_gen)
+    try:  # outside the lock: a person may take a while to type
+        return NewKey(derive_master_key(name, read_password(io.stdin, io.stderr, io.prompt)), "password")
+    except KeyError_ as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _with_key(user: User, key: NewKey) -> User:
+    return dataclasses.replace(user, master_key=key.master_key, kind=key.kind, public_key=key.public_key)
+
+
+def _saved_with_key(users_file: Path, users: dict[str, User], user: User, key: NewKey) -> Path | None:
+    """Save `user` (given `key`) into the users file, writing her key file first if one is to be made."""
+    is_new_file = not users_file.exists()
+    created: Path | None = None
+    if key.key_gen is not None:
+        write_new_key_file(key.key_gen, key.master_key)
+        created = key.key_gen
+    users[user.name] = _with_key(user, key)
+    try:
+        save_users(users_file, users.values())
+        if is_new_file:
+            share_with_service_group(users_file)
+    except BaseException:
+        if created is not None:  # a key for a user that was never added is only a liability
+            created.unlink(missing_ok=True)
+        raise
+    return created
+
+
+def _tell_about_key(name: str, key: NewKey, created: Path | None, server_line: str, io: Io) -> None:
+    if created is not None:
+        print(f"key written to {created} (mode 0600): give it to {name} for `knock-client --key-file`",
+              file=io.stdout)
+    if key.public_key is not None:
+        print(f"{name} holds a key pair: the server keeps only her public key ({keys.fingerprint(key.public_key)}). "
+              f"Give {name} the server's line, for her first knock (knock-client --server-key 'LINE'):\n"
+              f"{server_line}", file=io.stdout)
+
+
 def cmd_add(args: argparse.Namespace, io: Io) -> int:
     name = _user_name(args.name)
     services = parse_services(args.services)
@@ -225,36 +331,38 @@ def cmd_add(args: argparse.Namespace, io: Io) -> int:
     expires = parse_expires(args.expires, io.now()) if args.expires is not None else None
     users_file: Path = args.users_file
     _refuse_existing(_load(users_file, missing_ok=True), name, users_file)  # before asking for a password
-    if args.key_file is not None:
-        key = read_key_file(args.key_file)
-    elif args.key_gen is not None:
-        key = secrets.token_bytes(MASTER_KEY_LEN)
-    else:
-        try:  # outside the lock: a person may take a while to type
-            key = derive_master_key(name, read_password(io.stdin, io.stderr, io.prompt))
-        except KeyError_ as exc:
-            raise AdminError(str(exc)) from None
+    key = read_new_key(args, name, io)
     with _locked(users_file, create=True):
+        # The server key first: a users file naming a key-pair user and no server key would be refused.
+        server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
         users = _load(users_file, missing_ok=True)
         _refuse_existing(users, name, users_file)  # again: another admin may have been quicker
-        is_new_file = not users_file.exists()
-        created: Path | None = None
-        if args.key_gen is not None:
-            write_new_key_file(args.key_gen, key)
-            created = args.key_gen
-        users[name] = User(name, key, services, sources, expires, args.nat)
-        try:
-            save_users(users_file, users.values())
-            if is_new_file:
-                share_with_service_group(users_file)
-        except BaseException:
-            if created is not None:  # a key for a user that was never added is only a liability
-                created.unlink(missing_ok=True)
-            raise
+        created = _saved_with_key(users_file, users, User(name, b"", services, sources, expires, args.nat), key)
     print(f"added {name!r} (services {','.join(services)}) to {users_file}", file=io.stdout)
-    if created is not None:
-        print(f"key written to {created} (mode 0600): give it to {name} for `knock-client --key-file`",
-              file=io.stdout)
+    _tell_about_key(name, key, created, server_line, io)
+    return EXIT_OK
+
+
+def cmd_rekey(args: argparse.Namespace, io: Io) -> int:
+    """Give a user another key, of any kind (e.g. move her to a key pair), keeping everything else.
+    knock-auth closes the doors and drops the requests made with the old key when it reloads."""
+    name = _user_name(args.name)
+    users_file: Path = args.users_file
+    _get(_load(users_file), name, users_file)
+    key = read_new_key(args, name, io)
+    with _locked(users_file):
+        server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
+        users = _load(users_file)
+        created = _saved_with_key(users_file, users, _get(users, name, users_file), key)
+    print(f"{name!r} now has a new key ({users[name].kind_shown}); knock-auth closes the doors of the old one "
+          f"when it reloads {users_file} (within a few seconds)", file=io.stdout)
+    _tell_about_key(name, key, created, server_line, io)
+    return EXIT_OK
+
+
+def cmd_server_key(args: argparse.Namespace, io: Io) -> int:
+    """Print the line key-pair users pin (the key is made if there is none yet)."""
+    print(ensure_server_key(server_key_file(args), io), file=io.stdout)
     return EXIT_OK
 
 
@@ -288,13 +396,14 @@ def cmd_list(args: argparse.Namespace, io: Io) -> int:
         print(f"no users in {args.users_file}", file=io.stdout)
         return EXIT_OK
     now_s = io.now().timestamp()
-    rows = [("NAME", "SERVICES", "SOURCES", "EXPIRES", "NAT")]
+    rows = [("NAME", "KIND", "SERVICES", "SOURCES", "EXPIRES", "NAT")]
     for user in sorted(users.values(), key=lambda u: u.name):
         expires = "-" if user.expires is None else user.expires.isoformat()
         if user.expired(now_s):
             expires += " (expired)"
-        rows.append((user.name, ",".join(user.services) or "-", ",".join(str(n) for n in user.sources) or "any",
-                     expires, "yes" if user.nat else "no"))
+        sources = ",".join(str(n) for n in user.sources) or "any"
+        rows.append((user.name, user.kind_shown, ",".join(user.services) or "-", sources, expires,
+                     "yes" if user.nat else "no"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=io.stdout)
@@ -360,12 +469,25 @@ def default_users_file() -> Path:
     return Path(os.environ.get(USERS_ENV) or DEFAULT_USERS_FILE)
 
 
+def _key_options(command: argparse.ArgumentParser) -> None:
+    key = command.add_mutually_exclusive_group()
+    key.add_argument("--public-key", metavar="LINE|FILE",
+                     help="a key pair: the user's public line (knock-client --key-gen prints it) or her FILE.pub; "
+                          "the server keeps nothing that can sign as her")
+    key.add_argument("--key-file", type=Path, metavar="PATH", help="store the key in this base64 key file")
+    key.add_argument("--key-gen", type=Path, metavar="PATH",
+                     help="draw a random key, write it to PATH (mode 0600, must not exist) for the user, store it")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     """The parser and its subcommands; a new subcommand sets ``handler`` like these."""
     parser = argparse.ArgumentParser(prog=PROG, description="Manage the users of a dynknock server.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users-file", type=Path, default=None, metavar="PATH",
                         help=f"the users file (default: ${USERS_ENV} or {DEFAULT_USERS_FILE})")
+    parser.add_argument("--server-key-file", type=Path, default=None, metavar="PATH",
+                        help=f"the server's key for key-pair users (default: {DEFAULT_SERVER_KEY_NAME} beside the "
+                             "users file, as server.key_file)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add = commands.add_parser("add", help="add a user", epilog=EPILOG,
@@ -378,18 +500,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     add.add_argument("--expires", metavar="ISO-DATE", help="the account ends then (UTC unless an offset is given)")
     add.add_argument("--nat", action="store_true",
                      help="allow requests that declare the client address 'as seen' (client behind NAT)")
-    key = add.add_mutually_exclusive_group()
-    key.add_argument("--key-file", type=Path, metavar="PATH", help="store the key in this base64 key file")
-    key.add_argument("--key-gen", type=Path, metavar="PATH",
-                     help="draw a random key, write it to PATH (mode 0600, must not exist) for the user, store it")
+    _key_options(add)
     add.set_defaults(handler=cmd_add)
+
+    rekey = commands.add_parser("rekey", help="give a user another key (password, key file or key pair), keeping "
+                                "her services and limits; the old key's doors close", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    rekey.add_argument("name", metavar="NAME")
+    _key_options(rekey)
+    rekey.set_defaults(handler=cmd_rekey)
+
+    server_key = commands.add_parser("server-key", help="print the server's public key line, which key-pair users "
+                                     "pin (made if there is none yet)")
+    server_key.set_defaults(handler=cmd_server_key)
 
     remove = commands.add_parser("remove", help="remove a user and close their open doors "
                                  "(other users are left untouched)")
     remove.add_argument("name", metavar="NAME")
     remove.set_defaults(handler=cmd_remove)
 
-    lst = commands.add_parser("list", help="list users: name, services, sources, expiry, nat (never keys)")
+    lst = commands.add_parser("list", help="list users: name, kind of key, services, sources, expiry, nat "
+                              "(never keys)")
     lst.set_defaults(handler=cmd_list)
 
     set_services = commands.add_parser("set-services", help="replace the services a user may open")

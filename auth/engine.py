@@ -42,6 +42,9 @@ Invariants:
     a service taken away or an account expired closes it (CloseDoor to both stages).
 12. A door whose port a local process holds ("address_in_use" from a stage) is
     closed and opened again on another port, up to door_retries times.
+13. A key-pair user's packets are version 3 and her P1 carries her Ed25519 signature, checked
+    after every cheap check and within a budget per hint: what a thief of the server's files
+    can compute (her session keys) makes no P1 that opens a door.
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from dynknock import protocol as proto
 from dynknock.auth.replay import ReplayCache
-from dynknock.auth.users import User, UserDirectory
+from dynknock.auth.users import User, UserDirectory, UsersFileError
 from dynknock.config import Config, ServiceConfig, default_of
 from dynknock.keys import HINT_EPOCH_SECONDS, SessionKeys, hint_epoch, user_hint
 from dynknock.limits import TokenBuckets
@@ -170,9 +173,13 @@ class EngineConfig:
     # Packets whose tag was checked, remembered by their bytes (~0.7 KB each with the decoded
     # message): only good tags make entries, at most hint_checks_per_second per user for ~3 min.
     checked_cache_max: int = 50_000
-    # Wire protocol versions accepted (dynknock/protocol.py): a fleet drops 1, whose packets are
-    # not bound to the gateway they were sent to (server.fleet_accepts_v1).
-    versions: tuple[int, ...] = proto.VERSIONS
+    # Wire protocol versions accepted (dynknock/protocol.py): a fleet takes only packets bound to
+    # the gateway they were sent to (version 2, or 3 with the bound flag; server.fleet_accepts_v1).
+    versions: tuple[int, ...] = proto.ALL_VERSIONS
+    bound_only: bool = False
+    # Signature checks (key-pair users' P1s, ~0.3 ms each) one hint may cost a second: past this a
+    # holder of that user's pair key (the user, or a thief of the server's key) waits for the next second.
+    hint_signatures_per_second: int = 20
     # A P2 that arrives while its request still awaits knocks is held this long before it is
     # answered PENDING: the client echoes its SYNs 5 ms after P2 (client/session.py), and a SYN
     # that raced capture's filter then completes the request and this same P2 gets OPEN, instead
@@ -188,8 +195,9 @@ def engine_config(config: Config, **own: Any) -> EngineConfig:
     the engine's `own` settings. A fleet takes only protocol version 2 (bound to the gateway address)
     unless server.fleet_accepts_v1 says otherwise."""
     shared = {f.name: getattr(config, f.name) for f in fields(EngineConfig) if hasattr(config, f.name)}
-    versions = (proto.BOUND_VERSION,) if config.fleet and not config.fleet_accepts_v1 else proto.VERSIONS
-    return EngineConfig(**{**shared, "versions": versions, **own})
+    strict = config.fleet and not config.fleet_accepts_v1
+    versions = (proto.BOUND_VERSION, proto.PAIR_VERSION) if strict else proto.ALL_VERSIONS
+    return EngineConfig(**{**shared, "versions": versions, "bound_only": strict, **own})
 
 
 class State(enum.Enum):
@@ -219,7 +227,8 @@ class Request:
     state_since_ms: int = 0
     retries: int = 0
     gateway: str = ""  # the gateway the P1 came to: its knocks, P2s and door are all there
-    version: int = proto.VERSION  # the P1's wire version: P3s answer in it (2: bound to the gateway address)
+    version: int = proto.VERSION  # the P1's wire version: P3s answer in it (3: a key-pair user)
+    bound: bool = False  # the P1 was bound to the gateway address: so are its P3s
     held_until_ms: int = 0  # a P2 held (p2_hold_ms) until then; 0: none held
     held_once: bool = False
     denial: Status = Status.SERVICE_NOT_ALLOWED  # what a DENIED request's P2s are told
@@ -249,11 +258,24 @@ def _addr(value: IPAddress) -> str:
     return str(value)
 
 
+class PairServer(Protocol):
+    """The server's side of key-pair users (auth/serverkey.py): its public key, each user's session
+    keys, and the check of a signature."""
+
+    public: bytes
+
+    def session_keys(self, user_public: bytes) -> SessionKeys: ...
+
+    def verify(self, user_public: bytes, message: bytes, signature: bytes) -> bool: ...
+
+
 class Engine:
     def __init__(self, config: EngineConfig, users: dict[str, User], replay: ReplayCache,
-                 random_bytes: Callable[[int], bytes], random_below: Callable[[int], int]) -> None:
+                 random_bytes: Callable[[int], bytes], random_below: Callable[[int], int],
+                 pair_server: PairServer | None = None) -> None:
         self.config = config
-        self._directory = UserDirectory(users, config.clock_skew_seconds)
+        self._pair_server = pair_server
+        self._directory = self._new_directory(users)
         self._replay = replay
         self._random_bytes = random_bytes
         self._random_below = random_below
@@ -274,6 +296,10 @@ class Engine:
         self._next_checked_sweep = 0
         self._check_second = -1  # the second the budgets below belong to
         self._hint_checks: Counter[bytes] = Counter()
+        self._hint_signatures: Counter[bytes] = Counter()
+        # nonce -> the bytes (seen_as) of the v3 P1 whose signature verified under it: only those very
+        # bytes skip the check again (a thief holding her keys can make other bytes under that nonce).
+        self._signed_ok: dict[bytes, bytes] = {}
         self._bad_tags: Counter[tuple[bytes, IPAddress]] = Counter()
         # request_id -> source seen, for NAT diagnosis of a P1 declared elsewhere
         self._mismatches: dict[bytes, tuple[str, IPAddress, int]] = {}
@@ -299,12 +325,13 @@ class Engine:
         """A reloaded users file. A user removed or given a new key loses requests and doors;
         a door whose service or source its user may no longer use closes; the rest is untouched."""
         old = self._directory
-        self._directory = UserDirectory(users, self.config.clock_skew_seconds)
+        self._directory = self._new_directory(users)
         self._checked.clear()  # verdicts reached under the old keys are not reused under the new
 
         def revoked(name: str) -> bool:
             before, now = old.get(name), users.get(name)
-            return now is None or before is None or before[0].master_key != now.master_key
+            return now is None or before is None or before[0].master_key != now.master_key \
+                or before[0].public_key != now.public_key
 
         actions: list[Action] = []
         for request in list(self._requests.values()):
@@ -318,6 +345,24 @@ class Engine:
         actions.append(Notify(Topic.AUTH_USERS_RELOADED, {"users": len(users)}))
         return actions + self._filter_update()
 
+    @property
+    def has_pair_server(self) -> bool:
+        return self._pair_server is not None
+
+    def set_pair_server(self, pair_server: PairServer) -> None:
+        """The server's key, made after start-up (the first key-pair user). Never replaced: every
+        key-pair user pinned the first one, and a new one is a restart with every user told."""
+        if self._pair_server is not None:
+            raise ValueError("the server key is already set")
+        self._pair_server = pair_server
+
+    def _new_directory(self, users: dict[str, User]) -> UserDirectory:
+        if self._pair_server is None and any(u.public_key is not None for u in users.values()):
+            raise UsersFileError("the users file has key-pair users, and this server has no key of its own "
+                                 "(server.key_file; knock-admin server-key makes it)")
+        return UserDirectory(users, self.config.clock_skew_seconds,
+                             self._pair_server.session_keys if self._pair_server is not None else None)
+
     # --- inputs --------------------------------------------------------------
 
     def on_datagram(self, source: IPAddress, source_port: int, destination: IPAddress,
@@ -326,10 +371,18 @@ class Engine:
         header = proto.parse_header(payload, versions=self.config.versions)
         if isinstance(header, proto.Reject):
             return self._reject(header.reason, source, now_ms, header.detail)
+        if self.config.bound_only and not header.bound:
+            return self._reject(RejectReason.BAD_VERSION, source, now_ms, f"{header.version} unbound, in a fleet")
         found = self._directory.find(header.hint, now_ms / 1000)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, source, now_ms)
         user, keys = found
+        # A key-pair user's packets are version 3 (her P1s signed), everyone else's 1 or 2: her keys sealing
+        # an older version's P1 (which a thief of the server's key could make) open nothing.
+        if (user.public_key is not None) != (header.version == proto.PAIR_VERSION):
+            return self._reject(RejectReason.BAD_VERSION, source, now_ms,
+                                f"{header.version} for a {'key-pair' if user.public_key else 'symmetric-key'} user",
+                                user.name)
         # Invariant 8: a nonce accepted before is a replay, whatever the rest of the packet
         # says; no tag check needed to refuse it. Not a nonce answered ADDRESS_MISMATCH: that
         # answer may have gone to a copy raced from elsewhere, and the client's own P2 from
@@ -340,7 +393,7 @@ class Engine:
         checked = self._checked.get(header.nonce)
         # Version 2: the verdict holds for these bytes sent to this address only (a copy sent to
         # another gateway is checked again, and fails).
-        seen_as = payload if header.version == proto.VERSION else payload + destination.packed
+        seen_as = payload + destination.packed if header.bound else payload
         if checked is not None and checked[0] == seen_as:
             message = checked[1]  # the very bytes whose tag was checked: same verdict, no AEAD
         else:
@@ -363,15 +416,36 @@ class Engine:
             return self._reject(RejectReason.FUTURE, source, now_ms, user=user.name)
         if user.expired(now_ms / 1000):
             return self._reject(RejectReason.USER_EXPIRED, source, now_ms, user=user.name)
+        if isinstance(message, proto.P1) and header.version == proto.PAIR_VERSION:
+            refused = self._check_signature(user, header, message, destination, seen_as, now_ms)
+            if refused is not None:
+                return self._reject(refused, source, now_ms, user=user.name)
         # The nonce may be forgotten once the timestamp alone would refuse it.
         nonce_expiry = message.timestamp_ms + skew_ms + 1
         if isinstance(message, proto.P1):
-            return self._on_p1(user, keys, message, header.nonce, nonce_expiry, source, now_ms,
-                               gateway, header.version)
+            return self._on_p1(user, keys, message, header, nonce_expiry, source, now_ms, gateway)
         if isinstance(message, proto.P2):
-            return self._on_p2(user, keys, message, header.nonce, nonce_expiry,
-                               source, source_port, destination, now_ms, gateway, header.version)
+            return self._on_p2(user, keys, message, header, nonce_expiry, source, source_port, destination,
+                               now_ms, gateway)
         raise AssertionError("parse_header accepts only P1 and P2")
+
+    def _check_signature(self, user: User, header: proto.Header, p1: proto.P1, destination: IPAddress,
+                         seen_as: bytes, now_ms: int) -> RejectReason | None:
+        """A key-pair user's P1 must carry her signature (invariant 13): the cheap checks all passed, so
+        only a holder of her pair keys gets here, within a budget per hint; a copy is not checked twice."""
+        if self._signed_ok.get(header.nonce) == seen_as:
+            return None
+        assert self._pair_server is not None and user.public_key is not None  # _new_directory saw to it
+        if self._hint_signatures[header.hint] >= self.config.hint_signatures_per_second:
+            return RejectReason.HINT_OVER_BUDGET
+        self._hint_signatures[header.hint] += 1
+        server = self._pair_server
+        if server.verify(user.public_key, proto.signed_part(header, destination, server.public, p1), p1.signature):
+            self._signed_ok[header.nonce] = seen_as
+            return None
+        # Its copies are refused at the checked cache from now on, at no cost.
+        self._remember_checked(header.nonce, seen_as, proto.Reject(RejectReason.BAD_SIGNATURE), now_ms)
+        return RejectReason.BAD_SIGNATURE
 
     def _spend_check(self, hint: bytes, source: IPAddress, now_ms: int) -> RejectReason | None:
         """Take one tag check from this hint's budget of the second, or say why not (invariant 9)."""
@@ -379,6 +453,7 @@ class Engine:
         if second != self._check_second:
             self._check_second = second
             self._hint_checks.clear()
+            self._hint_signatures.clear()
             self._bad_tags.clear()
         if self._bad_tags.get((hint, source), 0) >= self.config.bad_tags_per_source_per_second:
             return RejectReason.HINT_OVER_BUDGET
@@ -407,6 +482,7 @@ class Engine:
         if now_ms < self._next_checked_sweep and not force:
             return
         self._checked = {n: entry for n, entry in self._checked.items() if entry[2] > now_ms}
+        self._signed_ok = {n: b for n, b in self._signed_ok.items() if n in self._checked}
         self._next_checked_sweep = now_ms + 10_000
 
     def on_syn(self, source: IPAddress, port: int, isn: int, now_ms: int, gateway: str = "") -> list[Action]:
@@ -528,8 +604,9 @@ class Engine:
 
     # --- P1 / P2 -------------------------------------------------------------
 
-    def _on_p1(self, user: User, keys: SessionKeys, p1: proto.P1, nonce: bytes, nonce_expiry: int,
-               source: IPAddress, now_ms: int, gateway: str = "", version: int = proto.VERSION) -> list[Action]:
+    def _on_p1(self, user: User, keys: SessionKeys, p1: proto.P1, header: proto.Header, nonce_expiry: int,
+               source: IPAddress, now_ms: int, gateway: str = "") -> list[Action]:
+        nonce = header.nonce
         if p1.address is None:
             if not user.nat:
                 return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
@@ -566,7 +643,7 @@ class Engine:
         connect = p1.knock_kind is KnockKind.CONNECT
         request = Request(user.name, keys, client, p1.request_id, p1.service, now_ms,
                           {(k.port, ANY_ISN if connect else k.isn) for k in p1.knocks}, state_since_ms=now_ms,
-                          gateway=gateway, version=version)
+                          gateway=gateway, version=header.version, bound=header.bound)
         self._requests[(user.name, client)] = request
         self._by_id[p1.request_id] = request
         actions.append(Notify(Topic.AUTH_REQUEST_RECEIVED, {
@@ -590,9 +667,10 @@ class Engine:
             self._knocks[(client, port, isn)] = request
         return actions + self._filter_update()
 
-    def _on_p2(self, user: User, keys: SessionKeys, p2: proto.P2, nonce: bytes, nonce_expiry: int,
+    def _on_p2(self, user: User, keys: SessionKeys, p2: proto.P2, header: proto.Header, nonce_expiry: int,
                source: IPAddress, source_port: int, destination: IPAddress, now_ms: int,
-               gateway: str = "", version: int = proto.VERSION) -> list[Action]:
+               gateway: str = "") -> list[Action]:
+        nonce = header.nonce
         request = self._by_id.get(p2.request_id)
         if request is None or request.user != user.name:
             mismatch = self._mismatches.get(p2.request_id)
@@ -604,7 +682,7 @@ class Engine:
                     return self._reject(RejectReason.REPLAY, source, now_ms, user=user.name)
                 self._mismatch_nonces[nonce] = nonce_expiry
                 reply = proto.P3(now_ms, p2.request_id, Status.ADDRESS_MISMATCH, 0, 0, source)
-                sealed = self._seal(user.name, keys, reply, now_ms, destination if version != proto.VERSION else None)
+                sealed = self._seal(keys, reply, now_ms, header.version, destination if header.bound else None)
                 return [SendReply(source, source_port, destination, sealed, gateway)]
             return self._reject(RejectReason.NO_REQUEST, source, now_ms, user=user.name)
         if request.client != source:
@@ -820,14 +898,18 @@ class Engine:
             status = {State.AWAITING_KNOCKS: Status.PENDING, State.OPENING: Status.PENDING,
                       State.DENIED: request.denial, State.FAILED: Status.UNAVAILABLE}[request.state]
             p3 = proto.P3(now_ms, request.request_id, status, 0, 0, destination)
-        bound = source if request.version != proto.VERSION else None  # v2: bound to the address it leaves from
-        return SendReply(destination, port, source, self._seal(request.user, request.keys, p3, now_ms, bound),
+        bound = source if request.bound else None  # bound to the address it leaves from, as its P1 was
+        return SendReply(destination, port, source, self._seal(request.keys, p3, now_ms, request.version, bound),
                          request.gateway)
 
-    def _seal(self, user: str, keys: SessionKeys, message: proto.P3, now_ms: int,
+    def _seal(self, keys: SessionKeys, message: proto.P3, now_ms: int, version: int,
               server: IPAddress | None = None) -> bytes:
         hint = user_hint(keys, hint_epoch(now_ms / 1000))
-        return proto.seal(keys, message, hint, self._random_bytes(proto.NONCE_LEN), server)
+        nonce = self._random_bytes(proto.NONCE_LEN)
+        if version == proto.PAIR_VERSION:
+            assert self._pair_server is not None
+            return proto.seal_pair(keys, message, hint, nonce, self._pair_server.public, server)
+        return proto.seal(keys, message, hint, nonce, server)
 
     # --- rejections and the knock filter -------------------------------------
 

@@ -28,6 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from dynknock import bus, replies
 from dynknock.auth import engine as eng
 from dynknock.auth.replay import ReplayCache, ReplayJournal
+from dynknock.auth.serverkey import ServerKey, ServerKeyError, load_server_key
 from dynknock.auth.users import User, UsersFileError, load_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
@@ -113,14 +114,15 @@ def reply_sockets(config: Config) -> dict[str, socket.socket]:
 class AuthShell(Shell):
     """Packets from capture into the engine, door results from gate and relay, the engine's actions out."""
 
-    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger) -> None:
+    def __init__(self, config: Config, users: dict[str, User], log: logging.Logger,
+                 server_key: ServerKey | None = None) -> None:
         super().__init__("auth", config, log)
         transport = self.transport
         self.log_user = UserLog(log)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal = journal = ReplayJournal(config.state_dir / "replay.journal")
         self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
-                                 secrets.token_bytes, secrets.randbelow)
+                                 secrets.token_bytes, secrets.randbelow, server_key)
         self.packets = self.socket(zmq.PULL, bind="packets", options={zmq.RCVHWM: 50_000})
         self.watch(self.packets, self.read_packets)
         self.filter = self.socket(zmq.PUB, bind="knock_filter")
@@ -384,10 +386,17 @@ class AuthShell(Shell):
         self.users_mtime = mtime
         try:
             users = load_users(self.config.users_file)
-        except UsersFileError as exc:
+            if not self.engine.has_pair_server and any(u.public_key is not None for u in users.values()):
+                # The first key-pair user: knock-admin made the server key just before adding her.
+                server_key = load_server_key(self.config.key_file)
+                if server_key is not None:
+                    self.engine.set_pair_server(server_key)
+                    self.log.info("Server key %s loaded (key-pair users)", self.config.key_file)
+            actions = self.engine.replace_users(users)
+        except (UsersFileError, ServerKeyError) as exc:
             self.log.error("Users file not reloaded, keeping the previous one: %s", exc)
             return
-        self.execute(self.engine.replace_users(users))
+        self.execute(actions)
 
     def timeout_ms(self) -> int:
         timeout_ms = int(TICK_S * 1000)
@@ -443,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     try:
         users = load_users(config.users_file)
-        shell = AuthShell(config, users, log)
-    except (UsersFileError, TransportError) as exc:
+        server_key = load_server_key(config.key_file)
+        shell = AuthShell(config, users, log, server_key)
+    except (UsersFileError, TransportError, ServerKeyError) as exc:
         print(f"knock-auth: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

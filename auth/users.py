@@ -1,11 +1,16 @@
 """The users file and the hint directory.
 
 The users file is JSON, one per server, mode 0600 (or 0640 to the service
-group) and refused otherwise, because it holds every user's master key:
+group) and refused otherwise, because it holds every symmetric user's master key:
 
-    {"version": 1, "users": {"alice": {"key": "<base64 32 bytes>",
+    {"version": 1, "users": {"alice": {"key": "<base64 32 bytes>", "kind": "password",
         "services": ["ssh"], "sources": ["198.18.0.0/15"],
-        "expires": "2027-01-01T00:00:00+00:00", "nat": false}}}
+        "expires": "2027-01-01T00:00:00+00:00", "nat": false},
+      "paula": {"public_key": "<base64 32 bytes>", "services": ["ssh"]}}}
+
+A user has either a `key` (her master key: from a password, `kind` "password", or a key
+file, "key"; entries made before `kind` existed have none) or a `public_key` (a key-pair
+user, protocol version 3: the server holds nothing that lets anyone sign as her).
 
 `sources` (optional) limits the addresses a user may ask a door for; `expires`
 (optional) ends the account; `nat` allows a request declared "as seen" (the
@@ -20,7 +25,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +51,18 @@ class UsersFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class User:
     name: str
-    master_key: bytes = field(repr=False)
+    master_key: bytes = field(repr=False)  # b"" for a key-pair user
     services: tuple[str, ...]
     sources: tuple[IPNetwork, ...] = ()
     expires: dt.datetime | None = None
     nat: bool = False
+    public_key: bytes | None = None  # a key-pair user's Ed25519 public key
+    kind: str = ""  # how a symmetric key was made: "password", "key", or "" (not recorded)
+
+    @property
+    def kind_shown(self) -> str:
+        """What `knock-admin list` says of her key."""
+        return "key pair" if self.public_key is not None else self.kind or "symmetric"
 
     def allows_source(self, address: IPAddress) -> bool:
         return not self.sources or any(address in net for net in self.sources)
@@ -59,7 +71,9 @@ class User:
         return self.expires is not None and now_s >= self.expires.timestamp()
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": encode_key(self.master_key), "services": list(self.services)}
+        out: dict[str, Any] = {"public_key": encode_key(self.public_key)} if self.public_key is not None else \
+            {"key": encode_key(self.master_key), **({"kind": self.kind} if self.kind else {})}
+        out["services"] = list(self.services)
         if self.sources:
             out["sources"] = [str(n) for n in self.sources]
         if self.expires is not None:
@@ -80,13 +94,19 @@ def _parse_user(path: Path, name: str, entry: Any) -> User:
     where = f"{path}: user {name!r}"
     if not isinstance(entry, dict):
         raise UsersFileError(f"{where}: must be an object")
-    unknown = set(entry) - {"key", "services", "sources", "expires", "nat"}
+    unknown = set(entry) - {"key", "kind", "public_key", "services", "sources", "expires", "nat"}
     if unknown:
         raise UsersFileError(f"{where}: unknown field(s) {sorted(unknown)}")
+    if ("key" in entry) == ("public_key" in entry):
+        raise UsersFileError(f"{where}: needs a key or a public_key, and not both")
+    field_name = "key" if "key" in entry else "public_key"
     try:
-        key = decode_key(str(entry["key"]))
-    except (KeyError, ValueError) as exc:
-        raise UsersFileError(f"{where}: key: {exc}") from None
+        key = decode_key(str(entry[field_name]))
+    except ValueError as exc:
+        raise UsersFileError(f"{where}: {field_name}: {exc}") from None
+    kind = entry.get("kind", "")
+    if kind not in ("", "password", "key") or (kind and field_name != "key"):
+        raise UsersFileError(f"{where}: kind must be \"password\" or \"key\", with a key")
     services = entry.get("services", [])
     if not isinstance(services, list) or not all(isinstance(s, str) and s for s in services):
         raise UsersFileError(f"{where}: services must be a list of names")
@@ -105,7 +125,9 @@ def _parse_user(path: Path, name: str, entry: Any) -> User:
     nat = entry.get("nat", False)
     if not isinstance(nat, bool):
         raise UsersFileError(f"{where}: nat must be true or false")
-    return User(normalise_user_name(name), key, tuple(services), sources, expires, nat)
+    if field_name == "public_key":
+        return User(normalise_user_name(name), b"", tuple(services), sources, expires, nat, public_key=key)
+    return User(normalise_user_name(name), key, tuple(services), sources, expires, nat, kind=kind)
 
 
 def load_users(path: Path, *, check_mode: bool = True) -> dict[str, User]:
@@ -165,9 +187,20 @@ class UserDirectory:
     minute instead of a decryption per user per packet.
     """
 
-    def __init__(self, users: dict[str, User], skew_s: float) -> None:
+    def __init__(self, users: dict[str, User], skew_s: float,
+                 pair_keys: Callable[[bytes], SessionKeys] | None = None) -> None:
+        """`pair_keys`: a key-pair user's session keys from her public key (the server's X25519, see
+        auth/serverkey.py); needed if any user has one."""
         self._skew_s = skew_s
-        self._entries = {name: _Entry(u, SessionKeys.from_master(u.master_key)) for name, u in users.items()}
+
+        def keys(user: User) -> SessionKeys:
+            if user.public_key is None:
+                return SessionKeys.from_master(user.master_key)
+            if pair_keys is None:
+                raise UsersFileError(f"user {user.name!r} has a key pair, and the server has no key of its own")
+            return pair_keys(user.public_key)
+
+        self._entries = {name: _Entry(u, keys(u)) for name, u in users.items()}
         self._by_hint: dict[bytes, _Entry] = {}
         self._epochs: set[int] = set()
 

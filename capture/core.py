@@ -36,6 +36,7 @@ from typing import Any
 
 import dpkt
 
+from dynknock import protocol as proto
 from dynknock.bus import Datagram, Syn
 from dynknock.protocol import PACKET_LEN, VERSIONS, PacketType
 
@@ -53,22 +54,30 @@ DLT_LINUX_SLL = 113
 DLT_RAW_ALT = 101
 
 
-def _udp_sizes_v4(control_port: int) -> str:
-    # Wire versions 1 and 2 (2: bound to the gateway address, a fleet): auth decides which it takes.
-    parts = [f"(udp[4:2] = {8 + size} and udp[8] >= {min(VERSIONS)} and udp[8] <= {max(VERSIONS)} "
-             f"and udp[9] = {kind.value})"
+def _udp_terms(version_at: str, type_at: str, length_at: str) -> str:
+    """The client packets (dynknock/protocol.py CLIENT_PACKETS) as BPF terms on the byte offsets given:
+    versions 1 and 2 (2: bound to the gateway address, a fleet) share their sizes and type bytes; version 3
+    (key-pair users) has its own sizes and may set the bound flag in the type byte. Auth decides which
+    versions it takes."""
+    parts = [f"({length_at} = {8 + size} and {version_at} >= {min(VERSIONS)} and {version_at} <= {max(VERSIONS)} "
+             f"and {type_at} = {kind.value})"
              for kind, size in PACKET_LEN.items() if kind is not PacketType.P3]
-    return f"(ip and udp dst port {control_port} and ({' or '.join(parts)}))"
+    parts += [f"({length_at} = {8 + size} and {version_at} = {proto.PAIR_VERSION} "
+              f"and {type_at} & {0xFF & ~proto.BOUND_FLAG} = {kind.value})"
+              for kind, size in proto.PAIR_PACKET_LEN.items() if kind is not PacketType.P3]
+    return " or ".join(parts)
+
+
+def _udp_sizes_v4(control_port: int) -> str:
+    return f"(ip and udp dst port {control_port} and ({_udp_terms('udp[8]', 'udp[9]', 'udp[4:2]')}))"
 
 
 def _udp_sizes_v6(control_port: int) -> str:
     # libpcap cannot index the UDP header of IPv6 (udp[] is IPv4 only): read it at
     # fixed offsets from the IPv6 header, which assumes no extension headers
     # (ip6[6] = 17 checks that the next header is UDP straight away).
-    parts = [f"(ip6[4:2] = {8 + size} and ip6[48] >= {min(VERSIONS)} and ip6[48] <= {max(VERSIONS)} "
-             f"and ip6[49] = {kind.value})"
-             for kind, size in PACKET_LEN.items() if kind is not PacketType.P3]
-    return f"(ip6 and ip6[6] = 17 and ip6[42:2] = {control_port} and ({' or '.join(parts)}))"
+    terms = _udp_terms("ip6[48]", "ip6[49]", "ip6[4:2]")
+    return f"(ip6 and ip6[6] = 17 and ip6[42:2] = {control_port} and ({terms}))"
 
 
 NOT_VLAN = " and not vlan"  # the end of every Ethernet filter (capture/bpf.py reads it there)
@@ -124,7 +133,7 @@ def build_filter(addresses: Iterable[str], control_port: int, pairs: Iterable[tu
     return text + NOT_VLAN if linktype == DLT_EN10MB else text
 
 
-CLIENT_SIZES = frozenset(size for kind, size in PACKET_LEN.items() if kind is not PacketType.P3)
+CLIENT_SIZES = frozenset(size for _, _, size in proto.CLIENT_PACKETS)
 
 
 def _network_layer(linktype: int, frame: bytes) -> object | None:

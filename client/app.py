@@ -27,6 +27,7 @@ from dynknock.client.config import (
     load_config,
     read_key_file,
     write_new_key_file,
+    write_new_pair_file,
 )
 from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SERVICE
 from dynknock.client.knock import Clock, Endpoint, Outcome, ResolveError, connect_udp, run_session
@@ -54,6 +55,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy tre
 if TYPE_CHECKING:
     from typing import NamedTuple, TextIO
 
+    from dynknock.client.pair import PairSeal
     from dynknock.client.syn import SynSender
     from dynknock.protocol import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
@@ -85,6 +87,7 @@ class Settings(NamedTuple):
     exec_argv: tuple[str, ...] | None = None
     proxy: bool = False
     bind: bool = False  # protocol v2: packets bound to the server address (issue 14, a fleet)
+    server_key: str | None = None  # a key-pair user's --server-key line, or the stanza's
 
 
 class Io:
@@ -148,6 +151,7 @@ def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
         quiet=args.quiet,
         password_stdin=args.password_stdin,
         bind=args.bind or bool(stanza.bind),  # --bind, or the stanza's bind = true
+        server_key=args.server_key or stanza.server_key,
         exec_argv=exec_argv,
         proxy=args.proxy,
     )
@@ -171,10 +175,30 @@ def _key_gen(key_gen: str, args: Options, io: Io) -> int:
     from pathlib import Path  # for mkdir(parents=True); only --key-gen writes a file
 
     path = Path(expand_user(key_gen))
-    encoded = write_new_key_file(path)
-    print(encoded, file=io.stdout)
-    print(f"New key written to {path} (mode 0600). Give the line above to the server's admin, who saves it "
-          f"in a file and runs: knock-admin add NAME --key-file FILE", file=io.stderr)
+    if args.symmetric:
+        encoded = write_new_key_file(path)
+        print(encoded, file=io.stdout)
+        print(f"New key written to {path} (mode 0600). Give the line above to the server's admin, who saves it "
+              f"in a file and runs: knock-admin add NAME --key-file FILE", file=io.stderr)
+        return EXIT_OK
+    import socket  # gethostname, for the comment of the public line (as ssh-keygen writes user@host)
+
+    from dynknock.client import pair
+
+    user = io.environ.get("USER") or io.environ.get("LOGNAME") or "user"
+    seed = write_new_pair_file(path)
+    line = pair.public_line(seed, f"{user}@{socket.gethostname()}")
+    public_path = Path(f"{path}.pub")
+    try:
+        public_path.write_text(line + "\n", encoding="ascii")
+    except OSError as exc:
+        raise ClientConfigError(f"{public_path}: {exc.strerror}") from None
+    print(line, file=io.stdout)
+    print(f"New key pair: private key in {path} (mode 0600; it never leaves this machine), public line above and "
+          f"in {public_path}. Give the public line to the server's admin, who runs:\n"
+          f"  knock-admin add NAME --public-key '{line}'\n"
+          f"and gives you the server's line for your first knock: knock-client --server-key 'LINE' ... "
+          f"(or server_key in the stanza)", file=io.stderr)
     return EXIT_OK
 
 
@@ -188,6 +212,7 @@ class Client:
         self.io = io
         # With --exec or --proxy, stdout belongs to the command or the connection.
         self.out = io.stderr if settings.exec_argv is not None or settings.proxy else io.stdout
+        self.pair_user = False  # a key-pair key file (client/pair.py), once _keys has read it
 
     def say(self, text: str) -> None:
         if not self.settings.quiet:
@@ -216,12 +241,12 @@ class Client:
             return EXIT_NO_KNOCK
         try:
             try:
-                keys = crypto.session_keys(self._master_key())
+                keys, pair_seal = self._keys()
                 declared = self._declared_address(endpoint)
             except (UsageError, ClientConfigError, KeyError_) as exc:
                 _error(self.io, str(exc))
                 return EXIT_USAGE
-            answer = self._exchange(keys, endpoint, syn, declared)
+            answer = self._exchange(keys, endpoint, syn, declared, pair_seal)
         finally:
             # A raw socket is a privilege: never keep it through --exec or --proxy.
             syn.close()
@@ -231,10 +256,28 @@ class Client:
 
     # --- before the exchange ---------------------------------------------------
 
+    def _keys(self) -> tuple[SessionKeys, PairSeal | None]:
+        """The session keys, and what a key-pair user's packets need besides (client/pair.py)."""
+        s = self.settings
+        if s.key_file is None:
+            return crypto.session_keys(self._master_key()), None
+        kind, key = read_key_file(s.key_file)
+        if not kind:
+            if s.server_key is not None:
+                raise UsageError(f"--server-key is for key pairs, and {s.key_file} is a symmetric key file")
+            return crypto.session_keys(key), None
+        from dynknock.client import pair  # only key-pair runs load the curves
+
+        self.pair_user = True
+
+        name = pair.server_name(s.host, s.port, proto.CONTROL_PORT)
+        server_key, message = pair.pinned_server_key(name, s.server_key, expand_user(pair.DEFAULT_KNOWN_SERVERS))
+        if message:
+            self.say(message)
+        return pair.session_keys(key, server_key), pair.PairSeal(key, server_key)
+
     def _master_key(self) -> bytes:
         s = self.settings
-        if s.key_file is not None:
-            return read_key_file(s.key_file)
         if s.user is None:
             raise UsageError("no user name: give -u USER (or set $USER)")
         crypto.preload_scrypt()  # while the password is typed (or read): after it, scrypt alone is left
@@ -264,14 +307,14 @@ class Client:
     # --- the exchange ----------------------------------------------------------
 
     def _exchange(self, keys: SessionKeys, endpoint: Endpoint, syn: SynSender,
-                  declared: IPAddress | None) -> proto.P3 | int:
+                  declared: IPAddress | None, pair_seal: PairSeal | None = None) -> proto.P3 | int:
         """Returns the P3 OPEN, or an exit status after explaining the failure."""
         s = self.settings
         request = new_request(s.service, declared, syn.kind)
         for round_ in (1, 2):
             self._announce(request)
             session = ClientSession(keys, request, Timing(timeout_s=s.timeout),
-                                    server=endpoint.server if s.bind else None)
+                                    server=endpoint.server if s.bind else None, pair=pair_seal)
             try:
                 outcome = run_session(session, endpoint, syn, self.io.clock, idle=self._prepare_door)
             except KnockError as exc:  # a P1 may be out, but without its knocks it opens nothing
@@ -286,6 +329,12 @@ class Client:
                 return EXIT_NO_ANSWER
             if answer.status is Status.ADDRESS_MISMATCH:
                 seen = answer.seen_address
+                if pair_seal is not None:
+                    # Whoever stole the server's key could forge this answer: a key-pair user's client never
+                    # signs a request for an address only an answer named (it could be the thief's).
+                    _error(self.io, f"the server sees you as {seen}, not {request.address} (NAT?); declare that "
+                                    f"address with --source-ip {seen} if it is yours, or use --nat")
+                    return EXIT_NO_ANSWER
                 if round_ == 1 and seen is not None:
                     self.say(f"The server sees you as {seen} (NAT?); asking again for {seen}")
                     request = new_request(s.service, seen, syn.kind)
@@ -337,6 +386,8 @@ class Client:
                 "  The server answers nothing it cannot authenticate, by design, so silence does not say why.",
                 "  Likely causes:",
                 "  - wrong password, user name or key file (or the server does not know this user);",
+                *(["  - a key pair: the server key pinned in ~/.config/dynknock/known_servers is not the server's "
+                   "(a new server key?);"] if self.pair_user else []),
                 f"  - clock skew: the server allows ±{SKEW_S} s; your clock says {now:%Y-%m-%d %H:%M:%S} UTC;",
                 f"  - a firewall dropping UDP to port {s.port} on the way;",
                 "  - the server is down;",

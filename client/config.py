@@ -11,8 +11,9 @@ options::
 Every key is declared once in :data:`KEYS` (type, check, help); docs/CLIENT.md shows them all. A bad value is
 one line naming the key and the file, never a traceback.
 
-A key file holds the base64 of a 32-byte master key (``knock-client --key-gen``)
-and is refused when group or others could read it: it is as good as a password.
+A key file holds the seed of a key pair (``dynknock-ed25519-private BASE64``, ``knock-client
+--key-gen``) or the base64 of a 32-byte master key (``--key-gen --symmetric``), and is refused
+when group or others could read it: it is as good as a password.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ServerStanza(NamedTuple):
     nat: bool | None = None
     source_ip: IPAddress | None = None
     bind: bool | None = None
+    server_key: str | None = None  # a key-pair user's pin of the server's key (client/pair.py)
 
 
 # --- value checks: each returns the parsed value or raises ValueError(why) ---
@@ -107,6 +109,16 @@ def _nat(value: Any) -> bool:
 _bind = _nat  # true or false, nothing else
 
 
+def _server_key(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(keys.SERVER_PUBLIC + " "):
+        raise ValueError(f"must be the server's line: {keys.SERVER_PUBLIC} BASE64 (knock-admin server-key)")
+    try:
+        keys.parse_key_line(value, keys.SERVER_PUBLIC)
+    except KeyError_ as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _source_ip(value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise ValueError("must be an IP address")
@@ -126,6 +138,7 @@ KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "nat": (_nat, 'declare the address "as seen" by the server'),
     "source_ip": (_source_ip, "declare this address instead of the local one"),
     "bind": (_bind, "protocol v2: bind each packet to the server address (a fleet of gateways)"),
+    "server_key": (_server_key, "key pairs: the server's public key line, pinned at first use"),
 }
 
 
@@ -177,9 +190,10 @@ def _stanza(path: str | Path, name: str, body: Any) -> ServerStanza:
 # --- key files -----------------------------------------------------------------
 
 
-def read_key_file(path: str | Path) -> bytes:
+def read_key_file(path: str | Path) -> tuple[str, bytes]:
+    """The key file's kind and key: ("", master key) or (keys.PAIR_PRIVATE, Ed25519 seed)."""
     try:
-        return keys.read_key_file(path)
+        return keys.parse_key_file(path, keys.read_key_text(path))
     except KeyError_ as exc:
         raise ClientConfigError(str(exc)) from None
 
@@ -192,3 +206,13 @@ def write_new_key_file(path: Path) -> str:
     except KeyError_ as exc:
         raise ClientConfigError(str(exc)) from None
     return encode_key(key)
+
+
+def write_new_pair_file(path: Path) -> bytes:
+    """Create ``path`` (mode 0600, never overwriting) with a new Ed25519 seed; return the seed."""
+    seed = os.urandom(keys.PAIR_KEY_LEN)
+    try:
+        keys.write_key_file(path, seed, keys.PAIR_PRIVATE)
+    except KeyError_ as exc:
+        raise ClientConfigError(str(exc)) from None
+    return seed

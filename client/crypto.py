@@ -40,6 +40,7 @@ from dynknock import protocol as proto
 # from there spares knock-client the hmac module's OpenSSL (dynknock.keys.hmac_sha256).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from hmac import compare_digest
 else:
     try:
@@ -250,6 +251,12 @@ def seal(keys: K.SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
          server: proto.IPAddress | None = None) -> bytes:
     """dynknock.protocol.seal with this module's AEAD (v2 with `server`)."""
     return proto.seal(keys, message, hint, nonce, server, encrypt=xchacha20poly1305_encrypt)
+
+
+def seal_pair(keys: K.SessionKeys, message: proto.Message, hint: bytes, nonce: bytes, server_key: bytes,
+              server: proto.IPAddress | None = None, sign: Callable[[bytes], bytes] | None = None) -> bytes:
+    """dynknock.protocol.seal_pair (version 3, a key-pair user) with this module's AEAD."""
+    return proto.seal_pair(keys, message, hint, nonce, server_key, server, sign, encrypt=xchacha20poly1305_encrypt)
 
 
 def open_packet(keys: K.SessionKeys, header: proto.Header, packet: bytes,

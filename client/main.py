@@ -79,7 +79,7 @@ class Options:
     sets every one, defaults included), or quick_parse does with the same values."""
 
     __slots__ = ("host", "port", "user", "service", "key_file", "family", "timeout", "config", "source_ip", "nat",
-                 "quiet", "password_stdin", "key_gen", "exec_command", "proxy", "bind")
+                 "quiet", "password_stdin", "key_gen", "symmetric", "server_key", "exec_command", "proxy", "bind")
 
     host: str | None
     port: int | None
@@ -94,6 +94,8 @@ class Options:
     quiet: bool
     password_stdin: bool
     key_gen: str | None
+    symmetric: bool
+    server_key: str | None
     exec_command: str | None
     proxy: bool
     bind: bool
@@ -222,7 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from one line of standard input (for scripts)")
     parser.add_argument("--key-gen", type=path_text, metavar="PATH",
-                        help="write a new random key file (mode 0600), print its base64 for the admin, and exit")
+                        help="write a new key pair (PATH mode 0600, PATH.pub), print the public line for the "
+                             "admin (knock-admin add NAME --public-key LINE), and exit")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="with --key-gen: a symmetric key file instead (print its base64; the server then "
+                             "holds the key itself)")
+    parser.add_argument("--server-key", metavar="LINE",
+                        help="key pairs: the server's public key line from its admin (knock-admin server-key); "
+                             "pinned in ~/.config/dynknock/known_servers at first use")
     after = parser.add_mutually_exclusive_group()
     after.add_argument("--exec", dest="exec_command", metavar="CMD",
                        help="once the door is open run CMD, e.g. 'ssh -p {port} {host}'; exit with its status")
@@ -246,17 +255,17 @@ def main(argv: list[str] | None = None) -> int:
 # options taking the next word. The mutually exclusive groups, each member by its slot and value.
 _SWITCHES: dict[str, tuple[str, object]] = {
     "-q": ("quiet", True), "--quiet": ("quiet", True), "--proxy": ("proxy", True),
-    "--bind": ("bind", True),
+    "--bind": ("bind", True), "--symmetric": ("symmetric", True),
     "--password-stdin": ("password_stdin", True), "--nat": ("nat", True), "-4": ("family", 4), "-6": ("family", 6)}
 _VALUED: dict[str, tuple[str, Callable[[str], object]]] = {
     "-p": ("port", _port), "--port": ("port", _port), "-u": ("user", str), "--user": ("user", str),
     "-s": ("service", _service), "--service": ("service", _service),
     "-k": ("key_file", path_text), "--key-file": ("key_file", path_text), "--timeout": ("timeout", _timeout),
     "-c": ("config", path_text), "--config": ("config", path_text), "--source-ip": ("source_ip", _ip),
-    "--key-gen": ("key_gen", path_text), "--exec": ("exec_command", str)}
+    "--key-gen": ("key_gen", path_text), "--exec": ("exec_command", str), "--server-key": ("server_key", str)}
 _EXCLUSIVE = (("-4", "-6"), ("--source-ip", "--nat"), ("--exec", "--proxy"))
 _DEFAULTS: dict[str, object] = {name: None for name in Options.__slots__} | {
-    "timeout": 5.0, "quiet": False, "password_stdin": False, "proxy": False, "bind": False}
+    "timeout": 5.0, "quiet": False, "password_stdin": False, "proxy": False, "bind": False, "symmetric": False}
 
 
 def quick_parse(argv: list[str]) -> Options | None:

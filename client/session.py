@@ -45,6 +45,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy tre
 if TYPE_CHECKING:
     import secrets
     from typing import NamedTuple, TypeAlias
+
+    from dynknock.client.pair import PairSeal
 else:  # the same without typing's and secrets' ~7 ms of knock-client start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple, secrets
 
@@ -139,11 +141,15 @@ class Timing(NamedTuple):
 
 class ClientSession:
     def __init__(self, keys: SessionKeys, request: Request, timing: Timing,
-                 nonces: Callable[[int], bytes] = secrets.token_bytes, server: IPAddress | None = None) -> None:
+                 nonces: Callable[[int], bytes] = secrets.token_bytes, server: IPAddress | None = None,
+                 pair: PairSeal | None = None) -> None:
         self.keys = keys
         # Protocol v2 (a fleet): every packet bound to the server address, so a copy sniffed on its
         # way there opens nothing at another gateway; None: version 1, as before.
         self.server = server
+        # A key-pair user (client/pair.py): version 3, her P1s signed; only version 3 answers count.
+        self.pair = pair
+        self._versions = (proto.PAIR_VERSION,) if pair is not None else proto.VERSIONS
         self.request = request
         self.timing = timing
         self._nonces = nonces
@@ -204,7 +210,7 @@ class ClientSession:
     # --- internals -------------------------------------------------------------
 
     def _authentic_answer(self, packet: bytes) -> proto.P3 | None:
-        header = proto.parse_header(packet, accept=(PacketType.P3,))
+        header = proto.parse_header(packet, accept=(PacketType.P3,), versions=self._versions)
         if isinstance(header, proto.Reject):
             self.ignored[header.reason.value] += 1
             return None
@@ -250,8 +256,14 @@ class ClientSession:
     def _seal_p1(self, wall_ms: int) -> bytes:
         r = self.request
         message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks, r.knock_kind)
-        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN), self.server)
+        return self._seal(message, wall_ms)
 
     def _seal_p2(self, wall_ms: int) -> bytes:
-        message = proto.P2(wall_ms, self.request.request_id)
-        return crypto.seal(self.keys, message, self._hint(wall_ms), self._nonces(proto.NONCE_LEN), self.server)
+        return self._seal(proto.P2(wall_ms, self.request.request_id), wall_ms)
+
+    def _seal(self, message: proto.P1 | proto.P2, wall_ms: int) -> bytes:
+        hint, nonce = self._hint(wall_ms), self._nonces(proto.NONCE_LEN)
+        if self.pair is not None:
+            return crypto.seal_pair(self.keys, message, hint, nonce, self.pair.server_key, self.server,
+                                    self.pair.sign if isinstance(message, proto.P1) else None)
+        return crypto.seal(self.keys, message, hint, nonce, self.server)

@@ -2,7 +2,7 @@
 
 ssh starts knock-client for every connection, so the client cannot afford pycryptodome's or
 ``cryptography``'s curve code (importing either costs it 15-35 ms); this module needs nothing
-beyond the interpreter's built-in SHA-512 and binascii. Five functions:
+beyond the interpreter's built-in SHA-512 and binascii. Six functions:
 
 * :func:`ed25519_public_key` (seed) and :func:`ed25519_sign` (seed, message): RFC 8032 Ed25519,
   deterministic, so byte-identical to every other implementation; ValueError for a seed that is
@@ -13,6 +13,7 @@ beyond the interpreter's built-in SHA-512 and binascii. Five functions:
   cofactored equation [8][S]B = [8]R + [8][k]A. Like RFC 8032 and pycryptodome it does not refuse
   a small-order A or R: whoever registers a public key checks that 8·A is not the neutral point.
   Any malformed input (wrong length or type, bad encoding) gives False; it never raises;
+* :func:`ed25519_secret_scalar` (seed): the scalar a seed's X25519 uses;
 * :func:`x25519` (scalar, u) and :func:`x25519_base` (scalar): RFC 7748 with clamping; a
   non-canonical u (>= p) is reduced and the top bit of u ignored, as RFC 7748 says; ValueError
   for an input that is not 32 bytes or an all-zero result (a u of low order).
@@ -61,7 +62,7 @@ else:
     except ImportError:  # a build without the built-in hashes (some FIPS builds)
         from hashlib import sha512 as _sha512
 
-__all__ = ["ed25519_public_key", "ed25519_sign", "ed25519_verify", "x25519", "x25519_base"]
+__all__ = ["ed25519_public_key", "ed25519_secret_scalar", "ed25519_sign", "ed25519_verify", "x25519", "x25519_base"]
 
 _P = 2**255 - 19
 _L = 2**252 + 27742317777372353535851937790883648493  # the order of B
@@ -260,6 +261,15 @@ def _expand(seed: bytes) -> tuple[int, bytes]:
 
 def _hash_int(data: bytes) -> int:
     return int.from_bytes(_sha512(data).digest(), "little")
+
+
+def ed25519_secret_scalar(seed: bytes) -> bytes:
+    """The first half of SHA-512(seed): the Ed25519 secret scalar before clamping, which x25519 clamps
+    the same way. X25519 with it and a peer's key equals the peer's X25519 with the Montgomery form of
+    this seed's public key (dynknock/keys.py montgomery_u): one seed serves both."""
+    if len(seed) != 32:
+        raise ValueError(f"an Ed25519 seed is 32 bytes, not {len(seed)}")
+    return _sha512(seed).digest()[:32]
 
 
 def ed25519_public_key(seed: bytes) -> bytes:

@@ -13,6 +13,16 @@ From the master key, HKDF-SHA256 derives three independent keys:
 * ``client_to_server``: the XChaCha20-Poly1305 key of P1 and P2;
 * ``server_to_client``: the XChaCha20-Poly1305 key of P3. Separate directions
   mean a P3 reflected back at the server can never authenticate as a P1 or P2.
+
+A *key-pair user* (protocol version 3) has instead a 32-byte Ed25519 seed that never leaves
+her client; the server holds her public key and a static X25519 key pair of its own. The
+same three keys come from HKDF over X25519 between the two (:func:`pair_session_keys`):
+her client computes it with her secret scalar and the server's public key, the server
+with its secret and her public key. Her P1s are also signed, which only her seed can do.
+Key files and key lines (:func:`key_line`): ``dynknock-ed25519 <base64> comment`` (a
+user's public key, like an ssh public key), ``dynknock-ed25519-private <base64 seed>`` (her
+key file), ``dynknock-x25519 <base64>`` (a server's public key) and
+``dynknock-x25519-private <base64>`` (the server's key file).
 """
 
 from __future__ import annotations
@@ -205,27 +215,47 @@ def secret_file_problem(st: os.stat_result, path: str | Path, *, group_may_read:
     return ""
 
 
-def read_key_file(path: str | Path) -> bytes:
-    """A base64 master key from a file only its owner can read. knock-client names files by
-    strings (client/paths.py), the server by pathlib.Path; both print the same."""
+def read_key_text(path: str | Path) -> str:
+    """The text of a key file only its owner can read (KeyError_ naming the file otherwise)."""
     try:
         problem = secret_file_problem(os.stat(path), path)
         if problem:
             raise KeyError_(f"{path}: key file {problem}")
         with open(path, encoding="ascii") as handle:  # = Path.read_text, for a str as well
-            text = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise KeyError_(f"{path}: key file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyError_(f"{path}: cannot read key file: {exc}") from None
+
+
+def parse_key_file(path: str | Path, text: str) -> tuple[str, bytes]:
+    """A key file's kind and key: ("", master key) for a symmetric key file (base64 alone), or
+    (PAIR_PRIVATE, seed) for a key-pair user's (``dynknock-ed25519-private BASE64``)."""
     try:
-        return decode_key(text)
+        if text.lstrip().startswith(PAIR_PRIVATE + " "):
+            return PAIR_PRIVATE, parse_key_line(text, PAIR_PRIVATE)[0]
+        if text.lstrip().startswith("dynknock-"):
+            found = text.split(None, 1)[0]
+            raise KeyError_(f"a {found} line is no key file of a user (expected {PAIR_PRIVATE} or base64 alone)")
+        return "", decode_key(text)
     except KeyError_ as exc:
         raise KeyError_(f"{path}: {exc}") from None
 
 
-def write_key_file(path: Path, key: bytes) -> None:
-    """Create ``path`` (mode 0600, never overwriting: it may be the only copy of a key) with ``key`` in base64."""
+def read_key_file(path: str | Path) -> bytes:
+    """A base64 master key from a file only its owner can read. knock-client names files by
+    strings (client/paths.py), the server by pathlib.Path; both print the same."""
+    kind, key = parse_key_file(path, read_key_text(path))
+    if kind:
+        raise KeyError_(f"{path}: the private key of a key pair, which stays with its user: "
+                        f"register her public key line instead ({path}.pub, knock-admin add NAME --public-key)")
+    return key
+
+
+def write_key_file(path: Path, key: bytes, kind: str = "") -> None:
+    """Create ``path`` (mode 0600, never overwriting: it may be the only copy of a key) with ``key`` in base64,
+    after `kind` (a key line's type, e.g. PAIR_PRIVATE) if one is given."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -234,7 +264,64 @@ def write_key_file(path: Path, key: bytes) -> None:
     except OSError as exc:
         raise KeyError_(f"{path}: {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(encode_key(key) + "\n")
+        handle.write((key_line(kind, key) if kind else encode_key(key)) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.chmod(path, 0o600)  # the umask cannot widen 0600, but be explicit against odd filesystems
+
+
+# --- key-pair users (protocol version 3) ----------------------------------------------------------
+
+PAIR_PUBLIC = "dynknock-ed25519"  # a user's public key line
+PAIR_PRIVATE = "dynknock-ed25519-private"  # her key file: the seed
+SERVER_PUBLIC = "dynknock-x25519"  # a server's public key line (the client pins it)
+SERVER_PRIVATE = "dynknock-x25519-private"  # the server's key file
+PAIR_KEY_LEN = 32
+_PAIR_SALT = b"dynknock v3 pair"
+_PAIR_INFO = (b"dynknock v3 hint", b"dynknock v3 client-to-server", b"dynknock v3 server-to-client")
+_P = 2**255 - 19
+
+
+def key_line(kind: str, key: bytes, comment: str = "") -> str:
+    """``KIND BASE64 [COMMENT]``, one line, as an ssh public key reads."""
+    return f"{kind} {encode_key(key)}" + (f" {comment}" if comment else "")
+
+
+def parse_key_line(text: str, kind: str) -> tuple[bytes, str]:
+    """The key and comment of a line of this kind (KeyError_ naming what is wrong)."""
+    parts = text.strip().split(None, 2)
+    if len(parts) < 2 or parts[0] != kind:
+        found = parts[0] if parts else "an empty line"
+        raise KeyError_(f"expected a {kind} line ({kind} BASE64 [comment]), got {found!r}")
+    return decode_key(parts[1]), parts[2] if len(parts) > 2 else ""
+
+
+def fingerprint(key: bytes) -> str:
+    """As ssh shows a key: SHA256, unpadded base64."""
+    return "SHA256:" + binascii.b2a_base64(_sha256(key).digest(), newline=False).decode("ascii").rstrip("=")
+
+
+def pair_session_keys(shared: bytes, user_public: bytes, server_public: bytes) -> SessionKeys:
+    """The session keys of a key-pair user at a server: HKDF-SHA256 over their X25519 result, with both
+    public keys in the extract step (the keys belong to this user and this server key, and no other).
+
+        PRK  = HMAC-SHA256("dynknock v3 pair", shared || user_public || server_public)
+        K(l) = HMAC-SHA256(PRK, "dynknock v3 " || l || 0x01)
+    """
+    if len(shared) != PAIR_KEY_LEN or len(user_public) != PAIR_KEY_LEN or len(server_public) != PAIR_KEY_LEN:
+        raise KeyError_("X25519 result and public keys are 32 bytes each")
+    prk = hmac_sha256(_PAIR_SALT, shared + user_public + server_public)
+    return SessionKeys(*(hmac_sha256(prk, info + b"\x01") for info in _PAIR_INFO))
+
+
+def montgomery_u(ed25519_public: bytes) -> bytes:
+    """A user's Ed25519 public key as an X25519 public key (u = (1 + y) / (1 - y) mod p, RFC 7748 4.1's
+    map): the server's X25519 with it equals hers with the server's key. KeyError_ for a y that is not
+    canonical or maps to nothing (y = 1)."""
+    if len(ed25519_public) != PAIR_KEY_LEN:
+        raise KeyError_("an Ed25519 public key is 32 bytes")
+    y = int.from_bytes(ed25519_public, "little") & ((1 << 255) - 1)
+    if y >= _P or y == 1:
+        raise KeyError_("not a usable Ed25519 public key")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")

@@ -20,6 +20,16 @@ layout below), the address the client sent the packet to (for P3: the address it
 comes from). Nothing more travels: the receiver knows that address, so a v2 packet
 sniffed on its way to one gateway fails the tag at any other address. Sizes,
 plaintexts and keys are those of version 1.
+
+Version 3 (issue 22, key-pair users) is what a user whose server holds only her public
+key sends: the keys come from X25519 between her key and the server's (dynknock/keys.py
+pair_session_keys), and a P1 carries, inside the encryption, her Ed25519 signature over
+the server's key, the associated data and the whole plaintext, so that whoever holds the
+server's files can read her packets but cannot make one that opens a door. The type
+byte's top bit says whether the packet is bound to the server address (v2's binding, as a
+flag); the associated data is ``header || server address`` (17 zero bytes when unbound).
+A v3 P1 is 194 bytes (v1's 80-byte plaintext and the 64-byte signature); P2 and P3 keep
+v1's sizes and plaintexts, and carry no signature: they open nothing (docs/PROTOCOL.md §11).
 """
 
 from __future__ import annotations
@@ -120,7 +130,14 @@ def _refuse_deletion(self: object, name: str) -> None:
 
 VERSION: Final = 1  # unbound; what seal() writes without a server address
 BOUND_VERSION: Final = 2  # bound to the server address (seal(..., server=...))
-VERSIONS: Final = (VERSION, BOUND_VERSION)
+VERSIONS: Final = (VERSION, BOUND_VERSION)  # symmetric keys (a password or a key file)
+PAIR_VERSION: Final = 3  # key-pair users (seal_pair): P1 signed, keys from X25519 with the server's key
+ALL_VERSIONS: Final = (VERSION, BOUND_VERSION, PAIR_VERSION)
+BOUND_FLAG: Final = 0x80  # version 3: the type byte's top bit, bound to the server address
+SIGNATURE_LEN: Final = 64
+SERVER_KEY_LEN: Final = 32
+# What a v3 P1's signature covers, after this label: the server's key, the associated data, the plaintext.
+P1_SIGNATURE_LABEL: Final = b"dynknock v3 P1\0\0"
 NONCE_LEN: Final = 24
 TAG_LEN: Final = 16
 KNOCK_COUNT: Final = 3
@@ -164,6 +181,7 @@ class RejectReason(enum.Enum):
     HINT_OVER_BUDGET = "hint_over_budget"  # too many tag checks under this hint this second (a flood)
     WRONG_GATEWAY = "wrong_gateway"  # a fleet: P2 or knock seen at another gateway than the request's P1
     KNOCK_KIND_REFUSED = "knock_kind_refused"  # connect() knocks, and server.connect_knocks = false
+    BAD_SIGNATURE = "bad_signature"  # a key-pair user's P1 whose signature does not verify
 
 
 class Status(enum.IntEnum):
@@ -202,6 +220,7 @@ class Header:
     type: PacketType
     hint: bytes
     nonce: bytes
+    bound: bool = False  # bound to the server address: version 2, or version 3 with BOUND_FLAG
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +231,7 @@ class P1:
     service: str
     knocks: tuple[Knock, Knock, Knock]
     knock_kind: KnockKind = KnockKind.SYN
+    signature: bytes = b""  # version 3: the user's Ed25519 signature (p1_signed_message); else empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +269,18 @@ _P3_BODY = struct.Struct("!Q16sBHH17s")  # 46 bytes, padded to 48
 
 PLAINTEXT_LEN: Final = {PacketType.P1: 80, PacketType.P2: 32, PacketType.P3: 48}
 PACKET_LEN: Final = {t: HEADER_LEN + n + TAG_LEN for t, n in PLAINTEXT_LEN.items()}
+# Version 3: a P1 carries the signature after v1's plaintext.
+PAIR_PLAINTEXT_LEN: Final = {**PLAINTEXT_LEN, PacketType.P1: PLAINTEXT_LEN[PacketType.P1] + SIGNATURE_LEN}
+PAIR_PACKET_LEN: Final = {t: HEADER_LEN + n + TAG_LEN for t, n in PAIR_PLAINTEXT_LEN.items()}
+# (version, type byte, size) of every packet a client sends: what capture's kernel filter passes.
+_CLIENT_TYPES: Final = (PacketType.P1, PacketType.P2)
+CLIENT_PACKETS: Final = tuple(
+    [(v, int(t), PACKET_LEN[t]) for v in VERSIONS for t in _CLIENT_TYPES]
+    + [(PAIR_VERSION, t | flag, PAIR_PACKET_LEN[t]) for t in _CLIENT_TYPES for flag in (0, BOUND_FLAG)])
+
+
+def packet_len(version: int, kind: PacketType) -> int:
+    return (PAIR_PACKET_LEN if version == PAIR_VERSION else PACKET_LEN)[kind]
 
 
 def _pack_address(address: IPAddress | None) -> bytes:
@@ -381,8 +413,51 @@ def _decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes, tag: bytes
 
 
 def associated_data(header: bytes, server: IPAddress | None) -> bytes:
-    """What the tag covers besides the ciphertext: the header, and in version 2 the server address."""
+    """What the tag covers besides the ciphertext: the header, and in version 2 the server address; in
+    version 3 always 17 more bytes, the server address if bound, else zeros."""
+    if header[:1] == bytes((PAIR_VERSION,)):
+        return header + (_pack_address(server) if server is not None else bytes(_ADDRESS.size))
     return header if server is None else header + _pack_address(server)
+
+
+def p1_signed_message(server_key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """What a version 3 P1's signature covers: the label, the server's public key (so a P1 signed for one
+    server is worthless at another), the associated data (header, with the nonce, and the server address
+    when bound) and v1's 80-byte plaintext (every field)."""
+    return P1_SIGNATURE_LABEL + server_key + aad + plaintext[:PLAINTEXT_LEN[PacketType.P1]]
+
+
+def signed_part(header: Header, server: IPAddress | None, server_key: bytes, p1: P1) -> bytes:
+    """The receiver's p1_signed_message of a decoded v3 P1 (its encoding is canonical: the same bytes)."""
+    raw_type = header.type | (BOUND_FLAG if header.bound else 0)
+    aad = associated_data(_HEADER.pack(header.version, raw_type, header.hint, header.nonce),
+                          server if header.bound else None)
+    return p1_signed_message(server_key, aad, encode_plaintext(replace_signature(p1, b""))[1])
+
+
+def replace_signature(p1: P1, signature: bytes) -> P1:
+    return P1(p1.timestamp_ms, p1.request_id, p1.address, p1.service, p1.knocks, p1.knock_kind, signature)
+
+
+def seal_pair(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server_key: bytes,
+              server: IPAddress | None = None, sign: Callable[[bytes], bytes] | None = None,
+              encrypt: Encrypt = _encrypt) -> bytes:
+    """A version 3 packet (bound to `server` if given): a P1 signed by `sign` (the user's Ed25519 key,
+    over p1_signed_message), a P2 or P3 unsigned. `keys` are the pair's (keys.pair_session_keys)."""
+    if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN or len(server_key) != SERVER_KEY_LEN:
+        raise ValueError("hint must be 8 bytes, nonce 24 and the server key 32")
+    kind, plain = encode_plaintext(message)
+    header = _HEADER.pack(PAIR_VERSION, kind | (BOUND_FLAG if server is not None else 0), hint, nonce)
+    aad = associated_data(header, server)
+    if kind is PacketType.P1:
+        if sign is None:
+            raise ValueError("a version 3 P1 must be signed")
+        signature = sign(p1_signed_message(server_key, aad, plain))
+        if len(signature) != SIGNATURE_LEN:
+            raise ValueError("an Ed25519 signature is 64 bytes")
+        plain += signature
+    ciphertext, tag = encrypt(_direction_key(keys, kind), nonce, aad, plain)
+    return header + ciphertext + tag
 
 
 def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server: IPAddress | None = None,
@@ -391,6 +466,8 @@ def seal(keys: SessionKeys, message: Message, hint: bytes, nonce: bytes, server:
     if len(hint) != HINT_LEN or len(nonce) != NONCE_LEN:
         raise ValueError("hint must be 8 bytes and nonce 24 bytes")
     kind, plain = encode_plaintext(message)
+    if isinstance(message, P1) and message.signature:
+        raise ValueError("a signed P1 is version 3: seal_pair")
     header = _HEADER.pack(VERSION if server is None else BOUND_VERSION, kind, hint, nonce)
     ciphertext, tag = encrypt(_direction_key(keys, kind), nonce, associated_data(header, server), plain)
     return header + ciphertext + tag
@@ -404,12 +481,14 @@ def parse_header(packet: bytes, accept: tuple[PacketType, ...] = (PacketType.P1,
     version, raw_type, hint, nonce = _HEADER.unpack_from(packet)
     if version not in versions:
         return Reject(RejectReason.BAD_VERSION, str(version))
-    if raw_type not in PacketType.__members__.values() or PacketType(raw_type) not in accept:
+    bound = version == BOUND_VERSION or (version == PAIR_VERSION and raw_type & BOUND_FLAG != 0)
+    type_value = raw_type & ~BOUND_FLAG if version == PAIR_VERSION else raw_type
+    if type_value not in PacketType.__members__.values() or PacketType(type_value) not in accept:
         return Reject(RejectReason.BAD_TYPE, str(raw_type))
-    kind = PacketType(raw_type)
-    if len(packet) != PACKET_LEN[kind]:
+    kind = PacketType(type_value)
+    if len(packet) != packet_len(version, kind):
         return Reject(RejectReason.BAD_SIZE, str(len(packet)))
-    return Header(version, kind, hint, nonce)
+    return Header(version, kind, hint, nonce, bound)
 
 
 def open_packet(keys: SessionKeys, header: Header, packet: bytes, server: IPAddress | None = None,
@@ -418,12 +497,15 @@ def open_packet(keys: SessionKeys, header: Header, packet: bytes, server: IPAddr
 
     `server`: the address the packet was sent to (P1, P2) or came from (P3). Never raises.
     """
-    if header.version == BOUND_VERSION and server is None:
-        return Reject(RejectReason.BAD_VERSION, "2 without a server address to check")
-    aad = associated_data(packet[:HEADER_LEN], server if header.version == BOUND_VERSION else None)
+    if header.bound and server is None:
+        return Reject(RejectReason.BAD_VERSION, f"{header.version} without a server address to check")
+    aad = associated_data(packet[:HEADER_LEN], server if header.bound else None)
     try:
         plain = decrypt(_direction_key(keys, header.type), header.nonce, aad, packet[HEADER_LEN:-TAG_LEN],
                         packet[-TAG_LEN:])
     except ValueError:
         return Reject(RejectReason.BAD_TAG)
+    if header.version == PAIR_VERSION and header.type is PacketType.P1:
+        message = decode_plaintext(header.type, plain[:-SIGNATURE_LEN])
+        return replace_signature(message, plain[-SIGNATURE_LEN:]) if isinstance(message, P1) else message
     return decode_plaintext(header.type, plain)

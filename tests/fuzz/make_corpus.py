@@ -65,6 +65,14 @@ def packets() -> dict[str, bytes]:
         out[f"{name}-type-0"] = packet[:1] + b"\x00" + packet[2:]
         out[f"{name}-type-3"] = packet[:1] + b"\x03" + packet[2:]
         out[f"{name}-hint-nonce-swapped"] = packet[:2] + packet[10:18] + packet[2:10] + packet[18:]
+        if vector.get("version") == 3:  # key-pair users: the bound flag, the signature's room, v1's sizes
+            out[f"{name}-bound-flag-flipped"] = packet[:1] + bytes([packet[1] ^ 0x80]) + packet[2:]
+            out[f"{name}-version-1"] = b"\x01" + packet[1:]
+            if vector["type"] == "P1":
+                out[f"{name}-without-signature"] = packet[:-80] + packet[-16:]
+                flipped = bytearray(packet)
+                flipped[-17] ^= 0x01  # the signature's last byte, under the tag
+                out[f"{name}-signature-flipped"] = bytes(flipped)
     out["empty"] = b""
     out["one-byte"] = b"\x01"
     return out
@@ -137,6 +145,17 @@ def bus_frames() -> dict[str, bytes]:
         "datagram-gateway": {"k": "datagram", "source": CLIENT4, "source_port": 40000, "destination": SERVER4,
                              "payload": bytes(130), "gateway": "gw-a"},
         "reply": {"k": "reply", "source": SERVER4, "destination": CLIENT4, "port": 40000, "payload": bytes(98)},
+        # Doors used (a single-use door stops counting against its user) and the set auth believes open.
+        "door-used": {"k": "door_used", "door_id": "0123456789abcdef", "stage": "relay", "client": CLIENT4,
+                      "port": 45000},
+        "door-set": {"k": "door_set", "doors": [["0123456789abcdef", CLIENT4, 45000], ["fedcba9876543210", CLIENT6,
+                                                                                     45001]],
+                     "sent_ms": 1083508790000},
+        "door-close-kernel": {"k": "door_close", "door_id": "0123456789abcdef", "client": CLIENT4, "port": 45000,
+                              "target_host": "127.0.0.1", "target_port": 22, "sent_ms": 1083508790000},
+        # A key-pair user's P1 (protocol version 3) as capture forwards it: 194 bytes.
+        "datagram-v3": {"k": "datagram", "source": CLIENT4, "source_port": 40000, "destination": SERVER4,
+                        "payload": bytes(194)},
     }
     out: dict[str, bytes] = {}
     for name, body in messages.items():

@@ -21,6 +21,7 @@ under atheris (libFuzzer, coverage-guided) for longer campaigns by hand.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import struct
 import typing
@@ -42,6 +43,9 @@ from dynknock.protocol import PacketType, Reject, RejectReason
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 # The key of every protocol vector (tests/vectors: master key 00 01 ... 1f), so seeds authenticate.
 KEYS = SessionKeys.from_master(bytes(range(32)))
+# Version 3's (tests/vectors/v3_keys.json): the key-pair user's session keys at the vectors' server.
+PAIR_KEYS = SessionKeys(*(bytes.fromhex(v) for v in json.loads(
+    (Path(__file__).resolve().parent.parent / "vectors" / "v3_keys.json").read_text())["session_keys"].values()))
 ALL_TYPES = (PacketType.P1, PacketType.P2, PacketType.P3)
 LINKTYPES = (capture_core.DLT_EN10MB, capture_core.DLT_RAW, capture_core.DLT_RAW_ALT, capture_core.DLT_LINUX_SLL,
              0, 105)
@@ -71,13 +75,14 @@ CORPUS = {kind: load(kind) for kind in ("packets", "plaintexts", "bus", "frames"
 
 
 def fuzz_packet(data: bytes) -> None:
-    header = proto.parse_header(data, accept=ALL_TYPES)
+    header = proto.parse_header(data, accept=ALL_TYPES, versions=proto.ALL_VERSIONS)
     if isinstance(header, Reject):
         assert header.reason in HEADER_REASONS, header
         return
-    assert len(data) == proto.PACKET_LEN[header.type]
-    # Version 2 is bound to the gateway address the packet was sent to: that of the v2 vectors.
-    message = proto.open_packet(KEYS, header, data, V2_SERVER if header.version == proto.BOUND_VERSION else None)
+    assert len(data) == proto.packet_len(header.version, header.type)
+    # A bound packet (v2, or v3 with the flag) is checked against the gateway address of the vectors.
+    keys = PAIR_KEYS if header.version == proto.PAIR_VERSION else KEYS
+    message = proto.open_packet(keys, header, data, V2_SERVER if header.bound else None)
     if isinstance(message, Reject):
         assert message.reason in OPEN_REASONS, message
         return
@@ -202,10 +207,13 @@ def test_the_corpus_reaches_the_deep_paths() -> None:
     assert all(CORPUS.values()), {k: len(v) for k, v in CORPUS.items()}
     decoded = []
     for data in CORPUS["packets"]:
-        header = proto.parse_header(data, accept=ALL_TYPES)
+        header = proto.parse_header(data, accept=ALL_TYPES, versions=proto.ALL_VERSIONS)
         if isinstance(header, proto.Header):
-            decoded.append(type(proto.open_packet(KEYS, header, data)).__name__)
-    assert {"P1", "P2", "P3", "Reject"} <= set(decoded), decoded
+            keys = PAIR_KEYS if header.version == proto.PAIR_VERSION else KEYS
+            message = proto.open_packet(keys, header, data, V2_SERVER if header.bound else None)
+            decoded.append(f"v{header.version} {type(message).__name__}")
+    assert {f"v{v} {t}" for v in (1, 2) for t in ("P1", "P2", "P3", "Reject")} <= set(decoded), decoded
+    assert {"v3 P1", "v3 P2", "v3 Reject"} <= set(decoded), decoded  # the v3 P1 vector is bound elsewhere
     frames = []
     for data in CORPUS["frames"]:
         try:

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from dynknock import curve25519
 from dynknock.auth import admin
+from dynknock.auth.engine import Engine, EngineConfig
+from dynknock.auth.serverkey import load_server_key
 from dynknock.auth.users import load_users
 from dynknock.keys import derive_master_key
 
@@ -210,10 +213,10 @@ def test_list_shows_everything_but_keys(users_file: Path, tmp_path: Path) -> Non
     code, out, _ = run(users_file, "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "SERVICES", "SOURCES", "EXPIRES", "NAT"]
-    assert lines[1].split() == ["alice", "ssh,web", "any", "-", "yes"]
-    assert lines[2].split() == ["bob", "ssh", "10.0.0.0/8", "-", "no"]
-    assert lines[3].split() == ["carol", "ssh", "2001:db8::/48", "2030-06-01T12:00:00+02:00", "no"]
+    assert lines[0].split() == ["NAME", "KIND", "SERVICES", "SOURCES", "EXPIRES", "NAT"]
+    assert lines[1].split() == ["alice", "password", "ssh,web", "any", "-", "yes"]
+    assert lines[2].split() == ["bob", "key", "ssh", "10.0.0.0/8", "-", "no"]
+    assert lines[3].split() == ["carol", "password", "ssh", "2001:db8::/48", "2030-06-01T12:00:00+02:00", "no"]
     for user in load_users(users_file).values():
         key = base64.b64encode(user.master_key).decode()
         assert key not in out and key[:12] not in out and user.master_key.hex()[:16] not in out
@@ -339,3 +342,87 @@ def test_as_a_real_process_with_a_piped_password(users_file: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dynknock.auth.admin", "remove", "nobody"],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert result.returncode == 2 and result.stderr == f"knock-admin: error: no user 'nobody' in {users_file}\n"
+
+
+# --- key-pair users (protocol version 3) ----------------------------------------------------------
+
+SEED = bytes(range(32))
+
+
+def public_line(seed: bytes = SEED) -> str:
+    return f"dynknock-ed25519 {base64.b64encode(curve25519.ed25519_public_key(seed)).decode()} paula@laptop"
+
+
+def test_add_with_a_public_key_keeps_only_it_and_makes_the_server_key(users_file: Path, tmp_path: Path) -> None:
+    code, out, _ = run(users_file, "add", "paula", "--public-key", public_line())
+    assert code == 0
+    entry = entries(users_file)["paula"]
+    assert entry == {"public_key": base64.b64encode(curve25519.ed25519_public_key(SEED)).decode(),
+                     "services": ["ssh"]}
+    server_key = users_file.with_name("server.key")
+    assert stat.S_IMODE(server_key.stat().st_mode) in (0o600, 0o640)
+    # The line to give her: the server key's public half, which she pins.
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("dynknock-x25519 ")
+    assert run(users_file, "server-key") == (0, line + "\n", "")
+    server = load_server_key(server_key)
+    assert server is not None and server.line(os.uname().nodename) == line
+    # The engine's view: her keys are the ones her client derives from her seed and that line.
+    user = load_users(users_file)["paula"]
+    assert user.public_key == curve25519.ed25519_public_key(SEED) and user.master_key == b""
+    code, out, _ = run(users_file, "list")
+    assert out.splitlines()[1].split()[:2] == ["paula", "key"] and "pair" in out.splitlines()[1]
+
+
+def test_add_reads_the_public_key_from_her_pub_file(users_file: Path, tmp_path: Path) -> None:
+    pub = tmp_path / "paula.key.pub"
+    pub.write_text(public_line() + "\n")
+    assert run(users_file, "add", "paula", "--public-key", str(pub))[0] == 0
+    assert load_users(users_file)["paula"].public_key == curve25519.ed25519_public_key(SEED)
+
+
+@pytest.mark.parametrize(("given", "why"), [
+    ("dynknock-ed25519 AAAA", "32 bytes"),
+    ("dynknock-x25519 " + base64.b64encode(bytes(32)).decode(), "neither"),
+    # The neutral point (y = 1) and a point of order 8: each verifies forged signatures.
+    ("dynknock-ed25519 " + base64.b64encode((1).to_bytes(32, "little")).decode(), "small order"),
+    ("dynknock-ed25519 " + base64.b64encode(bytes.fromhex(
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")).decode(), "small order"),
+    ("dynknock-ed25519 " + base64.b64encode(b"\xff" * 31 + b"\x7f").decode(), "no point"),
+    ("no-such-file.pub", "neither"),
+])
+def test_add_refuses_an_unusable_public_key(users_file: Path, given: str, why: str) -> None:
+    assert why in fail(users_file, "add", "paula", "--public-key", given)
+    assert not users_file.exists() and not users_file.with_name("server.key").exists()
+
+
+def test_a_private_key_is_refused_where_a_key_file_is_expected(users_file: Path, tmp_path: Path) -> None:
+    private = tmp_path / "paula.key"
+    private.write_text(f"dynknock-ed25519-private {base64.b64encode(SEED).decode()}\n")
+    private.chmod(0o600)
+    assert "register her public key line instead" in fail(users_file, "add", "paula", "--key-file", str(private))
+
+
+def test_rekey_moves_a_password_user_to_a_key_pair_and_back(users_file: Path, tmp_path: Path) -> None:
+    _three_users(users_file, tmp_path)
+    before = entries(users_file)
+    code, out, _ = run(users_file, "rekey", "alice", "--public-key", public_line())
+    assert code == 0 and "dynknock-x25519 " in out
+    after = entries(users_file)
+    assert after["alice"] == {"public_key": base64.b64encode(curve25519.ed25519_public_key(SEED)).decode(),
+                              "services": ["ssh", "web"], "nat": True}
+    assert after["bob"] == before["bob"] and after["carol"] == before["carol"]
+    assert run(users_file, "rekey", "alice", stdin=PASSWORD + "\n")[0] == 0
+    assert entries(users_file)["alice"] == before["alice"]
+    assert "no user 'dora'" in fail(users_file, "rekey", "dora", "--public-key", public_line())
+
+
+def test_the_users_file_with_a_key_pair_user_needs_the_server_key(users_file: Path) -> None:
+    """auth/engine.py refuses a users file with key-pair users and no server key (knock-auth keeps the
+    previous file then, and says why)."""
+    assert run(users_file, "add", "paula", "--public-key", public_line())[0] == 0
+    from dynknock.auth.replay import ReplayCache
+    from dynknock.auth.users import UsersFileError
+
+    with pytest.raises(UsersFileError, match="server.key_file"):
+        Engine(EngineConfig({}, 1, 2), load_users(users_file), ReplayCache(None, 0), os.urandom, lambda n: 0)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from dynknock.bus import Datagram, Syn
 from dynknock.capture import core
 from dynknock.capture.core import MAX_FILTER_PAIRS, build_filter, parse_frame
-from dynknock.protocol import PACKET_LEN, VERSION, PacketType
+from dynknock.protocol import PACKET_LEN, PAIR_PACKET_LEN, VERSION, PacketType
 
 SERVER4 = "198.18.0.1"
 SERVER6 = "fd00::1"
@@ -44,6 +44,7 @@ ADDRESSES = frozenset({SERVER4, SERVER6})
 P1_LEN = PACKET_LEN[PacketType.P1]
 P2_LEN = PACKET_LEN[PacketType.P2]
 P3_LEN = PACKET_LEN[PacketType.P3]
+PAIR_P1_LEN = PAIR_PACKET_LEN[PacketType.P1]
 # The pending knocks of the semantic tests: one IPv4, one IPv6 client.
 KNOCK4 = 1111
 KNOCK6 = 2222
@@ -132,10 +133,14 @@ def udp_bytes(dport: int, payload: bytes, src: str, dst: str) -> bytes:
 def test_filter_without_pairs_passes_only_control_datagrams() -> None:
     text = build_filter([SERVER4, SERVER6], CONTROL, [])
     udp4 = (f"(ip and udp dst port {CONTROL} and ((udp[4:2] = {8 + P1_LEN} and udp[8] >= 1 and udp[8] <= 2"
-            f" and udp[9] = 1) or (udp[4:2] = {8 + P2_LEN} and udp[8] >= 1 and udp[8] <= 2 and udp[9] = 2)))")
+            f" and udp[9] = 1) or (udp[4:2] = {8 + P2_LEN} and udp[8] >= 1 and udp[8] <= 2 and udp[9] = 2)"
+            # version 3 (key-pair users): a signed P1 of its own size, the bound flag in the type byte's top bit
+            f" or (udp[4:2] = {8 + PAIR_P1_LEN} and udp[8] = 3 and udp[9] & 127 = 1)"
+            f" or (udp[4:2] = {8 + P2_LEN} and udp[8] = 3 and udp[9] & 127 = 2)))")
     udp6 = (f"(ip6 and ip6[6] = 17 and ip6[42:2] = {CONTROL} and ((ip6[4:2] = {8 + P1_LEN} and ip6[48] >= 1"
             f" and ip6[48] <= 2 and ip6[49] = 1) or (ip6[4:2] = {8 + P2_LEN} and ip6[48] >= 1 and ip6[48] <= 2"
-            f" and ip6[49] = 2)))")
+            f" and ip6[49] = 2) or (ip6[4:2] = {8 + PAIR_P1_LEN} and ip6[48] = 3 and ip6[49] & 127 = 1)"
+            f" or (ip6[4:2] = {8 + P2_LEN} and ip6[48] = 3 and ip6[49] & 127 = 2)))")
     assert text == f"(dst host {SERVER4} or dst host {SERVER6}) and ({udp4} or {udp6}) and not vlan"
     assert "tcp" not in text  # no SYN reaches Python while nothing is pending
     assert f"= {8 + P3_LEN}" not in text  # P3 is the server's, never the client's
@@ -320,6 +325,22 @@ def _frames() -> list[Frame]:
             _datagram(f"v{fam} P1 wrong version",
                       udp(client, server, CONTROL, control_payload(P1_LEN, 1, VERSION + 2)), False),
             _datagram(f"v{fam} P2 version 0", udp(client, server, CONTROL, control_payload(P2_LEN, 2, 0)), False),
+            # Version 3 (key-pair users): a signed P1 of its own size; the type byte's top bit says "bound".
+            _datagram(f"v{fam} P1 version 3", udp(client, server, CONTROL, control_payload(PAIR_P1_LEN, 1, 3)), True),
+            _datagram(f"v{fam} P1 version 3 bound",
+                      udp(client, server, CONTROL, control_payload(PAIR_P1_LEN, 0x81, 3)), True),
+            _datagram(f"v{fam} P2 version 3 bound", udp(client, server, CONTROL, control_payload(P2_LEN, 0x82, 3)),
+                      True),
+            _datagram(f"v{fam} P1 version 3 at version 1's size",
+                      udp(client, server, CONTROL, control_payload(P1_LEN, 1, 3)), False),
+            _datagram(f"v{fam} P1 version 1 at version 3's size",
+                      udp(client, server, CONTROL, control_payload(PAIR_P1_LEN, 1, 1)), False),
+            _datagram(f"v{fam} P1 version 2 with the bound flag",
+                      udp(client, server, CONTROL, control_payload(P1_LEN, 0x81, 2)), False),
+            _datagram(f"v{fam} P3 version 3 bound", udp(client, server, CONTROL, control_payload(P3_LEN, 0x83, 3)),
+                      False),
+            _datagram(f"v{fam} P1 version 3, another flag",
+                      udp(client, server, CONTROL, control_payload(PAIR_P1_LEN, 0x41, 3)), False),
             _datagram(f"v{fam} P1 one byte short", udp(client, server, CONTROL, control_payload(P1_LEN - 1, 1)), False),
             _datagram(f"v{fam} P1 one byte long", udp(client, server, CONTROL, control_payload(P1_LEN + 1, 1)), False),
             _datagram(f"v{fam} P2 one byte long", udp(client, server, CONTROL, control_payload(P2_LEN + 1, 2)), False),
@@ -399,9 +420,10 @@ def test_frame_names_are_unique() -> None:
 def test_filter_without_pairs_passes_exactly_the_client_datagrams(tmp_path: Path, linktype: int) -> None:
     expression = build_filter([SERVER4, SERVER6], CONTROL, [], linktype=linktype)
     assert passing(tmp_path, expression, linktype) == {f.name for f in FRAMES if f.without_pairs}
-    assert passing(tmp_path, expression, linktype) == {"v4 P1", "v4 P2", "v6 P1", "v6 P2", "v4 P2 version 2",
-                                                       "v6 P2 version 2", "v4 P1 version 2 (bound to the gateway)",
-                                                       "v6 P1 version 2 (bound to the gateway)"}
+    assert passing(tmp_path, expression, linktype) == {
+        f"v{fam} {name}" for fam in (4, 6)
+        for name in ("P1", "P2", "P2 version 2", "P1 version 2 (bound to the gateway)", "P1 version 3",
+                     "P1 version 3 bound", "P2 version 3 bound")}
 
 
 @pytest.mark.parametrize("linktype", [core.DLT_EN10MB, LINKTYPE_RAW_FILE])

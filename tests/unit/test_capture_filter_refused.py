@@ -154,7 +154,7 @@ def test_no_pending_knocks_is_one_program_offered(kernel: Any) -> None:
 
 
 def test_other_link_types_fall_back_to_every_syn_in_libpcaps_text() -> None:
-    handle = Handle(refuse_texts_over=600)
+    handle = Handle(refuse_texts_over=750)
     kf = bpf.KernelFilter(handle, core.DLT_LINUX_SLL, 256, [SERVER], CONTROL)
     assert kf.knocks(pairs_of(2)) == "all"  # the pairs' text is refused, every SYN's is not
     assert kf.refused == 1 and kf.refusals[0].form == "pairs" and kf.refusals[0].instructions == 0

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from dynknock import curve25519
 from dynknock.client.app import Io, Settings, resolve_settings
 from dynknock.client.main import (
     EXIT_HOST,
@@ -189,17 +190,34 @@ def test_usage_error_type() -> None:
 # --- --key-gen, and failures before anything is sent --------------------------------
 
 
-def test_key_gen_prints_base64_and_writes_0600(tmp_path: Path) -> None:
+def test_key_gen_makes_a_key_pair_and_prints_its_public_line(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     path = tmp_path / "new.key"
-    assert run(["--key-gen", str(path)], Io(stdout=out, stderr=err)) == EXIT_OK
+    assert run(["--key-gen", str(path)], Io(stdout=out, stderr=err, environ={"USER": "alice"})) == EXIT_OK
+    line = out.getvalue().strip()
+    kind, public, comment = line.split(" ", 2)
+    assert (kind, len(base64.b64decode(public)), comment.startswith("alice@")) == ("dynknock-ed25519", 32, True)
+    private = path.read_text().split()
+    assert private[0] == "dynknock-ed25519-private" and len(base64.b64decode(private[1])) == 32
+    assert curve25519.ed25519_public_key(base64.b64decode(private[1])) == base64.b64decode(public)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Path(f"{path}.pub").read_text() == line + "\n"  # as ssh-keygen leaves FILE.pub
+    assert f"knock-admin add NAME --public-key '{line}'" in err.getvalue()
+    # A second run must not overwrite the key.
+    assert run(["--key-gen", str(path)], Io(stdout=io.StringIO(), stderr=err)) == EXIT_USAGE
+    assert path.read_text().split()[1] == private[1]
+
+
+def test_key_gen_symmetric_prints_base64_and_writes_0600(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    path = tmp_path / "new.key"
+    assert run(["--key-gen", str(path), "--symmetric"], Io(stdout=out, stderr=err)) == EXIT_OK
     encoded = out.getvalue().strip()
     assert len(base64.b64decode(encoded)) == 32
     assert path.read_text().strip() == encoded
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert "knock-admin add NAME --key-file" in err.getvalue()
-    # A second run must not overwrite the key.
-    assert run(["--key-gen", str(path)], Io(stdout=io.StringIO(), stderr=err)) == EXIT_USAGE
+    assert run(["--key-gen", str(path), "--symmetric"], Io(stdout=io.StringIO(), stderr=err)) == EXIT_USAGE
     assert path.read_text().strip() == encoded
 
 
@@ -280,6 +298,8 @@ def test_quick_parse_gives_argparse_options_or_nothing(argv: list[str]) -> None:
     ["gw.example.org", "-u", "alice", "--exec", "ssh -p {port} {host}"],
     ["-p", str(CONTROL_PORT), "-4", "--nat", "gw"],
     ["--key-gen", "~/new.key"],
+    ["--key-gen", "~/new.key", "--symmetric"],
+    ["--server-key", "dynknock-x25519 AAAA", "-k", "~/k", "gw"],
 ])
 def test_quick_parse_answers_the_common_command_lines(argv: list[str]) -> None:
     assert quick_parse(argv) is not None

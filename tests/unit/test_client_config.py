@@ -113,7 +113,7 @@ def test_key_gen_writes_0600_and_reads_back(tmp_path: Path) -> None:
     encoded = write_new_key_file(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(base64.b64decode(encoded)) == 32
-    assert read_key_file(path) == base64.b64decode(encoded)
+    assert read_key_file(path) == ("", base64.b64decode(encoded))
     assert write_new_key_file(tmp_path / "other.key") != encoded  # random, not a constant
 
 

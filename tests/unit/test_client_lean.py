@@ -91,22 +91,30 @@ NOT_ON_THE_KEY_FILE_PATH = ("argparse", "typing", "dataclasses", "inspect", "pat
                             "socket", "selectors", "secrets", "base64", "re", "random", "gettext", "Crypto")
 
 
-def test_a_proxy_run_with_a_key_file_imports_none_of_the_slow_modules(tmp_path: Path) -> None:
+SERVER_LINE = "dynknock-x25519 CQ/sVuX2tiYKhf8zSybXFB7OdqdYrC4qsg5BjYeBdxk="
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "key pair"])
+def test_a_proxy_run_with_a_key_file_imports_none_of_the_slow_modules(tmp_path: Path, kind: str) -> None:
     """knock-client --proxy -k KEY HOST, as ssh runs it, up to the knock: quick_parse, the
-    config and the key file read, the session keys, P1 sealed. None of these modules loads."""
+    config and the key file read, the session keys, P1 sealed (and signed, for a key pair).
+    None of these modules loads."""
     key = tmp_path / "k.key"
-    key.write_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
+    seed = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    key.write_text(f"dynknock-ed25519-private {seed}\n" if kind == "key pair" else seed + "\n")
     key.chmod(0o600)
+    pin = ["--server-key", SERVER_LINE] if kind == "key pair" else []
     code = f"""
 import sys
 from dynknock.client import main
-options = main.quick_parse(["--proxy", "-q", "-k", {str(key)!r}, "127.0.0.1"])
+options = main.quick_parse(["--proxy", "-q", "-k", {str(key)!r}, *{pin!r}, "127.0.0.1"])
 assert options is not None
-from dynknock.client import app, crypto
+from dynknock.client import app
 from dynknock.client.session import ClientSession, Timing, new_request
 settings = app.resolve_settings(options, {{"USER": "alice"}})
-keys = crypto.session_keys(app.read_key_file(settings.key_file))
-session = ClientSession(keys, new_request("ssh", None), Timing())
+keys, pair = app.Client(settings, app.Io())._keys()
+assert (pair is None) == {kind == "symmetric"!r}
+session = ClientSession(keys, new_request("ssh", None), Timing(), pair=pair)
 session.start(0.0, 1_700_000_000_000)
 print(" ".join(sorted(set(sys.modules) & set({NOT_ON_THE_KEY_FILE_PATH!r}))))
 """

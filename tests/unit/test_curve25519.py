@@ -459,11 +459,11 @@ def test_the_constants() -> None:
     assert C._is_identity(C._multiply(L, C._B)) and not C._is_identity(C._multiply(L - 1, C._B))
 
 
-def test_the_module_offers_five_functions() -> None:
+def test_the_module_offers_six_functions() -> None:
     offered = {name for name, value in vars(C).items()
                if not name.startswith("_") and callable(value) and getattr(value, "__module__", "") == C.__name__}
-    assert offered == set(C.__all__) == {"ed25519_public_key", "ed25519_sign", "ed25519_verify", "x25519",
-                                         "x25519_base"}
+    assert offered == set(C.__all__) == {"ed25519_public_key", "ed25519_secret_scalar", "ed25519_sign",
+                                         "ed25519_verify", "x25519", "x25519_base"}
 
 
 def _loaded_after(code: str) -> set[str]:

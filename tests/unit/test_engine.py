@@ -744,23 +744,26 @@ def test_engine_config_takes_the_servers_settings_by_their_names() -> None:
     assert (settings.window_seconds, settings.clock_skew_seconds, settings.knock_timeout_seconds,
             settings.max_doors_per_user, settings.max_doors_total) == (45, 90, 7, 3, 50)
     assert (settings.door_port_low, settings.door_port_high, settings.p2_hold_ms) == (50000, 50015, 20)
-    assert settings.services == config.services and settings.versions == proto.VERSIONS
+    assert settings.services == config.services and settings.versions == proto.ALL_VERSIONS
+    assert not settings.bound_only
     # what the file leaves out, the engine's defaults say alike
     del document["server"]["window_seconds"]
     plain = engine_config(dkconfig.parse(document, "/x.toml"))
     assert plain.window_seconds == EngineConfig(SERVICES, 1, 2).window_seconds == 30
 
 
-def test_a_fleet_engine_takes_version_1_only_when_told() -> None:
+def test_a_fleet_engine_takes_unbound_packets_only_when_told() -> None:
     gateways = {"gw-a": {"addresses": ["198.18.0.11"], "gate": "tcp://198.18.0.11:7003"}}
     endpoints = {name: f"tcp://198.18.0.9:{7100 + i}" for i, name in enumerate(bus.ENDPOINT_NAMES)}
     document: dict[str, dict[str, Any]] = {
         "server": {"interface": "eth0", "addresses": ["198.18.0.1"]},
         "bus": {"transport": "tcp", "tcp_endpoints": endpoints},
         "services": {"ssh": {"target": "127.0.0.1:22"}}, "gateways": gateways}
-    assert engine_config(dkconfig.parse(document, "/x.toml")).versions == (proto.BOUND_VERSION,)
+    strict = engine_config(dkconfig.parse(document, "/x.toml"))
+    assert (strict.versions, strict.bound_only) == ((proto.BOUND_VERSION, proto.PAIR_VERSION), True)
     document["server"]["fleet_accepts_v1"] = True
-    assert engine_config(dkconfig.parse(document, "/x.toml")).versions == proto.VERSIONS
+    lenient = engine_config(dkconfig.parse(document, "/x.toml"))
+    assert (lenient.versions, lenient.bound_only) == (proto.ALL_VERSIONS, False)
 
 
 # --- doors the kernel forwards (services.NAME.forward = "kernel") ------------------------------------

@@ -44,7 +44,8 @@ def _load_vectors() -> dict[str, dict[str, Any]]:
 
 
 VECTORS = _load_vectors()
-PACKET_VECTORS = {name: v for name, v in VECTORS.items() if "packet" in v}
+PACKET_VECTORS = {name: v for name, v in VECTORS.items() if "packet" in v and v["version"] != proto.PAIR_VERSION}
+PAIR_VECTORS = {name: v for name, v in VECTORS.items() if "packet" in v and v["version"] == proto.PAIR_VERSION}
 
 
 def _server(v: dict[str, Any]) -> proto.IPAddress | None:
@@ -137,6 +138,8 @@ def test_the_vector_set_is_complete_and_current() -> None:
     expected |= {f"p3_{s.name.lower()}.json" for s in Status}
     expected |= {"v2_p1_ipv4.json", "v2_p1_ipv6.json", "v2_p2.json", "v2_p3_open.json"}  # bound to a gateway
     expected |= {"p1_connect_ipv4.json", "v2_p1_connect_ipv6.json"}  # knocks sent by connect()
+    expected |= {"v3_keys.json", "v3_p1_ipv4.json", "v3_p1_connect_ipv6_bound.json", "v3_p2.json",
+                 "v3_p3_open_bound.json"}  # key-pair users
     assert set(VECTORS) == expected
     # The files are exactly what the generator writes from the code today.
     assert MV.main(["--check"]) == 0
@@ -194,7 +197,7 @@ def test_vector_open(name: str) -> None:
     packet = bytes.fromhex(v["packet"])
     header = proto.parse_header(packet, ALL_TYPES)
     assert header == proto.Header(v["version"], PacketType[v["type"]], bytes.fromhex(inputs["hint"]),
-                                  bytes.fromhex(inputs["nonce"]))
+                                  bytes.fromhex(inputs["nonce"]), v["version"] == proto.BOUND_VERSION)
     assert proto.open_packet(keys, header, packet, _server(v)) == MV.message_from_json(v["type"], inputs["message"])
     # The receiver of the other direction only accepts its own types.
     server_side = proto.parse_header(packet)
@@ -622,3 +625,93 @@ def test_a_record_the_shortcut_cannot_make_is_a_real_dataclass() -> None:
 
     assert dataclasses.is_dataclass(Ordered) and Ordered(1) < Ordered(2)
     assert dataclasses.is_dataclass(WithFactory) and WithFactory().a == []
+
+
+# --- version 3: key-pair users (tests/vectors/v3_*.json) -------------------------------------------
+
+
+def test_pair_key_vector_client_and_server_sides() -> None:
+    """Her side (pure Python: dynknock/curve25519.py) and the server's (pycryptodome: auth/serverkey.py)
+    reach the vector's secret and keys from their own halves."""
+    from dynknock import curve25519
+    from dynknock.auth.serverkey import ServerKey
+
+    v = VECTORS["v3_keys.json"]
+    seed, secret = bytes.fromhex(v["inputs"]["user_seed"]), bytes.fromhex(v["inputs"]["server_secret"])
+    user_public, server = curve25519.ed25519_public_key(seed), ServerKey(secret)
+    assert (user_public.hex(), server.public.hex()) == (v["user_public"], v["server_public"])
+    assert K.montgomery_u(user_public).hex() == v["user_montgomery_u"]
+    assert curve25519.x25519_base(curve25519.ed25519_secret_scalar(seed)).hex() == v["user_montgomery_u"]
+    keys = server.session_keys(user_public)
+    assert {k: getattr(keys, k).hex() for k in v["session_keys"]} == v["session_keys"]
+    assert K.user_hint(keys, v["inputs"]["epoch"]).hex() == v["hint"]
+    assert server.line() == v["server_public_line"]
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_VECTORS))
+def test_pair_vector_seal_and_open(name: str) -> None:
+    from dynknock import curve25519
+    from dynknock.auth.serverkey import ServerKey
+
+    v = PAIR_VECTORS[name]
+    inputs = v["inputs"]
+    seed, server = bytes.fromhex(inputs["user_seed"]), ServerKey(bytes.fromhex(inputs["server_secret"]))
+    user_public = curve25519.ed25519_public_key(seed)
+    keys = server.session_keys(user_public)
+    packet = bytes.fromhex(v["packet"])
+    kind = PacketType[v["type"]]
+    address = _server(v)
+    message = MV.message_from_json(v["type"], inputs["message"])
+    sign = (lambda m: curve25519.ed25519_sign(seed, m)) if kind is PacketType.P1 else None
+    assert proto.seal_pair(keys, message, bytes.fromhex(inputs["hint"]), bytes.fromhex(inputs["nonce"]),
+                           server.public, address, sign) == packet
+    assert len(packet) == v["packet_len"] == proto.PAIR_PACKET_LEN[kind]
+    assert packet[1] == kind | (proto.BOUND_FLAG if v["bound"] else 0)
+    header = proto.parse_header(packet, ALL_TYPES, versions=proto.ALL_VERSIONS)
+    assert header == proto.Header(3, kind, bytes.fromhex(inputs["hint"]), bytes.fromhex(inputs["nonce"]), v["bound"])
+    opened = proto.open_packet(keys, header, packet, address)
+    if kind is PacketType.P1:
+        assert isinstance(opened, proto.P1) and proto.replace_signature(opened, b"") == message
+        signed = proto.signed_part(header, address, server.public, opened)
+        assert signed.hex() == v["derived"]["signed_message"] and opened.signature.hex() == v["derived"]["signature"]
+        assert server.verify(user_public, signed, opened.signature)  # pycryptodome, the server's verifier
+        assert not server.verify(user_public, signed[:-1] + bytes([signed[-1] ^ 1]), opened.signature)
+    else:
+        assert opened == message
+    # The versions before it do not read it, and a bound packet is checked against its address.
+    assert isinstance(proto.parse_header(packet, ALL_TYPES), proto.Reject)
+    if v["bound"]:
+        elsewhere = ipaddress.ip_address("198.18.0.1")
+        assert proto.open_packet(keys, header, packet, elsewhere) == proto.Reject(RejectReason.BAD_TAG)
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_VECTORS))
+def test_every_bit_flip_of_a_pair_vector_is_rejected(name: str) -> None:
+    from dynknock import curve25519
+    from dynknock.auth.serverkey import ServerKey
+
+    v = PAIR_VECTORS[name]
+    server = ServerKey(bytes.fromhex(v["inputs"]["server_secret"]))
+    keys = server.session_keys(curve25519.ed25519_public_key(bytes.fromhex(v["inputs"]["user_seed"])))
+    packet = bytes.fromhex(v["packet"])
+    for index in range(len(packet)):
+        for bit in range(8):
+            mutated = bytearray(packet)
+            mutated[index] ^= 1 << bit
+            header = proto.parse_header(bytes(mutated), ALL_TYPES, versions=proto.ALL_VERSIONS)
+            if isinstance(header, proto.Header):
+                header_or_message: object = proto.open_packet(keys, header, bytes(mutated), _server(v))
+            else:
+                header_or_message = header
+            assert isinstance(header_or_message, Reject), (index, bit)
+
+
+def test_a_v3_p1_must_be_signed_and_a_v1_p1_must_not() -> None:
+    from dynknock import curve25519
+
+    p1 = proto.P1(1, bytes(16), None, "ssh", (proto.Knock(1, 1), proto.Knock(2, 2), proto.Knock(3, 3)))
+    with pytest.raises(ValueError, match="signed"):
+        proto.seal_pair(KEYS, p1, bytes(8), NONCE, bytes(32))
+    signed = proto.replace_signature(p1, curve25519.ed25519_sign(bytes(32), b"x"))
+    with pytest.raises(ValueError, match="seal_pair"):
+        proto.seal(KEYS, signed, bytes(8), NONCE)

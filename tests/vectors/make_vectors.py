@@ -205,7 +205,106 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     out["v2_p3_open.json"] = packet_vector(
         "v2: P3 OPEN from gateway 198.18.0.11", proto.P3(ts + 1600, REQUEST_ID, proto.Status.OPEN, 58201, 30, v4),
         0xF8, server=gateway4)
+    out.update(pair_vectors())
     return out
+
+
+# --- version 3: key-pair users (docs/PROTOCOL.md §11) ----------------------------------------------
+
+PAIR_SEED = bytes(range(0x20, 0x40))  # the user's Ed25519 seed (her key file)
+SERVER_SECRET = bytes(range(0x40, 0x60))  # the server's X25519 private key (server.key_file)
+
+
+def pair_keys_vector() -> dict[str, Any]:
+    from dynknock import curve25519
+
+    user_public = curve25519.ed25519_public_key(PAIR_SEED)
+    server_public = curve25519.x25519_base(SERVER_SECRET)
+    shared = curve25519.x25519(curve25519.ed25519_secret_scalar(PAIR_SEED), server_public)
+    keys = K.pair_session_keys(shared, user_public, server_public)
+    epoch = K.hint_epoch(TIMESTAMP_MS / 1000)
+    return {
+        "description": "a key-pair user's session keys at a server: X25519 of her seed's scalar (SHA-512(seed)[:32], "
+                       "clamped) and the server's public key, equal to the server's X25519 with the Montgomery form "
+                       "of her Ed25519 public key; then HKDF-SHA256 with both public keys",
+        "inputs": {"user_seed": PAIR_SEED.hex(), "server_secret": SERVER_SECRET.hex(),
+                   "unix_seconds": TIMESTAMP_MS // 1000, "epoch": epoch},
+        "user_public": user_public.hex(),
+        "user_public_line": K.key_line(K.PAIR_PUBLIC, user_public),
+        "user_scalar": curve25519.ed25519_secret_scalar(PAIR_SEED).hex(),
+        "user_montgomery_u": K.montgomery_u(user_public).hex(),
+        "server_public": server_public.hex(),
+        "server_public_line": K.key_line(K.SERVER_PUBLIC, server_public),
+        "shared_secret": shared.hex(),
+        "session_keys": _session_keys_json(keys),
+        "hint": K.user_hint(keys, epoch).hex(),
+    }
+
+
+def pair_packet_vector(description: str, message: proto.Message, nonce_tag: int,
+                       server: proto.IPAddress | None = None) -> dict[str, Any]:
+    from dynknock import curve25519
+
+    user_public = curve25519.ed25519_public_key(PAIR_SEED)
+    server_public = curve25519.x25519_base(SERVER_SECRET)
+    keys = K.pair_session_keys(curve25519.x25519(curve25519.ed25519_secret_scalar(PAIR_SEED), server_public),
+                               user_public, server_public)
+    epoch = K.hint_epoch(message.timestamp_ms / 1000)
+    hint, nonce = K.user_hint(keys, epoch), _nonce(nonce_tag)
+    signed: list[bytes] = []
+
+    def sign(data: bytes) -> bytes:
+        signed.append(data)
+        return curve25519.ed25519_sign(PAIR_SEED, data)
+
+    packet = proto.seal_pair(keys, message, hint, nonce, server_public, server,
+                             sign if isinstance(message, proto.P1) else None)
+    kind, plaintext = proto.encode_plaintext(message)
+    inputs: dict[str, Any] = {"user_seed": PAIR_SEED.hex(), "server_secret": SERVER_SECRET.hex(), "epoch": epoch,
+                              "hint": hint.hex(), "nonce": nonce.hex(), "message": message_to_json(message)}
+    if server is not None:
+        inputs["server_address"] = _address_json(server)
+    header = packet[: proto.HEADER_LEN]
+    derived: dict[str, Any] = {
+        "associated_data": proto.associated_data(header, server).hex(),
+        "session_keys": _session_keys_json(keys),
+        "direction_key": "server_to_client" if kind is proto.PacketType.P3 else "client_to_server",
+        "header": header.hex(),
+    }
+    if signed:
+        derived["signed_message"] = signed[0].hex()
+        derived["signature"] = curve25519.ed25519_sign(PAIR_SEED, signed[0]).hex()
+        plaintext += curve25519.ed25519_sign(PAIR_SEED, signed[0])
+    derived.update({"plaintext": plaintext.hex(), "ciphertext": packet[proto.HEADER_LEN: -proto.TAG_LEN].hex(),
+                    "tag": packet[-proto.TAG_LEN:].hex()})
+    assert len(packet) == proto.PAIR_PACKET_LEN[kind]
+    return {"description": description, "type": kind.name, "version": proto.PAIR_VERSION,
+            "bound": server is not None, "inputs": inputs, "derived": derived, "packet": packet.hex(),
+            "packet_len": len(packet)}
+
+
+def pair_vectors() -> dict[str, dict[str, Any]]:
+    ts = TIMESTAMP_MS
+    v4 = ipaddress.IPv4Address("203.0.113.7")
+    v6 = ipaddress.IPv6Address("2001:db8::7")
+    gateway4 = ipaddress.IPv4Address("198.18.0.11")
+    gateway6 = ipaddress.IPv6Address("2001:db8:d::11")
+    connect = tuple(proto.Knock(k.port, 0) for k in PAPER_KNOCKS)
+    return {
+        "v3_keys.json": pair_keys_vector(),
+        "v3_p1_ipv4.json": pair_packet_vector(
+            "v3: a key-pair user's P1 (of p1_ipv4), signed, unbound", proto.P1(ts, REQUEST_ID, v4, "ssh", PAPER_KNOCKS),
+            0x30),
+        "v3_p1_connect_ipv6_bound.json": pair_packet_vector(
+            "v3: P1 declaring connect() knocks from an IPv6 client, signed, bound to gateway 2001:db8:d::11 "
+            "(type byte 0x81)",
+            proto.P1(ts + 1, REQUEST_ID, v6, "ssh", (connect[0], connect[1], connect[2]), proto.KnockKind.CONNECT),
+            0x38, gateway6),
+        "v3_p2.json": pair_packet_vector("v3: P2 (unsigned), unbound", proto.P2(ts + 1500, REQUEST_ID), 0x48),
+        "v3_p3_open_bound.json": pair_packet_vector(
+            "v3: P3 OPEN from gateway 198.18.0.11 (type byte 0x83)",
+            proto.P3(ts + 1600, REQUEST_ID, proto.Status.OPEN, 58201, 30, v4), 0x58, gateway4),
+    }
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -18,11 +18,11 @@ import time
 from collections import Counter
 
 from dynknock import protocol as proto
-from dynknock.client.config import read_key_file
 from dynknock.client.crypto import session_keys
 from dynknock.client.knock import Endpoint, parse_ip, run_session
 from dynknock.client.session import ClientSession, Timing, new_request
 from dynknock.client.syn import ConnectKnocker, KnockError
+from dynknock.keys import read_key_file
 from dynknock.protocol import CONTROL_PORT, KnockKind
 
 
