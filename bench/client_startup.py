@@ -24,7 +24,9 @@ measures, for each client under test, side by side and in alternating order:
 Clients: ``--client LABEL=PATH`` is an installed ``knock-client`` (default: the lab
 venv's); ``--unprivileged`` adds, for each, ``LABEL-unprivileged``: the same client run by an
 ordinary account (``nobody``, no capability, its own copy of the key files), which knocks with
-connect() where root's client sends the paper's raw SYNs; ``--tree LABEL=DIR`` runs the code of a
+connect() where root's client sends the paper's raw SYNs; ``--pair`` adds ``LABEL-pair``: the same
+client with a key pair's key file (protocol v3: X25519 and a signature, in pure Python), the server's
+key pinned in its HOME; ``--tree LABEL=DIR`` runs the code of a
 checkout or ``git archive`` (its ``client`` and ``auth`` packages) with the lab venv's Python, as its console script
 would, e.g. the code before a change::
 
@@ -231,6 +233,8 @@ def worker(args: dict[str, Any]) -> None:
     # Run as root, or (an unprivileged client) as nobody by setpriv around this whole worker, so that no
     # exec of setpriv falls into the figures.
     mode = args["mode"]
+    if args.get("home"):  # a key-pair client's HOME: its known_servers pins the server's key
+        os.environ["HOME"] = str(args["home"])
     deadline = time.monotonic() + float(args.get("max_seconds", 300))
     rows: list[dict[str, Any]] = []
     base = [*client, "-q", "--timeout", "5", "-s", SERVICE]
@@ -429,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", action="append", default=[], metavar="LABEL=PATH")
     parser.add_argument("--unprivileged", action="store_true",
                         help="also run each client as an ordinary account (nobody): its connect() knocks")
+    parser.add_argument("--pair", action="store_true",
+                        help="also run each client with a key pair's key file (protocol v3)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -455,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     unprivileged = {f"{label}-unprivileged": argv for label, argv in clients.items()} if args.unprivileged else {}
     clients.update(unprivileged)
     trees.update({f"{label}-unprivileged": tree for label, tree in trees.items() if args.unprivileged})
+    pair = {f"{label}-pair": argv for label, argv in clients.items() if label not in unprivileged} if args.pair else {}
+    clients.update(pair)
+    trees.update({f"{label}-pair": tree for label, tree in trees.items() if args.pair and label not in unprivileged})
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine(),
         "command": shlex.join(["sudo", python, "bench/client_startup.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -478,7 +487,24 @@ def main(argv: list[str] | None = None) -> int:
                 for path in [nobody_keys, *nobody_keys.iterdir(), workdir / "home-nobody"]:
                     os.chown(path, account.pw_uid, account.pw_gid)
             users += [LabUser(f"pw{i}", password=PASSWORD, services=(SERVICE,)) for i in range(PASSWORD_USERS)]
+            pair_keys, pair_home = workdir / "keys-pair", workdir / "home-pair"
             prepare_workdir(workdir)
+            if pair:  # key-pair users k0..: their seeds as u{i}.key (the worker's names), the server's key pinned
+                from dynknock import curve25519
+                from dynknock.auth.admin import share_with_service_group
+                from dynknock.auth.serverkey import make_server_key
+                from dynknock.keys import PAIR_PRIVATE, write_key_file
+
+                server_key = make_server_key(workdir / "server.key")
+                share_with_service_group(workdir / "server.key")
+                for i in range(len(names)):
+                    seed = secrets.token_bytes(32)
+                    write_key_file(pair_keys / f"u{i}.key", seed, PAIR_PRIVATE)
+                    users.append(LabUser(f"k{i}", public_key=curve25519.ed25519_public_key(seed),
+                                         services=(SERVICE,)))
+                known = pair_home / ".config" / "dynknock" / "known_servers"
+                known.parent.mkdir(parents=True)
+                known.write_text(f"{lab.server.ipv4} {server_key.line()}\n")
             write_users(workdir / "users.json", users)
             write_config(workdir / "dynknock.toml", workdir, lab, window_seconds=30,
                          services={SERVICE: f"127.0.0.1:{SINK_PORT}"})
@@ -504,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                     nonlocal offset
                     as_nobody = label in unprivileged
                     payload = {"client": clients[label], "server": lab.server.ipv4,
-                               "keys_dir": str(nobody_keys if as_nobody else keys_dir),
+                               "keys_dir": str(nobody_keys if as_nobody else pair_keys if label in pair else keys_dir),
+                               "home": str(pair_home) if label in pair else "",
                                "key_count": len(names), "mode": mode, "count": count, "key_offset": offset,
                                "max_seconds": 600, "tree": trees.get(label), "timing": args.timing,
                                "pace_s": 0.0 if mode in ("help", "no-key", "python") else args.pace}
@@ -548,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                     for round_ in range(args.runs if args.library_knocks else 0):
                         order = list(clients) if round_ % 2 == 0 else list(reversed(clients))
                         for label in order:
+                            if label in pair:  # bench/labworker.py's knock takes symmetric key files only
+                                continue
                             results["clients"][label]["library"] += run(label, "library",
                                                                         args.library_knocks // args.runs)
                 finally:

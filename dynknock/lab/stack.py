@@ -55,6 +55,7 @@ class LabUser:
     services: tuple[str, ...] = ("ssh",)
     expires: str | None = None
     nat: bool = False
+    public_key: bytes | None = None  # a key-pair user (protocol v3): the server needs its key_file then
 
 
 def write_config(path: Path, workdir: Path, lab: NetLab, *, backend: str = "nftables",
@@ -77,6 +78,7 @@ control_port = {CONTROL_PORT}
 door_ports = "{door_ports}"
 window_seconds = {window_seconds}
 users_file = "{workdir}/users.json"
+key_file = "{workdir}/server.key"
 state_dir = "{workdir}/state"
 run_as = "{SERVICE_USER}"
 {extra}
@@ -96,8 +98,11 @@ def write_users(path: Path, users: list[LabUser]) -> None:
 
     records = []
     for u in users:
-        key = u.key or derive_master_key(u.name, u.password)
         expires = dt.datetime.fromisoformat(u.expires) if u.expires else None
+        if u.public_key is not None:
+            records.append(User(u.name, b"", u.services, (), expires, u.nat, public_key=u.public_key))
+            continue
+        key = u.key or derive_master_key(u.name, u.password)
         records.append(User(u.name, key, u.services, (), expires, u.nat))
     save_users(path, records)
     service = pwd.getpwnam(SERVICE_USER)

@@ -64,6 +64,7 @@ window_seconds = 30
 # alice opens ~12 doors within a window here (each step at both gateways): above the default cap of 8.
 max_doors_per_user = 32
 users_file = "{workdir}/users.json"
+key_file = "{workdir}/server.key"
 state_dir = "{workdir}/state"
 run_as = "{SERVICE_USER}"
 {extra}

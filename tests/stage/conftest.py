@@ -62,6 +62,7 @@ control_port = {self.control_port}
 door_ports = "40000-49999"
 window_seconds = {window_seconds}
 users_file = "{self.workdir}/users.json"
+key_file = "{self.workdir}/server.key"
 state_dir = "{self.workdir}/state"
 run_as = "dynknock"
 {extra_server}

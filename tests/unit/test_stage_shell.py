@@ -60,6 +60,7 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Answering
 interface = "lo"
 addresses = ["127.0.0.1"]
 users_file = "{tmp_path}/users.json"
+key_file = "{tmp_path}/server.key"
 state_dir = "{tmp_path}/state"
 
 [bus]
