@@ -14,6 +14,10 @@ from examples/fleet/. The client knocks with protocol v2 (--bind).
 4. gw-b's capture, gate and relay are SIGKILLed in turn: gw-a goes on working; gw-b recovers
    when supervisord restarts each.
 
+A key-pair user (protocol v3, issue 22), paula, knocks at each gateway bound to it and gets in;
+her unbound knock is refused by the fleet (a v3 P1 without the binding could be raced to the
+other gateway).
+
 Each gateway holds only its own bus keys (capture@gw-a ...; tests/stage/test_bus_peers_stage.py
 shows that one gateway's key cannot speak for another).
 """
@@ -33,6 +37,10 @@ from pathlib import Path
 import dpkt
 import pytest
 
+from dynknock import curve25519
+from dynknock.auth.admin import share_with_service_group
+from dynknock.auth.serverkey import make_server_key
+from dynknock.keys import PAIR_PRIVATE, write_key_file
 from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
 from dynknock.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 from dynknock.transport import GATEWAY_ROLES, gateway_key_name
@@ -211,7 +219,14 @@ relay = "tcp://{gw_b.ipv4}:{PORTS['relay']}"
             configs[name] = workdir / f"{name}.toml"
             write_host_config(configs[name], workdir, host, gateway_curve[name], endpoints(auth, host),
                               extra=f'gateway = "{name}"')
-        write_users(workdir / "users.json", [LabUser("alice", password="alice-pw")])
+        # paula holds a key pair: the auth host keeps her public key and its own server key (server.key_file).
+        paula_seed = bytes(range(64, 96))
+        server_key = make_server_key(workdir / "server.key")
+        share_with_service_group(workdir / "server.key")
+        paula_key = workdir / "paula.key"
+        write_key_file(paula_key, paula_seed, PAIR_PRIVATE)
+        write_users(workdir / "users.json", [LabUser("alice", password="alice-pw"),
+                                             LabUser("paula", public_key=curve25519.ed25519_public_key(paula_seed))])
         sshd = {name: start_sshd(lab, host, workdir / f"ssh-{name}") for name, host in (("gw-a", gw_a), ("gw-b", gw_b))}
         stacks = [Stack(lab, workdir, FLEET_EXAMPLES / "auth-host.supervisord.conf", host=auth,
                         config_path=auth_config, name="auth"),
@@ -235,6 +250,18 @@ relay = "tcp://{gw_b.ipv4}:{PORTS['relay']}"
                 except AssertionError as exc:  # the one tap's view of the fleet says where it stopped
                     raise AssertionError(f"{exc}\n{status(lab, auth, auth_config)}") from None
             assert_opens(lab, sshd["gw-b"], gw_b)
+            # paula (a key pair, v3 bound to each gateway) opens at both; her unbound knock opens nothing.
+            home = workdir / "paula-home"
+            for gateway in (gw_a, gw_b):
+                ssh = " ".join(shlex.quote(a) for a in sshd["gw-a" if gateway is gw_a else "gw-b"].ssh_argv("{host}"))
+                done = lab.run(lab.client, ["env", f"HOME={home}", str(VENV_BIN / "knock-client"), "-k", str(paula_key),
+                                            "--server-key", server_key.line(), "--bind", "-4", "--exec",
+                                            f"{ssh} -p {{port}} ip -4 -o addr show dev eth0", gateway.ipv4],
+                               check=False, timeout=60)
+                assert done.returncode == 0 and f"inet {gateway.ipv4}/" in done.stdout, done.stderr
+            unbound = lab.run(lab.client, ["env", f"HOME={home}", str(VENV_BIN / "knock-client"), "-k",
+                                           str(paula_key), "--timeout", "2", "-4", gw_a.ipv4], check=False, timeout=30)
+            assert unbound.returncode == 3, unbound.stderr  # no answer: the fleet takes v3 only bound
             after_knocks = status(lab, auth, auth_config)
             # Each door was used by its ssh at once: a used single-use door no longer counts (auth.door.used).
             assert doors_at(after_knocks, "gw-a") == 0 and doors_at(after_knocks, "gw-b") == 0, after_knocks
