@@ -68,7 +68,8 @@ def sample_run(idle_ms: list[float], kernel: float = 0.96, relay: float = 0.63) 
         "scale": {"clients": 4, "rows": [knock(ms) for ms in (30.0, 40.0, 50.0, 400.0)], "spread_s": 3.0,
                   "nft_doors": 4, "auth_doors": 4, "capture_before": {}, "capture_after": {},
                   "rss_before": {s: 10240 for s in STAGES}, "rss_peak": {s: 20480 for s in STAGES},
-                  "rss_after": {s: 10240 for s in STAGES}, "cpu_s": per_stage, "server_side_ms": [5.0]},
+                  "rss_after": {s: 10240 for s in STAGES}, "cpu_s": per_stage,
+                  "server_side_ms": [5.0, 6.0, 7.0, 8.0]},
         "micro": {"codec": [("codec: seal + parse + open (P2)", 1000, 0.01)], "capture": [("parse_frame", 2000, 0.01)],
                   "gate_core": [("gate core", 500, 0.01)], "bus_codec": [("bus.encode", 4000, 0.01)],
                   "bus_ipc": (5000, 0.5), "filter_compile": [(0, 120, 0.4)],
@@ -112,7 +113,7 @@ def test_the_bars_say_each_figure_and_whether_its_goal_is_met(bench: tuple[Modul
     assert bars["(second row) relay >= 0.8x direct, one stream"] == ("0.63x", "NOT met")
     assert bars["4 clients at once: every door opens"] == ("100.0%", "met")
     assert bars["4 clients at once: max <= 300 ms"] == ("400.0 ms", "NOT met")
-    assert bars["4 doors open at once"] == ("4", "met")
+    assert bars["4 doors opened, each used once by its client"] == ("4", "met")
     assert len(bars) == 23
     for heading in ("## 1. Knock-to-door latency", "## 2. Flood", "### One key holder hogging doors",
                     "## 3. Throughput through a door", "## 4. Scale", "## 5. Per-stage microbenchmarks"):
