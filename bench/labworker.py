@@ -489,7 +489,7 @@ def cmd_nft(args: dict[str, Any]) -> None:
     nft = Nft()
 
     def element(i: int) -> core.DoorElement:
-        return core.DoorElement("doors4", f"198.19.{i // 250}.{i % 250 + 1}", 40000 + i % 10000)
+        return core.DoorElement("ronce4", f"198.19.{i // 250}.{i % 250 + 1}", 40000 + i % 10000)
 
     def run_process(script: str) -> None:
         subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True, capture_output=True)

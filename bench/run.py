@@ -659,9 +659,11 @@ class Bench:
     # -- 4. scale -----------------------------------------------------------------------------------
 
     def nft_door_count(self, clients: set[str]) -> int:
-        """Doors open now for these client addresses: relay doors, and kernel doors by their target
-        (fwd4 keeps it for the whole window; a used single-use door has lost its once4 element)."""
-        return self._nft_set_count("set", "doors4", clients) + self._nft_set_count("map", "fwd4", clients)
+        """Doors open now for these client addresses: relay doors not used yet (a used single-use one has
+        lost its ronce4 element), and kernel doors by their target (fwd4 keeps it for the whole window; a
+        used single-use door has lost its once4 element)."""
+        return sum(self._nft_set_count("set", name, clients) for name in ("ronce4", "rmany4")) \
+            + self._nft_set_count("map", "fwd4", clients)
 
     def _nft_set_count(self, kind: str, name: str, clients: set[str]) -> int:
         out = self.lab.run(self.lab.server, ["nft", "-j", "list", kind, "inet", "dynknock", name]).stdout
