@@ -454,9 +454,10 @@ def cmd_bus_keys(args: argparse.Namespace, io: Io) -> int:
 
     if args.directory.exists() and any(args.directory.iterdir()):
         raise AdminError(f"{args.directory} is not empty; refusing to overwrite keys")
-    for secret in make_keys(args.directory, tuple(args.gateway)):
-        role, _, gateway = secret.name.removesuffix(".key_secret").partition("@")
-        where = f"gateway {gateway}'s {role}" if gateway else f"stage {role}"
+    for secret in make_keys(args.directory, tuple(args.gateway), tuple(args.replica)):
+        role, _, owner = secret.name.removesuffix(".key_secret").partition("@")
+        where = (f"replica {owner}'s {role}" if owner in args.replica else f"gateway {owner}'s {role}") if owner \
+            else f"stage {role}"
         print(f"made {secret} (copy to the host of {where})", file=io.stdout)
     print(f"public keys of all stages: {args.directory / 'public'} (copy to every host)", file=io.stdout)
     return EXIT_OK
@@ -549,6 +550,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     keys.add_argument("--gateway", action="append", default=[], type=_gateway_argument, metavar="NAME",
                       help="a fleet: also keys of its own for this gateway's capture, gate and relay "
                            "(capture@NAME...; repeat for each gateway)")
+    keys.add_argument("--replica", action="append", default=[], type=_gateway_argument, metavar="NAME",
+                      help="auth replicas (examples/ha): also keys of its own for this replica's auth and knock-bus "
+                           "(auth@NAME, bus@NAME; repeat for each replica)")
     keys.set_defaults(handler=cmd_bus_keys)
     return parser, commands
 

@@ -21,6 +21,11 @@ DoorSet             auth         gate, relay                 DEALER -> ROUTER (n
 Reply               auth         gate (fleet only)           DEALER -> ROUTER ``gate``
 ==================  ===========  =========================  ========================
 
+Auth replicas (issue 23, examples/ha) add no endpoint either: each replica binds its own packets,
+knock_filter and events; a gateway's capture pushes each client's packets to one live replica and
+subscribes to every replica's filters (KnockFilter and HintFilter name their replica), and its gate
+and relay take door commands from every replica, each keeping the doors of its own.
+
 A fleet (several gateway hosts, one auth host; docs/ARCHITECTURE.md) adds no endpoint:
 auth keeps one DEALER per gateway's gate (and relay), capture names its gateway in
 Datagram/Syn, and auth hands each P3 to the gateway the request came to as a Reply,
@@ -92,6 +97,9 @@ class KnockFilter:
     KIND: ClassVar[str] = "knock_filter"
     pairs: list[list[Any]]  # [[address, port], ...]
     generation: int
+    # The auth replica that sends it (issue 23): a gateway's capture keeps each replica's pairs apart
+    # and passes the union. "": the one auth.
+    replica: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,7 @@ class HintFilter:
     KIND: ClassVar[str] = "hint_filter"
     hints: list[bytes]
     generation: int
+    replica: str = ""  # as KnockFilter's
 
 
 @dataclass(frozen=True, slots=True)

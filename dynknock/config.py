@@ -54,6 +54,17 @@ class GatewayConfig:
     relay: str = ""  # tcp://HOST:PORT its relay binds; "": no relay there (relay doors fail closed)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """One auth replica, as a gateway's capture and gate see it ([replicas.NAME], issue 23): where it
+    binds its packets, knock_filter and events endpoints. Its bus keys are auth@NAME and bus@NAME."""
+
+    name: str
+    packets: str  # tcp://HOST:PORT
+    knock_filter: str
+    events: str
+
+
 # --- checks of single values: each returns the value as Config holds it, or raises ValueError saying why ------
 
 
@@ -134,6 +145,11 @@ def gateway_name(text: str) -> str:
     return _gateway_name(text or "-")
 
 
+def _replica_name(v: Any) -> str:
+    """server.replica: a name as a gateway's, or "" (not a replica)."""
+    return "" if v == "" else _gateway_name(v)
+
+
 def _default_gateway() -> str:
     host = socket.gethostname().split(".")[0].lower()
     return host if host and all(c in "abcdefghijklmnopqrstuvwxyz0123456789_-" for c in host) else "local"
@@ -165,6 +181,26 @@ def _listen(v: Any) -> str:
     ipaddress.ip_address(host.strip("[]"))
     _port(int(port))
     return text
+
+
+def _float_range(low: float, high: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return float(v)
+    return check
+
+
+def _https_urls(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(u, str) and u.startswith("https://") for u in v):
+        raise ValueError('must be a list of "https://HOST:2379" (etcd members, TLS only)')
+    return tuple(v)
+
+
+def _store_prefix(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/") or v.endswith("/") or any(c.isspace() for c in v):
+        raise ValueError('must be a key prefix like "/dynknock" (a leading slash, no trailing one)')
+    return v
 
 
 def _is_tcp_url(v: Any) -> bool:
@@ -252,6 +288,37 @@ class Config:
     fleet_accepts_v1: bool = _key("server", "fleet_accepts_v1", _bool, False,
                                   "auth host of a fleet: also accept protocol version 1 (not bound to a "
                                   "gateway: a copy sniffed at one gateway may open at another)")
+    # An auth replica (issue 23): its name, so its bus keys are auth@NAME and bus@NAME and what it tells
+    # the gateways (its knock and hint filters) is told apart from the other replicas'.
+    replica: str = _key("server", "replica", _replica_name, "",
+                        "this auth replica's name (replicated auth on etcd, examples/ha); empty: not a replica")
+    # The replicated store (issue 23): "local" keeps users_file and the journal in state_dir, as one host does.
+    store_kind: str = _key("store", "kind", _one_of("local", "etcd"), "local",
+                           '"local" (users_file, the journal in state_dir) or "etcd" (replicas share both)')
+    store_endpoints: tuple[str, ...] = _key("store", "endpoints", _https_urls, [],
+                                            "etcd only: https://HOST:2379 of every member")
+    store_ca: str = _key("store", "ca", _optional_path, "", "etcd only: the CA certificate of the members")
+    store_cert: str = _key("store", "cert", _optional_path, "", "etcd only: this replica's client certificate")
+    store_key: str = _key("store", "key", _optional_path, "", "etcd only: its key (0600)")
+    store_user: str = _key("store", "user", _str, "dynknock-auth", "etcd only: its etcd user (role auth-replica)")
+    store_password_file: str = _key("store", "password_file", _optional_path, "",
+                                    "etcd only: the file of that user's password (0600)")
+    store_prefix: str = _key("store", "prefix", _store_prefix, "/dynknock",
+                             "etcd only: keys <prefix>/nonces/<hex> and <prefix>/users")
+    store_attempt_timeout_s: float = _key("store", "attempt_timeout_s", _float_range(0.05, 10.0), 0.5,
+                                          "etcd only: one try at one member")
+    store_deadline_s: float = _key("store", "deadline_s", _float_range(0.1, 30.0), 2.0,
+                                   "etcd only: a claim or read, all tries: past it the packet is refused")
+    store_users_max_age_s: float = _key("store", "users_max_age_s", _float_range(1.0, 600.0), 7.0,
+                                        "etcd only: no door while the users document is not proven current "
+                                        "for this long (a revoked user must not get in)")
+    store_admin_cert: str = _key("store", "admin_cert", _optional_path, "",
+                                 "etcd only, knock-admin's host: the admin's client certificate")
+    store_admin_key: str = _key("store", "admin_key", _optional_path, "", "etcd only: its key (0600)")
+    store_admin_user: str = _key("store", "admin_user", _str, "dynknock-admin",
+                                 "etcd only: knock-admin's etcd user (role admin: writes the users)")
+    store_admin_password_file: str = _key("store", "admin_password_file", _optional_path, "",
+                                          "etcd only: the file of its password (0600)")
     runtime_dir: Path = _key("bus", "runtime_dir", _path, "/run/dynknock", "directory of the ipc sockets (0750)")
     bus_transport: str = _key("bus", "transport", _one_of("ipc", "tcp"), "ipc",
                               '"ipc" (one host) or "tcp" (stages on several hosts, CURVE)')
@@ -259,6 +326,9 @@ class Config:
                            "tcp only: CURVE keys (knock-admin bus-keys)")
     tcp_endpoints: dict[str, str] = _key("bus", "tcp_endpoints", _tcp_endpoints, {},
                                          "tcp only: tcp://HOST:PORT of each endpoint")
+    failover_after_s: float = _key("bus", "failover_after_s", _float_range(0.2, 30.0), 1.5,
+                                   "auth replicas: a replica silent this long (or disconnected) gets no packets; "
+                                   "its clients go to another")
     gate_backend: str = _key("gate", "backend", _one_of("nftables", "none"), "nftables",
                              '"nftables", or "none" (relay checks only: weaker)')
     stealth: bool = _key("gate", "stealth", _bool, True, "drop every unsolicited inbound packet but public ports")
@@ -275,6 +345,8 @@ class Config:
     services: dict[str, ServiceConfig] = field(default_factory=dict)  # [services.NAME]
     # The auth host of a fleet ([gateways.NAME]); empty: one host, one implicit gateway.
     gateways: dict[str, GatewayConfig] = field(default_factory=dict)
+    # The auth replicas a gateway's stages serve ([replicas.NAME], issue 23); empty: one auth.
+    replicas: dict[str, ReplicaConfig] = field(default_factory=dict)
 
     @property
     def door_port_low(self) -> int:
@@ -287,6 +359,11 @@ class Config:
     @property
     def fleet(self) -> bool:
         return bool(self.gateways)
+
+    @property
+    def replicated(self) -> bool:
+        """This host serves, or is, one of several auth replicas."""
+        return bool(self.replicas) or bool(self.replica)
 
 
 # Config field name -> its key, in the order of the file's example.
@@ -332,11 +409,11 @@ def load(path: Path) -> Config:
 def parse(document: dict[str, Any], path: str) -> Config:
     values: dict[str, Any] = {}
     known = {(key.section, key.name) for key in KEYS.values()}
-    known_sections = {section for section, _ in known} | {"services", "gateways"}
+    known_sections = {section for section, _ in known} | {"services", "gateways", "replicas"}
     for section in document:
         if section not in known_sections:
             raise ConfigError(f"{path}: unknown section [{section}]")
-        if section not in ("services", "gateways"):
+        if section not in ("services", "gateways", "replicas"):
             if not isinstance(document[section], dict):
                 raise ConfigError(f"{path}: [{section}] must be a table")
             for name in document[section]:
@@ -360,7 +437,40 @@ def parse(document: dict[str, Any], path: str) -> Config:
     gateways = _gateways(document.get("gateways", {}), path)
     if gateways and values["bus_transport"] != "tcp":
         raise ConfigError(f"{path}: [gateways.NAME] (a fleet) needs bus.transport = \"tcp\"")
-    return Config(path=path, services=services, gateways=gateways, **values)
+    replicas = _replicas(document.get("replicas", {}), path)
+    if replicas and values["bus_transport"] != "tcp":
+        raise ConfigError(f"{path}: [replicas.NAME] (auth replicas) needs bus.transport = \"tcp\"")
+    if values["store_kind"] == "etcd":
+        for name in ("store_endpoints", "store_ca", "store_cert", "store_key", "store_password_file"):
+            if not values[name]:
+                key = KEYS[name]
+                raise ConfigError(f"{path}: {key.section}.{key.name} is required with store.kind = \"etcd\" "
+                                  f"({key.help})")
+    return Config(path=path, services=services, gateways=gateways, replicas=replicas, **values)
+
+
+def _replicas(raw: Any, path: str) -> dict[str, ReplicaConfig]:
+    """[replicas.NAME] tables (a gateway's stages, or a replica naming its peers): packets, knock_filter and
+    events, each tcp://HOST:PORT."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [replicas] must be tables [replicas.NAME]")
+    replicas: dict[str, ReplicaConfig] = {}
+    for name, entry in raw.items():
+        where = f"{path}: replicas.{name}"
+        try:
+            gateway_name(name)
+            if not name:
+                raise ValueError("must not be empty")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: name {exc}") from None
+        wanted = {"packets", "knock_filter", "events"}
+        if not isinstance(entry, dict) or set(entry) != wanted:
+            raise ConfigError(f"{where} takes packets, knock_filter and events (each tcp://HOST:PORT)")
+        for key in sorted(wanted):
+            if not _is_tcp_url(entry[key]):
+                raise ConfigError(f"{where}.{key} = {entry[key]!r}: must look like \"tcp://198.18.0.21:7001\"")
+        replicas[name] = ReplicaConfig(name, entry["packets"], entry["knock_filter"], entry["events"])
+    return replicas
 
 
 def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:

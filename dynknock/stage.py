@@ -33,7 +33,14 @@ from dynknock import bus, topics
 from dynknock.config import Config, ConfigError, config_path, load
 from dynknock.limits import PerSecond
 from dynknock.topics import Topic
-from dynknock.transport import GATEWAY_ROLES, Transport, TransportError, gateway_key_name, refusals
+from dynknock.transport import (
+    GATEWAY_ROLES,
+    REPLICA_ROLES,
+    Transport,
+    TransportError,
+    gateway_key_name,
+    refusals,
+)
 
 
 def setup_logging(stage: str) -> logging.Logger:
@@ -68,14 +75,21 @@ class RateLimitedLog:
 class Publisher:
     """Publishes events to knock-bus. Never blocks: a slow or absent tap loses events, nothing else."""
 
-    def __init__(self, context: zmq.Context[Any], transport: Transport, stage: str, gateway: str = "") -> None:
+    def __init__(self, context: zmq.Context[Any], transport: Transport, stage: str, gateway: str = "",
+                 replicas: Mapping[str, str] | None = None) -> None:
         self.stage = stage
         # A gateway stage of a fleet names its gateway in every event, so one tap tells hosts apart.
         self.gateway = gateway
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
-        transport.connect(self._socket, "events")
+        if replicas:
+            # A gateway stage serving auth replicas (issue 23): every replica's knock-bus hears it, so the
+            # status and metrics of each replica show every gateway (a PUB sends to every peer).
+            for name, url in replicas.items():
+                transport.connect_url(self._socket, url, gateway_key_name("bus", name))
+        else:
+            transport.connect(self._socket, "events")
         self._last_alive = 0.0
 
     def publish(self, topic: Topic, /, **fields: Any) -> None:
@@ -185,6 +199,8 @@ def own_key_name(config: Config, stage: str) -> str:
         name = gateway_key_name(stage, config.gateway)
         if (config.curve_dir / f"{name}.key_secret").exists():
             return name
+    if stage in REPLICA_ROLES and config.replica:
+        return gateway_key_name(stage, config.replica)  # an auth replica's own keys: auth@NAME, bus@NAME
     return ""
 
 
@@ -198,7 +214,9 @@ def open_bus(config: Config, stage: str, context: zmq.Context[Any], *, binds: bo
         if config.bus_transport == "ipc":
             bus.ensure_runtime_dir(config.runtime_dir, config.path)
         elif binds:
-            transport.start_authenticator(context, fleet=config.fleet)
+            # A gateway's gate and relay serving auth replicas admit each replica's own auth key.
+            replicas = tuple(config.replicas) if stage in GATEWAY_ROLES else ()
+            transport.start_authenticator(context, fleet=config.fleet or bool(config.replica), replicas=replicas)
     except (bus.RuntimeDirError, TransportError) as exc:
         print(f"knock-{stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -249,7 +267,9 @@ class Shell:
         self.transport = open_bus(config, name, self.context, binds=binds)
         # A gateway stage of a fleet names its gateway in its events (auth serves every gateway).
         self.events = Publisher(self.context, self.transport, name,
-                                gateway_label(config) if name in GATEWAY_ROLES else "")
+                                gateway_label(config) if name in GATEWAY_ROLES else "",
+                                {r.name: r.events for r in config.replicas.values()} if name in GATEWAY_ROLES
+                                else None)
         self.poller = zmq.Poller()
         self._readers: dict[zmq.Socket[Any] | int, Reader] = {}
         # The ROUTER identity of the request serve() is answering: a stage that reports later on

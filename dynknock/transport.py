@@ -42,6 +42,7 @@ from dynknock.bus import ROLES, Endpoints
 OWNER = {name: role.owner for name, role in ROLES.items()}
 KEY_NAMES = ("auth", "gate", "relay", "bus", "capture", "tap")
 GATEWAY_ROLES = ("capture", "gate", "relay")  # the stages that run on a fleet's gateway hosts
+REPLICA_ROLES = ("auth", "bus")  # what runs on each auth replica's host (issue 23): auth@NAME, bus@NAME
 
 
 def gateway_key_name(role: str, gateway: str) -> str:
@@ -157,15 +158,18 @@ class Transport:
         assert self.curve_dir is not None
         names = [name for name in KEY_NAMES if name != self.own_key]
         names += sorted(path.name.removesuffix(".key") for path in (self.curve_dir / "public").glob("*@*.key")
-                        if key_role(path.name) in GATEWAY_ROLES)
+                        if key_role(path.name) in GATEWAY_ROLES + REPLICA_ROLES)
         known = {self._keys(name)[0].decode("ascii"): name for name in names if name != self.own_key}
         known[self._keys(self.own_key)[0].decode("ascii")] = self.own_key
         return known
 
-    def start_authenticator(self, context: zmq.Context[Any], fleet: bool = False) -> ThreadAuthenticator | None:
+    def start_authenticator(self, context: zmq.Context[Any], fleet: bool = False,
+                            replicas: tuple[str, ...] = ()) -> ThreadAuthenticator | None:
         """For stages that bind: each socket of ours admits only the keys of its own peers (a
         gateway's own key as its role). `fleet`: a gateway stage only by its gateway's own key,
-        never by the role's shared one, which would not say which gateway it speaks for."""
+        never by the role's shared one, which would not say which gateway it speaks for.
+        `replicas` (a gateway serving auth replicas, issue 23): auth only by the key of one of these
+        replicas (auth@NAME), never by the shared auth key or another replica's."""
         if self.curve_dir is None:
             return None
         known = {key.encode("ascii"): name for key, name in self.peer_names().items()}
@@ -175,19 +179,22 @@ class Transport:
             if owner != self.stage:
                 continue
             admitted = {key: name for key, name in known.items() if key_role(name) in PEERS[endpoint]
-                        and not (fleet and name in GATEWAY_ROLES)}
+                        and not (fleet and name in GATEWAY_ROLES)
+                        and not (replicas and key_role(name) == "auth"
+                                 and name not in {gateway_key_name("auth", r) for r in replicas})}
             authenticator.configure_curve_callback(domain=endpoint,
                                                    credentials_provider=_SocketPeers(endpoint, admitted, known))
         return authenticator
 
 
-def make_keys(directory: Path, gateways: tuple[str, ...] = ()) -> list[Path]:
-    """One CURVE key pair per stage, and per gateway stage of each fleet gateway named; secret
-    files 0600, public ones collected in public/."""
+def make_keys(directory: Path, gateways: tuple[str, ...] = (), replicas: tuple[str, ...] = ()) -> list[Path]:
+    """One CURVE key pair per stage, per gateway stage of each fleet gateway named, and per replica stage
+    (auth@NAME, bus@NAME) of each auth replica named; secret files 0600, public ones collected in public/."""
     public_dir = directory / "public"
     public_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    names = [*KEY_NAMES, *(gateway_key_name(role, g) for g in gateways for role in GATEWAY_ROLES)]
+    names = [*KEY_NAMES, *(gateway_key_name(role, g) for g in gateways for role in GATEWAY_ROLES),
+             *(gateway_key_name(role, r) for r in replicas for role in REPLICA_ROLES)]
     for name in names:
         public_file, secret_file = zmq.auth.create_certificates(directory, name)
         Path(secret_file).chmod(0o600)
