@@ -149,11 +149,12 @@ def connect_banner(server: str, port: int, source: str | None, timeout: float = 
 
 
 def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing, source: str | None = None,
-                      keep: bool = False) -> dict[str, Any]:
+                      keep: bool = False, use_door: bool = True) -> dict[str, Any]:
     """One knock as knock-client does it after start-up (key file read, sockets, exchange), then the door.
 
     Times are from the start: the key file read (no KDF with a key file) to P3 OPEN,
-    and to the first successful TCP connect through the door (banner received).
+    and to the first successful TCP connect through the door (banner received). `use_door` False: the
+    door is left unused (a hog holding doors), ok once P3 OPEN came.
     """
     t0 = time.perf_counter()
     result: dict[str, Any] = {"ok": False}
@@ -175,6 +176,9 @@ def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing,
             result["error"] = "no answer" if answer is None else answer.status.name
             return result
         result["door"] = answer.door_port
+        if not use_door:
+            result.update(ok=True, door_ms=(t_p3 - t0) * 1000)
+            return result
         conn, setup_s = connect_banner(server, answer.door_port, source)
         t_door = time.perf_counter()
         result.update(ok=True, door_ms=(t_door - t0) * 1000, connect_ms=setup_s * 1000)
@@ -203,7 +207,8 @@ def cmd_knocks(args: dict[str, Any]) -> None:
             emit(stopped="deadline", done=i)
             break
         started = time.time()
-        result = knock_and_connect(keys[i % len(keys)], args["server"], args.get("service", "bench"), timing)
+        result = knock_and_connect(keys[i % len(keys)], args["server"], args.get("service", "bench"), timing,
+                                   use_door=bool(args.get("use_door", True)))
         emit(i=i, t_start=started, t_end=time.time(), **result)
         if pause:
             time.sleep(pause)
