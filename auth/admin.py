@@ -34,12 +34,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dynknock import keys
 from dynknock.auth.users import IPNetwork, User, UsersFileError, load_users, save_users
 from dynknock.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
 from dynknock.protocol import SERVICE_NAME_LEN, is_service_name
+
+if TYPE_CHECKING:
+    from dynknock.config import Config
 
 PROG = "knock-admin"
 DEFAULT_USERS_FILE = Path("/etc/dynknock/users.json")
@@ -179,7 +182,12 @@ def server_key_file(args: argparse.Namespace) -> Path:
     """--server-key-file, else server.key beside the users file (both in /etc/dynknock by default,
     as server.key_file and server.users_file say)."""
     explicit: Path | None = args.server_key_file
-    return explicit if explicit is not None else args.users_file.with_name(DEFAULT_SERVER_KEY_NAME)
+    if explicit is not None:
+        return explicit
+    config = server_config(args)
+    if config is not None:
+        return config.key_file
+    return Path(args.users_file).with_name(DEFAULT_SERVER_KEY_NAME)
 
 
 def ensure_server_key(path: Path, io: Io) -> str:
@@ -230,16 +238,123 @@ def _load(users_file: Path, *, missing_ok: bool = False) -> dict[str, User]:
         raise AdminError(str(exc)) from None
 
 
-def _refuse_existing(users: dict[str, User], name: str, users_file: Path) -> None:
+def _refuse_existing(users: dict[str, User], name: str, users_file: Path | str) -> None:
     if name in users:
         raise AdminError(f"user {name!r} already exists in {users_file}; remove it first")
 
 
-def _get(users: dict[str, User], name: str, users_file: Path) -> User:
+def _get(users: dict[str, User], name: str, users_file: Path | str) -> User:
     user = users.get(name)
     if user is None:
         raise AdminError(f"no user {name!r} in {users_file}")
     return user
+
+
+class FileUsers:
+    """The users file of one server (or of a fleet's auth host): read-modify-write under its lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+
+    def load(self, *, missing_ok: bool = False) -> dict[str, User]:
+        return _load(self.path, missing_ok=missing_ok)
+
+    def edit(self, change: Callable[[dict[str, User]], None], *, create: bool = False) -> None:
+        with _locked(self.path, create=create):
+            users = _load(self.path, missing_ok=create)
+            is_new_file = not self.path.exists()
+            change(users)
+            save_users(self.path, users.values())
+            if is_new_file:
+                share_with_service_group(self.path)
+
+
+class StoreUsers:
+    """The users document of auth replicas in etcd (issue 23): read, change, compare-and-swap on its
+    revision; another admin's write meanwhile (a conflict) means read again and redo the change."""
+
+    ATTEMPTS = 5
+
+    def __init__(self, config_path: Path, prefix: str, store: Any) -> None:
+        self.store = store
+        self.where = f"etcd {prefix}/users ({config_path})"
+
+    def _read(self) -> tuple[dict[str, User], int]:
+        from dynknock.auth.users import parse_users
+
+        text, revision = self._call(self.store.load_users)
+        return (parse_users(text, self.where) if text else {}), revision
+
+    def load(self, *, missing_ok: bool = False) -> dict[str, User]:
+        users, _ = self._read()
+        return users
+
+    def edit(self, change: Callable[[dict[str, User]], None], *, create: bool = False) -> None:
+        from dynknock.auth.etcd import StoreError
+        from dynknock.auth.users import users_text
+
+        for _ in range(self.ATTEMPTS):
+            users, revision = self._read()
+            change(users)
+            try:
+                self.store.put_users(users_text(users.values()), revision)
+                return
+            except StoreError as exc:
+                if exc.kind != "conflict":
+                    raise AdminError(f"{self.where}: {exc}") from None
+        raise AdminError(f"{self.where}: changed by others {self.ATTEMPTS} times in a row; try again")
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        from dynknock.auth.etcd import StoreError
+
+        try:
+            return call()
+        except StoreError as exc:
+            raise AdminError(f"{self.where}: {exc}") from None
+
+
+UsersBackend = FileUsers | StoreUsers
+
+
+def server_config(args: argparse.Namespace) -> Config | None:
+    """The server config -c names (read once), or None."""
+    if args.users_config is None:
+        return None
+    cached: Config | None = getattr(args, "loaded_config", None)
+    if cached is None:
+        from dynknock.config import ConfigError, load
+
+        try:
+            cached = load(Path(args.users_config))
+        except ConfigError as exc:
+            raise AdminError(str(exc)) from None
+        args.loaded_config = cached
+    return cached
+
+
+def users_backend(args: argparse.Namespace) -> UsersBackend:
+    """-c CONFIG with store.kind = "etcd": the replicas' users in etcd, with knock-admin's own etcd identity
+    ([store] admin_*); otherwise the users file (--users-file, $DYNKNOCK_USERS, the config's users_file)."""
+    config = server_config(args)
+    if config is None:
+        return FileUsers(args.users_file)
+    if config.store_kind != "etcd":
+        return FileUsers(args.users_file if args.users_file_given else config.users_file)
+    from dynknock.auth.etcd import EtcdStore, StoreError
+
+    missing = [name for name in ("admin_cert", "admin_key", "admin_password_file")
+               if not getattr(config, f"store_{name}")]
+    if missing:
+        raise AdminError(f"{config.path}: store.{missing[0]} is required for knock-admin with store.kind = \"etcd\" "
+                         "(the admin's own etcd identity: role admin)")
+    try:
+        store = EtcdStore(list(config.store_endpoints), Path(config.store_ca), Path(config.store_admin_cert),
+                          Path(config.store_admin_key), config.store_admin_user, Path(config.store_admin_password_file),
+                          config.store_prefix, config.store_attempt_timeout_s, config.store_deadline_s)
+    except StoreError as exc:
+        raise AdminError(f"{config.path}: {exc}") from None
+    return StoreUsers(Path(config.path), config.store_prefix, store)
 
 
 # --- commands -----------------------------------------------------------------
@@ -295,20 +410,23 @@ def _with_key(user: User, key: NewKey) -> User:
     return dataclasses.replace(user, master_key=key.master_key, kind=key.kind, public_key=key.public_key)
 
 
-def _saved_with_key(users_file: Path, users: dict[str, User], user: User, key: NewKey) -> Path | None:
-    """Save `user` (given `key`) into the users file, writing her key file first if one is to be made."""
-    is_new_file = not users_file.exists()
+def _put_with_key(users: dict[str, User], user: User, key: NewKey) -> None:
+    users[user.name] = _with_key(user, key)
+
+
+def _edit_with_key(backend: UsersBackend, key: NewKey, change: Callable[[dict[str, User]], None], *,
+                   create: bool = False) -> Path | None:
+    """Write the user's new key file (if one is to be made), then change the users; the key file goes again
+    if they are not saved after all (a key for a user never added is only a liability). `change` may run
+    more than once (the store redoes it after another admin's write): it only changes `users`."""
     created: Path | None = None
     if key.key_gen is not None:
         write_new_key_file(key.key_gen, key.master_key)
         created = key.key_gen
-    users[user.name] = _with_key(user, key)
     try:
-        save_users(users_file, users.values())
-        if is_new_file:
-            share_with_service_group(users_file)
+        backend.edit(change, create=create)
     except BaseException:
-        if created is not None:  # a key for a user that was never added is only a liability
+        if created is not None:
             created.unlink(missing_ok=True)
         raise
     return created
@@ -329,16 +447,18 @@ def cmd_add(args: argparse.Namespace, io: Io) -> int:
     services = parse_services(args.services)
     sources = tuple(parse_source(s) for s in args.source)
     expires = parse_expires(args.expires, io.now()) if args.expires is not None else None
-    users_file: Path = args.users_file
-    _refuse_existing(_load(users_file, missing_ok=True), name, users_file)  # before asking for a password
+    backend = users_backend(args)
+    _refuse_existing(backend.load(missing_ok=True), name, backend.where)  # before asking for a password
     key = read_new_key(args, name, io)
-    with _locked(users_file, create=True):
-        # The server key first: a users file naming a key-pair user and no server key would be refused.
-        server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
-        users = _load(users_file, missing_ok=True)
-        _refuse_existing(users, name, users_file)  # again: another admin may have been quicker
-        created = _saved_with_key(users_file, users, User(name, b"", services, sources, expires, args.nat), key)
-    print(f"added {name!r} (services {','.join(services)}) to {users_file}", file=io.stdout)
+    # The server key first: a users file naming a key-pair user and no server key would be refused.
+    server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
+
+    def add(users: dict[str, User]) -> None:
+        _refuse_existing(users, name, backend.where)  # again: another admin may have been quicker
+        _put_with_key(users, User(name, b"", services, sources, expires, args.nat), key)
+
+    created = _edit_with_key(backend, key, add, create=True)
+    print(f"added {name!r} (services {','.join(services)}) to {backend.where}", file=io.stdout)
     _tell_about_key(name, key, created, server_line, io)
     return EXIT_OK
 
@@ -347,15 +467,19 @@ def cmd_rekey(args: argparse.Namespace, io: Io) -> int:
     """Give a user another key, of any kind (e.g. move her to a key pair), keeping everything else.
     knock-auth closes the doors and drops the requests made with the old key when it reloads."""
     name = _user_name(args.name)
-    users_file: Path = args.users_file
-    _get(_load(users_file), name, users_file)
+    backend = users_backend(args)
+    _get(backend.load(), name, backend.where)
     key = read_new_key(args, name, io)
-    with _locked(users_file):
-        server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
-        users = _load(users_file)
-        created = _saved_with_key(users_file, users, _get(users, name, users_file), key)
-    print(f"{name!r} now has a new key ({users[name].kind_shown}); knock-auth closes the doors of the old one "
-          f"when it reloads {users_file} (within a few seconds)", file=io.stdout)
+    server_line = ensure_server_key(server_key_file(args), io) if key.public_key is not None else ""
+    kinds: list[str] = []
+
+    def rekey(users: dict[str, User]) -> None:
+        _put_with_key(users, _get(users, name, backend.where), key)
+        kinds.append(users[name].kind_shown)
+
+    created = _edit_with_key(backend, key, rekey)
+    print(f"{name!r} now has a new key ({kinds[-1]}); knock-auth closes the doors of the old one "
+          f"when it reloads {backend.where} (within a few seconds)", file=io.stdout)
     _tell_about_key(name, key, created, server_line, io)
     return EXIT_OK
 
@@ -368,13 +492,15 @@ def cmd_server_key(args: argparse.Namespace, io: Io) -> int:
 
 def cmd_remove(args: argparse.Namespace, io: Io) -> int:
     name = _user_name(args.name)
-    with _locked(args.users_file):
-        users = _load(args.users_file)
-        _get(users, name, args.users_file)
+    backend = users_backend(args)
+
+    def remove(users: dict[str, User]) -> None:
+        _get(users, name, backend.where)
         del users[name]
-        save_users(args.users_file, users.values())
+
+    backend.edit(remove)
     # knock-auth reloads the file within a few seconds and closes the doors this user holds.
-    print(f"removed {name!r} from {args.users_file}; knock-auth closes their open doors when it reloads it "
+    print(f"removed {name!r} from {backend.where}; knock-auth closes their open doors when it reloads it "
           f"(within a few seconds)", file=io.stdout)
     return EXIT_OK
 
@@ -382,18 +508,21 @@ def cmd_remove(args: argparse.Namespace, io: Io) -> int:
 def cmd_set_services(args: argparse.Namespace, io: Io) -> int:
     name = _user_name(args.name)
     services = parse_services(args.services)
-    with _locked(args.users_file):
-        users = _load(args.users_file)
-        users[name] = dataclasses.replace(_get(users, name, args.users_file), services=services)
-        save_users(args.users_file, users.values())
+    backend = users_backend(args)
+
+    def set_services(users: dict[str, User]) -> None:
+        users[name] = dataclasses.replace(_get(users, name, backend.where), services=services)
+
+    backend.edit(set_services)
     print(f"{name!r} may now use {','.join(services)}", file=io.stdout)
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace, io: Io) -> int:
-    users = _load(args.users_file)
+    backend = users_backend(args)
+    users = backend.load()
     if not users:
-        print(f"no users in {args.users_file}", file=io.stdout)
+        print(f"no users in {backend.where}", file=io.stdout)
         return EXIT_OK
     now_s = io.now().timestamp()
     rows = [("NAME", "KIND", "SERVICES", "SOURCES", "EXPIRES", "NAT")]
@@ -486,6 +615,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users-file", type=Path, default=None, metavar="PATH",
                         help=f"the users file (default: ${USERS_ENV} or {DEFAULT_USERS_FILE})")
+    parser.add_argument("-c", "--config", dest="users_config", default=None, metavar="PATH",
+                        help="a server config: its users_file and key_file; with store.kind = \"etcd\" (auth "
+                             "replicas) the users in etcd, as knock-admin's own etcd identity ([store] admin_*)")
     parser.add_argument("--server-key-file", type=Path, default=None, metavar="PATH",
                         help=f"the server's key for key-pair users (default: {DEFAULT_SERVER_KEY_NAME} beside the "
                              "users file, as server.key_file)")
@@ -565,6 +697,7 @@ def main(argv: list[str] | None = None, io: Io | None = None) -> int:
             args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.users_file_given = args.users_file is not None
     if args.users_file is None:
         args.users_file = default_users_file()
     try:

@@ -45,6 +45,10 @@ Invariants:
 13. A key-pair user's packets are version 3 and her P1 carries her Ed25519 signature, checked
     after every cheap check and within a budget per hint: what a thief of the server's files
     can compute (her session keys) makes no P1 that opens a door.
+14. Auth replicas (shared_nonces): a request's door opens only once its P1's nonce is claimed
+    in the shared store (ClaimNonce, on_claim), so a P1 accepted by one replica opens nothing at
+    another; a store that cannot answer is a refusal (store_unavailable, P3 UNAVAILABLE), never
+    an accept. While the users are not proven current (users_current False) no P1 is taken.
 """
 
 from __future__ import annotations
@@ -122,7 +126,17 @@ class Notify:
     fields: dict[str, Any]
 
 
-Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Notify
+@dataclass(frozen=True, slots=True)
+class ClaimNonce:
+    """Auth replicas (shared_nonces): claim this P1's nonce in the shared store, then call
+    Engine.on_claim with the request id and the outcome. Its door waits for the claim."""
+
+    request_id: bytes
+    nonce: bytes
+    expiry_ms: int
+
+
+Action: TypeAlias = SendReply | OpenDoor | CloseDoor | SetKnockFilter | Notify | ClaimNonce
 
 
 # A service as [services.NAME] declares it; forward "kernel": doors of same-family clients are
@@ -186,6 +200,9 @@ class EngineConfig:
     # of the client's PENDING round. Once per request, at most max_held_p2_per_user per user and
     # max_held_p2_total in all (past those: PENDING at once). 0: PENDING at once, always.
     p2_hold_ms: int = 0
+    # Auth replicas (store.kind = "etcd"): each new request's P1 nonce is claimed in the shared store
+    # before its door opens (invariant 14).
+    shared_nonces: bool = False
     max_held_p2_per_user: int = 8
     max_held_p2_total: int = 1024
 
@@ -232,6 +249,8 @@ class Request:
     held_until_ms: int = 0  # a P2 held (p2_hold_ms) until then; 0: none held
     held_once: bool = False
     denial: Status = Status.SERVICE_NOT_ALLOWED  # what a DENIED request's P2s are told
+    # Auth replicas: its P1's nonce is claimed in the shared store; no door until then (invariant 14).
+    claimed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +295,9 @@ class Engine:
         self.config = config
         self._pair_server = pair_server
         self._directory = self._new_directory(users)
+        # Auth replicas: False while the users document is not proven current (its watch silent or
+        # broken): a revoked user must not get in through a stale copy (invariant 14).
+        self.users_current = True
         self._replay = replay
         self._random_bytes = random_bytes
         self._random_below = random_below
@@ -501,9 +523,35 @@ class Engine:
         actions: list[Action] = [Notify(Topic.AUTH_KNOCK_MATCHED, {
             "user": request.user, "client": _addr(source), "port": port,
             "left": len(request.remaining)})]
-        if not request.remaining:
+        if not request.remaining and request.claimed:
             return actions + self._knocks_complete(request, now_ms)
-        return actions + self._filter_update()  # this (source, port) needs no more SYNs
+        return actions + self._filter_update()  # this (source, port) needs no more SYNs; or on_claim opens
+
+    def on_claim(self, request_id: bytes, claimed: bool | None, detail: str, now_ms: int) -> list[Action]:
+        """The shared store's answer to a ClaimNonce: True, the nonce is this replica's (the door may
+        open); False, another replica had it (a copy of the P1: refused as a replay); None, the store
+        could not say (refused: P3 UNAVAILABLE to its P2s, no door)."""
+        request = self._by_id.get(request_id)
+        if request is None or request.claimed:
+            return []  # dropped or replaced meanwhile: nothing waits for this answer
+        if claimed:
+            request.claimed = True
+            if not request.remaining and request.state is State.AWAITING_KNOCKS:
+                return self._knocks_complete(request, now_ms)
+            return []
+        reason = RejectReason.REPLAY if claimed is False else RejectReason.STORE_UNAVAILABLE
+        self.rejections[reason.value] += 1
+        actions: list[Action] = [self._rejection_event(reason, request.client, request.user,
+                                                       detail or "claimed by another replica")]
+        if claimed is False:
+            return actions + self._drop(request) + self._filter_update()
+        request.state, request.state_since_ms = State.FAILED, now_ms
+        for port, isn in request.remaining:  # its knocks are no longer awaited (as _forget does)
+            if self._knocks.get((request.client, port, isn)) is request:
+                del self._knocks[(request.client, port, isn)]
+                self._pair_removed(request.client, port)
+        request.remaining.clear()
+        return actions + self._maybe_answer(request, now_ms) + self._filter_update()
 
     def on_door_result(self, door_id: str, stage: str, ok: bool, detail: str, now_ms: int) -> list[Action]:
         request = self._by_door.get(door_id)
@@ -607,6 +655,8 @@ class Engine:
     def _on_p1(self, user: User, keys: SessionKeys, p1: proto.P1, header: proto.Header, nonce_expiry: int,
                source: IPAddress, now_ms: int, gateway: str = "") -> list[Action]:
         nonce = header.nonce
+        if not self.users_current:
+            return self._reject(RejectReason.STORE_UNAVAILABLE, source, now_ms, "users not proven current", user.name)
         if p1.address is None:
             if not user.nat:
                 return self._reject(RejectReason.WRONG_SOURCE, source, now_ms,
@@ -660,6 +710,9 @@ class Engine:
             self.rejections[denial[1].value] += 1
             actions.append(self._rejection_event(denial[1], client, user.name, denial[2]))
             return actions + self._filter_update()  # the replaced request's knocks are gone
+        if self.config.shared_nonces:
+            request.claimed = False
+            actions.append(ClaimNonce(p1.request_id, nonce, nonce_expiry))
         for port, isn in request.remaining:
             if (client, port, isn) not in self._knocks:  # else it is taken over, not added
                 self._pairs[(_addr(client), port)] += 1

@@ -27,9 +27,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus, replies
 from dynknock.auth import engine as eng
+from dynknock.auth.etcd import EtcdStore, StoreError
 from dynknock.auth.replay import ReplayCache, ReplayJournal
+from dynknock.auth.replicated import StoreLink, open_store
 from dynknock.auth.serverkey import ServerKey, ServerKeyError, load_server_key
-from dynknock.auth.users import User, UsersFileError, load_users
+from dynknock.auth.users import User, UsersFileError, load_users, parse_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
 from dynknock.limits import TokenBuckets
@@ -102,8 +104,13 @@ class UserLog:
         self._users.forget_full(now)  # refilled buckets carry no information: keep the table to active users
 
 
+# An auth replica tells the gateways its filters at least this often: a capture that hears nothing from it
+# for bus.failover_after_s (1.5 s) sends its clients to another replica.
+REPLICA_FILTER_REFRESH_S = 0.5
+
+
 def engine_config(config: Config) -> eng.EngineConfig:
-    return eng.engine_config(config, p2_hold_ms=P2_HOLD_MS)
+    return eng.engine_config(config, p2_hold_ms=P2_HOLD_MS, shared_nonces=config.store_kind == "etcd")
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:
@@ -115,7 +122,7 @@ class AuthShell(Shell):
     """Packets from capture into the engine, door results from gate and relay, the engine's actions out."""
 
     def __init__(self, config: Config, users: dict[str, User], log: logging.Logger,
-                 server_key: ServerKey | None = None) -> None:
+                 server_key: ServerKey | None = None, etcd: EtcdStore | None = None) -> None:
         super().__init__("auth", config, log)
         transport = self.transport
         self.log_user = UserLog(log)
@@ -167,6 +174,16 @@ class AuthShell(Shell):
         self._deferred: list[eng.Action] = []
         self.users_mtime = self._users_mtime()
         self.next_tick = self.next_filter = self.next_users = 0.0
+        # Auth replicas (store.kind = "etcd"): claims, the users and the store's health come from the
+        # store's threads (auth/replicated.py) through one socket.
+        self.store = StoreLink(etcd, self.context, log) if etcd is not None else None
+        store = self.store
+        self.store_health: dict[str, Any] = {}
+        self.users_revision = 0
+        self.claims_refused: Counter[str] = Counter()
+        if store is not None:
+            self.watch(store.inbox, self.read_store)
+        self.filter_refresh_s = REPLICA_FILTER_REFRESH_S if config.replica else FILTER_REFRESH_S
         self.log.info("Server started: control port %d on %s.", config.control_port, ", ".join(config.addresses))
         overlap = ephemeral_overlap(config.door_port_low, config.door_port_high)
         if overlap is not None:
@@ -221,6 +238,10 @@ class AuthShell(Shell):
             elif isinstance(action, eng.SetKnockFilter):
                 # Published once per batch (run()): each message is the whole list.
                 self._pending_filter = action.pairs
+            elif isinstance(action, eng.ClaimNonce):
+                if self.store is None:
+                    raise RuntimeError("a claim without a shared store")  # our own bug: crash, restart clean
+                self.store.claim(action.request_id, action.nonce, action.expiry_ms, now_ms())
             elif isinstance(action, eng.Notify):
                 self.events.publish(action.topic, **action.fields)
                 if action.topic not in _LOGGED_TOPICS:
@@ -261,12 +282,13 @@ class AuthShell(Shell):
         if hints != self._hints:
             self._hints, self._hints_generation = hints, self._hints_generation + 1
         try:
-            self.filter.send(bus.encode(bus.HintFilter(sorted(hints), self._hints_generation)), zmq.NOBLOCK)
+            self.filter.send(bus.encode(bus.HintFilter(sorted(hints), self._hints_generation, self.config.replica)),
+                             zmq.NOBLOCK)
         except zmq.Again:
             pass
 
     def _publish_filter(self) -> None:
-        message = bus.KnockFilter(self.filter_pairs, self.filter_generation)
+        message = bus.KnockFilter(self.filter_pairs, self.filter_generation, self.config.replica)
         try:
             self.filter.send(bus.encode(message), zmq.NOBLOCK)
         except zmq.Again:
@@ -379,7 +401,56 @@ class AuthShell(Shell):
             return
         self.execute(self.engine.on_door_result(result.door_id, result.stage, result.ok, result.detail, now_ms()))
 
+    def read_store(self) -> None:
+        """The store threads' answers: claims decided, a new users document, the store's health."""
+        assert self.store is not None
+        for answer in self.store.read():
+            kind = answer[0]
+            if kind == "claim":
+                _, request_id, claimed, detail = answer
+                if claimed is None:
+                    self.claims_refused[detail.split(":")[1].strip() if ":" in detail else "error"] += 1
+                    self.log_bad("Refused a request: the shared store could not claim its nonce (%s)", detail)
+                self.flush()  # keep the order of effects
+                self.execute(self.engine.on_claim(request_id, claimed, detail, now_ms()))
+            elif kind == "users":
+                self.on_users_document(answer[1], answer[2])
+            elif kind == "health":
+                self.store_health = answer[1]
+
+    def on_users_document(self, text: str, revision: int) -> None:
+        """A users document from the store (at start of its watch and after each change)."""
+        if revision == self.users_revision:
+            return
+        try:
+            users = parse_users(text, f"etcd {self.config.store_prefix}/users (revision {revision})") if text \
+                else {}
+            actions = self.engine.replace_users(users)
+        except UsersFileError as exc:
+            self.log.error("Users document not taken, keeping the previous one: %s", exc)
+            return
+        self.users_revision = revision
+        self.flush()
+        self.execute(actions)
+
+    def check_store(self) -> None:
+        """No P1 is taken while the users are not proven current (a revoked user must not get in)."""
+        assert self.store is not None
+        age = self.store.store.users_age_s()
+        current = age is not None and age <= self.config.store_users_max_age_s
+        if current != self.engine.users_current:
+            self.engine.users_current = current
+            if current:
+                self.log.info("The users document is current again (revision %d): knocks are taken.",
+                              self.users_revision)
+            else:
+                self.log.error("The users document is not proven current (last proof %s ago, store.users_max_age_s "
+                               "%g): every knock is refused until the store answers again.",
+                               "never" if age is None else f"{age:.1f} s", self.config.store_users_max_age_s)
+
     def maybe_reload_users(self) -> None:
+        if self.store is not None:
+            return  # the users come from the store's watch
         mtime = self._users_mtime()
         if mtime == self.users_mtime:
             return
@@ -407,9 +478,16 @@ class AuthShell(Shell):
 
     def figures(self) -> dict[str, Any]:
         opening, oldest_ms = self.engine.opening(now_ms())
-        return {"rejections": dict(self.engine.rejections), "unmatched_syns": self.engine.unmatched_syns,
-                "gateway_refusals": dict(self.gateway_refusals), "doors": self.engine.open_doors(),
-                "doors_opening": opening, "opening_age_ms": oldest_ms}
+        figures = {"rejections": dict(self.engine.rejections), "unmatched_syns": self.engine.unmatched_syns,
+                   "gateway_refusals": dict(self.gateway_refusals), "doors": self.engine.open_doors(),
+                   "doors_opening": opening, "opening_age_ms": oldest_ms}
+        if self.config.replica:
+            figures["replica"] = self.config.replica
+        if self.store is not None:
+            figures["store"] = {**self.store_health, "users_current": self.engine.users_current,
+                                "users_revision_taken": self.users_revision, "claims_sent": self.store.claims_sent,
+                                "claims_refused": dict(self.claims_refused)}
+        return figures
 
     def send_door_sets(self) -> None:
         """Tell each gate and relay every door auth believes open at its gateway: they empty the rest."""
@@ -434,7 +512,7 @@ class AuthShell(Shell):
             self.publish_hints(force=False)
             self.log_user.summarise(time.monotonic())
         if now >= self.next_filter:
-            self.next_filter = now + FILTER_REFRESH_S
+            self.next_filter = now + self.filter_refresh_s
             self._publish_filter()  # a capture that restarted learns the pending knocks
             self.publish_hints(force=True)
             self.flush()  # every door command of the batch goes before the door sets
@@ -443,6 +521,13 @@ class AuthShell(Shell):
             self.next_users = now + USERS_CHECK_S
             self.maybe_reload_users()
             self.flush()
+        if self.store is not None:
+            self.check_store()
+
+    def closing(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        super().closing()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,16 +536,25 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("auth")
     drop_privileges(config.run_as)  # started as root by hand: never keep it
     try:
-        users = load_users(config.users_file)
         server_key = load_server_key(config.key_file)
-        shell = AuthShell(config, users, log, server_key)
-    except (UsersFileError, TransportError, ServerKeyError) as exc:
+        if config.store_kind == "etcd":
+            # A replica: the users from the store (its watch hands every later change), the nonces claimed there.
+            etcd = open_store(config)
+            text, _ = etcd.load_users()
+            users = parse_users(text, f"etcd {config.store_prefix}/users") if text else {}
+            shell = AuthShell(config, users, log, server_key, etcd)
+        else:
+            users = load_users(config.users_file)
+            shell = AuthShell(config, users, log, server_key)
+    except (UsersFileError, TransportError, ServerKeyError, StoreError) as exc:
         print(f"knock-auth: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"knock-auth: {exc} (check server.addresses, server.control_port, server.state_dir "
               f"in {config.path})", file=sys.stderr)
         return 2
+    if shell.store is not None:
+        shell.store.start()
     return shell.run()
 
 

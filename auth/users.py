@@ -90,7 +90,7 @@ def check_secret_file_mode(path: Path) -> None:
         raise UsersFileError(f"{path}: {problem}")
 
 
-def _parse_user(path: Path, name: str, entry: Any) -> User:
+def _parse_user(path: Path | str, name: str, entry: Any) -> User:
     where = f"{path}: user {name!r}"
     if not isinstance(entry, dict):
         raise UsersFileError(f"{where}: must be an object")
@@ -134,10 +134,20 @@ def load_users(path: Path, *, check_mode: bool = True) -> dict[str, User]:
     try:
         if check_mode:
             check_secret_file_mode(path)
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsersFileError(f"{path}: users file not found (create it with knock-admin add)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsersFileError(f"{path}: {exc}") from None
+    return parse_users(text, path)
+
+
+def parse_users(text: str, path: Path | str) -> dict[str, User]:
+    """The users of a users document (a file's text, or the replicated store's: auth/etcd.py); `path`
+    names where it came from in every error."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UsersFileError(f"{path}: {exc}") from None
     if not isinstance(document, dict) or document.get("version") != 1:
         raise UsersFileError(f"{path}: expected {{\"version\": 1, \"users\": {{...}}}}")
@@ -147,6 +157,12 @@ def load_users(path: Path, *, check_mode: bool = True) -> dict[str, User]:
     return {name: _parse_user(path, name, entry) for name, entry in users.items()}
 
 
+def users_text(users: Iterable[User]) -> str:
+    """The users document, as the file and the replicated store hold it."""
+    document = {"version": 1, "users": {u.name: u.to_json() for u in sorted(users, key=lambda u: u.name)}}
+    return json.dumps(document, indent=2) + "\n"
+
+
 def save_users(path: Path, users: Iterable[User]) -> None:
     """Atomically replace the users file, keeping its owner, group and a 0640 mode; else mode 0600.
 
@@ -154,14 +170,13 @@ def save_users(path: Path, users: Iterable[User]) -> None:
     its group; a file silently narrowed to 0600 would fail to reload, and the
     daemon would keep the old users, revoked ones included.
     """
-    document = {"version": 1, "users": {u.name: u.to_json() for u in sorted(users, key=lambda u: u.name)}}
+    text = users_text(users)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.stat() if path.exists() else None
     fd, tmp = tempfile.mkstemp(prefix=".users.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, stat.S_IMODE(old.st_mode) & 0o640 if old is not None else 0o600)

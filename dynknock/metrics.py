@@ -60,6 +60,10 @@ class MetricsModel:
     # A stage falling behind (the last heartbeat's figures): door commands a gate turn found waiting and the
     # oldest one's age; doors auth asked for and has not seen confirmed, and the oldest one's age.
     backlog: dict[str, int] = field(default_factory=dict)
+    # Auth replicas (issue 23): the shared store as this replica's auth sees it (auth.alive "store"), and
+    # each replica as each gateway's capture sees it ((gateway, replica) -> up).
+    store: dict[str, Any] = field(default_factory=dict)
+    replicas_seen: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         topic, fields = event.topic, event.fields
@@ -76,6 +80,9 @@ class MetricsModel:
             doors = fields.get("doors", [])
             self.doors_open = len(doors) if isinstance(doors, list) else self.doors_open
             self._backlog(fields, auth_doors_opening="doors_opening", auth_opening_age_ms="opening_age_ms")
+            store = fields.get("store")
+            if isinstance(store, dict):
+                self.store = store
         elif topic == Topic.GATE_ALIVE:
             self._backlog(fields, gate_backlog="backlog", gate_command_age_ms="command_age_ms",
                           gate_reconciled="reconciled")
@@ -83,6 +90,11 @@ class MetricsModel:
             self.capture = {k: int(v) for k, v in fields.items()
                             if k in ("received", "kernel_dropped", "interface_dropped", "forwarded", "dropped",
                                      "bus_full", "unknown_hints") and isinstance(v, int)}
+            replicas, gateway = fields.get("replicas"), fields.get("gateway")
+            if isinstance(replicas, dict):
+                for name, state in replicas.items():
+                    up = isinstance(state, dict) and bool(state.get("up"))
+                    self.replicas_seen[(str(gateway or ""), str(name))] = up
         elif topic == Topic.RELAY_ALIVE:
             self.relay = {k: v for k, v in fields.items()
                           if k in ("connections", "deferred_accepts") and type(v) is int}
@@ -179,6 +191,22 @@ class ModelCollector(Collector):
         for stage in STAGES:
             up.add_metric([stage], 1.0 if now - m.last_seen.get(stage, 0.0) <= ALIVE_WITHIN_S else 0.0)
         yield up
+        if m.store:  # an auth replica: the shared store's health, as the last heartbeat of auth said
+            yield GaugeMetricFamily("dynknock_store_quorum", "1 if the etcd store has a quorum (auth's view)",
+                                    value=1.0 if m.store.get("quorum") else 0.0)
+            yield GaugeMetricFamily("dynknock_store_members_up", "etcd members reachable",
+                                    value=float(m.store.get("members_up", 0) or 0))
+            yield GaugeMetricFamily("dynknock_store_users_current", "1 if the users document is proven current (else "
+                                    "every knock is refused)", value=1.0 if m.store.get("users_current") else 0.0)
+            refused = m.store.get("claims_refused")
+            yield _family(counter, "dynknock_store_claims_refused", "Requests refused because the store could not "
+                          "claim their nonce, by error kind", "kind", refused if isinstance(refused, dict) else {})
+        if m.replicas_seen:  # each replica as each gateway's capture sees it
+            replica_up = GaugeMetricFamily("dynknock_replica_up", "1 if the gateway's capture routes clients to this "
+                                           "replica", labels=["gateway", "replica"])
+            for (gateway, replica), is_up in sorted(m.replicas_seen.items()):
+                replica_up.add_metric([gateway, replica], 1.0 if is_up else 0.0)
+            yield replica_up
         if m.gateway_seen:  # a fleet: each gateway's stages, by host (a gateway once heard from stays listed)
             gateway_up = GaugeMetricFamily("dynknock_gateway_stage_up", "1 if this gateway's stage's heartbeat "
                                            "was seen recently", labels=["gateway", "stage"])

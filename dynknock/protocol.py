@@ -182,6 +182,8 @@ class RejectReason(enum.Enum):
     WRONG_GATEWAY = "wrong_gateway"  # a fleet: P2 or knock seen at another gateway than the request's P1
     KNOCK_KIND_REFUSED = "knock_kind_refused"  # connect() knocks, and server.connect_knocks = false
     BAD_SIGNATURE = "bad_signature"  # a key-pair user's P1 whose signature does not verify
+    STORE_UNAVAILABLE = "store_unavailable"  # auth replicas: the shared store could not claim the nonce, or the
+    # users are not proven current (etcd down, no quorum, a partition): no door, fail closed
 
 
 class Status(enum.IntEnum):

@@ -87,6 +87,7 @@ def render(summary: Summary, now_ms: int, programs: list[ProgramState] | None = 
     for gateway, stages in sorted(summary.gateways.items()):  # a fleet: each gateway heard from, by host
         lines.append(f"  gateway {gateway}: " + "  ".join(f"{s} {_state(s, stages)}" for s in GATEWAY_ROLES))
     auth = summary.alive.get("auth", {})
+    lines += _replica_lines(auth, summary.gateways)
     doors = auth.get("doors", []) if isinstance(auth.get("doors"), list) else []
     lines.append(f"Doors open: {len(doors)}")
     for door in sorted(doors, key=lambda d: d.get("expires_ms", 0)):
@@ -118,3 +119,42 @@ def render(summary: Summary, now_ms: int, programs: list[ProgramState] | None = 
         lines.append("Recent rejections:")
         lines += [f"  {paper_line(e)}" for e in summary.recent]
     return "\n".join(lines)
+
+
+def _replica_lines(auth: dict[str, Any], gateways: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Auth replicas (issue 23): this replica, the shared store's health as its auth sees it, and each
+    replica as each gateway's capture sees it (the capture routes clients to the live ones)."""
+    lines: list[str] = []
+    if isinstance(auth.get("replica"), str) and auth["replica"]:
+        lines.append(f"This is replica {auth['replica']}.")
+    for gateway, stages in sorted(gateways.items()):
+        seen = stages.get("capture", {}).get("replicas")
+        if isinstance(seen, dict) and seen:
+            states = "  ".join(f"{name} {'up' if isinstance(v, dict) and v.get('up') else 'down'}"
+                               for name, v in sorted(seen.items()))
+            lines.append(f"  replicas as gateway {gateway}'s capture sees them: {states}")
+    store = auth.get("store")
+    if not isinstance(store, dict):
+        return lines
+    members = f"{store.get('members_up', '?')} of {store.get('members', '?')} members reachable"
+    if store.get("quorum"):
+        lines.append(f"Store: etcd, quorum ({members}), leader {store.get('leader') or '?'}, users revision "
+                     f"{store.get('users_revision_taken', '?')}")
+    elif "quorum" in store:
+        lines.append(f"Store: etcd quorum lost ({members}): every knock is refused until it returns")
+    else:
+        lines.append("Store: etcd, no health report yet")
+    if store.get("users_current") is False:
+        age = store.get("users_age_s")
+        proof = "never" if age is None else f"last proof {age:.0f} s ago"
+        lines.append(f"  the users are not proven current ({proof}): every knock is refused")
+    refused = store.get("claims_refused")
+    if isinstance(refused, dict) and refused:
+        lines.append("  claims refused: " + ", ".join(f"{kind} {n}" for kind, n in sorted(refused.items())))
+    if store.get("down"):
+        lines.append("  unreachable: " + ", ".join(str(url) for url in store["down"]))
+    if store.get("alarms"):
+        lines.append("  ALARMS: " + ", ".join(str(a) for a in store["alarms"]))
+    for advisory in store.get("advisories", []) if isinstance(store.get("advisories"), list) else []:
+        lines.append(f"  advisory: {advisory}")
+    return lines

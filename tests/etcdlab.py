@@ -272,6 +272,16 @@ class EtcdLab:
             self._plug(m.namespace, f"p-{m.name}", m.address)
         self._plug(self.client_ns, "p-cli", CLIENT_ADDRESS)
 
+    def attach(self, namespace: str, port: str, address: str) -> None:
+        """Give an existing namespace (a host of another lab, e.g. an auth replica of tests/e2e/test_ha.py)
+        an interface eth-etcd on this lab's bridge, address/24, so that it reaches the members. The
+        veth goes when either namespace is deleted."""
+        _run(["ip", "link", "add", "eth-etcd", "netns", namespace, "type", "veth", "peer", "name", port,
+              "netns", self.bridge_ns], f"veth {namespace}")
+        _run(["ip", "-n", self.bridge_ns, "link", "set", port, "master", "br0", "up"], f"bridge port {port}")
+        _run(["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth-etcd"], f"address {address}")
+        _run(["ip", "-n", namespace, "link", "set", "eth-etcd", "up"], f"eth-etcd in {namespace}")
+
     def cut(self, member: Member | int) -> None:
         """Black-hole a member: its bridge port goes down (no RST, peers and clients time out)."""
         m = self._member(member)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -64,3 +66,23 @@ def test_a_fleet_shows_each_gateways_stages_labelled_by_gateway() -> None:
     assert figures['dynknock_gateway_stage_up{gateway="gw-b",stage="gate"}'] == 0.0
     assert figures['dynknock_gateway_stage_up{gateway="gw-b",stage="capture"}'] == 1.0
     assert not [name for name in render(MetricsModel()) if name.startswith("dynknock_gateway")]  # one host: none
+
+
+def test_a_replica_exports_its_store_and_each_replica_as_each_gateway_sees_it() -> None:
+    model = MetricsModel()
+    model.apply(Event("auth.alive", "auth", time.time(), {"store": {
+        "quorum": False, "members_up": 1, "users_current": False, "claims_refused": {"unavailable": 3}}}))
+    model.apply(Event("capture.alive", "capture", time.time(), {"gateway": "gw-a", "replicas": {
+        "auth-a": {"up": True}, "auth-b": {"up": False}}}))
+    figures = render(model)
+    assert figures["dynknock_store_quorum"] == 0 and figures["dynknock_store_members_up"] == 1
+    assert figures["dynknock_store_users_current"] == 0
+    assert figures['dynknock_store_claims_refused_total{kind="unavailable"}'] == 3
+    assert figures['dynknock_replica_up{gateway="gw-a",replica="auth-a"}'] == 1
+    assert figures['dynknock_replica_up{gateway="gw-a",replica="auth-b"}'] == 0
+
+
+def test_one_host_exports_no_store_figures() -> None:
+    model = MetricsModel()
+    model.apply(Event("auth.alive", "auth", time.time(), {"rejections": {}}))
+    assert not [name for name in render(model) if "store" in name or "replica" in name]
