@@ -5,6 +5,12 @@
 # can run it), /etc/dynknock/supervisord.conf and the systemd unit dynknock.service.
 # Run it again after `git pull` to upgrade: users, config and the replay journal stay, and a
 # running stack is restarted onto the new code. scripts/uninstall.sh undoes it.
+#
+#   sudo scripts/setup.sh               # one server (or a fleet's host, or an auth replica)
+#   sudo scripts/setup.sh --with-etcd   # also etcd-server, etcd-client and openssl, for the etcd members
+#                                       # and the admin host of replicated auth (examples/ha/README.md);
+#                                       # the etcd.service the package brings is left stopped and disabled
+#                                       # until examples/ha's configuration is in place
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=/opt/dynknock/venv
@@ -16,6 +22,15 @@ step() { echo "setup: $*"; }
 # Runs a command that chatters (compiler hints, deprecation notes); shows its output only if it fails.
 quiet() { local out; if ! out=$("$@" 2>&1); then echo "$out" >&2; echo "setup.sh: failed: $*" >&2; exit 1; fi; }
 
+with_etcd=false
+for arg in "$@"; do
+    case "$arg" in
+        --with-etcd) with_etcd=true ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (sudo $0): it installs packages and creates a system user" >&2
     exit 2
@@ -24,6 +39,9 @@ fi
 apt_packages=(python3 python3-venv python3-dev gcc libpcap-dev nftables iproute2 iputils-ping
               openssh-server openssh-client tcpdump util-linux procps
               conntrack)  # the gate's `conntrack -E`: kernel doors' connection events and byte counts
+if $with_etcd; then
+    apt_packages+=(etcd-server etcd-client openssl)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -42,12 +60,33 @@ if [ ${#missing[@]} -gt 0 ]; then
             exit 1
         fi
     done
+    # etcd-server's package would start etcd with its default configuration (no TLS, no RBAC):
+    # nothing may start while the packages install (policy-rc.d 101), and it stays disabled below.
+    policy=/usr/sbin/policy-rc.d
+    ours=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        ours="$policy"
+        trap 'rm -f "$ours"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$ours" ] || rm -f "$ours"
+    trap - EXIT
 else
     step "apt: all ${#apt_packages[@]} packages already installed"
 fi
 # openssh-server's package scripts may start an sshd on the host; dynknock's demo and
 # tests run their own sshd inside a namespace and need none here.
+if $with_etcd; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ] \
+            && ! grep -q '^ETCD_CLIENT_CERT_AUTH' /etc/default/etcd 2>/dev/null; then
+        systemctl disable --now etcd.service >/dev/null 2>&1 || true
+        step "etcd: installed, not started: configure it as examples/ha/README.md says, then systemctl enable --now etcd"
+    else
+        step "etcd: installed (etcd-server, etcd-client, openssl)"
+    fi
+fi
 
 if getent passwd dynknock >/dev/null; then
     step "user: dynknock exists"
