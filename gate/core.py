@@ -229,6 +229,109 @@ def reconcile(settings: GateSettings, held: set[Held], believed: set[tuple[str, 
             for (a, p), target in sorted(stale.items())]
 
 
+# --- who opened each door: several auth replicas (issue 23) ---------------------------------------------
+
+DoorKey = tuple[str, int]  # (client address as the kernel lists it, door port)
+
+
+@dataclass(frozen=True, slots=True)
+class Opener:
+    """The auth a command came from. `name`: with auth replicas, the name of the CURVE key behind its
+    connection (ZeroMQ's User-Id: `auth@a`), which stays the same through a reconnection and a restart of
+    that replica; "" when the gate serves one auth, whose every door is its own. `identity`: the ROUTER
+    identity of the connection the command came on (a new one at each reconnection)."""
+
+    name: str
+    identity: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    opener: Opener
+    door_id: str
+    until_ms: int  # the kernel has dropped the element by then (its own timeout): the record may go
+
+
+class Openers:
+    """Which auth opened each door of this gate, so that several auth replicas can share it.
+
+    Each replica knows only its own doors: its DoorSet lists them, and it closes them. So:
+
+    1. A DoorSet empties only doors of its sender. Another replica's doors stay, and so do the doors of a
+       replica that went quiet or died: they run out their kernel timeouts. A replica that comes back (the
+       same key, a new process) lists only its new doors, and its old ones are emptied, as a restarted auth's
+       always were.
+    2. A door the gate knows no opener of (the gate restarted: its memory went, the kernel's elements did
+       not) is claimed by the first replica whose DoorSet lists it. One that no DoorSet lists is emptied
+       only once every replica of the config has sent one since the gate started: a replica that is down
+       may own it, and it waits for its kernel timeout instead.
+    3. A DoorClose, or a DoorOpen of the same (client, port), from another replica than the door's opener
+       is refused.
+    4. With one auth (`replicas` empty) every door is that auth's (openers are all ""): a DoorSet empties
+       every door it does not list, and nothing is refused, exactly as before replicas.
+
+    Pure: the shell hands in what the kernel holds and the clock.
+    """
+
+    def __init__(self, replicas: frozenset[str] = frozenset(), claim_ms: int = 0) -> None:
+        self.replicas = replicas  # the key names of the config's replicas (auth@NAME); empty: one auth
+        self.claim_ms = claim_ms  # a door claimed from a DoorSet is held no longer than this (window, slack)
+        self._owned: dict[DoorKey, Owned] = {}
+        self._heard: set[str] = set()  # the openers whose DoorSet came since the gate started
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    def owner(self, key: DoorKey, now_ms: int) -> Owned | None:
+        owned = self._owned.get(key)
+        return owned if owned is not None and now_ms <= owned.until_ms else None
+
+    def refusal(self, key: DoorKey, opener: str, now_ms: int) -> str:
+        """Why `opener` may not open or close the door `key` ("": it may)."""
+        owned = self.owner(key, now_ms)
+        if owned is None or owned.opener.name == opener:
+            return ""
+        return f"the door is {owned.opener.name}'s, not {opener or 'this auth'}'s"
+
+    def opened(self, key: DoorKey, opener: Opener, door_id: str, until_ms: int) -> None:
+        self._owned[key] = Owned(opener, door_id, until_ms)
+
+    def closed(self, key: DoorKey) -> None:
+        self._owned.pop(key, None)
+
+    def on_door_set(self, opener: Opener, listed: dict[DoorKey, str], held: set[DoorKey], now_ms: int
+                    ) -> set[DoorKey]:
+        """The doors of `held` (what the kernel holds) that a DoorSet from `opener` listing `listed` (key ->
+        door id) must leave alone although it does not list them; held doors it lists that no one owns
+        become its own."""
+        self._heard.add(opener.name)
+        everyone_heard = self.replicas <= self._heard
+        spared: set[DoorKey] = set()
+        for key in held:
+            owned = self.owner(key, now_ms)
+            if key in listed:
+                if owned is None:
+                    self._owned[key] = Owned(opener, listed[key], now_ms + self.claim_ms)
+            elif owned is not None and owned.opener.name != opener.name:
+                spared.add(key)  # another replica's
+            elif owned is None and not everyone_heard:
+                spared.add(key)  # perhaps the door of a replica not heard since the gate started
+        return spared
+
+    def forget_expired(self, now_ms: int) -> None:
+        for key in [k for k, owned in self._owned.items() if now_ms > owned.until_ms]:
+            del self._owned[key]
+
+    def counts(self, now_ms: int) -> dict[str, int]:
+        """Doors per opener (heartbeat); the one auth of a gate without replicas is "auth"."""
+        counts: dict[str, int] = {}
+        for owned in self._owned.values():
+            if now_ms <= owned.until_ms:
+                name = owned.opener.name or "auth"
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
 def ruleset(settings: GateSettings) -> str:
     """Create or refresh our table in one atomic nft transaction.
 

@@ -27,6 +27,7 @@ from dynknock.config import Config
 from dynknock.gate import core
 from dynknock.stage import Publisher, Shell, common_arguments, load_config_or_exit, now_ms, setup_logging
 from dynknock.topics import Topic
+from dynknock.transport import gateway_key_name
 
 NFT_TIMEOUT_S = 5
 NFT_CTX_OUTPUT_JSON = 1 << 4  # libnftables' output flag for JSON
@@ -320,7 +321,7 @@ def check(config: Config, settings: core.GateSettings) -> int:
 class Step:
     """One door command of a batch: its nft text, or why it was refused, and what it concerns."""
 
-    identity: bytes
+    opener: core.Opener
     command: bus.DoorOpen | bus.DoorClose
     script: str = ""
     refused: str = ""
@@ -329,7 +330,12 @@ class Step:
 
 
 class GateShell(Shell):
-    """Answers auth's door commands on its ROUTER; for a fleet's gateway, sends the P3s auth hands it."""
+    """Answers auth's door commands on its ROUTER; for a fleet's gateway, sends the P3s auth hands it.
+
+    A gateway serving auth replicas ([replicas.NAME]) takes commands from each replica's auth key alone
+    (transport.py), and keeps apart the doors of each (core.Openers): a replica's DoorSet and DoorClose
+    concern its own doors, its DoorUsed reports go to it, and its death takes no door of the others.
+    """
 
     DROPPED = Topic.GATE_MESSAGE_DROPPED
 
@@ -357,7 +363,16 @@ class GateShell(Shell):
             else:
                 self.watch(self.conntrack.inbox, self.on_connection)
         self.doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
-        self.door_peers: dict[tuple[str, int], bytes] = {}  # ... and the auth that opened each (for DoorUsed)
+        # Which auth opened each door. With replicas, an auth is the name of its CURVE key (auth@NAME), read from
+        # each frame's User-Id; with one auth it is "" and every door is its own, as before replicas.
+        self.replicated = bool(config.replicas)
+        self.key_names = self.transport.peer_names() if self.replicated else {}  # z85 public key -> name
+        self.openers = core.Openers(frozenset(gateway_key_name("auth", name) for name in config.replicas),
+                                    settings.window_seconds * 1000 + core.TIMEOUT_SLACK_MS)
+        # Each replica's connection now (its ROUTER identity changes when it reconnects or restarts): a DoorUsed
+        # goes to the replica that opened the door, on whichever connection it has.
+        self.routes: dict[str, bytes] = {}
+        self.foreign_refused = 0  # commands refused because the door is another replica's (since the start)
         # A fleet's gateway sends the P3s auth hands it (bus.Reply) from its control port; bound at the first
         # one, so that on one host (auth sends, and holds the port) the gate never binds it.
         self.reply_from: dict[str, socket.socket] | None = None
@@ -367,8 +382,30 @@ class GateShell(Shell):
                    "conntrack_watch": self.conntrack is not None and self.conntrack.process.poll() is None,
                    "backlog": self.batch_max, "command_age_ms": self.command_age_max_ms,
                    "reconciled": self.reconciled}
+        now = now_ms()
+        self.openers.forget_expired(now)
+        figures["doors_by_opener"] = self.openers.counts(now)
+        if self.replicated:
+            figures["foreign_refused"] = self.foreign_refused
         self.batch_max = self.command_age_max_ms = 0
         return figures
+
+    def opener_of(self, identity: bytes, frame: zmq.Frame) -> core.Opener:
+        """Who sent a frame: with replicas, the name of the key behind its connection (ZeroMQ's User-Id of the
+        CURVE peer, which only a holder of that secret key can be); with one auth, the one auth ("")."""
+        if not self.replicated:
+            return core.Opener("", identity)
+        try:
+            key = str(frame.get("User-Id"))
+        except zmq.ZMQError:  # no CURVE peer behind it: cannot be with replicas (tcp+CURVE), but never guess
+            key = "?"
+        name = self.key_names.get(key, key)
+        self.routes[name] = identity
+        return core.Opener(name, identity)
+
+    def route(self, opener: core.Opener) -> bytes:
+        """The connection to reach the auth that opened a door by: a replica's current one; the one auth's own."""
+        return self.routes.get(opener.name, opener.identity) if opener.name else opener.identity
 
     def on_connection(self) -> None:
         assert self.conntrack is not None
@@ -377,11 +414,12 @@ class GateShell(Shell):
         seen = core.ConnectionSeen(**fields)
         report_connection(seen, self.doors, self.events)
         door = self.doors.get((seen.client, seen.door_port))
-        peer = self.door_peers.get((seen.client, seen.door_port))
-        if seen.kind == "used" and door is not None and door.single_use and peer is not None:
+        owned = self.openers.owner((seen.client, seen.door_port), now_ms())
+        if seen.kind == "used" and door is not None and door.single_use and owned is not None:
             # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
-            self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "gate", seen.client,
-                                                                        seen.door_port))])
+            self.commands.send_multipart([self.route(owned.opener),
+                                          bus.encode(bus.DoorUsed(door.door_id, "gate", seen.client,
+                                                                  seen.door_port))])
 
     def serve_batch(self) -> None:
         """Every command waiting on the ROUTER (up to BATCH), door commands applied in one nft transaction.
@@ -393,27 +431,31 @@ class GateShell(Shell):
         came before it first, so that it judges the doors as auth did when it sent it.
         """
         steps: list[Step] = []
+        # Doors this batch opens, by opener: a second replica's open of the same (client, port) in the same
+        # batch is refused as it would be in the next one.
+        pending: dict[core.DoorKey, str] = {}
         for _ in range(self.BATCH):
             try:
-                frames = self.commands.recv_multipart(zmq.NOBLOCK)
+                frames = self.commands.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             if len(frames) != 2:
                 self.log_bad("Dropped a message of %d frames", len(frames))
                 continue
-            identity, frame = frames
-            command = self.decode(frame)
+            opener = self.opener_of(frames[0].bytes, frames[1])
+            command = self.decode(frames[1].bytes)
             if command is None:
                 continue
             sent_ms = getattr(command, "sent_ms", 0)
             if sent_ms:
                 self.command_age_max_ms = max(self.command_age_max_ms, now_ms() - sent_ms)
             if isinstance(command, bus.DoorOpen | bus.DoorClose):
-                steps.append(self.plan(identity, command))
+                steps.append(self.plan(opener, command, pending))
             elif isinstance(command, bus.DoorSet):
                 self.carry_out(steps)
                 steps = []
-                self.reconcile(command)
+                pending.clear()
+                self.reconcile(command, opener)
             elif isinstance(command, bus.Reply):
                 self.send_reply(command)
             else:
@@ -421,15 +463,28 @@ class GateShell(Shell):
         self.batch_max = max(self.batch_max, len(steps))
         self.carry_out(steps)
 
-    def plan(self, identity: bytes, command: bus.DoorOpen | bus.DoorClose) -> Step:
-        """Validate a door command again (the gate trusts nothing it is told) and write its nft text."""
-        step = Step(identity, command)
+    def plan(self, opener: core.Opener, command: bus.DoorOpen | bus.DoorClose,
+             pending: dict[core.DoorKey, str]) -> Step:
+        """Validate a door command again (the gate trusts nothing it is told) and write its nft text. A command
+        about another replica's door is refused: each replica opens and closes its own (core.Openers)."""
+        step = Step(opener, command)
+        now = now_ms()
         try:
             if isinstance(command, bus.DoorOpen):
-                step.element, step.timeout_ms = core.validate_open(self.settings, command, now_ms())
+                step.element, step.timeout_ms = core.validate_open(self.settings, command, now)
+                self.check_opener(step.element, opener, now, pending)
+                pending[(step.element.address, step.element.port)] = opener.name
                 step.script = core.add_element(self.settings, step.element, step.timeout_ms)
             else:
                 step.element = core.validate_close(self.settings, command)
+                try:
+                    self.check_opener(step.element, opener, now, pending)
+                except core.Invalid as exc:
+                    # A replica closes its own doors only (a revoked user's doors are closed by the replicas
+                    # that opened them; one that is down leaves them to their kernel timeouts).
+                    self.log_bad("Refused to close port %d for %s from %s: %s", command.port, command.client,
+                                 opener.name, exc)
+                    raise
                 known = self.doors.get((command.client, command.port))
                 target = (command.target_host, command.target_port) if command.target_host else \
                     (known.target_host, known.target_port) if known is not None else None
@@ -437,6 +492,18 @@ class GateShell(Shell):
         except core.Invalid as exc:
             step.refused = str(exc)
         return step
+
+    def check_opener(self, element: core.DoorElement, opener: core.Opener, now: int,
+                     pending: dict[core.DoorKey, str]) -> None:
+        """Invalid if the door of `element` is another replica's (opened before, or earlier in this batch)."""
+        key = (element.address, element.port)
+        refusal = self.openers.refusal(key, opener.name, now)
+        other = pending.get(key, opener.name)
+        if not refusal and other != opener.name:
+            refusal = f"the door is {other}'s, not {opener.name}'s"
+        if refusal:
+            self.foreign_refused += 1
+            raise core.Invalid(refusal)
 
     def carry_out(self, steps: list[Step]) -> None:
         """Apply the steps' nft text in one transaction (each alone if that fails), then answer each."""
@@ -453,7 +520,7 @@ class GateShell(Shell):
                         except NftError as exc:
                             step.refused = str(exc)
         for step in steps:
-            self.commands.send_multipart([step.identity, bus.encode(self.answer(step))])
+            self.commands.send_multipart([step.opener.identity, bus.encode(self.answer(step))])  # to its sender
 
     def answer(self, step: Step) -> bus.DoorResult:
         command, element = step.command, step.element
@@ -466,31 +533,36 @@ class GateShell(Shell):
         assert element is not None
         key = (command.client, command.port)
         if isinstance(command, bus.DoorOpen):
+            self.openers.opened((element.address, element.port), step.opener, command.door_id,
+                                command.expires_at_ms + core.TIMEOUT_SLACK_MS)
             if command.kernel:
-                forget_expired(self.doors, self.door_peers)
+                forget_expired(self.doors)
                 self.doors[key] = command
-                self.door_peers[key] = step.identity
             self.events.publish(Topic.GATE_RULE_ADDED, client=element.address, port=element.port,
                                 timeout_ms=step.timeout_ms, user=command.user,
                                 forward="kernel" if element.target is not None else "relay")
         else:
             self.doors.pop(key, None)
-            self.door_peers.pop(key, None)
+            self.openers.closed((element.address, element.port))
             self.events.publish(Topic.GATE_RULE_REMOVED, client=element.address, port=element.port)
         return bus.DoorResult(command.door_id, "gate", True)
 
-    def reconcile(self, believed: bus.DoorSet) -> None:
-        """Empty every door element whose (client, port) auth no longer believes open; add nothing."""
+    def reconcile(self, believed: bus.DoorSet, opener: core.Opener) -> None:
+        """Empty every door element of this auth's (with one auth: every one) whose (client, port) it no longer
+        believes open; add nothing. Another replica's doors are left alone (core.Openers)."""
         if self.nft is None:
             return
         try:
-            doors = {(str(ipaddress.ip_address(client)), int(port)) for _, client, port in believed.doors}
+            listed = {(str(ipaddress.ip_address(client)), int(port)): str(door_id)
+                      for door_id, client, port in believed.doors}
         except (TypeError, ValueError):
             self.log_bad("Dropped a door set with a bad entry")
             return
         try:
             held = core.held_elements(self.nft.list_json(f"table inet {self.settings.table}"))
-            scripts = core.reconcile(self.settings, held, doors)
+            held_keys = {(e.address, e.port) for e in held}
+            keep = set(listed) | self.openers.on_door_set(opener, listed, held_keys, now_ms())
+            scripts = core.reconcile(self.settings, held, keep)
             if not scripts:
                 return
             try:
@@ -504,13 +576,14 @@ class GateShell(Shell):
         except NftError as exc:
             self.log_bad("Cannot compare the firewall with auth's doors: %s", exc)
             return
-        stale = {(e.address, e.port) for e in held} - doors
+        stale = held_keys - keep
         self.reconciled += len(stale)
+        who = opener.name or "auth"
         for address, port in sorted(stale):
             self.doors.pop((address, port), None)
-            self.door_peers.pop((address, port), None)
-            self.events.publish(Topic.GATE_RULE_REMOVED, client=address, port=port, why="auth does not know it")
-        self.log.warning("Emptied %d door(s) auth no longer knows (a backlog, or a restart): %s", len(stale),
+            self.openers.closed((address, port))
+            self.events.publish(Topic.GATE_RULE_REMOVED, client=address, port=port, why=f"{who} does not know it")
+        self.log.warning("Emptied %d door(s) %s no longer knows (a backlog, or a restart): %s", len(stale), who,
                          ", ".join(f"{a} port {p}" for a, p in sorted(stale)[:5]) + (" ..." if len(stale) > 5 else ""))
 
     def send_reply(self, reply: bus.Reply) -> None:
@@ -531,12 +604,11 @@ class GateShell(Shell):
             self.conntrack.close()
 
 
-def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen], peers: dict[tuple[str, int], bytes]) -> None:
+def forget_expired(doors: dict[tuple[str, int], bus.DoorOpen]) -> None:
     """Doors past their window (their connections may go on: a minute's grace names them)."""
     now = now_ms()
     for key in [k for k, door in doors.items() if door.expires_at_ms + 60_000 < now]:
         del doors[key]
-        peers.pop(key, None)
 
 
 def report_connection(seen: core.ConnectionSeen, doors: dict[tuple[str, int], bus.DoorOpen],
