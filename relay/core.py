@@ -8,6 +8,11 @@ Invariants:
    already accepted outlive the window.
 3. The relay connects only to the targets of configured services, whatever a
    command says, so a confused or compromised auth cannot aim it elsewhere.
+4. With several auth replicas, each door belongs to the one that opened it (its
+   key's name, ``Door.opener``): only its DoorSet or DoorClose closes it, and no
+   other replica's command takes its port or its id. A replica that dies leaves
+   its doors open to the end of their windows; back (the same key), its DoorSet
+   closes those it no longer knows. With one auth every opener is "".
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class Door:
     expires_at_ms: int
     single_use: bool
     accepted: int = 0
+    opener: str = ""  # the auth replica's key name (auth@a) that opened it; "": the one auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,7 @@ class DoorTable:
     def doors(self) -> list[Door]:
         return list(self._by_port.values())
 
-    def validate(self, command: DoorOpen, now_ms: int) -> Door:
+    def validate(self, command: DoorOpen, now_ms: int, opener: str = "") -> Door:
         s = self.settings
         try:
             client = normalise_peer(command.client)
@@ -130,10 +136,15 @@ class DoorTable:
             raise Invalid(f"command arrived {-left} ms after the door's end")
         if left > s.window_seconds * 1000 + TIMEOUT_SLACK_MS:
             raise Invalid("expiry beyond the window")
-        if command.port in self._by_port and self._by_port[command.port].door_id != command.door_id:
+        holder = self._by_port.get(command.port)
+        if holder is not None and holder.door_id != command.door_id:
             raise Invalid(f"port {command.port} is already a door")
+        same_id = self._by_id.get(command.door_id)
+        if same_id is not None and same_id.opener != opener:
+            raise Invalid(f"door {command.door_id} is {same_id.opener or 'the auth'}'s, not {opener or 'the auth'}'s")
         return Door(command.door_id, command.user, client, command.port,
-                    (command.target_host, command.target_port), command.expires_at_ms, command.single_use)
+                    (command.target_host, command.target_port), command.expires_at_ms, command.single_use,
+                    opener=opener)
 
     def add(self, door: Door) -> None:
         self._by_port[door.port] = door
@@ -141,6 +152,23 @@ class DoorTable:
 
     def get(self, door_id: str) -> Door | None:
         return self._by_id.get(door_id)
+
+    def close_refusal(self, door: Door, opener: str) -> str:
+        """Why `opener` may not close `door` ("": it may): a replica closes its own doors only."""
+        if door.opener == opener:
+            return ""
+        return f"the door is {door.opener or 'the auth'}'s, not {opener or 'the auth'}'s"
+
+    def unknown_to(self, opener: str, believed: set[str]) -> list[Door]:
+        """The doors of `opener` its DoorSet (door ids `believed`) no longer lists; another's are not its to judge."""
+        return [d for d in self._by_port.values() if d.opener == opener and d.door_id not in believed]
+
+    def by_opener(self) -> dict[str, int]:
+        """Doors per opener (heartbeat); the one auth of a relay without replicas is "auth"."""
+        counts: dict[str, int] = {}
+        for door in self._by_port.values():
+            counts[door.opener or "auth"] = counts.get(door.opener or "auth", 0) + 1
+        return counts
 
     def on_connection(self, port: int, peer: str) -> tuple[Verdict, Door | None]:
         """Decide on a new connection; after ACCEPT of a single-use door, the caller closes the listener."""

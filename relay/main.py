@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
 class RelayShell(Shell):
     """Opens and closes door listeners on auth's commands; accepts the authorised peer and hands each
     connection to its pump threads (relay/pump.py), which report back through a queue so that only
-    this thread touches zmq sockets."""
+    this thread touches zmq sockets.
+
+    A gateway serving auth replicas ([replicas.NAME]) takes commands from each replica's auth key alone
+    (transport.py); each door is its opener's (core.Door.opener, the key's name read from every frame's
+    User-Id): a replica's DoorSet and DoorClose concern its own doors, and its DoorUsed reports go to it.
+    """
 
     DROPPED = Topic.RELAY_MESSAGE_DROPPED
 
@@ -191,9 +196,16 @@ class RelayShell(Shell):
                                       frozenset((s.host, s.port) for s in config.services.values()))
         self.table = core.DoorTable(settings)
         self.commands = self.socket(zmq.ROUTER, bind="relay")
-        self.watch(self.commands, lambda: self.serve(self.commands, self.answer))
+        self.watch(self.commands, self.serve_commands)
         self.listeners: dict[int, socket.socket] = {}  # door port -> listener
-        self.door_peers: dict[str, bytes] = {}  # door id -> the auth that opened it (for DoorUsed)
+        self.door_peers: dict[str, bytes] = {}  # door id -> the connection of the auth that opened it (DoorUsed)
+        # With replicas, who sent each command: the name of its CURVE key (auth@NAME); and each replica's
+        # connection now (its ROUTER identity changes when it reconnects or restarts), so that a DoorUsed
+        # reaches the replica that opened the door on whichever connection it has.
+        self.replicated = bool(config.replicas)
+        self.key_names = self.transport.peer_names() if self.replicated else {}  # z85 public key -> name
+        self.routes: dict[str, bytes] = {}
+        self.foreign_refused = 0  # closes refused because the door is another replica's (since the start)
         self.paused: dict[int, float] = {}  # door port -> monotonic time its listener is polled again
         self.deferred_accepts = 0  # accepts put off for want of a descriptor (heartbeat figure)
         self.finished: queue.SimpleQueue[tuple[core.Door, str, Totals]] = queue.SimpleQueue()
@@ -212,29 +224,76 @@ class RelayShell(Shell):
         return 200
 
     def figures(self) -> dict[str, Any]:
-        return {"doors": len(self.table), "door_ports": sorted(d.port for d in self.table.doors()),
-                "connections": self.active, "deferred_accepts": self.deferred_accepts}
+        figures: dict[str, Any] = {
+            "doors": len(self.table), "door_ports": sorted(d.port for d in self.table.doors()),
+            "connections": self.active, "deferred_accepts": self.deferred_accepts,
+            "doors_by_opener": self.table.by_opener()}
+        if self.replicated:
+            figures["foreign_refused"] = self.foreign_refused
+        return figures
 
-    def answer(self, command: bus.Message) -> bus.DoorResult | None:
+    def serve_commands(self) -> None:
+        """As Shell.serve, knowing each command's sender: with replicas, the key behind its frame."""
+        for _ in range(self.BATCH):
+            try:
+                frames = self.commands.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self.log_bad("Dropped a message of %d frames", len(frames))
+                continue
+            identity = frames[0].bytes
+            self.peer = identity
+            opener = self.opener_of(identity, frames[1])
+            request = self.decode(frames[1].bytes)
+            result = self.answer(request, opener) if request is not None else None
+            if result is not None:
+                self.commands.send_multipart([identity, bus.encode(result)])
+
+    def opener_of(self, identity: bytes, frame: zmq.Frame) -> str:
+        """With replicas, the name of the key behind a frame's connection (ZeroMQ's User-Id of the CURVE peer,
+        which only a holder of that secret key can be), whose current connection it also notes; else ""."""
+        if not self.replicated:
+            return ""
+        try:
+            key = str(frame.get("User-Id"))
+        except zmq.ZMQError:  # no CURVE peer behind it: cannot be with replicas (tcp+CURVE), but never guess
+            key = "?"
+        name = self.key_names.get(key, key)
+        self.routes[name] = identity
+        return name
+
+    def answer(self, command: bus.Message, opener: str = "") -> bus.DoorResult | None:
         if isinstance(command, bus.DoorOpen):
-            return self.open_door(command)
+            return self.open_door(command, opener)
         if isinstance(command, bus.DoorClose):
             door = self.table.get(command.door_id)
             if door is not None:
+                refusal = self.table.close_refusal(door, opener)
+                if refusal:
+                    # A replica closes its own doors only (a revoked user's doors are closed by the replicas
+                    # that opened them; one that is down leaves them to the end of their windows).
+                    self.foreign_refused += 1
+                    self.log_bad("Refused to close port %d for %s from %s: %s", door.port, door.client, opener,
+                                 refusal)
+                    self.events.publish(Topic.RELAY_DOOR_REFUSED, client=command.client, port=command.port,
+                                        reason=refusal)
+                    return bus.DoorResult(command.door_id, "relay", False, refusal)
                 self.close_listener(door, "closed by auth")
             return bus.DoorResult(command.door_id, "relay", True)
         if isinstance(command, bus.DoorSet):
-            # Every door auth believes open here: a listener for any other has outlived its knowledge.
+            # Every door this auth believes open here: a listener for any other of its doors has outlived its
+            # knowledge. Another replica's doors are that replica's to judge.
             believed = {str(entry[0]) for entry in command.doors if isinstance(entry, list) and entry}
-            for door in [d for d in self.table.doors() if d.door_id not in believed]:
-                self.close_listener(door, "auth does not know it")
+            for door in self.table.unknown_to(opener, believed):
+                self.close_listener(door, f"{opener or 'auth'} does not know it")
             return None
         self.unexpected(command)
         return None
 
-    def open_door(self, command: bus.DoorOpen) -> bus.DoorResult:
+    def open_door(self, command: bus.DoorOpen, opener: str = "") -> bus.DoorResult:
         try:
-            door = self.table.validate(command, now_ms())
+            door = self.table.validate(command, now_ms(), opener)
             if not self.redirected and door.port not in self.listeners:
                 if not self.budget.can_open_door(len(self.listeners), self.active):
                     raise OSError(errno.EMFILE, f"{len(self.listeners)} doors and {self.active} connections hold "
@@ -330,7 +389,8 @@ class RelayShell(Shell):
             reset(conn)
             self.log_bad("Dropped a connection to port %d: %s", port, exc)
             done(Totals(error=f"relay could not start a thread: {exc}"))
-        peer = self.door_peers.get(door.door_id)
+        opened_on = self.door_peers.get(door.door_id)
+        peer = self.routes.get(door.opener, opened_on) if door.opener else opened_on
         if door.single_use and peer is not None:
             # Tell the auth that opened it: a used single-use door stops counting against its user's cap.
             self.commands.send_multipart([peer, bus.encode(bus.DoorUsed(door.door_id, "relay", str(door.client),
