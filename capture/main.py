@@ -3,11 +3,15 @@
 It opens the capture handle, drops to server.run_as before it reads a single
 packet (changing the BPF filter of an open handle needs no privilege), then
 moves packets that passed the filter to auth and follows auth's knock filter.
+A gateway served by several auth replicas ([replicas.NAME], issue 23) sends each
+client's packets to one live replica (capture/routing.py) and follows the union
+of the live replicas' filters (capture/filters.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -17,16 +21,19 @@ from typing import Any
 
 import pcap
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
 from dynknock.capture.bpf import KernelFilter
 from dynknock.capture.core import WRAPPED, build_filter, parse_frame, peek_datagram
 from dynknock.capture.fairness import Shedder, fair_order
-from dynknock.capture.filters import RETRY_S, Filters
-from dynknock.config import Config
+from dynknock.capture.filters import ONE_AUTH, RETRY_S, Filters
+from dynknock.capture.routing import FILTERS, PACKETS, SILENT, Change, Router
+from dynknock.config import Config, ReplicaConfig
 from dynknock.limits import PerSecond
 from dynknock.protocol import PacketType
 from dynknock.stage import (
+    RateLimitedLog,
     Shell,
     common_arguments,
     drop_privileges,
@@ -35,6 +42,7 @@ from dynknock.stage import (
     setup_logging,
 )
 from dynknock.topics import Topic
+from dynknock.transport import gateway_key_name
 
 SNAPLEN = 256
 REJECT_EVENTS_PER_SECOND = 20
@@ -51,6 +59,15 @@ NICE = -5
 # The kernel refusing a knock filter (capture/bpf.py KernelFilter) is logged at once, then at most this
 # often with a count: with hundreds of clients pending it may refuse several attaches a second.
 REFUSED_LOG_EVERY_S = 60.0
+# Auth replicas (issue 23). Each link pings its replica this often (ZMTP heartbeats) and gives it up
+# after failover_after_s without an answer: a replica whose host vanished (no FIN, no RST) then counts
+# as disconnected within that time and one interval, and its silence says so by then too.
+HEARTBEAT_IVL_MS = 300
+# Packets dropped because no replica is live: one log line a second at most (with a count of the rest).
+NO_REPLICA_LOGS_PER_SECOND = 1
+LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+SEND_HWM = 50_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,15 +104,28 @@ class CaptureShell(Shell):
         self.linktype = kernel_filter.linktype
         self.kernel_filter = kernel_filter
         self.addresses = frozenset(config.addresses)
-        # Bounded queue: if auth falls behind, capture drops (and counts) instead of
-        # growing without limit; IMMEDIATE keeps nothing queued for an absent auth.
-        self.to_auth = self.socket(zmq.PUSH, connect="packets", options={zmq.SNDHWM: 50_000, zmq.IMMEDIATE: 1})
-        self.from_auth = self.socket(zmq.SUB, connect="knock_filter", options={zmq.SUBSCRIBE: b""})
         self.watch(handle.fileno())  # wakes the loop; turn() reads the ring whatever the poll says
-        self.watch(self.from_auth, self.read_filters)
         # A fleet's auth serves several gateways: each packet names the one it was seen at (one host: not needed).
         self.gateway = gateway_label(config)
         self.filters = Filters(kernel_filter.atomic)
+        # Where packets go: the one auth (replica ""), or (issue 23) one PUSH per replica, each packet to
+        # its client's replica (self.router). Bounded queues: if auth falls behind, capture drops (and
+        # counts) instead of growing without limit; IMMEDIATE keeps nothing queued for an absent auth.
+        self.to_replica: dict[str, zmq.Socket[Any]] = {}
+        self.router: Router | None = None
+        if config.replicas:
+            self.router = Router(config.replicas, config.failover_after_s, time.monotonic())
+            self.filters.set_live((), time.monotonic())  # nobody's filters pass until a replica is up
+            for replica in config.replicas.values():
+                self.connect_replica(replica)
+            log.info("Capture serves the auth replicas %s; a replica disconnected, or silent for %g s, "
+                     "gets no packets.", ", ".join(sorted(config.replicas)), config.failover_after_s)
+        else:
+            self.to_replica[ONE_AUTH] = self.socket(zmq.PUSH, connect="packets",
+                                                    options={zmq.SNDHWM: SEND_HWM, zmq.IMMEDIATE: 1})
+            from_auth = self.socket(zmq.SUB, connect="knock_filter", options={zmq.SUBSCRIBE: b""})
+            self.watch(from_auth, functools.partial(self.read_filters, from_auth, ONE_AUTH))
+        self.log_no_replica = RateLimitedLog(log, NO_REPLICA_LOGS_PER_SECOND)
         self.shedder = Shedder()
         self.reject_budget = PerSecond(REJECT_EVENTS_PER_SECOND)  # reports on the bus: a flood must not flood it
         self.forwarded = self.dropped = self.bus_full = self.wrapped = self.unknown_hints = 0
@@ -106,29 +136,121 @@ class CaptureShell(Shell):
                  config.interface, ", ".join(sorted(self.addresses)), config.control_port, os.getuid())
         self.events.publish(Topic.CAPTURE_STARTED, interface=config.interface)
 
+    def connect_replica(self, replica: ReplicaConfig) -> None:
+        """A PUSH to the replica's packets and a SUB to its filters, each expecting the replica's own
+        key (auth@NAME), each watched by a socket monitor (its handshakes and disconnections are what
+        the router knows of its links) and pinged by ZMTP heartbeats (a vanished host is noticed)."""
+        failover_ms = int(self.config.failover_after_s * 1000)
+        # TTL: the replica, too, gives up a vanished gateway's connection after that long.
+        heartbeats: dict[int, int | bytes] = {zmq.HEARTBEAT_IVL: HEARTBEAT_IVL_MS,
+                                              zmq.HEARTBEAT_TIMEOUT: failover_ms, zmq.HEARTBEAT_TTL: failover_ms}
+        links: tuple[tuple[str, int, str, dict[int, int | bytes]], ...] = (
+            (PACKETS, zmq.PUSH, replica.packets, {zmq.SNDHWM: SEND_HWM, zmq.IMMEDIATE: 1}),
+            (FILTERS, zmq.SUB, replica.knock_filter, {zmq.SUBSCRIBE: b""}))
+        owner = gateway_key_name("auth", replica.name)
+        for link, kind, url, options in links:
+            sock = self.socket(kind, options={**heartbeats, **options})
+            # Monitored before it connects, so that no handshake goes unseen.
+            monitor = sock.get_monitor_socket(LINK_EVENTS)
+            self.watch(monitor, functools.partial(self.read_monitor, monitor, replica.name, link))
+            self.transport.connect_url(sock, url, owner)
+            if link == PACKETS:
+                self.to_replica[replica.name] = sock
+            else:
+                self.watch(sock, functools.partial(self.read_filters, sock, replica.name))
+
     def timeout_ms(self) -> int:
         # A full batch may have left frames in a ring block libpcap holds: come straight back.
-        return 0 if len(self.batch) >= MAX_BATCH else self.filters.wait_ms(time.monotonic())
+        if len(self.batch) >= MAX_BATCH:
+            return 0
+        now = time.monotonic()
+        wait = self.filters.wait_ms(now)
+        if self.router is not None:
+            silent_in = self.router.wait_ms(now)  # a live replica may fall silent before then
+            if silent_in >= 0:
+                wait = min(wait, silent_in)
+        return wait
 
-    def read_filters(self) -> None:
+    def read_filters(self, sock: zmq.Socket[Any], replica: str) -> None:
         # Each knock filter is the whole list: only the newest matters. Compiling every one
         # in turn made capture fall behind as soon as knocks came in quickly.
         newest = None
-        while True:
+        heard = False
+        for _ in range(self.BATCH):
             try:
-                frame = self.from_auth.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             message = self.decode(frame, "filter message")
+            if isinstance(message, bus.KnockFilter | bus.HintFilter) and replica != ONE_AUTH \
+                    and message.replica != replica:
+                # The socket says who sent it (its CURVE key is auth@NAME): a replica naming another is
+                # misconfigured (server.replica), and its filters must not pass as the other's.
+                self.log_bad("Dropped a filter message naming replica %r from replica %s", message.replica, replica)
+                continue
             if isinstance(message, bus.KnockFilter):
                 newest = message
+                heard = True
             elif isinstance(message, bus.HintFilter):
-                if not self.filters.on_hints(message):
+                heard = True
+                if not self.filters.on_hints(message, replica):
                     self.log_bad("Dropped a hint message with a bad hint")
             elif message is not None:
                 self.unexpected(message, " on the filter socket")
-        if newest is not None and not self.filters.on_knocks(newest, time.monotonic()):
+        now = time.monotonic()
+        if newest is not None and not self.filters.on_knocks(newest, now, replica):
             self.log_bad("Dropped a filter message with a bad pair")
+        if heard and self.router is not None:
+            # After its filters are kept: a replica that comes up brings them with it.
+            self.apply(self.router.heard(replica, now), now)
+
+    def read_monitor(self, monitor: zmq.Socket[Any], replica: str, link: str) -> None:
+        """A replica's link: handshake done (connected), connection gone, or our key refused."""
+        assert self.router is not None
+        for _ in range(self.BATCH):
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            now = time.monotonic()
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.apply(self.router.connected(replica, link, now), now)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.apply(self.router.disconnected(replica, link, now), now)
+            else:  # a failed handshake: the link never came up (ZeroMQ tries again by itself)
+                self.log_bad("Replica %s's %s endpoint refused our handshake (event %d): check that it holds "
+                             "the key %s and admits %s", replica, link, kind, gateway_key_name("auth", replica),
+                             self.transport.own_key)
+
+    def apply(self, change: Change | None, now: float) -> None:
+        """A replica went up or down: said once, and only the live replicas' filters pass."""
+        if change is None or self.router is None:
+            return
+        live = self.router.live
+        if change.up:
+            self.log.info("Replica %s is up (%s): its clients' packets go to it.", change.replica, change.why)
+        else:
+            why = f"silent for {self.config.failover_after_s:g} s" if change.why == SILENT else \
+                f"disconnected: its {change.link} link closed"
+            self.log.warning("Replica %s is down (%s): its clients' packets go to %s.", change.replica, why,
+                             ", ".join(live) if live else "nobody (no replica is up: packets are dropped)")
+        self.filters.set_live(live, now)
+
+    def send(self, message: bus.Datagram | bus.Syn) -> None:
+        """To the one auth, or to the client's replica (none up: dropped, counted, logged within a rate)."""
+        replica = ONE_AUTH if self.router is None else self.router.route(message.source)
+        if replica is None:
+            assert self.router is not None
+            self.log_no_replica("No auth replica is up: a packet from %s dropped (%d so far)",
+                                message.source, self.router.dropped)
+            return
+        try:
+            self.to_replica[replica].send(bus.encode(message), zmq.NOBLOCK)
+            self.forwarded += 1
+        except zmq.Again:
+            self.bus_full += 1
+            self.log_bad("auth is not keeping up (or down): packet dropped")
 
     def report(self, source: bytes, reason: str, now: float) -> None:
         """Rejections made here, reported (one budget for all, whatever the flood); an unknown hint is
@@ -143,6 +265,9 @@ class CaptureShell(Shell):
         take = batch.append
         self.handle.dispatch(MAX_BATCH, lambda _ts, frame: take(frame))
         now = time.monotonic()
+        if self.router is not None:
+            for change in self.router.expire(now):
+                self.apply(change, now)
         syns: list[bytes] = []  # and whatever else the cheap check leaves to parse_frame
         datagrams: list[tuple[bytes, bytes]] = []  # (hint, frame) admitted
         for frame in batch:
@@ -189,12 +314,7 @@ class CaptureShell(Shell):
                 parsed = dataclasses.replace(parsed, gateway=self.gateway)
             if isinstance(parsed, bus.Syn):
                 filters.on_syn(parsed.source, now)
-            try:
-                self.to_auth.send(bus.encode(parsed), zmq.NOBLOCK)
-                self.forwarded += 1
-            except zmq.Again:
-                self.bus_full += 1
-                self.log_bad("auth is not keeping up (or down): packet dropped")
+            self.send(parsed)
 
     def filter_refused(self, form: str | None, now: float) -> None:
         """The kernel refused a knock filter: said at once, then at most once a minute with a count (the
@@ -221,7 +341,15 @@ class CaptureShell(Shell):
         # Gathered only when a heartbeat is due: pcap stats are a system call, not one per batch.
         received, kernel_dropped, if_dropped = self.handle.stats()
         filters, admitted = self.filters, self.filters.admitted
-        return {"received": received, "kernel_dropped": kernel_dropped, "interface_dropped": if_dropped,
+        replicated: dict[str, Any] = {}
+        if self.router is not None:
+            replicas = self.router.figures(time.monotonic(), time.time())
+            for name, figures in replicas.items():  # what each replica's filters hold (down: nothing)
+                figures["filter_generation"] = filters.generations.get(name, -1)
+                figures["filter_pairs"] = len(filters.replica_pairs.get(name, ()))
+            # no_replica: packets dropped because no replica was up to take them (fail closed).
+            replicated = {"replicas": replicas, "no_replica": self.router.dropped}
+        return {**replicated,"received": received, "kernel_dropped": kernel_dropped, "interface_dropped": if_dropped,
                 "forwarded": self.forwarded, "dropped": self.dropped, "bus_full": self.bus_full,
                 "unknown_hints": self.unknown_hints, "wrapped": self.wrapped, "shed": dict(self.shedder.dropped),
                 "filter_pairs": len(filters.pairs), "filter_admitted": len(admitted), "admitted": admitted.total,
