@@ -55,6 +55,11 @@ class Invalid(ValueError):
     """A command the gate refuses; the message says why."""
 
 
+# The prefix of a DoorResult detail on which auth moves a door to another port (auth/engine.py; the relay says
+# it of a port a local socket holds). The gate says it of a (client, port) another auth replica's door holds.
+ADDRESS_IN_USE = "address_in_use"
+
+
 @dataclass(frozen=True, slots=True)
 class GateSettings:
     table: str

@@ -472,7 +472,12 @@ class GateShell(Shell):
         try:
             if isinstance(command, bus.DoorOpen):
                 step.element, step.timeout_ms = core.validate_open(self.settings, command, now)
-                self.check_opener(step.element, opener, now, pending)
+                try:
+                    self.check_opener(step.element, opener, now, pending)
+                except core.Invalid as exc:
+                    # Replicas draw door ports apart: auth moves this door to another port, and the
+                    # DoorClose of its move is refused here in turn, so the other replica's door stays.
+                    raise core.Invalid(f"{core.ADDRESS_IN_USE}: {exc}") from None
                 pending[(step.element.address, step.element.port)] = opener.name
                 step.script = core.add_element(self.settings, step.element, step.timeout_ms)
             else:

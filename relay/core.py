@@ -138,6 +138,11 @@ class DoorTable:
             raise Invalid("expiry beyond the window")
         holder = self._by_port.get(command.port)
         if holder is not None and holder.door_id != command.door_id:
+            if holder.opener != opener:
+                # Replicas draw door ports apart: auth moves this door to another port (as for a port a local
+                # socket holds), and the DoorClose of its move names its own door id, not the holder's.
+                raise Invalid(f"{ADDRESS_IN_USE}: port {command.port} is already a door of "
+                              f"{holder.opener or 'the auth'}")
             raise Invalid(f"port {command.port} is already a door")
         same_id = self._by_id.get(command.door_id)
         if same_id is not None and same_id.opener != opener:

@@ -359,10 +359,11 @@ def test_each_replica_opens_closes_and_hears_of_its_own_doors(
                 assert replica.ask("relay", command).ok
     a_ports, b_ports = {41001, 41002, 41003, 41004, 41005}, {41011, 41012, 41013, 41014}
     assert gateway.elements() == a_ports | b_ports
-    # b may not take a's (client, port), at the gate nor at the relay.
+    # b may not take a's (client, port), at the gate nor at the relay; the prefix makes auth move b's door.
     taken = b.ask("gate", door("b9", 41001, kernel=True))
-    assert not taken.ok and "auth@a's, not auth@b's" in taken.detail
-    assert not b.ask("relay", door("b9", 41003, kernel=False)).ok
+    assert not taken.ok and taken.detail == "address_in_use: the door is auth@a's, not auth@b's"
+    taken = b.ask("relay", door("b9", 41003, kernel=False))
+    assert not taken.ok and taken.detail == "address_in_use: port 41003 is already a door of auth@a"
 
     # a's DoorSet: a2 no longer; a's other doors listed; b's doors, which a does not list, stay.
     a.door_sets(gate=[ka1, ra2, ra3, ka2], relay=[ra2, ra3])
