@@ -210,8 +210,8 @@ def _is_tcp_url(v: Any) -> bool:
 def _tcp_endpoints(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ValueError("must be a table of endpoint = \"tcp://HOST:PORT\"")
-    if v and set(v) != set(ENDPOINT_NAMES):
-        raise ValueError(f"must name exactly {', '.join(ENDPOINT_NAMES)}")
+    if v and not set(v) <= set(ENDPOINT_NAMES):
+        raise ValueError(f"names {sorted(set(v) - set(ENDPOINT_NAMES))[0]!r}: only {', '.join(ENDPOINT_NAMES)}")
     for name, url in v.items():
         if not _is_tcp_url(url):
             raise ValueError(f"{name} must look like \"tcp://198.18.0.1:7001\"")
@@ -440,6 +440,13 @@ def parse(document: dict[str, Any], path: str) -> Config:
     replicas = _replicas(document.get("replicas", {}), path)
     if replicas and values["bus_transport"] != "tcp":
         raise ConfigError(f"{path}: [replicas.NAME] (auth replicas) needs bus.transport = \"tcp\"")
+    # A gateway serving auth replicas binds gate and relay; packets, knock_filter and events are each
+    # replica's ([replicas.NAME]), and it has no tap. Everyone else names every endpoint.
+    needed = {"gate", "relay"} if replicas else set(ENDPOINT_NAMES)
+    if values["tcp_endpoints"] and not needed <= set(values["tcp_endpoints"]):
+        missing = sorted(needed - set(values["tcp_endpoints"]))
+        raise ConfigError(f"{path}: bus.tcp_endpoints must name {', '.join(missing)} too"
+                          + ("" if replicas else f" (all of {', '.join(ENDPOINT_NAMES)})"))
     if values["store_kind"] == "etcd":
         for name in ("store_endpoints", "store_ca", "store_cert", "store_key", "store_password_file"):
             if not values[name]:

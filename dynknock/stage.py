@@ -187,7 +187,9 @@ def drop_capabilities() -> None:
 def transport_for(config: Config, stage: str) -> Transport:
     """ipc endpoints in bus.runtime_dir, or the configured tcp endpoints with CURVE."""
     if config.bus_transport == "tcp":
-        return Transport(bus.Endpoints(**config.tcp_endpoints), stage, config.curve_dir, own_key_name(config, stage))
+        # A gateway serving auth replicas names only gate and relay: the rest are each replica's ("": none here).
+        named = {name: config.tcp_endpoints.get(name, "") for name in bus.ENDPOINT_NAMES}
+        return Transport(bus.Endpoints(**named), stage, config.curve_dir, own_key_name(config, stage), config.replica)
     return Transport(bus.Endpoints.in_directory(config.runtime_dir), stage)
 
 

@@ -106,6 +106,9 @@ class Transport:
     stage: str
     curve_dir: Path | None = None  # None: ipc, the directory's permissions protect it
     key_name: str = ""  # our own key, if not the stage's: a fleet gateway's `capture@gw-a`
+    # An auth replica's host (issue 23): its auth and knock-bus bind with their own keys (auth@NAME, bus@NAME),
+    # so a stage there connecting to them (auth to events, knock-admin status to tap) expects those.
+    replica: str = ""
 
     @property
     def own_key(self) -> str:
@@ -134,10 +137,16 @@ class Transport:
         sock.bind(getattr(self.endpoints, endpoint_name))
 
     def connect(self, sock: zmq.Socket[Any], endpoint_name: str) -> None:
+        if not getattr(self.endpoints, endpoint_name):
+            raise TransportError(f"no {endpoint_name} endpoint here (bus.tcp_endpoints; a gateway serving auth "
+                                 f"replicas reaches theirs through [replicas.NAME])")
         if self.curve_dir is not None:
             public, secret = self._keys(self.own_key)
             assert secret is not None
-            server_public, _ = self._keys(OWNER[endpoint_name])
+            owner = OWNER[endpoint_name]
+            if self.replica and owner in REPLICA_ROLES:
+                owner = gateway_key_name(owner, self.replica)
+            server_public, _ = self._keys(owner)
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_serverkey = server_public
         sock.connect(getattr(self.endpoints, endpoint_name))

@@ -497,3 +497,66 @@ def test_fleet_examples_parse() -> None:
     gateway = cfg.load(examples / "gateway.toml")
     assert not gateway.fleet and gateway.gateway == "gw-a"
     assert gateway.addresses == auth_host.gateways["gw-a"].addresses
+
+
+# --- auth replicas on etcd (issue 23) ----------------------------------------------------------------
+
+REPLICAS = {name: {"packets": f"tcp://{ip}:7001", "knock_filter": f"tcp://{ip}:7002", "events": f"tcp://{ip}:7005"}
+            for name, ip in (("auth-a", "198.18.0.21"), ("auth-b", "198.18.0.22"))}
+
+
+def gateway_of_replicas(endpoints: dict[str, str]) -> dict[str, Any]:
+    document = copy.deepcopy(MINIMAL)
+    document["bus"] = {"transport": "tcp", "tcp_endpoints": endpoints}
+    document["replicas"] = copy.deepcopy(REPLICAS)
+    return document
+
+
+def test_a_gateway_serving_replicas_names_only_its_gate_and_relay(tmp_path: Path) -> None:
+    config = cfg.load(write(tmp_path, gateway_of_replicas({"gate": "tcp://198.18.0.1:7003",
+                                                           "relay": "tcp://198.18.0.1:7004"})))
+    assert config.replicated and set(config.replicas) == {"auth-a", "auth-b"}
+    assert config.replicas["auth-b"] == cfg.ReplicaConfig("auth-b", "tcp://198.18.0.22:7001",
+                                                          "tcp://198.18.0.22:7002", "tcp://198.18.0.22:7005")
+    message, _ = error_of(tmp_path, gateway_of_replicas({"gate": "tcp://198.18.0.1:7003"}))
+    assert "bus.tcp_endpoints must name relay too" in message
+
+
+def test_without_replicas_every_endpoint_is_named(tmp_path: Path) -> None:
+    document = copy.deepcopy(MINIMAL)
+    document["bus"] = {"transport": "tcp", "tcp_endpoints": {"gate": "tcp://198.18.0.1:7003",
+                                                             "relay": "tcp://198.18.0.1:7004"}}
+    message, _ = error_of(tmp_path, document)
+    assert "bus.tcp_endpoints must name events, knock_filter, packets, tap too" in message
+
+
+@pytest.mark.parametrize("replicas,words", [
+    ({"a": {"packets": "tcp://198.18.0.21:7001"}}, "replicas.a takes packets, knock_filter and events"),
+    ({"a": {"packets": "ipc:///x", "knock_filter": "tcp://1.2.3.4:1", "events": "tcp://1.2.3.4:2"}},
+     "replicas.a.packets = 'ipc:///x'"),
+    ({"A": REPLICAS["auth-a"]}, "replicas.A: name"),
+])
+def test_bad_replicas_name_the_key(tmp_path: Path, replicas: dict[str, Any], words: str) -> None:
+    document = gateway_of_replicas({"gate": "tcp://198.18.0.1:7003", "relay": "tcp://198.18.0.1:7004"})
+    document["replicas"] = replicas
+    message, _ = error_of(tmp_path, document)
+    assert words in message
+
+
+def test_an_etcd_store_needs_its_endpoints_and_files(tmp_path: Path) -> None:
+    document = copy.deepcopy(MINIMAL)
+    document["store"] = {"kind": "etcd"}
+    message, _ = error_of(tmp_path, document)
+    assert "store.endpoints is required with store.kind = \"etcd\"" in message
+    document["store"]["endpoints"] = ["http://198.18.0.31:2379"]
+    message, _ = error_of(tmp_path, document)
+    assert "store.endpoints" in message and "TLS only" in message
+
+
+def test_ha_examples_parse() -> None:
+    examples = EXAMPLE.parent / "ha"
+    replica = cfg.load(examples / "auth-replica.toml")
+    assert replica.store_kind == "etcd" and replica.replica == "auth-a" and replica.fleet
+    gateway = cfg.load(examples / "gateway.toml")
+    assert set(gateway.replicas) == {"auth-a", "auth-b"} and gateway.failover_after_s == 1.5
+    assert gateway.addresses == replica.gateways["gw-a"].addresses
