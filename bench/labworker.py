@@ -149,12 +149,13 @@ def connect_banner(server: str, port: int, source: str | None, timeout: float = 
 
 
 def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing, source: str | None = None,
-                      keep: bool = False, use_door: bool = True) -> dict[str, Any]:
+                      keep: bool = False, use_door: bool = True, bind: bool = False) -> dict[str, Any]:
     """One knock as knock-client does it after start-up (key file read, sockets, exchange), then the door.
 
     Times are from the start: the key file read (no KDF with a key file) to P3 OPEN,
     and to the first successful TCP connect through the door (banner received). `use_door` False: the
-    door is left unused (a hog holding doors), ok once P3 OPEN came.
+    door is left unused (a hog holding doors), ok once P3 OPEN came. `bind`: protocol v2, as
+    `knock-client --bind` (a fleet, auth replicas).
     """
     t0 = time.perf_counter()
     result: dict[str, Any] = {"ok": False}
@@ -167,7 +168,7 @@ def knock_and_connect(key_file: Path, server: str, service: str, timing: Timing,
         endpoint = _endpoint(server, source)
         syn = open_knocker(socket.AF_INET)  # as knock-client: raw SYNs as root, connect() knocks otherwise
         request = new_request(service, endpoint.local, syn.kind)
-        session = ClientSession(keys, request, timing)
+        session = ClientSession(keys, request, timing, server=endpoint.server if bind else None)
         outcome = run_session(session, endpoint, syn)
         t_p3 = time.perf_counter()
         result.update(p3_ms=(t_p3 - t0) * 1000, bursts=outcome.bursts, pending=outcome.pending)
@@ -208,7 +209,7 @@ def cmd_knocks(args: dict[str, Any]) -> None:
             break
         started = time.time()
         result = knock_and_connect(keys[i % len(keys)], args["server"], args.get("service", "bench"), timing,
-                                   use_door=bool(args.get("use_door", True)))
+                                   use_door=bool(args.get("use_door", True)), bind=bool(args.get("bind", False)))
         emit(i=i, t_start=started, t_end=time.time(), **result)
         if pause:
             time.sleep(pause)
@@ -355,7 +356,7 @@ def cmd_scale(args: dict[str, Any]) -> None:
         if delay > 0:
             time.sleep(delay)
         result = knock_and_connect(Path(key_file), args["server"], args.get("service", "bench"), timing,
-                                   source=source)
+                                   source=source, bind=bool(args.get("bind", False)))
         result["source"] = source
         result["started"] = time.time()
         results[index] = result

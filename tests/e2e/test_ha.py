@@ -21,163 +21,26 @@ Every loop is bounded; the labs are torn down in finally.
 
 from __future__ import annotations
 
-import os
-import pwd
 import re
 import shlex
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dpkt
 import pytest
 
-from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import SERVICE_USER, VENV_BIN, Stack, prepare_workdir
+from dynknock.lab.netlab import Host
+from dynknock.lab.stack import VENV_BIN
 from tests.e2e.test_fleet import mac_of, retarget
-from tests.etcdlab import EtcdLab
+from tests.halab import ADMIN, World, ha_lab, replicas_seen, status
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-HA = REPO / "examples" / "ha"
 INJECT_TOOL = Path(__file__).resolve().parent / "tools" / "inject_frames.py"
-REPLICA_HOSTS = {"auth-a": ("autha", "198.18.0.21", "2001:db8:d::21", "198.18.231.21"),
-                 "auth-b": ("authb", "198.18.0.22", "2001:db8:d::22", "198.18.231.22")}
-GATEWAY_B = ("gwb", "198.18.0.11", "2001:db8:d::11")
-PORTS = {"packets": 7001, "knock_filter": 7002, "gate": 7003, "relay": 7004, "events": 7005, "tap": 7006}
 CONTROL_PORT = 62201
 PASSWORD = "alice's long password"
-ADMIN = str(VENV_BIN / "knock-admin")
-
-
-@dataclass
-class World:
-    lab: NetLab
-    etcd: EtcdLab
-    workdir: Path
-    replicas: dict[str, Host]
-    gateways: dict[str, Host]
-    configs: dict[str, Path]
-    stacks: dict[str, Stack]
-    sshd: dict[str, SshdInfo]
-    gaps: list[float] = field(default_factory=list)
-
-
-def _own(path: Path, mode: int) -> None:
-    service = pwd.getpwnam(SERVICE_USER)
-    os.chown(path, 0, service.pw_gid)
-    path.chmod(mode)
-
-
-def replica_config(world_dir: Path, name: str, host: Host, gateways: dict[str, Host], etcd: EtcdLab,
-                   curve: Path) -> Path:
-    files = world_dir / f"etcd-{name}"
-    files.mkdir()
-    _own(files, 0o750)
-    for label, source in (("ca.crt", etcd.ca), ("client.crt", etcd.replica.cert), ("client.key", etcd.replica.key),
-                          ("password", etcd.replica.password_file)):
-        shutil.copy(source, files / label)
-        _own(files / label, 0o640)
-    own = {k: f"tcp://{host.ipv4}:{port}" for k, port in PORTS.items() if k not in ("gate", "relay")}
-    own |= {"gate": f"tcp://{gateways['gw-a'].ipv4}:{PORTS['gate']}",
-            "relay": f"tcp://{gateways['gw-a'].ipv4}:{PORTS['relay']}"}
-    endpoints = ", ".join(f'{k} = "{v}"' for k, v in own.items())
-    members = ", ".join(f'"{url}"' for url in etcd.endpoints)
-    gateway_tables = "".join(f"""
-[gateways.{gw}]
-addresses = ["{h.ipv4}", "{h.ipv6}"]
-gate = "tcp://{h.ipv4}:{PORTS['gate']}"
-relay = "tcp://{h.ipv4}:{PORTS['relay']}"
-""" for gw, h in gateways.items())
-    path = world_dir / f"{name}.toml"
-    path.write_text(f"""\
-[server]
-interface = "{host.interface}"
-addresses = ["{host.ipv4}"]
-replica = "{name}"
-users_file = "{world_dir}/users-unused.json"
-key_file = "{world_dir}/server.key"
-state_dir = "{world_dir}/state-{name}"
-run_as = "{SERVICE_USER}"
-max_doors_per_user = 64
-
-[store]
-kind = "etcd"
-endpoints = [{members}]
-ca = "{files / 'ca.crt'}"
-cert = "{files / 'client.crt'}"
-key = "{files / 'client.key'}"
-user = "{etcd.replica.user}"
-password_file = "{files / 'password'}"
-prefix = "{etcd.prefix}"
-
-[bus]
-runtime_dir = "{world_dir}/run-{name}"
-transport = "tcp"
-curve_dir = "{curve}"
-tcp_endpoints = {{ {endpoints} }}
-{gateway_tables}
-[services.ssh]
-target = "127.0.0.1:22"
-""")
-    return path
-
-
-def gateway_config(world_dir: Path, name: str, host: Host, replicas: dict[str, Host], curve: Path) -> Path:
-    tables = "".join(f"""
-[replicas.{r}]
-packets = "tcp://{h.ipv4}:{PORTS['packets']}"
-knock_filter = "tcp://{h.ipv4}:{PORTS['knock_filter']}"
-events = "tcp://{h.ipv4}:{PORTS['events']}"
-""" for r, h in replicas.items())
-    path = world_dir / f"{name}.toml"
-    path.write_text(f"""\
-[server]
-interface = "{host.interface}"
-addresses = ["{host.ipv4}", "{host.ipv6}"]
-gateway = "{name}"
-users_file = "{world_dir}/users-unused.json"
-state_dir = "{world_dir}/state-{name}"
-run_as = "{SERVICE_USER}"
-
-[bus]
-runtime_dir = "{world_dir}/run-{name}"
-transport = "tcp"
-curve_dir = "{curve}"
-tcp_endpoints = {{ gate = "tcp://{host.ipv4}:{PORTS['gate']}", relay = "tcp://{host.ipv4}:{PORTS['relay']}" }}
-failover_after_s = 1.5
-{tables}
-[gate]
-stealth = true
-public_tcp_ports = [{PORTS['gate']}, {PORTS['relay']}]
-
-[services.ssh]
-target = "127.0.0.1:22"
-""")
-    return path
-
-
-def role_keys(all_keys: Path, out: Path, secrets: tuple[str, ...]) -> Path:
-    out.mkdir()
-    shutil.copytree(all_keys / "public", out / "public")
-    for name in secrets:
-        shutil.copy2(all_keys / f"{name}.key_secret", out / f"{name}.key_secret")
-    service = pwd.getpwnam(SERVICE_USER)
-    for path in [out, *out.rglob("*")]:
-        os.chown(path, service.pw_uid, service.pw_gid)
-    return out
-
-
-def status(world: World, replica: str) -> str:
-    lab = world.lab
-    return lab.run(world.replicas[replica], ["setpriv", f"--reuid={SERVICE_USER}", f"--regid={SERVICE_USER}",
-                                             "--init-groups", ADMIN, "status", "-c", str(world.configs[replica]),
-                                             "--seconds", "2.5"], check=False, timeout=30).stdout
 
 
 def knock(world: World, gateway: str, timeout: float = 3.0,
@@ -195,13 +58,6 @@ def opens(world: World, gateway: str, timeout: float = 3.0) -> bool:
     return done.returncode == 0 and done.stdout.strip() == "through-ha"
 
 
-def replicas_seen(status_text: str, gateway: str) -> dict[str, str]:
-    """Each replica's state as `gateway`'s capture sees it, from knock-admin status."""
-    found = re.search(rf"replicas as gateway {gateway}'s capture sees them: (.*)", status_text)
-    words = found.group(1).split() if found else []
-    return dict(zip(words[::2], words[1::2], strict=True))
-
-
 def serving_replica(world: World) -> str:
     """The replica whose auth logged alice's last request (the one her gateway routes her to)."""
     newest, who = -1.0, ""
@@ -217,72 +73,12 @@ def serving_replica(world: World) -> str:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    require_privileges()
-    workdir = Path(tempfile.mkdtemp(prefix="dynknock-ha-"))
-    extra = [(h[0], h[1], h[2]) for h in REPLICA_HOSTS.values()] + [GATEWAY_B]
-    with NetLab("dkh", extra_hosts=extra) as lab, EtcdLab() as etcd:
-        stacks: dict[str, Stack] = {}
-        try:
-            prepare_workdir(workdir)
-            replicas = {name: lab.host(h[0]) for name, h in REPLICA_HOSTS.items()}
-            gateways = {"gw-a": lab.server, "gw-b": lab.host(GATEWAY_B[0])}
-            for name, h in REPLICA_HOSTS.items():
-                etcd.attach(replicas[name].ns, f"p-{h[0]}", h[3])
-            for name in [*replicas, *gateways]:
-                for sub, mode in ((f"run-{name}", 0o750), (f"state-{name}", 0o700)):
-                    (workdir / sub).mkdir(mode=mode)
-                    service = pwd.getpwnam(SERVICE_USER)
-                    os.chown(workdir / sub, service.pw_uid, service.pw_gid)
-            all_keys = workdir / "curve-all"
-            made = subprocess.run([ADMIN, "bus-keys", str(all_keys), *[a for g in gateways for a in ("--gateway", g)],
-                                   *[a for r in replicas for a in ("--replica", r)]],
-                                  capture_output=True, text=True, check=False)
-            assert made.returncode == 0, made.stderr
-            configs: dict[str, Path] = {}
-            for name, host in replicas.items():
-                curve = role_keys(all_keys, workdir / f"curve-{name}", (f"auth@{name}", f"bus@{name}", "tap"))
-                configs[name] = replica_config(workdir, name, host, gateways, etcd, curve)
-            for name, host in gateways.items():
-                curve = role_keys(all_keys, workdir / f"curve-{name}",
-                                  (f"capture@{name}", f"gate@{name}", f"relay@{name}"))
-                configs[name] = gateway_config(workdir, name, host, replicas, curve)
-            # The admin's config: a replica's, plus the admin's own etcd identity (examples/ha/admin.toml).
-            admin_config = workdir / "admin.toml"
-            admin_config.write_text(configs["auth-a"].read_text().replace("[store]\n", f"""[store]
-admin_cert = "{etcd.admin.cert}"
-admin_key = "{etcd.admin.key}"
-admin_user = "{etcd.admin.user}"
-admin_password_file = "{etcd.admin.password_file}"
-""", 1))
-            configs["admin"] = admin_config
-            sshd = {name: start_sshd(lab, host, workdir / f"ssh-{name}") for name, host in gateways.items()}
-            for name, host in replicas.items():
-                stacks[name] = Stack(lab, workdir, HA / "auth-replica.supervisord.conf", host=host,
-                                     config_path=configs[name], name=name)
-            for name, host in gateways.items():
-                stacks[name] = Stack(lab, workdir, HA / "gateway.supervisord.conf", host=host,
-                                     config_path=configs[name], name=name)
-            # knock-admin on the admin host (auth-a's namespace reaches etcd), as root.
-            added = lab.run(replicas["auth-a"], [ADMIN, "-c", str(admin_config), "add", "alice"],
-                            input=PASSWORD + "\n", check=False)
-            assert added.returncode == 0, added.stderr
-            for stack in stacks.values():
-                stack.start(wait=False)
-            world = World(lab, etcd, workdir, replicas, gateways, configs, stacks, sshd)
-            deadline = time.monotonic() + 60
-            text = ""
-            while time.monotonic() < deadline:
-                text = status(world, "auth-a")
-                if "auth up" in text and all(f"gateway {g}: capture up  gate up  relay up" in text for g in gateways):
-                    break
-            else:
-                raise AssertionError(f"the HA lab is not up after 60 s:\n{text}")
-            yield world
-        finally:
-            for stack in stacks.values():
-                stack.stop()
-            if not os.environ.get("DYNKNOCK_KEEP_LAB"):  # set it to read the stacks' logs after a failure
-                shutil.rmtree(workdir, ignore_errors=True)
+    with ha_lab() as built:
+        # knock-admin on the admin host (auth-a's namespace reaches etcd), as root, as the docs say.
+        added = built.lab.run(built.replicas["auth-a"], [ADMIN, "-c", str(built.configs["admin"]), "add", "alice"],
+                              input=PASSWORD + "\n", check=False)
+        assert added.returncode == 0, added.stderr
+        yield built
 
 
 def test_knocks_open_at_both_gateways(world: World) -> None:
