@@ -56,7 +56,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeAlias
@@ -217,6 +217,9 @@ def engine_config(config: Config, **own: Any) -> EngineConfig:
     return EngineConfig(**{**shared, "versions": versions, "bound_only": strict, **own})
 
 
+CLAIM_SAMPLES = 1000
+
+
 class State(enum.Enum):
     AWAITING_KNOCKS = "awaiting_knocks"
     OPENING = "opening"
@@ -330,6 +333,10 @@ class Engine:
         self._mismatch_nonces: dict[bytes, int] = {}
         self.rejections: Counter[str] = Counter()
         self.unmatched_syns = 0
+        # Auth replicas: ms from each P1 to its claim's answer, and whether its knocks were all in by then
+        # (the last CLAIM_SAMPLES; the heartbeat's p50 and p99 say how much the store adds to a door).
+        self.claim_wait_ms: deque[int] = deque(maxlen=CLAIM_SAMPLES)
+        self.claims_after_knocks = 0
         self._reject_second = -1  # the second _reject_sent belongs to; -1: no second seen yet
         self._reject_sent: Counter[str | None] = Counter()  # user named (None: nobody) -> events sent
         self._filter: frozenset[tuple[str, int]] = frozenset()
@@ -527,6 +534,10 @@ class Engine:
             return actions + self._knocks_complete(request, now_ms)
         return actions + self._filter_update()  # this (source, port) needs no more SYNs; or on_claim opens
 
+    @staticmethod
+    def _awaits_claim_only(request: Request) -> bool:
+        return request.state is State.AWAITING_KNOCKS and not request.remaining and not request.claimed
+
     def on_claim(self, request_id: bytes, claimed: bool | None, detail: str, now_ms: int) -> list[Action]:
         """The shared store's answer to a ClaimNonce: True, the nonce is this replica's (the door may
         open); False, another replica had it (a copy of the P1: refused as a replay); None, the store
@@ -534,9 +545,11 @@ class Engine:
         request = self._by_id.get(request_id)
         if request is None or request.claimed:
             return []  # dropped or replaced meanwhile: nothing waits for this answer
+        self.claim_wait_ms.append(now_ms - request.created_ms)
         if claimed:
             request.claimed = True
             if not request.remaining and request.state is State.AWAITING_KNOCKS:
+                self.claims_after_knocks += 1  # the knocks were in: the door waited for the store
                 return self._knocks_complete(request, now_ms)
             return []
         reason = RejectReason.REPLAY if claimed is False else RejectReason.STORE_UNAVAILABLE
@@ -745,8 +758,11 @@ class Engine:
                                 f"at {request.gateway or 'local'}", user.name)
         self._replay.remember(nonce, nonce_expiry)
         request.reply_to = (source, source_port, destination)
-        if request.state is State.OPENING:
-            return []  # answered as soon as the door is confirmed
+        if request.state is State.OPENING or self._awaits_claim_only(request):
+            # Answered as soon as the door is confirmed (or refused); a request whose knocks are all in and
+            # whose nonce the shared store has not answered for yet is not PENDING: a client told so would
+            # resend its whole burst, every few tens of ms, while nothing is missing on its side.
+            return []
         if request.state is State.AWAITING_KNOCKS and self._hold(request, now_ms):
             return []  # answered when the knocks complete, or PENDING at the deadline (on_timer)
         return [self._answer(request, now_ms)]
@@ -787,7 +803,8 @@ class Engine:
             if request.held_until_ms > now_ms:
                 break
             self._unhold(request)
-            if request.state is State.AWAITING_KNOCKS and request.reply_to is not None:
+            if request.state is State.AWAITING_KNOCKS and request.reply_to is not None \
+                    and not self._awaits_claim_only(request):
                 actions.append(self._answer(request, now_ms))
         return actions
 

@@ -484,8 +484,12 @@ class AuthShell(Shell):
         if self.config.replica:
             figures["replica"] = self.config.replica
         if self.store is not None:
+            waits = sorted(self.engine.claim_wait_ms)
             figures["store"] = {**self.store_health, "users_current": self.engine.users_current,
-                                "users_revision_taken": self.users_revision, "claims_sent": self.store.claims_sent,
+                                "claim_wait_ms_p50": waits[len(waits) // 2] if waits else 0,
+                                "claim_wait_ms_p99": waits[min(len(waits) - 1, len(waits) * 99 // 100)] if waits else 0,
+                                "claims_after_knocks": self.engine.claims_after_knocks,
+                                "users_revision_taken": self.users_revision, **self.store.figures(),
                                 "claims_refused": dict(self.claims_refused)}
         return figures
 

@@ -79,6 +79,14 @@ class StoreLink:
         self._stop = threading.Event()
         self.health: dict[str, Any] = {}
         self.claims_sent = 0
+        # The claimer's own figures (its thread writes, the heartbeat reads; ints and floats only): how many
+        # txns, how many nonces waited for each, and how long the slowest took since the last heartbeat.
+        self.batches = 0
+        self.batch_max = 0
+        self.batch_ms_max = 0.0
+        self.waiting_max = 0
+        self.batch_ms_max_all = 0.0  # the same two since start (a benchmark reads them after its row)
+        self.waiting_max_all = 0
         self._threads = [threading.Thread(target=self._claimer, name="store-claims", daemon=True),
                          threading.Thread(target=self._prober, name="store-health", daemon=True)]
 
@@ -107,6 +115,15 @@ class StoreLink:
                 out.append(pickle.loads(self.inbox.recv(zmq.NOBLOCK)))  # noqa: S301 - our own threads' tuples
             except zmq.Again:
                 return out
+
+    def figures(self) -> dict[str, Any]:
+        """The claimer's figures since the last call (a heartbeat's): txns, the largest batch, the slowest
+        txn in ms, the most claims waiting at once (a store falling behind shows here first)."""
+        out = {"claims_sent": self.claims_sent, "claim_txns": self.batches, "claim_batch_max": self.batch_max,
+               "claim_txn_ms_max": round(self.batch_ms_max, 1), "claims_waiting_max": self.waiting_max,
+               "claim_txn_ms_max_all": round(self.batch_ms_max_all, 1), "claims_waiting_max_all": self.waiting_max_all}
+        self.batch_max, self.batch_ms_max, self.waiting_max = 0, 0.0, 0
+        return out
 
     def close(self) -> None:
         self._stop.set()
@@ -138,12 +155,19 @@ class StoreLink:
                 except queue.Empty:
                     break
             answers: list[tuple[str, bytes, bool | None, str]]
+            self.waiting_max = max(self.waiting_max, len(batch) + self._claims.qsize())
+            started = time.monotonic()
             try:
                 won = self.store.claim_many([(nonce, expiry) for _, nonce, expiry, _ in batch], batch[0][3])
                 answers = [("claim", rid, ok, "" if ok else "claimed by another replica")
                            for (rid, _, _, _), ok in zip(batch, won, strict=True)]
             except StoreError as exc:
                 answers = [("claim", rid, None, f"store: {exc.kind}: {exc}") for rid, _, _, _ in batch]
+            self.batches += 1
+            self.batch_max = max(self.batch_max, len(batch))
+            self.batch_ms_max = max(self.batch_ms_max, (time.monotonic() - started) * 1000)
+            self.batch_ms_max_all = max(self.batch_ms_max_all, self.batch_ms_max)
+            self.waiting_max_all = max(self.waiting_max_all, self.waiting_max)
             for answer in answers:
                 out.send(pickle.dumps(answer))
         out.close(0)

@@ -38,7 +38,7 @@ sys.path.insert(1, str(REPO / "bench"))
 from figures import med, pct  # noqa: E402  (bench/figures.py)
 
 from dynknock.lab.stack import VENV_BIN, LabUser  # noqa: E402
-from tests.halab import World, ha_lab  # noqa: E402
+from tests.halab import World, ha_lab, status  # noqa: E402
 
 WORKER = REPO / "bench" / "labworker.py"
 PYTHON = str(VENV_BIN / "python")
@@ -74,6 +74,31 @@ def key_files(directory: Path, names: list[str]) -> tuple[list[LabUser], dict[st
     return users, paths
 
 
+def cpu_by_program() -> dict[str, float]:
+    """CPU seconds used so far by every process of the machine, summed by program (the executable's name,
+    or for a Python program its script or console entry: knock-auth, labworker.py ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        words = [w.decode(errors="replace") for w in argv if w]
+        name = Path(words[0]).name if words else stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith("python") and len(words) > 1:
+            script = next((w for w in words[1:] if not w.startswith("-")), "")
+            name = Path(script).name if "/" in script else next((w for w in words[1:] if w.startswith("dynknock")),
+                                                                name)
+        out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
 def one_lab(store_kind: str, knocks: int, clients: int, keys_dir: Path) -> dict[str, Any]:
     names = ["lat"] + [f"s{i}" for i in range(clients)]
     keys_dir.mkdir(mode=0o700)
@@ -97,25 +122,35 @@ def measure(world: World, knocks: int, clients: int, paths: dict[str, str]) -> d
             "max_seconds": 300})], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), 330)
         latency = [r for r in latency if "i" in r]
         scale: list[dict[str, Any]] = []
+        cpu: dict[str, float] = {}  # CPU seconds by program over the clients' row (cpu_by_program)
         if clients:
             addresses = lab.add_ipv4_addresses(lab.client, clients)
             pairs = [(addr, paths[f"s{i}"]) for i, addr in enumerate(addresses)]
             start_wall = time.time() + 3.0
+            cpu_before = cpu_by_program()
             procs = [lab.popen(lab.client, [PYTHON, str(WORKER), "scale", encode({
                 "server": gw_a.ipv4, "clients": pairs[n::WORKERS], "start_wall": start_wall, "spread_s": SPREAD_S,
                 "timing": {"timeout_s": 15.0}, "seed": n, "bind": True})], stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True) for n in range(WORKERS)]
             for proc in procs:
                 scale += [r for r in collect(proc, SPREAD_S + 120) if "ok" in r]
+            cpu_after = cpu_by_program()
+            cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2) for name in cpu_after
+                   if cpu_after[name] - cpu_before.get(name, 0.0) >= 0.05}
+        # What each replica's auth counted meanwhile (rejections, claims refused, the store): the cause of a
+        # slow row is there, not in the clients' figures.
+        statuses = {name: status(world, name) for name in world.stacks if name.startswith("auth")}
     finally:
         sink.terminate()
         sink.wait(10)
-    return {"latency": latency, "scale": scale}
+    return {"latency": latency, "scale": scale, "status": statuses, "cpu_s": cpu}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     ms = [r["door_ms"] for r in rows if r.get("ok")]
-    return {"n": len(rows), "ok": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms, default=0.0)}
+    return {"n": len(rows), "ok": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms, default=0.0),
+            "resent": sum(1 for r in rows if r.get("bursts", 1) > 1),
+            "pending": sum(1 for r in rows if r.get("pending"))}
 
 
 def spread(values: list[float]) -> str:
@@ -140,7 +175,11 @@ def render(results: dict[str, Any]) -> str:
                      f"{spread([s['max'] for s in sc])} |")
     local = med([summary(r["latency"])["p50"] for r in results["runs"]["local"]])
     etcd = med([summary(r["latency"])["p50"] for r in results["runs"]["etcd"]])
-    lines += ["", f"Knock p50, etcd minus local: {etcd - local:+.1f} ms (goal: within 5 ms)."]
+    lines += ["", f"Knock p50, etcd minus local: {etcd - local:+.1f} ms (goal: within 5 ms).", "",
+              f"The {results['clients']:,} clients, runs in order: clients that resent a burst, that saw a PENDING:"]
+    for kind in ("local", "etcd"):
+        rows = [summary(r["scale"]) for r in results["runs"][kind]]
+        lines.append(f"* {kind}: " + "; ".join(f"{s['resent']:.0f} resent, {s['pending']:.0f} PENDING" for s in rows))
     return "\n".join(lines)
 
 

@@ -148,6 +148,15 @@ def _replica_lines(auth: dict[str, Any], gateways: dict[str, dict[str, dict[str,
         age = store.get("users_age_s")
         proof = "never" if age is None else f"last proof {age:.0f} s ago"
         lines.append(f"  the users are not proven current ({proof}): every knock is refused")
+    if store.get("claim_txns"):
+        lines.append(f"  claims: {store.get('claims_sent', 0)} since start; last heartbeat period: "
+                     f"{store['claim_txns']} txns, up to {store.get('claim_batch_max', 0)} nonces each, the slowest "
+                     f"{store.get('claim_txn_ms_max', 0)} ms, up to {store.get('claims_waiting_max', 0)} waiting "
+                     f"(since start: {store.get('claim_txn_ms_max_all', 0)} ms, "
+                     f"{store.get('claims_waiting_max_all', 0)})")
+        lines.append(f"  P1 to its claim's answer: p50 {store.get('claim_wait_ms_p50', 0)} ms, p99 "
+                     f"{store.get('claim_wait_ms_p99', 0)} ms (last 1,000); {store.get('claims_after_knocks', 0)} "
+                     "doors waited for the store after their knocks")
     refused = store.get("claims_refused")
     if isinstance(refused, dict) and refused:
         lines.append("  claims refused: " + ", ".join(f"{kind} {n}" for kind, n in sorted(refused.items())))

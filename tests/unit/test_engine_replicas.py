@@ -53,13 +53,33 @@ def test_a_claim_before_the_knocks_opens_at_the_last_knock() -> None:
     assert one(knock(engine, alice), OpenDoor).user == "alice"
 
 
-def test_a_p2_while_the_claim_is_out_is_pending() -> None:
+def test_a_p2_while_only_the_claim_is_out_waits_for_it() -> None:
+    """Every knock is in and only the store's answer is missing: the P2 is not told PENDING (the client
+    would resend its whole burst for nothing); the door's OPEN answers it."""
     engine, alice = replica(), Client(ALICE)
     send(engine, alice, alice.p1())
     knock(engine, alice)
-    # Held (p2_hold_ms 0 in CONFIG: answered at once) as PENDING; the client asks again.
+    assert of(send(engine, alice, alice.p2()), SendReply) == []
+    assert not of(engine.on_timer(NOW + 1000), SendReply)  # nor PENDING at a hold deadline
+    door = one(engine.on_claim(RID, True, "", NOW + 40), OpenDoor)
+    p3 = alice.read(one(confirm(engine, door, NOW + 45), SendReply))
+    assert (p3.status, p3.door_port) == (Status.OPEN, door.port)
+
+
+def test_a_p2_before_the_knocks_is_pending_as_ever() -> None:
+    engine, alice = replica(), Client(ALICE)
+    send(engine, alice, alice.p1())
     p3 = alice.read(one(send(engine, alice, alice.p2()), SendReply))
-    assert p3.status is Status.PENDING
+    assert p3.status is Status.PENDING  # knocks missing: the client must resend them
+
+
+def test_a_p2_waiting_for_the_claim_hears_unavailable_when_the_store_fails() -> None:
+    engine, alice = replica(), Client(ALICE)
+    send(engine, alice, alice.p1())
+    knock(engine, alice)
+    send(engine, alice, alice.p2())
+    p3 = alice.read(one(engine.on_claim(RID, None, "store: unavailable", NOW + 2000), SendReply))
+    assert p3.status is Status.UNAVAILABLE
 
 
 def test_a_nonce_another_replica_had_is_a_replay_and_opens_nothing() -> None:
