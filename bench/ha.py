@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "bench"))
 
 from figures import med, pct  # noqa: E402  (bench/figures.py)
+from workers import collect, encode_args  # noqa: E402
 
 from dynknock.lab.stack import VENV_BIN, LabUser  # noqa: E402
 from tests.halab import World, ha_lab, status  # noqa: E402
@@ -45,21 +46,6 @@ PYTHON = str(VENV_BIN / "python")
 SINK_PORT = 5201
 SPREAD_S = 3.0
 WORKERS = 4
-
-
-def encode(args: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(args).encode()).decode()
-
-
-def collect(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed ({proc.returncode}): {err[-2000:]}")
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def key_files(directory: Path, names: list[str]) -> tuple[list[LabUser], dict[str, str]]:
@@ -110,14 +96,14 @@ def one_lab(store_kind: str, knocks: int, clients: int, keys_dir: Path) -> dict[
 
 def measure(world: World, knocks: int, clients: int, paths: dict[str, str]) -> dict[str, Any]:
     lab, gw_a = world.lab, world.gateways["gw-a"]
-    sink = lab.popen(gw_a, [PYTHON, str(WORKER), "sink", encode({"listen": [f"127.0.0.1:{SINK_PORT}"],
+    sink = lab.popen(gw_a, [PYTHON, str(WORKER), "sink", encode_args({"listen": [f"127.0.0.1:{SINK_PORT}"],
                                                                   "lifetime_s": 600})],
                      stdout=subprocess.PIPE, text=True)
     try:
         assert sink.stdout is not None
         if '"ready"' not in sink.stdout.readline():
             raise RuntimeError("the sink did not start")
-        latency = collect(lab.popen(lab.client, [PYTHON, str(WORKER), "knocks", encode({
+        latency = collect(lab.popen(lab.client, [PYTHON, str(WORKER), "knocks", encode_args({
             "server": gw_a.ipv4, "key_files": [paths["lat"]], "count": knocks, "timing": {}, "bind": True,
             "max_seconds": 300})], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), 330)
         latency = [r for r in latency if "i" in r]
@@ -128,7 +114,7 @@ def measure(world: World, knocks: int, clients: int, paths: dict[str, str]) -> d
             pairs = [(addr, paths[f"s{i}"]) for i, addr in enumerate(addresses)]
             start_wall = time.time() + 3.0
             cpu_before = cpu_by_program()
-            procs = [lab.popen(lab.client, [PYTHON, str(WORKER), "scale", encode({
+            procs = [lab.popen(lab.client, [PYTHON, str(WORKER), "scale", encode_args({
                 "server": gw_a.ipv4, "clients": pairs[n::WORKERS], "start_wall": start_wall, "spread_s": SPREAD_S,
                 "timing": {"timeout_s": 15.0}, "seed": n, "bind": True})], stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True) for n in range(WORKERS)]

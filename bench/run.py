@@ -63,6 +63,7 @@ import report
 import zmq
 from figures import DOOR_MODES, STAGES
 from report import DIRECT_PORT, SINK_PORT
+from workers import collect, encode_args
 
 from dynknock import bus
 from dynknock import protocol as proto
@@ -132,10 +133,6 @@ SMOKE = Sizes(knocks=6, spawns=1, kdf_runs=1, gap_sweep=(0.01,), gap_sweep_knock
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def encode_args(args: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(args).encode()).decode()
 
 
 def proc_stat_ticks(pid: int) -> int:
@@ -454,16 +451,7 @@ class Bench:
         return self.lab.popen(host, [PYTHON, WORKER, command, encode_args(args)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
 
-    @staticmethod
-    def collect(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker failed ({proc.returncode}): {err[-2000:]}")
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    collect = staticmethod(collect)
 
     def stage_pids(self) -> dict[str, int]:
         return {stage: self.stack.stage_pid(stage) for stage in STAGES}

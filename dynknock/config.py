@@ -456,20 +456,27 @@ def parse(document: dict[str, Any], path: str) -> Config:
     return Config(path=path, services=services, gateways=gateways, replicas=replicas, **values)
 
 
-def _replicas(raw: Any, path: str) -> dict[str, ReplicaConfig]:
-    """[replicas.NAME] tables (a gateway's stages, or a replica naming its peers): packets, knock_filter and
-    events, each tcp://HOST:PORT."""
+def _named_tables(raw: Any, path: str, section: str) -> list[tuple[str, Any]]:
+    """The [SECTION.NAME] tables of a section whose names are host names ([gateways], [replicas]), each name
+    checked (ConfigError naming the table)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: [replicas] must be tables [replicas.NAME]")
-    replicas: dict[str, ReplicaConfig] = {}
-    for name, entry in raw.items():
-        where = f"{path}: replicas.{name}"
+        raise ConfigError(f"{path}: [{section}] must be tables [{section}.NAME]")
+    for name in raw:
         try:
             gateway_name(name)
             if not name:
                 raise ValueError("must not be empty")
         except ValueError as exc:
-            raise ConfigError(f"{where}: name {exc}") from None
+            raise ConfigError(f"{path}: {section}.{name}: name {exc}") from None
+    return list(raw.items())
+
+
+def _replicas(raw: Any, path: str) -> dict[str, ReplicaConfig]:
+    """[replicas.NAME] tables (a gateway's stages, or a replica naming its peers): packets, knock_filter and
+    events, each tcp://HOST:PORT."""
+    replicas: dict[str, ReplicaConfig] = {}
+    for name, entry in _named_tables(raw, path, "replicas"):
+        where = f"{path}: replicas.{name}"
         wanted = {"packets", "knock_filter", "events"}
         if not isinstance(entry, dict) or set(entry) != wanted:
             raise ConfigError(f"{where} takes packets, knock_filter and events (each tcp://HOST:PORT)")
@@ -482,18 +489,10 @@ def _replicas(raw: Any, path: str) -> dict[str, ReplicaConfig]:
 
 def _gateways(raw: Any, path: str) -> dict[str, GatewayConfig]:
     """[gateways.NAME] tables (auth host of a fleet): addresses, gate, relay (optional)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: [gateways] must be tables [gateways.NAME]")
     gateways: dict[str, GatewayConfig] = {}
     owner: dict[str, str] = {}
-    for name, entry in raw.items():
+    for name, entry in _named_tables(raw, path, "gateways"):
         where = f"{path}: gateways.{name}"
-        try:
-            gateway_name(name)
-            if not name:
-                raise ValueError("must not be empty")
-        except ValueError as exc:
-            raise ConfigError(f"{where}: name {exc}") from None
         if not isinstance(entry, dict) or not {"addresses", "gate"} <= set(entry) \
                 or not set(entry) <= {"addresses", "gate", "relay"}:
             raise ConfigError(f"{where} takes addresses and gate (required) and relay")

@@ -150,6 +150,7 @@ public_tcp_ports = [{PORTS['gate']}, {PORTS['relay']}]
 
 
 def role_keys(all_keys: Path, out: Path, secrets: tuple[str, ...]) -> Path:
+    """A host's curve_dir: its role's secret keys and every public key, nothing else (dynknock's)."""
     out.mkdir()
     shutil.copytree(all_keys / "public", out / "public")
     for name in secrets:

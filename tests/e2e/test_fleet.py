@@ -44,6 +44,7 @@ from dynknock.keys import PAIR_PRIVATE, write_key_file
 from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
 from dynknock.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 from dynknock.transport import GATEWAY_ROLES, gateway_key_name
+from tests.halab import role_keys
 
 pytestmark = pytest.mark.e2e
 
@@ -89,18 +90,6 @@ public_tcp_ports = [{PORTS["gate"]}, {PORTS["relay"]}]
 [services.ssh]
 target = "127.0.0.1:22"
 """)
-
-
-def role_keys(all_keys: Path, out: Path, secrets: tuple[str, ...]) -> Path:
-    """A host's curve_dir: its role's secret keys and every public key, nothing else."""
-    out.mkdir()
-    shutil.copytree(all_keys / "public", out / "public")
-    for name in secrets:
-        shutil.copy2(all_keys / f"{name}.key_secret", out / f"{name}.key_secret")
-    service = pwd.getpwnam(SERVICE_USER)
-    for path in [out, *out.rglob("*")]:
-        os.chown(path, service.pw_uid, service.pw_gid)
-    return out
 
 
 def status(lab: NetLab, auth: Host, config: Path) -> str:
