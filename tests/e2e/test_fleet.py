@@ -28,7 +28,6 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 import subprocess
 import tempfile
 import time
