@@ -5,9 +5,9 @@ rejects everything, a drain of the socket, then the new filter. Whatever arrives
 between the first and the last step is lost, uncounted (not even kernel_dropped).
 Capture changes its filter twice per knock (pairs in, pairs out); under a flood
 its process is preempted between those steps, and the P2s and SYNs of other
-users that land in the gap vanish (a test with 2,879 changes lost 4,925 of
-200,000 packets that both filters pass). SO_ATTACH_FILTER replaces a socket's
-filter atomically, so capture compiles the program itself and attaches it.
+users that land in the gap vanish (docs/SECURITY.md has the measurement).
+SO_ATTACH_FILTER replaces a socket's filter atomically, so capture compiles the
+program itself and attaches it.
 
 The program is libpcap's own compilation of the same text (pcap_compile on a
 dead handle of the same link type and snap length). One thing a dead handle
@@ -118,7 +118,7 @@ _PACKED = struct.Struct("=HBBI")  # struct sock_filter
 
 def attach(fd: int, program: list[Instruction]) -> None:
     """Replace the socket's filter with program, in one system call."""
-    # Packed in one go: a ctypes object per instruction cost ~5 us each (4 ms for 875).
+    # Packed in one go: a ctypes object per instruction is slow for programs of thousands.
     raw = ctypes.create_string_buffer(b"".join([_PACKED.pack(*i) for i in program]), len(program) * 8)
     fprog = _SockFprog(len(program), ctypes.cast(raw, ctypes.POINTER(_Insn)))
     if _libc().setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, ctypes.byref(fprog), ctypes.sizeof(fprog)) != 0:
@@ -148,8 +148,8 @@ class KernelFilter:
     """The filter of an open pcap handle: set with libpcap once, then swapped atomically (Ethernet).
 
     The kernel may refuse a swap: it charges the old and the new program together against
-    net.core.optmem_max (128 KiB by default: programs past ~2,100 instructions, some 250 pending
-    clients, fail with ENOMEM, and past ~4,000 even a first attach does). The knock filter then
+    net.core.optmem_max (128 KiB by default, so a long program can fail with ENOMEM, even at a first
+    attach; docs/BENCHMARKS.md has the figures). The knock filter then
     falls back, in order, to a shorter form (exact pairs, the pending sources to any port, every
     SYN to us): a knock passes a wider filter, capture and auth narrow again in user space. An old
     program can hold so much of the budget that not even the shortest fits beside it: then the old
@@ -228,11 +228,10 @@ class KernelFilter:
 
 # --- the knock part, written here instead of compiled ----------------------------------------------
 #
-# pcap_compile of the pending pairs cost capture 0.3 ms at 32 pairs and 8-17 ms at 200, once per
-# change (hundreds a second at 1,000 clients in 3 s); past 32 pairs the text therefore passed every
-# SYN to user space, a SYN scan included. The SYN part is simple enough to write directly: a
-# header check, then one short block per pending source (its ports, or any port). libpcap still
-# compiles the datagram part, once: its refusals jump to the SYN part instead of returning 0.
+# The SYN part changes at every knock, and pcap_compile's cost grows with the pending pairs, so a
+# compiled SYN part cannot stay narrow under load. It is simple enough to write directly: a header
+# check, then one short block per pending source (its ports, or any port). libpcap still compiles
+# the datagram part, once: its refusals jump to the SYN part instead of returning 0.
 
 BPF_LD_W_ABS = 0x20
 BPF_LD_H_ABS = 0x28

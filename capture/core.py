@@ -40,11 +40,10 @@ from dynknock import protocol as proto
 from dynknock.bus import Datagram, Syn
 from dynknock.protocol import PACKET_LEN, VERSIONS, PacketType
 
-# Past this many pending (source, port) pairs every SYN to us passes the kernel and
-# auth's look-up does the narrowing. Each change of the pairs is compiled anew: 32
-# pairs compile in ~0.3 ms, 200 took 8-17 ms, and 1,000 clients knocking within
-# 3 s then kept capture seconds behind (bench/ANALYSIS.md). The kernel's own limit
-# (4096 BPF instructions) would allow about 200.
+# Past this many pending (source, port) pairs libpcap's text names the pending sources alone, any
+# port, and auth's look-up does the narrowing: the text is compiled anew at every change, and the
+# compile's cost grows with its terms (docs/BENCHMARKS.md). On Ethernet capture/bpf.py writes the
+# knock part itself and this limit does not apply.
 MAX_FILTER_PAIRS = 32
 MAX_FILTER_SOURCES = 256  # libpcap's text only (non-Ethernet link types): then every SYN to us
 

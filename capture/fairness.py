@@ -55,11 +55,11 @@ REASONS = (DUPLICATE, SOURCE_BUDGET, HINT_BUDGET, TOTAL_BUDGET)
 @dataclass(frozen=True)
 class Limits:
     # Rate (per second) and burst of each bucket. A user knocking again and again from one
-    # address (a script, the latency benchmark) sends a P1 and a P2 per door, and a door can
-    # take ~10 ms: 200/s per address leaves that whole, and 10/s did not (the lab showed
-    # knocks waiting 250 ms for a resend). auth checks at most 500 tags per hint a second
-    # (auth/engine.py); capture passes no more, so a flooded hint costs auth ~2% of a core,
-    # and one address flooding a hint leaves the rest of the hint's share to the user's own.
+    # address (a script, a benchmark) sends a P1 and a P2 per door: the per-address rate leaves
+    # that whole, where a low one would hold knocks back until the client resends. auth checks at
+    # most 500 tags per hint a second (auth/engine.py) and capture passes no more, so a flooded
+    # hint costs auth little, and one address flooding a hint leaves the rest of the hint's share
+    # to the user's own.
     source_rate: float = 200.0
     source_burst: float = 200.0
     hint_rate: float = 500.0
@@ -170,14 +170,14 @@ def fair_order(items: Iterable[tuple[bytes, T]]) -> list[T]:
 
 # A P1 under a live hint, within the budgets above, admits SYNs from its sender to any port in the
 # kernel at once, before auth has read it (capture/bpf.py KernelFilter.knocks): a client sends its
-# knocks 5 ms after P1, and the round trip capture -> auth -> capture for the exact pairs took longer
-# under a flood or at 1,000 clients in 3 s (the SYNs were dropped in the kernel and the knock cost a
-# PENDING round). auth's pairs narrow it again: an admission ends when auth's filter names the source,
-# after ADMIT_S, or after ADMIT_SYNS SYNs from it (3 knocks, their echo, resends), whichever comes
-# first. So a P1 copied by an eavesdropper and sent from spoofed sources buys each source a few SYNs,
-# within the hint's budget; at most ADMIT_PER_HINT sources are admitted at once under one hint (junk
-# under one sniffed hint must not take the others' places) and ADMIT_MAX in all; a scan from any
-# other address stays in the kernel.
+# knocks 5 ms after P1, sooner than the round trip capture -> auth -> capture for the exact pairs
+# under load, and a SYN the kernel drops costs the knock a PENDING round. auth's pairs narrow it
+# again: an admission ends when auth's filter names the source, after ADMIT_S, or after ADMIT_SYNS
+# SYNs from it (3 knocks, their echo, resends), whichever comes first. So a P1 copied by an
+# eavesdropper and sent from spoofed sources buys each source a few SYNs, within the hint's budget;
+# at most ADMIT_PER_HINT sources are admitted at once under one hint (junk under one sniffed hint
+# must not take the others' places) and ADMIT_MAX in all; a scan from any other address stays in
+# the kernel.
 ADMIT_S = 0.5
 ADMIT_SYNS = 12
 ADMIT_PER_HINT = 16

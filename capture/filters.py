@@ -10,7 +10,7 @@ Invariants:
   until auth has sent a knock filter, no knock's SYN passes (generation -1).
 * Each filter message is whole: only the newest generation matters, and one repeated (auth
   sends it every 2 s) changes nothing.
-* Several auth replicas (issue 23): each replica's pairs and hints are kept apart, under the name
+* Several auth replicas: each replica's pairs and hints are kept apart, under the name
   the shell read them from, and what passes is the union of the live replicas' (set_live). A
   replica that goes down takes its pairs and hints out and is forgotten (forget), so that its next
   life starts afresh whatever generation it counts from. Until a live replica has named hints,
@@ -19,8 +19,7 @@ Invariants:
 * A change that lets something new in (a new pending knock, a P1's sender admitted) is
   attached at once: a knock's SYNs follow its P1 by 5 ms. A change that only shuts something
   out (knocks seen, admissions ended) waits up to NARROW_AFTER_S for the next widening, and
-  they are attached together: one attach per new knock instead of four (1,800 in the scale
-  benchmark).
+  they are attached together: one attach per new knock instead of four.
 * If the kernel refuses every form of the filter, even alone (capture/bpf.py KernelFilter.knocks),
   the attach is tried again RETRY_S later, or at once for something new; the form says "refused".
 """
@@ -151,7 +150,7 @@ class Filters:
     def on_p1(self, source: str | bytes, hint: bytes, now: float) -> None:
         """A P1 under a live hint passed the budgets: its knocks follow 5 ms behind, let them in now
         (auth narrows it to the exact pairs later). `source` as text, or packed as capture peeked it:
-        made text only where admissions apply (live hints known, an atomic filter), as before."""
+        made text only where admissions apply (live hints known, an atomic filter)."""
         if self.hints is not None and self.atomic and self.admitted.p1(str(ipaddress.ip_address(source)), hint, now):
             self._widen = True
 

@@ -3,7 +3,7 @@
 It opens the capture handle, drops to server.run_as before it reads a single
 packet (changing the BPF filter of an open handle needs no privilege), then
 moves packets that passed the filter to auth and follows auth's knock filter.
-A gateway served by several auth replicas ([replicas.NAME], issue 23) sends each
+A gateway served by several auth replicas ([replicas.NAME]) sends each
 client's packets to one live replica (capture/routing.py) and follows the union
 of the live replicas' filters (capture/filters.py).
 """
@@ -53,13 +53,13 @@ MAX_BATCH = 256
 P1_TYPE = PacketType.P1.value
 # Capture's scheduling priority, set while it is still root. A P1's knocks follow it by 5 ms and pass
 # the kernel only once capture has read the P1 and admitted its sender (capture/fairness.py
-# Admissions): with both CPUs busy (1,000 clients knocking, or a flood) capture waited its turn
-# behind the busy processes for longer than that. Its work per packet is bounded by its budgets.
+# Admissions): on a busy machine (many clients knocking, or a flood) capture at the usual priority
+# waits its turn longer than that. Its work per packet is bounded by its budgets.
 NICE = -5
 # The kernel refusing a knock filter (capture/bpf.py KernelFilter) is logged at once, then at most this
 # often with a count: with hundreds of clients pending it may refuse several attaches a second.
 REFUSED_LOG_EVERY_S = 60.0
-# Auth replicas (issue 23). Each link pings its replica this often (ZMTP heartbeats) and gives it up
+# Auth replicas: each link pings its replica this often (ZMTP heartbeats) and gives it up
 # after failover_after_s without an answer: a replica whose host vanished (no FIN, no RST) then counts
 # as disconnected within that time and one interval, and its silence says so by then too.
 HEARTBEAT_IVL_MS = 300
@@ -108,7 +108,7 @@ class CaptureShell(Shell):
         # A fleet's auth serves several gateways: each packet names the one it was seen at (one host: not needed).
         self.gateway = gateway_label(config)
         self.filters = Filters(kernel_filter.atomic)
-        # Where packets go: the one auth (replica ""), or (issue 23) one PUSH per replica, each packet to
+        # Where packets go: the one auth (replica ""), or one PUSH per replica, each packet to
         # its client's replica (self.router). Bounded queues: if auth falls behind, capture drops (and
         # counts) instead of growing without limit; IMMEDIATE keeps nothing queued for an absent auth.
         self.to_replica: dict[str, zmq.Socket[Any]] = {}
@@ -172,8 +172,8 @@ class CaptureShell(Shell):
         return wait
 
     def read_filters(self, sock: zmq.Socket[Any], replica: str) -> None:
-        # Each knock filter is the whole list: only the newest matters. Compiling every one
-        # in turn made capture fall behind as soon as knocks came in quickly.
+        # Each knock filter is the whole list: only the newest of a batch is kept, so that capture does
+        # not fall behind attaching filters that are already out of date when knocks come quickly.
         newest = None
         heard = False
         for _ in range(self.BATCH):

@@ -1,4 +1,4 @@
-"""Which auth replica gets a client's packets, and which replicas are alive to get any (issue 23).
+"""Which auth replica gets a client's packets, and which replicas are alive to get any.
 
 Pure: no zmq, no pcap; time is passed in (monotonic seconds). The shell (capture/main.py) tells it
 what its sockets saw (a link's handshake done or its connection gone, a filter message heard),

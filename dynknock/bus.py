@@ -21,7 +21,7 @@ DoorSet             auth         gate, relay                 DEALER -> ROUTER (n
 Reply               auth         gate (fleet only)           DEALER -> ROUTER ``gate``
 ==================  ===========  =========================  ========================
 
-Auth replicas (issue 23, examples/ha) add no endpoint either: each replica binds its own packets,
+Auth replicas (examples/ha) add no endpoint either: each replica binds its own packets,
 knock_filter and events; a gateway's capture pushes each client's packets to one live replica and
 subscribes to every replica's filters (KnockFilter and HintFilter name their replica), and its gate
 and relay take door commands from every replica, each keeping the doors of its own.
@@ -97,7 +97,7 @@ class KnockFilter:
     KIND: ClassVar[str] = "knock_filter"
     pairs: list[list[Any]]  # [[address, port], ...]
     generation: int
-    # The auth replica that sends it (issue 23): a gateway's capture keeps each replica's pairs apart
+    # The auth replica that sends it: a gateway's capture keeps each replica's pairs apart
     # and passes the union. "": the one auth.
     replica: str = ""
 
@@ -174,7 +174,8 @@ class DoorResult:
 class DoorUsed:
     """A door's connection came: the gate saw the kernel forward it (conntrack), or the relay accepted
     it. Sent to the auth that opened the door; a single-use door stops counting against its user's
-    cap then (auth/engine.py). An old auth drops it as unknown, and counts the door as before."""
+    cap then (auth/engine.py). An auth that predates this message drops it as unknown and keeps counting
+    the door."""
 
     KIND: ClassVar[str] = "door_used"
     door_id: str

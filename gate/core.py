@@ -10,8 +10,8 @@ else's. Door elements carry kernel-side timeouts: a door closes on time even if
 the gate, or the whole stack, dies (fail closed).
 
 Two kinds of door, both forwarded by nftables, so that a door never depends on a port
-a local process could take (issue 22: a user who bound the whole door range used to
-deny every relayed door):
+a local process could take (a local user who binds the whole door range must not deny
+every door):
 
 * kernel doors (``once4``/``many4`` and the map ``fwd4``, and their IPv6 twins):
   nftables itself forwards the connection (DNAT to the service's address and port),
@@ -155,14 +155,14 @@ def close_element(settings: GateSettings, element: DoorElement, target: tuple[st
 
     A DoorClose does not say which kind the door was (a gate restarted in between does not know either),
     and a transaction that deletes a missing element fails whole. A failing nf_tables transaction costs
-    the kernel an RCU grace period (nf_tables_abort calls synchronize_rcu: 7-16 ms here, with almost no
-    CPU): the gate that closed a door in four transactions, two of them failing, fell behind by tens of
-    seconds under load (bench/ANALYSIS.md, round five). So each set gets its key added (a no-op if there)
-    and then deleted. The map ``fwd`` may be added to only with the value it holds: `target`, the door's
-    (from auth's DoorClose, the gate's memory or the kernel's listing), else the family's one kernel
-    target; with several and none known, the map element stays to its kernel timeout (it admits nothing
-    alone: the NAT rule forwards only what a ``once`` or ``many`` element names). A used single-use door
-    has lost its ``once`` element already: the add brings it back for the length of this transaction only.
+    the kernel an RCU grace period (nf_tables_abort calls synchronize_rcu): milliseconds of waiting per
+    close, which a gate closing many doors cannot afford (docs/BENCHMARKS.md). So each set gets its key
+    added (a no-op if there) and then deleted. The map ``fwd`` may be added to only with the value it
+    holds: `target`, the door's (from auth's DoorClose, the gate's memory or the kernel's listing), else
+    the family's one kernel target; with several and none known, the map element stays to its kernel
+    timeout (it admits nothing alone: the NAT rule forwards only what a ``once`` or ``many`` element
+    names). A used single-use door has lost its ``once`` element already: the add brings it back for the
+    length of this transaction only.
     """
     t = f"inet {settings.table}"
     v = element.version
@@ -177,8 +177,8 @@ def close_element(settings: GateSettings, element: DoorElement, target: tuple[st
     return text
 
 
-# (A table made before relay doors were redirected keeps its sets doors4/doors6: no rule reads them any more,
-# and their elements run out within a window.)
+# An older table may also hold the sets doors4/doors6: no rule reads them, and their elements run out
+# within a window.
 DOOR_SETS = frozenset({"ronce4", "ronce6", "rmany4", "rmany6", "once4", "once6", "many4", "many6", "fwd4", "fwd6"})
 
 
@@ -234,7 +234,7 @@ def reconcile(settings: GateSettings, held: set[Held], believed: set[tuple[str, 
             for (a, p), target in sorted(stale.items())]
 
 
-# --- who opened each door: several auth replicas (issue 23) ---------------------------------------------
+# --- who opened each door: several auth replicas ----------------------------------------------------------
 
 DoorKey = tuple[str, int]  # (client address as the kernel lists it, door port)
 
@@ -264,8 +264,8 @@ class Openers:
 
     1. A DoorSet empties only doors of its sender. Another replica's doors stay, and so do the doors of a
        replica that went quiet or died: they run out their kernel timeouts. A replica that comes back (the
-       same key, a new process) lists only its new doors, and its old ones are emptied, as a restarted auth's
-       always were.
+       same key, a new process) lists only its new doors, and its old ones are emptied, as a restarted
+       auth's are.
     2. A door the gate knows no opener of (the gate restarted: its memory went, the kernel's elements did
        not) is claimed by the first replica whose DoorSet lists it. One that no DoorSet lists is emptied
        only once every replica of the config has sent one since the gate started: a replica that is down
@@ -273,7 +273,7 @@ class Openers:
     3. A DoorClose, or a DoorOpen of the same (client, port), from another replica than the door's opener
        is refused.
     4. With one auth (`replicas` empty) every door is that auth's (openers are all ""): a DoorSet empties
-       every door it does not list, and nothing is refused, exactly as before replicas.
+       every door it does not list, and nothing is refused.
 
     Pure: the shell hands in what the kernel holds and the clock.
     """

@@ -54,8 +54,8 @@ class Nft:
     """Runs nft scripts; an argument list or a library call, never a shell.
 
     Through libnftables (the library behind the nft command) when it is there:
-    a door opens in well under a millisecond instead of the ~5-10 ms of
-    starting an nft process. Otherwise, `nft -f -` with the script on stdin.
+    a door then costs no process start, about a tenth of the time (docs/BENCHMARKS.md).
+    Otherwise, `nft -f -` with the script on stdin.
     """
 
     def __init__(self, dry_run: bool = False) -> None:
@@ -364,7 +364,7 @@ class GateShell(Shell):
                 self.watch(self.conntrack.inbox, self.on_connection)
         self.doors: dict[tuple[str, int], bus.DoorOpen] = {}  # kernel doors open now, to name their connections
         # Which auth opened each door. With replicas, an auth is the name of its CURVE key (auth@NAME), read from
-        # each frame's User-Id; with one auth it is "" and every door is its own, as before replicas.
+        # each frame's User-Id; with one auth it is "" and every door is its own.
         self.replicated = bool(config.replicas)
         self.key_names = self.transport.peer_names() if self.replicated else {}  # z85 public key -> name
         self.openers = core.Openers(frozenset(gateway_key_name("auth", name) for name in config.replicas),
@@ -425,10 +425,10 @@ class GateShell(Shell):
         """Every command waiting on the ROUTER (up to BATCH), door commands applied in one nft transaction.
 
         A turn that finds several commands commits them together: one transaction costs about what one
-        command did, so a burst of doors is one commit (bench/ANALYSIS.md, round five). Each command is
-        validated alone and answered alone, in the order it came; if the whole transaction fails (rare:
-        no step is written to fail), each is applied alone to find which one did. A DoorSet applies what
-        came before it first, so that it judges the doors as auth did when it sent it.
+        command does, so a burst of doors is one commit. Each command is validated alone and answered
+        alone, in the order it came; if the whole transaction fails (rare: no step is written to fail),
+        each is applied alone to find which one did. A DoorSet applies what came before it first, so
+        that it judges the doors as auth did when it sent it.
         """
         steps: list[Step] = []
         # Doors this batch opens, by opener: a second replica's open of the same (client, port) in the same

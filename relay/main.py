@@ -5,8 +5,8 @@ family on ``server.relay_port``, a privileged port that no ordinary local user c
 take (the relay holds CAP_NET_BIND_SERVICE for it): the gate redirects a relayed
 door's connection there, and the relay reads from the connection the door port the
 client asked for (SO_ORIGINAL_DST), so a door never depends on a port any local
-process could bind. Without nftables ("none") it listens on each door's port, as
-before, which a local process holding that port denies (docs/SECURITY.md L5).
+process could bind. Without nftables ("none") it listens on each door's port,
+which a local process holding that port denies (docs/SECURITY.md L5).
 
 The main thread polls the command socket and the listeners; each
 accepted connection is pumped by its own threads (relay/pump.py), which report

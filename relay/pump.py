@@ -115,7 +115,7 @@ def _copy(source: socket.socket, sink: socket.socket) -> int:
 def _connect(target: tuple[str, int], timeout_s: float) -> socket.socket:
     """Connect to the service from an ephemeral port that a door may reuse.
 
-    Ephemeral ports (32768-60999) overlap the door range, and without SO_REUSEADDR
+    Ephemeral ports (32768-60999) can overlap a configured door range, and without SO_REUSEADDR
     on this socket its port, while connected and for 60 s of TIME_WAIT after we
     close first, makes the listener of a door drawn on it fail with EADDRINUSE
     (the client gets UNAVAILABLE). With SO_REUSEADDR on both, the listener binds;
