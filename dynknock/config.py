@@ -56,7 +56,7 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaConfig:
-    """One auth replica, as a gateway's capture and gate see it ([replicas.NAME], issue 23): where it
+    """One auth replica, as a gateway's capture and gate see it ([replicas.NAME]): where it
     binds its packets, knock_filter and events endpoints. Its bus keys are auth@NAME and bus@NAME."""
 
     name: str
@@ -288,11 +288,11 @@ class Config:
     fleet_accepts_v1: bool = _key("server", "fleet_accepts_v1", _bool, False,
                                   "auth host of a fleet: also accept protocol version 1 (not bound to a "
                                   "gateway: a copy sniffed at one gateway may open at another)")
-    # An auth replica (issue 23): its name, so its bus keys are auth@NAME and bus@NAME and what it tells
+    # An auth replica: its name, so its bus keys are auth@NAME and bus@NAME and what it tells
     # the gateways (its knock and hint filters) is told apart from the other replicas'.
     replica: str = _key("server", "replica", _replica_name, "",
                         "this auth replica's name (replicated auth on etcd, examples/ha); empty: not a replica")
-    # The replicated store (issue 23): "local" keeps users_file and the journal in state_dir, as one host does.
+    # The replicated store: "local" keeps users_file and the journal in state_dir, as one host does.
     store_kind: str = _key("store", "kind", _one_of("local", "etcd"), "local",
                            '"local" (users_file, the journal in state_dir) or "etcd" (replicas share both)')
     store_endpoints: tuple[str, ...] = _key("store", "endpoints", _https_urls, [],
@@ -345,7 +345,7 @@ class Config:
     services: dict[str, ServiceConfig] = field(default_factory=dict)  # [services.NAME]
     # The auth host of a fleet ([gateways.NAME]); empty: one host, one implicit gateway.
     gateways: dict[str, GatewayConfig] = field(default_factory=dict)
-    # The auth replicas a gateway's stages serve ([replicas.NAME], issue 23); empty: one auth.
+    # The auth replicas a gateway's stages serve ([replicas.NAME]); empty: one auth.
     replicas: dict[str, ReplicaConfig] = field(default_factory=dict)
 
     @property

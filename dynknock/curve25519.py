@@ -1,7 +1,7 @@
 """Ed25519 signatures (RFC 8032) and X25519 (RFC 7748) in pure Python, for knock-client.
 
-ssh starts knock-client for every connection, so the client cannot afford pycryptodome's or
-``cryptography``'s curve code (importing either costs it 15-35 ms); this module needs nothing
+ssh starts knock-client for every connection, so the client cannot afford to import pycryptodome's
+or ``cryptography``'s curve code, which takes longer than the whole knock; this module needs nothing
 beyond the interpreter's built-in SHA-512 and binascii. Six functions:
 
 * :func:`ed25519_public_key` (seed) and :func:`ed25519_sign` (seed, message): RFC 8032 Ed25519,
@@ -23,10 +23,8 @@ points, one per signed radix-16 digit of the scalar, and 12 doublings, from the 
 the end (j·16^(4t)·B for j = 1..8, t = 0..15; 12 KB, decoded at the first use); x25519 runs the
 RFC 7748 Montgomery ladder.
 
-What it costs (Python 3.11, .pyc present, 2 shared vCPUs): a fresh process that imports it,
-signs once and runs x25519 once takes 1.9-2.4 ms more than ``python -c pass`` (medians of 30
-runs); import 0.4-0.55 ms (-X importtime), then ed25519_sign 0.4-0.5 ms, ed25519_verify
-1.3-1.6 ms, x25519 0.8-1.0 ms, x25519_base 0.2 ms.
+What a key-pair knock costs the client with it (an import, one X25519, one signature) is in
+docs/BENCHMARKS.md, "knock-client start-up".
 
 Not constant-time. Python integers take time that depends on their values, the table is
 indexed by digits of the secret scalar and of the per-signature nonce, and the ladder branches
@@ -45,7 +43,7 @@ import binascii
 import sys
 
 # typing.TYPE_CHECKING without importing typing; mypy treats the name alike. The interpreter's
-# own SHA-512 rather than hashlib's: hashlib loads OpenSSL's libcrypto (~4 ms of start-up).
+# own SHA-512 rather than hashlib's: hashlib loads OpenSSL's libcrypto, which slows start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hashlib import sha512 as _sha512

@@ -35,14 +35,14 @@ import unicodedata
 
 # typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
 # this module on every start, so it imports neither pathlib (the caller's Path is only used) nor
-# dataclasses, typing or base64 (binascii is what base64 calls): ~15 ms of start-up together.
+# dataclasses, typing or base64 (binascii is what base64 calls), which would slow every start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hashlib import sha256 as _sha256
     from pathlib import Path
 else:
     # The interpreter's own SHA-256 rather than hashlib's: hashlib (and hmac) load OpenSSL's
-    # libcrypto, ~4 ms of knock-client's start-up for a few short HMACs (see hmac_sha256).
+    # libcrypto, which costs knock-client's start-up more than its few short HMACs (see hmac_sha256).
     try:
         from _sha2 import sha256 as _sha256  # Python >= 3.12
     except ImportError:
@@ -54,7 +54,7 @@ else:
 MASTER_KEY_LEN = 32
 HINT_LEN = 8
 
-# scrypt cost: N=2^15, r=8 takes about 32 MiB and ~0.1 s here. This is paid once
+# scrypt cost: N=2^15, r=8 takes 32 MiB and tens of milliseconds. This is paid once
 # per knock on the client and once per `knock-admin add` on the server; never on
 # the server's packet path (the server stores the derived key).
 SCRYPT_N = 2**15
@@ -104,7 +104,7 @@ def derive_master_key(user: str, password: str) -> bytes:
     name = normalise_user_name(user)
     secret = unicodedata.normalize("NFC", password).encode("utf-8")
     # Imported here, not at the top: knock-client imports this module for its key
-    # file and constants, and pycryptodome's import alone costs it 30-40 ms.
+    # file and constants, and pycryptodome's import would weigh on every start.
     from Crypto.Protocol.KDF import scrypt
 
     key = scrypt(secret, SCRYPT_SALT_PREFIX + name.encode("utf-8"), MASTER_KEY_LEN,
@@ -139,7 +139,7 @@ def _hkdf(master: bytes, label: bytes) -> bytes:
 
 class SessionKeys:
     """The three keys derived from one master key. Immutable, compared and hashed by value: a
-    frozen slotted dataclass written out, since the dataclasses module costs knock-client ~10 ms."""
+    frozen slotted dataclass written out, since importing dataclasses slows knock-client's start."""
 
     __slots__ = ("hint", "client_to_server", "server_to_client")
     __match_args__ = ("hint", "client_to_server", "server_to_client")

@@ -60,7 +60,7 @@ class MetricsModel:
     # A stage falling behind (the last heartbeat's figures): door commands a gate turn found waiting and the
     # oldest one's age; doors auth asked for and has not seen confirmed, and the oldest one's age.
     backlog: dict[str, int] = field(default_factory=dict)
-    # Auth replicas (issue 23): the shared store as this replica's auth sees it (auth.alive "store"), and
+    # Auth replicas: the shared store as this replica's auth sees it (auth.alive "store"), and
     # each replica as each gateway's capture sees it ((gateway, replica) -> up).
     store: dict[str, Any] = field(default_factory=dict)
     replicas_seen: dict[tuple[str, str], bool] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """The value rules every layer checks alike, with no import at all.
 
 The client's option parser checks a port or a service name before it has loaded anything
-else (`knock-client --help` stays at ~20 ms); the wire protocol, the client's config file,
+else (so that `knock-client --help` stays quick); the wire protocol, the client's config file,
 knock-admin and the server's config use the same definitions (dynknock/protocol.py re-exports
 them).
 """

@@ -84,7 +84,7 @@ class Publisher:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
         if replicas:
-            # A gateway stage serving auth replicas (issue 23): every replica's knock-bus hears it, so the
+            # A gateway stage serving auth replicas: every replica's knock-bus hears it, so the
             # status and metrics of each replica show every gateway (a PUB sends to every peer).
             for name, url in replicas.items():
                 transport.connect_url(self._socket, url, gateway_key_name("bus", name))
@@ -120,7 +120,7 @@ class Publisher:
 
 def gateway_label(config: Config) -> str:
     """The gateway name a gateway stage tags its packets and events with: over tcp (stages may be on
-    several hosts) server.gateway; over ipc (one host, one gateway) nothing, as before."""
+    several hosts) server.gateway; over ipc (one host, one gateway) nothing."""
     return config.gateway if config.bus_transport == "tcp" else ""
 
 

@@ -122,7 +122,7 @@ def render(summary: Summary, now_ms: int, programs: list[ProgramState] | None = 
 
 
 def _replica_lines(auth: dict[str, Any], gateways: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Auth replicas (issue 23): this replica, the shared store's health as its auth sees it, and each
+    """Auth replicas: this replica, the shared store's health as its auth sees it, and each
     replica as each gateway's capture sees it (the capture routes clients to the live ones)."""
     lines: list[str] = []
     if isinstance(auth.get("replica"), str) and auth["replica"]:

@@ -42,7 +42,7 @@ from dynknock.bus import ROLES, Endpoints
 OWNER = {name: role.owner for name, role in ROLES.items()}
 KEY_NAMES = ("auth", "gate", "relay", "bus", "capture", "tap")
 GATEWAY_ROLES = ("capture", "gate", "relay")  # the stages that run on a fleet's gateway hosts
-REPLICA_ROLES = ("auth", "bus")  # what runs on each auth replica's host (issue 23): auth@NAME, bus@NAME
+REPLICA_ROLES = ("auth", "bus")  # what runs on each auth replica's host: auth@NAME, bus@NAME
 
 
 def gateway_key_name(role: str, gateway: str) -> str:
@@ -106,7 +106,7 @@ class Transport:
     stage: str
     curve_dir: Path | None = None  # None: ipc, the directory's permissions protect it
     key_name: str = ""  # our own key, if not the stage's: a fleet gateway's `capture@gw-a`
-    # An auth replica's host (issue 23): its auth and knock-bus bind with their own keys (auth@NAME, bus@NAME),
+    # An auth replica's host: its auth and knock-bus bind with their own keys (auth@NAME, bus@NAME),
     # so a stage there connecting to them (auth to events, knock-admin status to tap) expects those.
     replica: str = ""
 
@@ -177,7 +177,7 @@ class Transport:
         """For stages that bind: each socket of ours admits only the keys of its own peers (a
         gateway's own key as its role). `fleet`: a gateway stage only by its gateway's own key,
         never by the role's shared one, which would not say which gateway it speaks for.
-        `replicas` (a gateway serving auth replicas, issue 23): auth only by the key of one of these
+        `replicas` (a gateway serving auth replicas): auth only by the key of one of these
         replicas (auth@NAME), never by the shared auth key or another replica's."""
         if self.curve_dir is None:
             return None
