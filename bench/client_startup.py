@@ -440,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from dynknock.lab.netlab import NetLab
-    from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+    from tests.lab.netlab import NetLab
+    from tests.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
     python = str(VENV_BIN / "python")
     workdir = Path(tempfile.mkdtemp(prefix="dynknock-startup-"))

@@ -38,8 +38,8 @@ sys.path.insert(1, str(REPO / "bench"))
 from figures import med, pct  # noqa: E402  (bench/figures.py)
 from workers import collect, encode_args  # noqa: E402
 
-from dynknock.lab.stack import VENV_BIN, LabUser  # noqa: E402
 from tests.halab import World, ha_lab, status  # noqa: E402
+from tests.lab.stack import VENV_BIN, LabUser  # noqa: E402
 
 WORKER = REPO / "bench" / "labworker.py"
 PYTHON = str(VENV_BIN / "python")

@@ -69,9 +69,13 @@ from dynknock import bus
 from dynknock import protocol as proto
 from dynknock.client.session import new_request
 from dynknock.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
-from dynknock.lab.netlab import NetLab
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 from dynknock.topics import ALIVE, Topic
+
+# The lab of the tests and benchmarks (tests/lab) is the checkout's, not installed: its folder goes last on
+# sys.path, after site-packages, so that dynknock itself stays the installed copy (or the --code copy).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from tests.lab.netlab import NetLab  # noqa: E402
+from tests.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"

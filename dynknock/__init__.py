@@ -6,5 +6,5 @@ Layers, bottom up; an import only ever goes down (tests/unit/test_layout.py):
   shared    bus, topics, limits, transport, config, stage, events, metrics, replies, rundir, reasons
             (server runtime)
   stages    capture, auth, gate, relay, client; the tools busd, tap, status
-  lab       lab.netlab, lab.stack, lab.demo: namespaces and whole stacks for tests and the demo
+  lab       lab.netlab, lab.stack, lab.demo: knock-demo's namespaces and stack (tests/lab extends them)
 """

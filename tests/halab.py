@@ -27,9 +27,9 @@ from pathlib import Path
 from dynknock.auth.etcd import EtcdStore
 from dynknock.auth.users import User, users_text
 from dynknock.keys import derive_master_key
-from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 from tests.etcdlab import EtcdLab, netns
+from tests.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
+from tests.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 
 REPO = Path(__file__).resolve().parents[1]
 HA = REPO / "examples" / "ha"

@@ -1,4 +1,5 @@
-"""The network lab: namespaces, veth pairs, a whole stack under supervisord, the demo.
+"""knock-demo and the network lab it runs in: namespaces, veth pairs, a whole stack under supervisord.
 
-A test and demo tool, not server runtime: no stage imports it (tests/unit/test_layout.py).
+Only what knock-demo needs ships here; the tests and benchmarks import tests/lab, which adds what
+only they use. No stage imports it (tests/unit/test_layout.py).
 """

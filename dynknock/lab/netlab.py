@@ -1,8 +1,9 @@
-"""Network-namespace test lab for end-to-end tests of dynknock.
+"""The network lab: a private, disposable network of Linux network namespaces.
 
-The lab gives every test a private, disposable network made of Linux network
-namespaces, so that firewall rules, sniffers and daemons can be exercised for
-real without touching the machine's own network:
+knock-demo runs the whole stack in it, and so do the end-to-end tests and the
+benchmarks (through tests/lab/netlab.py, which adds what only they use), so that
+firewall rules, sniffers and daemons work for real without touching the machine's
+own network:
 
     {prefix}-br    holds bridge br0, the "switch" every host is plugged into
     {prefix}-srv   server   198.18.0.1/24  2001:db8:d::1/64  (eth0)
@@ -22,18 +23,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "ATTACKER_IPV4",
@@ -41,7 +40,6 @@ __all__ = [
     "CLIENT_IPV4",
     "CLIENT_IPV6",
     "DEFAULT_PREFIX",
-    "EXTRA_IPV4_NETWORK",
     "IPV4_PREFIXLEN",
     "IPV6_PREFIXLEN",
     "LAB_INTERFACE",
@@ -54,10 +52,12 @@ __all__ = [
     "NetLab",
     "SshdInfo",
     "explain_netns_failure",
+    "check_ipv4",
     "explain_nft_failure",
-    "pcap_text",
     "require_lab_support",
     "require_privileges",
+    "run_plain",
+    "signal_group",
     "start_sshd",
 ]
 
@@ -75,15 +75,6 @@ ATTACKER_IPV4 = "198.18.0.3"
 SERVER_IPV6 = "2001:db8:d::1"
 CLIENT_IPV6 = "2001:db8:d::2"
 ATTACKER_IPV6 = "2001:db8:d::3"
-
-# Extra client addresses (for many-clients benchmarks) come from this block.
-# Each is a /32 on the host that owns it; every other host routes it through
-# the owner's main lab address, so it holds one neighbour (ARP) entry per lab
-# host, not one per address. The kernel's neighbour table is shared by every
-# namespace (net.ipv4.neigh.default.gc_thresh3 = 1024 here): a server that
-# answered each extra address on-link overflowed it at 2,000 clients, and
-# about half of them never heard back.
-EXTRA_IPV4_NETWORK = "198.19.0.0/16"
 
 # The host key is recorded in known_hosts under this alias rather than under
 # an address, so ssh can verify the lab's sshd whatever address or port
@@ -126,7 +117,7 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
-def _check_ipv4(address: str) -> str:
+def check_ipv4(address: str) -> str:
     # A guard, not a formality: a lab address outside 198.18.0.0/15 could
     # leak onto, or shadow, a real network if a namespace were misconfigured.
     if ipaddress.IPv4Address(address) not in _ALLOWED_IPV4:
@@ -212,24 +203,24 @@ def require_lab_support(probe: str = "dkprobe") -> None:
     if _LAB_SUPPORTED:
         return
     _delete_namespace(probe)
-    added = _run_plain(["ip", "netns", "add", probe], check=False)
+    added = run_plain(["ip", "netns", "add", probe], check=False)
     if added.returncode != 0:
         raise LabUnavailable(f"cannot create a network namespace: {added.stderr.strip() or added.returncode}")
     try:
-        entered = _run_plain(["ip", "netns", "exec", probe, "true"], check=False)
+        entered = run_plain(["ip", "netns", "exec", probe, "true"], check=False)
         if entered.returncode != 0:
             raise LabUnavailable(explain_netns_failure(entered.stderr))
         if shutil.which("nft") is None:
             raise LabUnavailable(explain_nft_failure(None))
-        nft = _run_plain(["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "dkprobe"], check=False)
+        nft = run_plain(["ip", "netns", "exec", probe, "nft", "add", "table", "inet", "dkprobe"], check=False)
         if nft.returncode != 0:
             raise LabUnavailable(explain_nft_failure(nft.stderr))
     finally:
-        _run_plain(["ip", "netns", "del", probe], check=False)
+        run_plain(["ip", "netns", "del", probe], check=False)
     _LAB_SUPPORTED = True
 
 
-def _run_plain(
+def run_plain(
     argv: Sequence[str],
     *,
     check: bool = True,
@@ -254,13 +245,13 @@ def _run_plain(
 
 
 def _existing_namespaces() -> set[str]:
-    listing = _run_plain(["ip", "netns", "list"]).stdout
+    listing = run_plain(["ip", "netns", "list"]).stdout
     # Lines look like "dk-srv (id: 3)" or just "dk-srv".
     return {line.split()[0] for line in listing.splitlines() if line.strip()}
 
 
 def _namespace_pids(ns: str) -> list[int]:
-    result = _run_plain(["ip", "netns", "pids", ns], check=False)
+    result = run_plain(["ip", "netns", "pids", ns], check=False)
     if result.returncode != 0:
         return []
     return [int(tok) for tok in result.stdout.split() if tok.isdigit()]
@@ -308,7 +299,7 @@ def _signal_pid(pid: int, sig: signal.Signals) -> None:
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     """Signal a process group that may be gone already: one process's end must never stop the
-    teardown of the others (that leaked processes once)."""
+    teardown of the others, or their processes would outlive the lab."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -320,7 +311,7 @@ def _delete_namespace(ns: str) -> None:
     if ns not in _existing_namespaces():
         return
     survivors = _kill_namespace_pids(ns)
-    result = _run_plain(["ip", "netns", "del", ns], check=False)
+    result = run_plain(["ip", "netns", "del", ns], check=False)
     # Checking existence afterwards, rather than matching the error text,
     # also copes with another process deleting it concurrently.
     if result.returncode != 0 and ns in _existing_namespaces():
@@ -343,36 +334,30 @@ class NetLab:
     when the block raised.
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, extra_hosts: Sequence[tuple[str, str, str]] = ()) -> None:
-        """`extra_hosts`: more machines on the same bridge, as (role, IPv4, IPv6), in namespace
-        {prefix}-{role} (a fleet's second gateway and auth host, say); see :meth:`host`."""
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         # Namespace names become file names under /run/netns; keep them
         # simple so they are also safe inside ip's batch syntax and logs.
         if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
             raise ValueError(f"invalid lab prefix {prefix!r}")
         self.prefix = prefix
         self.bridge_ns = f"{prefix}-br"
-        def host(role: str, short: str, ipv4: str, ipv6: str) -> Host:
-            # Namespace {prefix}-{short}, bridge port v-{short} (interface names stop at 15 characters).
-            return Host(role=role, ns=f"{prefix}-{short}", ipv4=_check_ipv4(ipv4), ipv6=ipv6,
-                        bridge_port=f"v-{short}"[:15])
-
-        self.server = host("server", "srv", SERVER_IPV4, SERVER_IPV6)
-        self.client = host("client", "cli", CLIENT_IPV4, CLIENT_IPV6)
-        self.attacker = host("attacker", "atk", ATTACKER_IPV4, ATTACKER_IPV6)
-        extra = tuple(host(role, role, ipv4, ipv6) for role, ipv4, ipv6 in extra_hosts)
-        self.hosts: tuple[Host, ...] = (self.server, self.client, self.attacker, *extra)
+        self.server = self._new_host("server", "srv", SERVER_IPV4, SERVER_IPV6)
+        self.client = self._new_host("client", "cli", CLIENT_IPV4, CLIENT_IPV6)
+        self.attacker = self._new_host("attacker", "atk", ATTACKER_IPV4, ATTACKER_IPV6)
+        # A subclass may add hosts (and their namespaces) before the lab is entered: tests/lab/netlab.py.
+        self.hosts: tuple[Host, ...] = (self.server, self.client, self.attacker)
         self.namespaces: tuple[str, ...] = (self.bridge_ns,) + tuple(h.ns for h in self.hosts)
         self._procs: list[subprocess.Popen[Any]] = []
-        # Next free slot in EXTRA_IPV4_NETWORK, shared by all hosts so two
-        # hosts never receive the same extra address.
-        self._next_extra = 0
-        self._extra_owners: set[str] = set()  # namespaces whose ARP already names their main address
         self._active = False
+
+    def _new_host(self, role: str, short: str, ipv4: str, ipv6: str) -> Host:
+        """A host in namespace {prefix}-{short}, bridge port v-{short} (interface names stop at 15 characters)."""
+        return Host(role=role, ns=f"{self.prefix}-{short}", ipv4=check_ipv4(ipv4), ipv6=ipv6,
+                    bridge_port=f"v-{short}"[:15])
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self) -> NetLab:
+    def __enter__(self) -> Self:
         require_lab_support()
         self._active = True
         try:
@@ -452,7 +437,7 @@ class NetLab:
 
     def _build(self) -> None:
         for ns in self.namespaces:
-            _run_plain(["ip", "netns", "add", ns])
+            run_plain(["ip", "netns", "add", ns])
         br = self.bridge_ns
         # The bridge namespace is a pure layer-2 switch: without IPv6 on its
         # ports it sends no router solicitations or MLD reports of its own
@@ -488,23 +473,16 @@ class NetLab:
         self._ip(host.ns, "addr", "add", host.ipv6_cidr, "dev", host.interface, "nodad")
         self._ip(host.ns, "link", "set", host.interface, "up")
 
-    def host(self, role: str) -> Host:
-        """A host of this lab by its role (server, client, attacker, or one of extra_hosts)."""
-        for host in self.hosts:
-            if host.role == role:
-                return host
-        raise KeyError(f"no host {role!r} in lab {self.prefix!r}")
-
     # -- helpers -----------------------------------------------------------
 
     def _ip(self, ns: str, *args: str, input: str | None = None) -> None:
         # `ip -n` switches namespace itself: cheaper than `ip netns exec`,
         # which also remounts /sys for every call.
-        _run_plain(["ip", "-n", ns, *args], input=input)
+        run_plain(["ip", "-n", ns, *args], input=input)
 
     def _sysctl(self, ns: str, key: str, value: str) -> None:
         # /proc/sys/net is per network namespace, so this changes only `ns`.
-        _run_plain(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
+        run_plain(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
 
     def _namespace_of(self, host: Host | str) -> str:
         """Resolve a Host, or one of this lab's namespace names."""
@@ -534,7 +512,7 @@ class NetLab:
         when check is true, and subprocess.TimeoutExpired after timeout s.
         """
         ns = self._namespace_of(host)
-        return _run_plain(["ip", "netns", "exec", ns, *argv], check=check, timeout=timeout, input=input)
+        return run_plain(["ip", "netns", "exec", ns, *argv], check=check, timeout=timeout, input=input)
 
     def popen(self, host: Host | str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start argv inside host's namespace; it is stopped at teardown.
@@ -552,50 +530,6 @@ class NetLab:
         )
         self._procs.append(proc)
         return proc
-
-    def add_ipv4_addresses(self, host: Host | str, count: int) -> list[str]:
-        """Give host `count` extra addresses from 198.19.0.0/16; return them.
-
-        Addresses are unique across all hosts of the lab. Each is a /32 on the
-        host's eth0; every other host on its subnet (the server above all)
-        gets routes to them via the host's main address, a few prefixes per
-        call (`ip -batch`, so 2,000 addresses take well under a second). A
-        server answering thousands of them thus holds one neighbour entry for
-        the host, not one per address (see EXTRA_IPV4_NETWORK). The host asks
-        ARP from its main address too (arp_announce 2, in its namespace only),
-        or each extra source would leave an entry for itself on the server.
-        """
-        ns = self._namespace_of(host)
-        if ns == self.bridge_ns:
-            raise ValueError("the bridge namespace has no addressed interface")
-        if count < 0:
-            raise ValueError("count must be >= 0")
-        owner = next(h for h in self.hosts if h.ns == ns)
-        # Host octets 1..254 in third-octet blocks 1..254 keep clear of the
-        # .0/.255 lookalikes.
-        capacity = 254 * 254
-        if self._next_extra + count > capacity:
-            raise ValueError(f"at most {capacity} extra addresses per lab")
-        addresses: list[str] = []
-        for index in range(self._next_extra, self._next_extra + count):
-            third, fourth = divmod(index, 254)
-            addresses.append(_check_ipv4(f"198.19.{third + 1}.{fourth + 1}"))
-        self._next_extra += count
-        if not addresses:
-            return addresses
-        if ns not in self._extra_owners:
-            self._sysctl(ns, "net.ipv4.conf.all.arp_announce", "2")
-            self._extra_owners.add(ns)
-        # One `ip -batch` process per host instead of one per address.
-        batch = "".join(f"addr add {addr}/32 dev {owner.interface}\n" for addr in addresses)
-        self._ip(ns, "-batch", "-", input=batch)
-        routes = "".join(f"route add {prefix} via {owner.ipv4} dev {LAB_INTERFACE}\n"
-                         for prefix in _covering_prefixes(addresses))
-        subnet = ipaddress.IPv4Interface(owner.ipv4_cidr).network
-        for other in self.hosts:
-            if other.ns != ns and ipaddress.IPv4Address(other.ipv4) in subnet:
-                self._ip(other.ns, "-batch", "-", input=routes)
-        return addresses
 
     def tcp_probe(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> str:
         """Try one TCP connect from host; return "connected" or the error name.
@@ -621,53 +555,8 @@ class NetLab:
         )
         return result.stdout.strip()
 
-    @contextmanager
-    def sniff(self, host: Host, bpf: str, path: Path) -> Iterator[Path]:
-        """tcpdump on host's interface into `path` from when it says it listens (a handshake, not a
-        sleep); the file is complete when the block ends."""
-        proc = self.popen(host, ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-i", host.interface,
-                                 "-w", str(path), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        ready = selector.select(10)
-        selector.close()
-        line = proc.stderr.readline() if ready else ""
-        if "listening on" not in line:
-            raise RuntimeError(f"tcpdump did not start on {host.ns}: {line!r}")
-        try:
-            yield path
-        finally:
-            time.sleep(0.2)  # what is in flight reaches the file
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
     def can_connect(self, host: Host | str, address: str, port: int, timeout: float = 1.0) -> bool:
         return self.tcp_probe(host, address, port, timeout) == "connected"
-
-
-def _covering_prefixes(addresses: Sequence[str]) -> list[ipaddress.IPv4Network]:
-    """The fewest prefixes that cover exactly these addresses (runs of consecutive ones summarised)."""
-    values = sorted(int(ipaddress.IPv4Address(a)) for a in addresses)
-    prefixes: list[ipaddress.IPv4Network] = []
-    start = previous = values[0]
-    for value in [*values[1:], None]:
-        if value is not None and value == previous + 1:
-            previous = value
-            continue
-        prefixes += ipaddress.summarize_address_range(ipaddress.IPv4Address(start), ipaddress.IPv4Address(previous))
-        if value is not None:
-            start = previous = value
-    return prefixes
-
-
-def pcap_text(path: Path) -> str:
-    """What a capture of :meth:`NetLab.sniff` holds, a line per packet as tcpdump prints it ("" if none)."""
-    return _run_plain(["tcpdump", "-n", "-r", str(path)]).stdout
 
 
 @dataclass(frozen=True)
@@ -732,7 +621,7 @@ def start_sshd(lab: NetLab, host: Host | str, workdir: Path) -> SshdInfo:
         # should just make fresh keys.
         for stale in (key, key.with_name(key.name + ".pub")):
             stale.unlink(missing_ok=True)
-        _run_plain(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)])
+        run_plain(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)])
     authorized_keys = workdir / "authorized_keys"
     authorized_keys.write_text(client_key.with_name(client_key.name + ".pub").read_text())
     host_pub = host_key.with_name(host_key.name + ".pub").read_text().split()

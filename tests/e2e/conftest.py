@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynknock.lab.netlab import LabUnavailable, require_lab_support
+from tests.lab.netlab import LabUnavailable, require_lab_support
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.lab.netlab import require_privileges
-from dynknock.lab.stack import VENV_BIN
+from tests.lab.netlab import require_privileges
+from tests.lab.stack import VENV_BIN
 
 pytestmark = pytest.mark.e2e
 

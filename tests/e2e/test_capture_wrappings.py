@@ -49,10 +49,10 @@ from dynknock.capture.core import build_filter
 from dynknock.capture.fairness import SOURCES_PER_PAYLOAD, Limits
 from dynknock.client.session import new_request
 from dynknock.keys import SessionKeys, hint_epoch, user_hint, write_key_file
-from dynknock.lab.netlab import Host, NetLab
-from dynknock.lab.stack import DOOR_LINE, VENV_BIN, EventLog, LabUser, Stack, lab_stack
 from dynknock.protocol import CONTROL_PORT
 from dynknock.topics import Topic
+from tests.lab.netlab import Host, NetLab
+from tests.lab.stack import DOOR_LINE, VENV_BIN, EventLog, LabUser, Stack, lab_stack
 
 pytestmark = pytest.mark.e2e
 

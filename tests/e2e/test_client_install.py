@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import NetLab, SshdInfo
-from dynknock.lab.stack import VENV_BIN, LabUser, lab_stack
+from tests.lab.netlab import NetLab, SshdInfo
+from tests.lab.stack import VENV_BIN, LabUser, lab_stack
 
 pytestmark = pytest.mark.e2e
 

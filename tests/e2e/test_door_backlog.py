@@ -28,9 +28,9 @@ import pytest
 
 from dynknock.gate.core import held_elements
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import NetLab
-from dynknock.lab.stack import VENV_BIN, EventLog, LabUser, Stack, lab_stack
 from dynknock.topics import Topic
+from tests.lab.netlab import NetLab
+from tests.lab.stack import VENV_BIN, EventLog, LabUser, Stack, lab_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -26,9 +26,9 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.lab.netlab import NetLab, SshdInfo
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
 from dynknock.topics import Topic
+from tests.lab.netlab import NetLab, SshdInfo
+from tests.lab.stack import VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
 
 pytestmark = pytest.mark.e2e
 

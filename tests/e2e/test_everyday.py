@@ -30,10 +30,10 @@ import dpkt
 import pytest
 
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import NetLab, SshdInfo
-from dynknock.lab.stack import VENV_BIN, EventLog, LabUser, Stack, lab_stack
 from dynknock.protocol import CONTROL_PORT
 from dynknock.topics import Topic
+from tests.lab.netlab import NetLab, SshdInfo
+from tests.lab.stack import VENV_BIN, EventLog, LabUser, Stack, lab_stack
 
 pytestmark = pytest.mark.e2e
 

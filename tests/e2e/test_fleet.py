@@ -40,10 +40,10 @@ from dynknock import curve25519
 from dynknock.auth.admin import share_with_service_group
 from dynknock.auth.serverkey import make_server_key
 from dynknock.keys import PAIR_PRIVATE, write_key_file
-from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 from dynknock.transport import GATEWAY_ROLES, gateway_key_name
 from tests.halab import role_keys
+from tests.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
+from tests.lab.stack import SERVICE_USER, VENV_BIN, LabUser, Stack, prepare_workdir, write_users
 
 pytestmark = pytest.mark.e2e
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from dynknock.lab.netlab import Host
-from dynknock.lab.stack import VENV_BIN
 from tests.e2e.test_fleet import mac_of, retarget
 from tests.halab import ADMIN, World, ha_lab, replicas_seen, status
+from tests.lab.netlab import Host
+from tests.lab.stack import VENV_BIN
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,8 @@ import zmq
 
 from dynknock import bus
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import SERVER_IPV6, Host, NetLab, SshdInfo
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, connect_handshaken, door_port, lab_stack
+from tests.lab.netlab import SERVER_IPV6, Host, NetLab, SshdInfo
+from tests.lab.stack import VENV_BIN, LabUser, Stack, connect_handshaken, door_port, lab_stack
 
 pytestmark = pytest.mark.e2e
 

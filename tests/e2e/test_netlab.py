@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from dynknock.lab import netlab
-from dynknock.lab.netlab import CommandError, NetLab, require_privileges, start_sshd
+from tests.lab import netlab
+from tests.lab.netlab import CommandError, NetLab, require_privileges, start_sshd
 
 pytestmark = pytest.mark.e2e
 

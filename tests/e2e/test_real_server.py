@@ -34,9 +34,9 @@ import dpkt
 import pytest
 from supervisor.datatypes import byte_size  # type: ignore[import-untyped]
 
-from dynknock.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import wait_subscribed
 from dynknock.protocol import CONTROL_PORT
+from tests.lab.netlab import NetLab, SshdInfo, require_privileges, start_sshd
+from tests.lab.stack import wait_subscribed
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ import pytest
 
 from dynknock import bus
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import NetLab, SshdInfo, pcap_text
-from dynknock.lab.stack import DOOR_LINE, VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
+from tests.lab.netlab import NetLab, SshdInfo, pcap_text
+from tests.lab.stack import DOOR_LINE, VENV_BIN, LabUser, Stack, door_port, lab_stack, ssh_command
 
 pytestmark = pytest.mark.e2e
 

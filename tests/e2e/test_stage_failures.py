@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.lab.netlab import NetLab, require_privileges
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, lab_stack, prepare_workdir, write_config, write_users
+from tests.lab.netlab import NetLab, require_privileges
+from tests.lab.stack import VENV_BIN, LabUser, Stack, lab_stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 

@@ -44,9 +44,9 @@ import dpkt
 import pytest
 
 from dynknock.keys import write_key_file
-from dynknock.lab.netlab import Host, NetLab, SshdInfo
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, door_port, lab_stack
 from dynknock.protocol import CONTROL_PORT
+from tests.lab.netlab import Host, NetLab, SshdInfo
+from tests.lab.stack import VENV_BIN, LabUser, Stack, door_port, lab_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.lab.netlab import NetLab, require_privileges, start_sshd
-from dynknock.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
+from tests.lab.netlab import NetLab, require_privileges, start_sshd
+from tests.lab.stack import VENV_BIN, LabUser, Stack, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 

@@ -25,8 +25,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
-from dynknock.lab.netlab import signal_group
-from dynknock.lab.stack import VENV_BIN, prepare_workdir, wait_subscribed
+from tests.lab.netlab import signal_group
+from tests.lab.stack import VENV_BIN, prepare_workdir, wait_subscribed
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

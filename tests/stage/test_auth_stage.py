@@ -20,8 +20,8 @@ import zmq
 from dynknock import bus
 from dynknock import protocol as proto
 from dynknock.keys import SessionKeys, hint_epoch, user_hint
-from dynknock.lab.stack import LabUser, write_users
 from dynknock.topics import ALIVE
+from tests.lab.stack import LabUser, write_users
 from tests.stage.conftest import StageEnv
 
 pytestmark = pytest.mark.stage

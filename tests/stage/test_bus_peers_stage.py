@@ -27,8 +27,8 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
-from dynknock.lab.stack import VENV_BIN, LabUser, write_users
 from dynknock.transport import KEY_NAMES, OWNER, PEERS, gateway_key_name
+from tests.lab.stack import VENV_BIN, LabUser, write_users
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage

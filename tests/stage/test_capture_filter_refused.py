@@ -24,7 +24,7 @@ import pytest
 
 from dynknock import bus
 from dynknock import protocol as proto
-from dynknock.lab.stack import VENV_BIN
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import StageEnv, free_port
 from tests.stage.test_capture_stage import Auth, client_payload
 

@@ -35,9 +35,9 @@ import zmq.auth
 from dynknock import bus
 from dynknock import protocol as proto
 from dynknock.capture.routing import choose
-from dynknock.lab.stack import VENV_BIN
 from dynknock.topics import ALIVE
 from tests.etcdlab import netns
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import StageEnv
 from tests.stage.test_capture_stage import client_payload
 

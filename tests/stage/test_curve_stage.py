@@ -14,7 +14,7 @@ import zmq
 import zmq.auth
 
 from dynknock import bus
-from dynknock.lab.stack import VENV_BIN
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage

@@ -37,8 +37,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus
 from dynknock.gate.core import held_elements
-from dynknock.lab.stack import VENV_BIN
 from tests.etcdlab import netns
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv
 
 pytestmark = pytest.mark.stage

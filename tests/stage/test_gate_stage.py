@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.lab.stack import VENV_BIN
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv
 
 pytestmark = pytest.mark.stage

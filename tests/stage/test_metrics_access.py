@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dynknock.lab.stack import VENV_BIN
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import StageEnv, free_port
 
 pytestmark = pytest.mark.stage

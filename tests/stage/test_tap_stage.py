@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from dynknock import bus
-from dynknock.lab.stack import VENV_BIN
 from dynknock.topics import ALIVE
+from tests.lab.stack import VENV_BIN
 from tests.stage.conftest import GATE_PRIVILEGES, StageEnv, free_port
 
 pytestmark = pytest.mark.stage

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dynknock import protocol as proto
-from dynknock.lab.netlab import Host
 from dynknock.topics import Topic
 from tests.e2e.attacks.world import (
     ALICE_PASSWORD,
@@ -31,6 +30,7 @@ from tests.e2e.attacks.world import (
     wait_until,
     with_gaps,
 )
+from tests.lab.netlab import Host
 
 pytestmark = pytest.mark.e2e
 

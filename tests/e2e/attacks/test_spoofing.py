@@ -13,10 +13,10 @@ import pytest
 
 from dynknock import protocol as proto
 from dynknock.client.session import KNOCK_PORT_HIGH, KNOCK_PORT_LOW
-from dynknock.lab.netlab import Host, NetLab, SshdInfo, start_sshd
-from dynknock.lab.stack import EventLog, LabUser, Stack, door_port, prepare_workdir, write_config, write_users
 from dynknock.topics import Topic
 from tests.e2e.attacks.world import CONTROL_PORT, PYTHON, REPO, TOOLS, WINDOW_S, World, record_figures, wait_until
+from tests.lab.netlab import Host, NetLab, SshdInfo, start_sshd
+from tests.lab.stack import EventLog, LabUser, Stack, door_port, prepare_workdir, write_config, write_users
 
 pytestmark = pytest.mark.e2e
 

@@ -54,8 +54,9 @@ from dynknock import protocol as proto
 from dynknock.client.session import Request, new_request
 from dynknock.client.syn import build_syn
 from dynknock.keys import SessionKeys, derive_master_key, hint_epoch, user_hint
-from dynknock.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
-from dynknock.lab.stack import (
+from dynknock.topics import Topic
+from tests.lab.netlab import Host, NetLab, SshdInfo, require_privileges, start_sshd
+from tests.lab.stack import (
     VENV_BIN,
     EventLog,
     LabUser,
@@ -67,7 +68,6 @@ from dynknock.lab.stack import (
     write_config,
     write_users,
 )
-from dynknock.topics import Topic
 
 REPO = Path(__file__).resolve().parents[3]
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
