@@ -13,7 +13,6 @@ confirmed.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import secrets
 import socket
@@ -109,8 +108,9 @@ class UserLog:
 REPLICA_FILTER_REFRESH_S = 0.5
 
 
-def engine_config(config: Config) -> eng.EngineConfig:
-    return eng.engine_config(config, p2_hold_ms=P2_HOLD_MS, shared_nonces=config.store_kind == "etcd")
+def engine_config(config: Config, capture_keys: dict[str, str] | None = None) -> eng.EngineConfig:
+    return eng.engine_config(config, p2_hold_ms=P2_HOLD_MS, shared_nonces=config.store_kind == "etcd",
+                             capture_keys=capture_keys or {})
 
 
 def reply_sockets(config: Config) -> dict[str, socket.socket]:
@@ -128,7 +128,10 @@ class AuthShell(Shell):
         self.log_user = UserLog(log)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal = journal = ReplayJournal(config.state_dir / "replay.journal")
-        self.engine = eng.Engine(engine_config(config), users, ReplayCache(journal, now_ms()),
+        # A fleet: which gateway each capture key speaks for (z85 key, ZeroMQ's User-Id -> gateway).
+        capture_keys = {key: key_gateway(name) for key, name in transport.peer_names().items()} \
+            if config.fleet else {}
+        self.engine = eng.Engine(engine_config(config, capture_keys), users, ReplayCache(journal, now_ms()),
                                  secrets.token_bytes, secrets.randbelow, server_key)
         self.packets = self.socket(zmq.PULL, bind="packets", options={zmq.RCVHWM: 50_000})
         self.watch(self.packets, self.read_packets)
@@ -152,13 +155,6 @@ class AuthShell(Shell):
                 self.door_stages[(gateway, stage)] = sock
                 self.watch(sock, functools.partial(self.read_results, sock, (gateway, stage)))
         # Which gateway an address belongs to: a capture may only report packets sent to its own.
-        self.gateway_of = {ipaddress.ip_address(address): g.name
-                           for g in config.gateways.values() for address in g.addresses}
-        # A fleet: which gateway each capture key speaks for (z85 key, ZeroMQ's User-Id -> gateway).
-        self.key_gateway = {key: key_gateway(name) for key, name in transport.peer_names().items()} \
-            if config.fleet else {}
-        # Packets a fleet's auth refused for the gateway they claim (heartbeat: gateway_refusals).
-        self.gateway_refusals: Counter[str] = Counter()
         # A dropped connection means the stage died or restarted (a restarted relay has lost
         # its listeners): the engine must stop counting on the doors that stage confirmed.
         for key, sock in self.door_stages.items():
@@ -242,6 +238,8 @@ class AuthShell(Shell):
                 if self.store is None:
                     raise RuntimeError("a claim without a shared store")  # our own bug: crash, restart clean
                 self.store.claim(action.request_id, action.nonce, action.expiry_ms, now_ms())
+            elif isinstance(action, eng.GatewayRefused):
+                self.log_bad("%s", action.detail)  # counted by the engine (heartbeat: gateway_refusals)
             elif isinstance(action, eng.Notify):
                 self.events.publish(action.topic, **action.fields)
                 if action.topic not in _LOGGED_TOPICS:
@@ -297,41 +295,24 @@ class AuthShell(Shell):
     # --- inputs ----------------------------------------------------------------
 
     def on_packet(self, frame: bytes, sender_key: str = "") -> None:
-        """`sender_key`: in a fleet, the z85 key of the capture that pushed the frame."""
+        """`sender_key`: in a fleet, the z85 key of the capture that pushed the frame. Which gateway a
+        packet may count for is the engine's to say (auth/fleet.py); its refusals come back as actions."""
         message = self.decode(frame, "bus message")
         if message is None:
             return
         now = now_ms()
-        # One host: one implicit gateway, whatever capture calls it. A fleet: the gateway named must be one
-        # of ours, the one whose capture key pushed it, and a datagram must have been sent to one of its
-        # addresses (its door opens there).
-        gateway = message.gateway if self.config.fleet and isinstance(message, bus.Datagram | bus.Syn) else ""
-        if self.config.fleet and gateway not in self.config.gateways:
-            self.gateway_refusals["unknown_gateway"] += 1
-            self.log_bad("Dropped a packet from unknown gateway %r (not in [gateways] of %s)", gateway,
-                               self.config.path)
-            return
-        if self.config.fleet and self.key_gateway.get(sender_key) != gateway:
-            self.gateway_refusals["other_gateways_key"] += 1
-            self.log_bad("Dropped a packet claiming gateway %s from the capture key of gateway %r", gateway,
-                               self.key_gateway.get(sender_key, "unknown"))
-            return
         try:
             if isinstance(message, bus.Datagram):
-                destination = ipaddress.ip_address(message.destination)
-                if self.config.fleet and self.gateway_of.get(destination) != gateway:
-                    self.gateway_refusals["not_its_address"] += 1
-                    self.log_bad("Dropped a datagram to %s reported by gateway %s, whose address it is not",
-                                       message.destination, gateway)
-                    return
-                actions = self.engine.on_datagram(ipaddress.ip_address(message.source), message.source_port,
-                                                  destination, message.payload, now, gateway)
+                actions = self.engine.on_captured_datagram(message.source, message.source_port, message.destination,
+                                                           message.payload, now, message.gateway, sender_key)
             elif isinstance(message, bus.Syn):
-                actions = self.engine.on_syn(ipaddress.ip_address(message.source), message.port,
-                                             message.isn, now, gateway)
+                actions = self.engine.on_captured_syn(message.source, message.port, message.isn, now,
+                                                      message.gateway, sender_key)
             else:
-                self.unexpected(message, " on the packet socket")
-                return
+                actions = self.engine.on_captured_other(sender_key)
+                if not actions:
+                    self.unexpected(message, " on the packet socket")
+                    return
         except ValueError as exc:  # an address capture should never have sent
             self.log_bad("Dropped a packet message with a bad field: %s", exc)
             return
@@ -479,7 +460,7 @@ class AuthShell(Shell):
     def figures(self) -> dict[str, Any]:
         opening, oldest_ms = self.engine.opening(now_ms())
         figures = {"rejections": dict(self.engine.rejections), "unmatched_syns": self.engine.unmatched_syns,
-                   "gateway_refusals": dict(self.gateway_refusals), "doors": self.engine.open_doors(),
+                   "gateway_refusals": dict(self.engine.gateway_refusals), "doors": self.engine.open_doors(),
                    "doors_opening": opening, "opening_age_ms": oldest_ms}
         if self.config.replica:
             figures["replica"] = self.config.replica

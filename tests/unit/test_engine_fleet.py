@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+import pytest
+
 from dynknock import protocol as proto
-from dynknock.auth.engine import CloseDoor, EngineConfig, Notify, OpenDoor, SendReply
+from dynknock.auth.engine import CloseDoor, EngineConfig, GatewayRefused, Notify, OpenDoor, SendReply
+from dynknock.config import GatewayConfig
 from dynknock.keys import hint_epoch, user_hint
 from dynknock.protocol import PacketType, Status
 from tests.unit.test_engine import (
@@ -132,3 +135,47 @@ def test_one_host_is_unchanged_version_1_and_2_both_open() -> None:
                                                                 p1(alice, server), NOW))
     door = one(knock_at(engine, alice, ""), OpenDoor)  # type: ignore[arg-type]
     assert door.gateway == ""
+
+
+# --- which gateway a packet from capture counts for (auth/fleet.py, engine invariant 15) ---------
+
+KEY_A, KEY_B = "capture-key-of-gw-a", "capture-key-of-gw-b"
+GATEWAYS = dataclasses.replace(
+    FLEET, gateways={"gw-a": GatewayConfig("gw-a", (str(GW_A),), "tcp://198.18.0.1:7003"),
+                     "gw-b": GatewayConfig("gw-b", (str(GW_B),), "tcp://198.18.0.11:7003")},
+    capture_keys={KEY_A: "gw-a", KEY_B: "gw-b"}, path="/etc/dynknock/auth.toml")
+
+
+def test_a_packet_counts_only_for_the_gateway_whose_capture_key_pushed_it_and_whose_address_it_was_sent_to() -> None:
+    engine, alice = make_engine(config=GATEWAYS), Client(ALICE)
+    source = str(alice.address)
+    refused = [
+        one(engine.on_captured_datagram(source, alice.port, str(GW_A), p1(alice, GW_A), NOW, "gw-c", KEY_A),
+            GatewayRefused),
+        one(engine.on_captured_datagram(source, alice.port, str(GW_A), p1(alice, GW_A), NOW, "gw-a", KEY_B),
+            GatewayRefused),
+        one(engine.on_captured_datagram(source, alice.port, str(GW_B), p1(alice, GW_B), NOW, "gw-a", KEY_A),
+            GatewayRefused),
+        one(engine.on_captured_syn(source, KNOCKS[0].port, KNOCKS[0].isn, NOW, "gw-b", "a stranger's key"),
+            GatewayRefused),
+        one(engine.on_captured_other(KEY_A), GatewayRefused),
+    ]
+    assert [r.reason for r in refused] == ["unknown_gateway", "other_gateways_key", "not_its_address",
+                                           "other_gateways_key", "unknown_gateway"]
+    assert "/etc/dynknock/auth.toml" in refused[0].detail and str(GW_B) in refused[2].detail
+    assert engine.gateway_refusals == {"unknown_gateway": 2, "other_gateways_key": 2, "not_its_address": 1}
+    assert engine.open_doors() == [] and engine.opening(NOW) == (0, 0)
+    # The same P1, from gw-a's capture and sent to gw-a's address, is taken; its knocks there open its door.
+    taken = engine.on_captured_datagram(source, alice.port, str(GW_A), p1(alice, GW_A), NOW, "gw-a", KEY_A)
+    assert "auth.request.received" in topics(taken)
+    actions = [a for k in KNOCKS for a in engine.on_captured_syn(source, k.port, k.isn, NOW, "gw-a", KEY_A)]
+    assert one(actions, OpenDoor).gateway == "gw-a"
+
+
+def test_one_host_takes_every_packet_whatever_gateway_capture_names() -> None:
+    engine, alice = make_engine(), Client(ALICE)
+    taken = engine.on_captured_datagram(str(alice.address), alice.port, "198.18.0.1", alice.p1(), NOW, "any", "")
+    assert "auth.request.received" in topics(taken)
+    assert engine.on_captured_other("") == [] and engine.gateway_refusals == {}
+    with pytest.raises(ValueError):
+        engine.on_captured_syn("not an address", 1, 1, NOW)
