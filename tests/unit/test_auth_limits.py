@@ -2,7 +2,7 @@
 one user cannot hold every door, a door whose port is taken moves, revoke closes doors,
 and the replay journal stays bounded on a server that runs for months.
 
-Driven like tests/unit/test_engine.py: plain values, a fixed clock, the real codec.
+Driven like the engine tests (tests/unit/engine_support.py): plain values, a fixed clock, the real codec.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dynknock.auth.engine import CloseDoor, EngineConfig, Notify, OpenDoor, Send
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.keys import SessionKeys
 from dynknock.protocol import Status
-from tests.unit.test_engine import (
+from tests.unit.engine_support import (
     ALICE,
     BOB,
     CLIENT,
@@ -33,10 +33,10 @@ from tests.unit.test_engine import (
     SERVER,
     SERVICES,
     Client,
-    _user,
     confirm,
     knock,
     make_engine,
+    make_user,
     of,
     one,
     open_door,
@@ -244,7 +244,7 @@ def test_a_door_being_opened_counts_towards_the_cap() -> None:
 def test_all_users_together_hold_at_most_max_doors_total() -> None:
     config = EngineConfig(SERVICES, 40000, 40099, max_doors_per_user=10, max_doors_total=4, max_requests_per_user=100)
     engine = make_engine(config=config)
-    users = [_user(f"u{i}", 50 + i, services=("ssh",)) for i in range(5)]
+    users = [make_user(f"u{i}", 50 + i, services=("ssh",)) for i in range(5)]
     engine.replace_users({u.name: u for u in users})
     clients = [Client(u, ipaddress.ip_address(f"198.51.100.{i + 1}")) for i, u in enumerate(users)]
     for i, c in enumerate(clients[:4]):
@@ -362,8 +362,8 @@ def test_a_new_key_or_a_service_taken_away_closes_the_doors_it_opened() -> None:
     confirm(engine, a)
     b = open_door(engine, bob, rid=RID_B, knocks=KNOCKS_B)
     confirm(engine, b)
-    new_alice = _user("alice", 99, services=("ssh",))
-    bob_web_only = _user("bob", 2, services=("web",))
+    new_alice = make_user("alice", 99, services=("ssh",))
+    bob_web_only = make_user("bob", 2, services=("web",))
     actions = engine.replace_users({"alice": new_alice, "bob": bob_web_only})
     assert {c.door_id for c in of(actions, CloseDoor)} == {a.door_id, b.door_id}
     assert engine.open_doors() == []
@@ -381,7 +381,7 @@ def test_unchanged_users_keep_their_doors_over_a_reload() -> None:
 
 def test_a_user_whose_account_expires_loses_their_doors() -> None:
     import datetime as dt
-    expiring = _user("frank", 6, services=("ssh",), expires=dt.datetime.fromtimestamp((NOW + 5000) / 1000, dt.UTC))
+    expiring = make_user("frank", 6, services=("ssh",), expires=dt.datetime.fromtimestamp((NOW + 5000) / 1000, dt.UTC))
     engine = make_engine(users=[expiring])
     frank = Client(expiring)
     door = open_door(engine, frank)

@@ -16,7 +16,7 @@ from dynknock import protocol as proto
 from dynknock.auth.engine import CloseDoor, Engine, EngineConfig, OpenDoor, SendReply
 from dynknock.keys import hint_epoch, user_hint
 from dynknock.protocol import Knock, KnockKind, Status
-from tests.unit.test_engine import (
+from tests.unit.engine_support import (
     ALICE,
     BOB,
     CONFIG,

@@ -17,7 +17,7 @@ from dynknock.auth.engine import CloseDoor, EngineConfig, GatewayRefused, Notify
 from dynknock.config import GatewayConfig
 from dynknock.keys import hint_epoch, user_hint
 from dynknock.protocol import PacketType, Status
-from tests.unit.test_engine import (
+from tests.unit.engine_support import (
     ALICE,
     CONFIG,
     KNOCKS,

@@ -10,7 +10,7 @@ import ipaddress
 
 from dynknock.auth.engine import CloseDoor, EngineConfig, OpenDoor, SendReply
 from dynknock.protocol import Status
-from tests.unit.test_engine import (
+from tests.unit.engine_support import (
     ALICE,
     BOB,
     CONFIG,

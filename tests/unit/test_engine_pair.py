@@ -23,14 +23,14 @@ from dynknock.client import crypto
 from dynknock.client import pair as client_pair
 from dynknock.keys import SessionKeys, hint_epoch, user_hint
 from dynknock.protocol import IPAddress, Knock, PacketType, Status
-from tests.unit.test_engine import CONFIG, KNOCKS, NOW, RID, SERVER, Rng, _user, confirm, one, rejected
+from tests.unit.engine_support import CONFIG, KNOCKS, NOW, RID, SERVER, Rng, confirm, make_user, one, rejected
 
 CLIENT = ipaddress.ip_address("203.0.113.7")
 THIEF = ipaddress.ip_address("203.0.113.66")
 SERVER_SECRET = hashlib.sha256(b"server").digest()
 PAULA_SEED = hashlib.sha256(b"paula").digest()
 PAULA = User("paula", b"", ("ssh",), public_key=curve25519.ed25519_public_key(PAULA_SEED))
-ALICE = _user("alice", 1, services=("ssh",))
+ALICE = make_user("alice", 1, services=("ssh",))
 
 _nonces = itertools.count(1)
 
@@ -118,7 +118,7 @@ def test_client_and_server_agree_on_her_keys() -> None:
 
 
 def test_a_symmetric_user_beside_her_is_unchanged() -> None:
-    from tests.unit.test_engine import Client
+    from tests.unit.engine_support import Client
 
     engine = make_engine()
     alice = Client(ALICE)

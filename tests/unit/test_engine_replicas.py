@@ -9,7 +9,7 @@ import dataclasses
 from dynknock.auth.engine import ClaimNonce, Engine, OpenDoor, SendReply, SetKnockFilter
 from dynknock.auth.replay import ReplayCache
 from dynknock.protocol import Status
-from tests.unit.test_engine import (
+from tests.unit.engine_support import (
     ALICE,
     ALL_USERS,
     CONFIG,
