@@ -17,43 +17,55 @@ when it changes, closing the doors of a user removed, given a new key or a
 service taken away. Changes take an exclusive lock on ``<file>.lock`` so that two
 admins at once cannot lose each other's changes (a lost revocation would bring
 a removed user back).
+
+The command line and the users commands are here; what they share is in auth/adminbase.py, the keys
+in auth/adminkeys.py, status, doctor and bus-keys in auth/adminserver.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import fcntl
-import getpass
-import grp
-import ipaddress
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any
 
 from dynknock import keys
-from dynknock.auth.users import IPNetwork, User, UsersFileError, load_users, save_users
-from dynknock.keys import MASTER_KEY_LEN, KeyError_, derive_master_key, normalise_user_name
-from dynknock.protocol import SERVICE_NAME_LEN, is_service_name
+from dynknock.auth.adminbase import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    AdminError,
+    Io,
+    checked_user_name,
+    parse_expires,
+    parse_services,
+    parse_source,
+    server_config,
+    share_with_service_group,
+)
+from dynknock.auth.adminkeys import (
+    DEFAULT_SERVER_KEY_NAME,
+    NewKey,
+    cmd_server_key,
+    ensure_server_key,
+    read_new_key,
+    server_key_file,
+    write_new_key_file,
+)
+from dynknock.auth.adminserver import cmd_bus_keys, cmd_doctor, cmd_status
+from dynknock.auth.users import User, UsersFileError, load_users, save_users
 
-if TYPE_CHECKING:
-    from dynknock.config import Config
+# What the console script, the tests and the labs import from here.
+__all__ = ["Io", "default_users_file", "main", "share_with_service_group"]
 
-PROG = "knock-admin"
 DEFAULT_USERS_FILE = Path("/etc/dynknock/users.json")
 USERS_ENV = "DYNKNOCK_USERS"
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the file could not be written (permissions, disk)
-EXIT_USAGE = 2  # bad input: option, name, CIDR, date, key file, password, or an unusable users file
-
-DEFAULT_SERVER_KEY_NAME = "server.key"
-SHORT_PASSWORD = 12  # below this, warn: a sniffed packet allows an offline guess per scrypt call
 
 EPILOG = f"""\
 password:
@@ -72,139 +84,6 @@ exit status:
   {EXIT_FAILURE}  the users file or key file could not be written
   {EXIT_USAGE}  bad input (the one-line message says which)
 """
-
-
-class AdminError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-# --- input checks -------------------------------------------------------------
-
-
-def _user_name(text: str) -> str:
-    try:
-        return normalise_user_name(text)
-    except KeyError_ as exc:
-        raise AdminError(str(exc)) from None
-
-
-def parse_services(text: str) -> tuple[str, ...]:
-    names = [s.strip() for s in text.split(",")]
-    if not text.strip() or not all(is_service_name(n) for n in names):
-        raise AdminError(f"services {text!r}: a comma-separated list of names of 1-{SERVICE_NAME_LEN} "
-                         "characters [a-z0-9_-], e.g. ssh,web")
-    return tuple(dict.fromkeys(names))  # without duplicates, in the order given
-
-
-def parse_source(text: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(text.strip())
-    except ValueError:
-        try:
-            loose = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise AdminError(f"--source {text!r}: not an address or CIDR network, e.g. 198.51.100.0/24") from None
-        raise AdminError(f"--source {text!r}: host bits set; did you mean {loose}?") from None
-
-
-def parse_expires(text: str, now: dt.datetime) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise AdminError(f"--expires {text!r}: not an ISO 8601 date, e.g. 2027-01-31 or "
-                         "2027-01-31T18:00:00+01:00") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)  # as auth/users.py reads it
-    if when <= now:
-        raise AdminError(f"--expires {text!r}: is in the past")
-    return when
-
-
-# --- secrets ------------------------------------------------------------------
-
-
-def read_password(stdin: TextIO, stderr: TextIO, prompt: Callable[[str], str] = getpass.getpass) -> str:
-    if stdin.isatty():
-        first = prompt("Password: ")
-        if prompt("Password again: ") != first:
-            raise AdminError("the two passwords differ")
-        password = first
-    else:
-        line = stdin.readline()
-        if not line:
-            raise AdminError("no password on standard input (expected one line)")
-        password = line.rstrip("\r\n")
-    if not password:
-        raise AdminError("empty password")
-    if len(password) < SHORT_PASSWORD:
-        print(f"{PROG}: warning: a password of fewer than {SHORT_PASSWORD} characters can be guessed offline "
-              "from one sniffed packet; consider --key-gen", file=stderr)
-    return password
-
-
-def read_key_file(path: Path) -> bytes:
-    try:
-        return keys.read_key_file(path)
-    except KeyError_ as exc:
-        raise AdminError(str(exc)) from None
-
-
-def write_new_key_file(path: Path, key: bytes) -> None:
-    try:
-        keys.write_key_file(path, key)
-    except KeyError_ as exc:
-        raise AdminError(str(exc)) from None
-
-
-def read_public_key(text: str) -> bytes:
-    """A key-pair user's public key from her line (``dynknock-ed25519 BASE64 [comment]``, as
-    ``knock-client --key-gen`` prints it) or from a file holding that line (her FILE.pub)."""
-    from dynknock.auth.serverkey import check_user_public_key
-
-    line, where = text, "--public-key"
-    if not text.lstrip().startswith(keys.PAIR_PUBLIC + " "):
-        path = Path(text)
-        try:
-            line, where = path.read_text(encoding="ascii"), str(path)
-        except FileNotFoundError:
-            raise AdminError(f"--public-key {text!r}: neither a {keys.PAIR_PUBLIC} line nor a file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AdminError(f"--public-key {text}: cannot read: {exc}") from None
-    try:
-        public, _ = keys.parse_key_line(line, keys.PAIR_PUBLIC)
-        check_user_public_key(public)
-    except KeyError_ as exc:
-        raise AdminError(f"{where}: {exc}") from None
-    return public
-
-
-def server_key_file(args: argparse.Namespace) -> Path:
-    """--server-key-file, else server.key beside the users file (both in /etc/dynknock by default,
-    as server.key_file and server.users_file say)."""
-    explicit: Path | None = args.server_key_file
-    if explicit is not None:
-        return explicit
-    config = server_config(args)
-    if config is not None:
-        return config.key_file
-    return Path(args.users_file).with_name(DEFAULT_SERVER_KEY_NAME)
-
-
-def ensure_server_key(path: Path, io: Io) -> str:
-    """The server's public line, the key made first if there is none (the first key-pair user)."""
-    from dynknock.auth.serverkey import ServerKeyError, load_server_key, make_server_key
-
-    try:
-        server = load_server_key(path)
-        if server is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            server = make_server_key(path)
-            share_with_service_group(path)
-            print(f"made the server's key {path} (knock-auth reads it when it next reloads the users file); "
-                  "every key-pair user pins its public line", file=io.stdout)
-    except ServerKeyError as exc:
-        raise AdminError(str(exc)) from None
-    return server.line(os.uname().nodename)
 
 
 # --- the users file -----------------------------------------------------------
@@ -271,7 +150,7 @@ class FileUsers:
 
 
 class StoreUsers:
-    """The users document of auth replicas in etcd (issue 23): read, change, compare-and-swap on its
+    """The users document of auth replicas in etcd: read, change, compare-and-swap on its
     revision; another admin's write meanwhile (a conflict) means read again and redo the change."""
 
     ATTEMPTS = 5
@@ -317,22 +196,6 @@ class StoreUsers:
 UsersBackend = FileUsers | StoreUsers
 
 
-def server_config(args: argparse.Namespace) -> Config | None:
-    """The server config -c names (read once), or None."""
-    if args.users_config is None:
-        return None
-    cached: Config | None = getattr(args, "loaded_config", None)
-    if cached is None:
-        from dynknock.config import ConfigError, load
-
-        try:
-            cached = load(Path(args.users_config))
-        except ConfigError as exc:
-            raise AdminError(str(exc)) from None
-        args.loaded_config = cached
-    return cached
-
-
 def users_backend(args: argparse.Namespace) -> UsersBackend:
     """-c CONFIG with store.kind = "etcd": the replicas' users in etcd, with knock-admin's own etcd identity
     ([store] admin_*); otherwise the users file (--users-file, $DYNKNOCK_USERS, the config's users_file)."""
@@ -358,52 +221,6 @@ def users_backend(args: argparse.Namespace) -> UsersBackend:
 
 
 # --- commands -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Io:
-    stdin: TextIO
-    stdout: TextIO
-    stderr: TextIO
-    prompt: Callable[[str], str] = getpass.getpass
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-
-
-SERVICE_GROUP = "dynknock"
-
-
-def share_with_service_group(path: Path) -> None:
-    """A new users file: root:dynknock 0640, so knock-auth (user dynknock) can read it and no one else."""
-    try:
-        gid = grp.getgrnam(SERVICE_GROUP).gr_gid
-    except KeyError:
-        return  # no service group on this machine (tests, a client host): keep 0600
-    if os.geteuid() == 0:
-        os.chown(path, 0, gid)
-        os.chmod(path, 0o640)
-
-
-@dataclasses.dataclass(frozen=True)
-class NewKey:
-    """The key `add` or `rekey` gives a user: a master key and how it was made, or a public key."""
-
-    master_key: bytes = b""
-    kind: str = ""  # "password" or "key" (auth/users.py User.kind)
-    public_key: bytes | None = None
-    key_gen: Path | None = None  # a key file to write for the user
-
-
-def read_new_key(args: argparse.Namespace, name: str, io: Io) -> NewKey:
-    if args.public_key is not None:
-        return NewKey(public_key=read_public_key(args.public_key))
-    if args.key_file is not None:
-        return NewKey(read_key_file(args.key_file), "key")
-    if args.key_gen is not None:
-        return NewKey(secrets.token_bytes(MASTER_KEY_LEN), "key", key_gen=args.key_gen)
-    try:  # outside the lock: a person may take a while to type
-        return NewKey(derive_master_key(name, read_password(io.stdin, io.stderr, io.prompt)), "password")
-    except KeyError_ as exc:
-        raise AdminError(str(exc)) from None
 
 
 def _with_key(user: User, key: NewKey) -> User:
@@ -443,7 +260,7 @@ def _tell_about_key(name: str, key: NewKey, created: Path | None, server_line: s
 
 
 def cmd_add(args: argparse.Namespace, io: Io) -> int:
-    name = _user_name(args.name)
+    name = checked_user_name(args.name)
     services = parse_services(args.services)
     sources = tuple(parse_source(s) for s in args.source)
     expires = parse_expires(args.expires, io.now()) if args.expires is not None else None
@@ -466,7 +283,7 @@ def cmd_add(args: argparse.Namespace, io: Io) -> int:
 def cmd_rekey(args: argparse.Namespace, io: Io) -> int:
     """Give a user another key, of any kind (e.g. move her to a key pair), keeping everything else.
     knock-auth closes the doors and drops the requests made with the old key when it reloads."""
-    name = _user_name(args.name)
+    name = checked_user_name(args.name)
     backend = users_backend(args)
     _get(backend.load(), name, backend.where)
     key = read_new_key(args, name, io)
@@ -484,14 +301,8 @@ def cmd_rekey(args: argparse.Namespace, io: Io) -> int:
     return EXIT_OK
 
 
-def cmd_server_key(args: argparse.Namespace, io: Io) -> int:
-    """Print the line key-pair users pin (the key is made if there is none yet)."""
-    print(ensure_server_key(server_key_file(args), io), file=io.stdout)
-    return EXIT_OK
-
-
 def cmd_remove(args: argparse.Namespace, io: Io) -> int:
-    name = _user_name(args.name)
+    name = checked_user_name(args.name)
     backend = users_backend(args)
 
     def remove(users: dict[str, User]) -> None:
@@ -506,7 +317,7 @@ def cmd_remove(args: argparse.Namespace, io: Io) -> int:
 
 
 def cmd_set_services(args: argparse.Namespace, io: Io) -> int:
-    name = _user_name(args.name)
+    name = checked_user_name(args.name)
     services = parse_services(args.services)
     backend = users_backend(args)
 
@@ -539,59 +350,6 @@ def cmd_list(args: argparse.Namespace, io: Io) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, io: Io) -> int:
-    from dynknock import status
-    from dynknock.config import ConfigError, config_path, load
-    from dynknock.reasons import ProgramState, Supervisor, SupervisorUnreachable
-    from dynknock.stage import transport_for
-
-    try:
-        config = load(config_path(args.config))
-    except ConfigError as exc:
-        raise AdminError(str(exc)) from None
-    summary = status.collect(transport_for(config, "tap"), args.seconds)
-    programs: list[ProgramState] | None = None
-    note = ""
-    try:
-        programs = Supervisor.from_conf(args.supervisord_conf).programs()
-    except SupervisorUnreachable as exc:
-        note = str(exc)
-    print(status.render(summary, int(io.now().timestamp() * 1000), programs, note), file=io.stdout)
-    return EXIT_OK if "auth" in summary.alive else EXIT_FAILURE
-
-
-def cmd_doctor(args: argparse.Namespace, io: Io) -> int:
-    from dynknock.auth import doctor
-    from dynknock.config import config_path
-
-    findings = doctor.examine(config_path(args.config), args.supervisord_conf)
-    print(doctor.render(findings), file=io.stdout)
-    return EXIT_FAILURE if any(f.level == doctor.PROBLEM for f in findings) else EXIT_OK
-
-
-def _gateway_argument(text: str) -> str:
-    from dynknock.config import gateway_name
-
-    try:
-        return gateway_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"gateway name {text!r}: {exc}") from None
-
-
-def cmd_bus_keys(args: argparse.Namespace, io: Io) -> int:
-    from dynknock.transport import make_keys
-
-    if args.directory.exists() and any(args.directory.iterdir()):
-        raise AdminError(f"{args.directory} is not empty; refusing to overwrite keys")
-    for secret in make_keys(args.directory, tuple(args.gateway), tuple(args.replica)):
-        role, _, owner = secret.name.removesuffix(".key_secret").partition("@")
-        where = (f"replica {owner}'s {role}" if owner in args.replica else f"gateway {owner}'s {role}") if owner \
-            else f"stage {role}"
-        print(f"made {secret} (copy to the host of {where})", file=io.stdout)
-    print(f"public keys of all stages: {args.directory / 'public'} (copy to every host)", file=io.stdout)
-    return EXIT_OK
-
-
 # --- the shell ----------------------------------------------------------------
 
 
@@ -607,6 +365,15 @@ def _key_options(command: argparse.ArgumentParser) -> None:
     key.add_argument("--key-file", type=Path, metavar="PATH", help="store the key in this base64 key file")
     key.add_argument("--key-gen", type=Path, metavar="PATH",
                      help="draw a random key, write it to PATH (mode 0600, must not exist) for the user, store it")
+
+
+def _gateway_argument(text: str) -> str:
+    from dynknock.config import gateway_name
+
+    try:
+        return gateway_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"gateway name {text!r}: {exc}") from None
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:

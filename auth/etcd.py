@@ -1,24 +1,7 @@
-"""The replicated store of auth replicas (issue 23): the replay journal and the users on etcd.
+"""The replicated store of auth replicas: the replay journal and the users on etcd.
 
-Standard library only: etcd's gRPC-JSON gateway (`/v3/...`, HTTP/1.1 over TLS with a client
-certificate), which etcd 3.4 serves on its client port. No etcd client package does TLS client
-certificates with several endpoints and our timeouts (docs: /work/notes/h23/FINDINGS.md §1).
-
-Transport (`_call`): a pool of keep-alive connections per endpoint; every request carries
-`Grpc-Metadata-hasleader: true`, so a member without a leader answers "no leader" at once rather
-than holding the request for its own 7 s; each attempt is bounded by `attempt_timeout_s` and a
-call by `deadline_s`, going round the endpoints (the one that answered last first) with a 0.1 s
-pause after a round in which all failed (an election takes about a second: that rides it out).
-Only an unavailable member (transport error, timeout, 5xx, no leader) is retried elsewhere; a
-definite answer (permission denied, bad request) is final. After a call that failed for want of
-any member, calls fail at once for `circuit_s` (a store without quorum would otherwise hold
-every claim for the deadline). Every failure is a StoreError: the caller refuses, never accepts.
-
-RBAC: the gateway never takes a certificate's CommonName as the user (etcd issue #17025), so
-each client logs in with a user and password (`/v3/auth/authenticate`, a token sent as
-`Authorization`) and logs in again when a token is refused (simple tokens die with a member's
-restart or after `--auth-token-ttl` idle). A store with authentication off is refused: without
-RBAC any holder of a client certificate could write the users.
+What the keys mean and how they change; auth/etcdclient.py carries the requests (TLS, login,
+retries, the circuit; every failure a StoreError).
 
 Keys, under `prefix` (default /dynknock):
 
@@ -28,7 +11,7 @@ Keys, under `prefix` (default /dynknock):
   and etcd deletes them together when it ends. The value is unique to the call
   (`<user>:<random>`): a retry of a txn that etcd applied but whose answer was lost finds its
   own value and is an accept, not a false replay.
-* `<prefix>/users`: the whole users document, as knock-admin writes the users file today (one
+* `<prefix>/users`: the whole users document, as knock-admin writes the users file (one
   key: the read-modify-write of a document stays one compare-and-swap on its revision, the watch
   delivers whole documents, never a half-applied change; the limit is etcd's request size,
   1.5 MiB by default, about 9,000 users).
@@ -36,23 +19,30 @@ Keys, under `prefix` (default /dynknock):
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
 import math
 import os
 import socket
-import ssl
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-from dynknock.keys import secret_file_problem
+from dynknock.auth.etcdadvisories import ADVISORIES, advisories
+from dynknock.auth.etcdclient import (
+    Endpoint,
+    EtcdClient,
+    StoreError,
+    b64,
+    error_text,
+    json_int,
+    json_list,
+    json_obj,
+    unb64,
+)
 
 __all__ = ["ADVISORIES", "BUCKET_MS", "MAX_BATCH", "EtcdStore", "StoreError", "advisories"]
 
@@ -61,176 +51,10 @@ log = logging.getLogger("dynknock.auth.etcd")
 BUCKET_MS = 10_000  # nonces whose expiries fall in one such bucket share a lease
 LEASE_MARGIN_S = 1  # a bucket's lease outlives its last nonce by this much
 MAX_BATCH = 128  # nonces per txn in claim_many: etcd's --max-txn-ops (128 by default)
-RETRY_PAUSE_S = 0.1  # between two rounds over the endpoints
-DOWN_S = 1.0  # an endpoint that failed is tried last for this long
-POOL_SIZE = 4  # idle keep-alive connections kept per endpoint
 WATCH_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)  # between two watch connections after failures
 
-Outcome = Literal["final", "next", "login"]
 
-_FIXED_42 = {(3, 4): (3, 4, 42), (3, 5): (3, 5, 28), (3, 6): (3, 6, 9)}
-_FIXED_44 = {(3, 4): (3, 4, 44), (3, 5): (3, 5, 30), (3, 6): (3, 6, 11)}
-# etcd's published RBAC bypasses that matter to this store, and the first release of each line
-# that fixes them (a line not listed: fixed if newer than the newest listed, affected if older).
-# Debian 12's etcd-server 3.4.23 has all three; verified in tests/stage/test_etcd_store.py.
-ADVISORIES: tuple[tuple[str, dict[tuple[int, int], tuple[int, int, int]]], ...] = (
-    ("CVE-2026-33343 (nested txns skip RBAC: any logged-in user, a replica too, can write the users)", _FIXED_42),
-    ("CVE-2026-33413 (alarms, compaction, lease and member APIs need no login: a client certificate "
-     "alone can raise NOSPACE and stop every claim)", _FIXED_42),
-    ("CVE-2026-44283 (lease attachment and prev_kv in txn puts skip RBAC)", _FIXED_44),
-)
-
-
-def advisories(version: str) -> list[str]:
-    """The ADVISORIES an etcd server of `version` ("3.4.23") is affected by; [] if unparsable."""
-    try:
-        parts = tuple(int(x) for x in version.split("-")[0].split(".")[:3])
-        major, minor, patch = parts[0], parts[1], parts[2]
-    except (ValueError, IndexError):
-        return []
-    found = []
-    for text, fixed in ADVISORIES:
-        line = fixed.get((major, minor))
-        if line is not None:
-            affected = (major, minor, patch) < line
-        else:
-            affected = (major, minor) < min(fixed)
-        if affected:
-            found.append(f"etcd {version}: {text}")
-    return found
-
-
-class StoreError(Exception):
-    """The store could not do it. str() is one line naming what failed; `kind` is a short word for
-    counting (unavailable, timeout, no_leader, tls, permission, auth, conflict, lease,
-    bad_answer, refused, circuit, config, bug)."""
-
-    def __init__(self, message: str, kind: str = "refused") -> None:
-        super().__init__(" ".join(message.split()))
-        self.kind = kind
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise StoreError(f"etcd answered a non-string value {text!r:.60}", "bad_answer")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise StoreError(f"etcd answered bad base64 {text!r:.60}", "bad_answer") from None
-
-
-def _int(value: object) -> int:
-    """An int64 of the JSON gateway: a string, or absent (0, proto3 omits defaults)."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise StoreError(f"etcd answered {value!r:.60} where a number belongs", "bad_answer")
-    try:
-        return int(value)
-    except ValueError:
-        raise StoreError(f"etcd answered {value!r:.60} where a number belongs", "bad_answer") from None
-
-
-def _obj(value: object, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise StoreError(f"etcd answered {value!r:.80} where {what} belongs", "bad_answer")
-    return value
-
-
-def _list(value: object, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise StoreError(f"etcd answered {value!r:.80} where {what} belongs", "bad_answer")
-    return value
-
-
-def _error_text(data: bytes) -> tuple[str, int]:
-    """The message and gRPC code of an error answer (JSON from the gateway, or plain text)."""
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict):
-        message = answer.get("error") or answer.get("message") or ""
-        code = answer.get("code")
-        return str(message), code if isinstance(code, int) else -1
-    return data[:200].decode("utf-8", "replace").strip(), -1
-
-
-def _classify(status: int, message: str, code: int) -> tuple[Outcome, str]:
-    """What to do about an HTTP error answer: ("next", kind) try another member, ("login", kind)
-    log in again and retry, ("final", kind) give up."""
-    if "invalid auth token" in message or "revision of auth store is old" in message or "user name is empty" in message:
-        return "login", "auth"
-    if "CommonName of client" in message:
-        return "final", "config"
-    if "permission denied" in message:
-        return "final", "permission"
-    if "lease not found" in message:
-        return "final", "lease"
-    if "no leader" in message:
-        return "next", "no_leader"
-    if "database space exceeded" in message:
-        return "final", "refused"  # NOSPACE: every member says so until an operator acts
-    # gRPC Unavailable, DeadlineExceeded, ResourceExhausted (too many requests), Canceled, Aborted
-    if code in (14, 4, 8, 1, 10) or status >= 500:
-        return "next", "unavailable"
-    return "final", "refused"
-
-
-class _Endpoint:
-    """One member's client URL and a small pool of keep-alive connections to it."""
-
-    def __init__(self, url: str, host: str, port: int, context: ssl.SSLContext) -> None:
-        self.url, self.host, self.port, self.context = url, host, port, context
-        self._idle: list[http.client.HTTPSConnection] = []
-        self._lock = threading.Lock()
-        self.down_until = 0.0
-        self.failures = 0
-        self.last_error = ""
-
-    def take(self, timeout: float) -> tuple[http.client.HTTPSConnection, bool]:
-        """A connection (idle one first) and whether it was reused."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout), False
-
-    def give(self, conn: http.client.HTTPSConnection) -> None:
-        with self._lock:
-            if len(self._idle) < POOL_SIZE:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def failed(self, error: str) -> None:
-        self.down_until = time.monotonic() + DOWN_S
-        self.failures += 1
-        self.last_error = error
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-class _Refused(Exception):
-    """An HTTP error answer of one attempt (internal: _call turns it into a StoreError)."""
-
-    def __init__(self, outcome: Outcome, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.outcome, self.kind, self.message = outcome, kind, message
-
-
-class EtcdStore:
+class EtcdStore(EtcdClient):
     """The replay journal and the users document of auth replicas, on an etcd 3.4+ cluster.
 
     Thread-safe: claims, users and health may be called from several threads at once (each
@@ -240,220 +64,17 @@ class EtcdStore:
     def __init__(self, endpoints: list[str], ca: Path, cert: Path, key: Path, user: str, password_file: Path,
                  prefix: str = "/dynknock", attempt_timeout_s: float = 0.5, deadline_s: float = 2.0, *,
                  circuit_s: float = 0.5, watch_idle_s: float = 7.0) -> None:
-        if not endpoints:
-            raise StoreError("etcd store: no endpoint given", "config")
-        if not prefix.startswith("/") or prefix.endswith("/"):
-            raise StoreError(f"etcd store: prefix {prefix!r} must start with / and not end with one", "config")
-        if not 0 < attempt_timeout_s <= deadline_s:
-            raise StoreError("etcd store: need 0 < attempt_timeout_s <= deadline_s", "config")
-        if not user:
-            raise StoreError("etcd store: no etcd user given (the JSON gateway needs a login)", "config")
-        for path, what in ((key, "client key"), (password_file, "password file")):
-            try:
-                problem = secret_file_problem(path.stat(), path, group_may_read=True)
-            except OSError as exc:
-                raise StoreError(f"etcd store: {what} {path}: {exc.strerror}", "config") from None
-            if problem:
-                raise StoreError(f"etcd store: {what} {path}: {problem}", "config")
-        try:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise StoreError(f"etcd store: cannot load the CA {ca} or the client certificate {cert}: {exc}",
-                             "config") from None
-        self._context = context
-        self._endpoints: list[_Endpoint] = []
-        for url in endpoints:
-            parts = urlsplit(url)
-            try:
-                port = parts.port
-            except ValueError:
-                port = None
-            if parts.scheme != "https" or not parts.hostname or port is None or parts.path not in ("", "/"):
-                raise StoreError(f"etcd store: endpoint {url!r} is not https://HOST:PORT", "config")
-            self._endpoints.append(_Endpoint(url, parts.hostname, port, context))
-        self._user = user
-        self._password_file = password_file
-        self._attempt_s = attempt_timeout_s
-        self._deadline_s = deadline_s
-        self._circuit_s = circuit_s
+        super().__init__(endpoints, ca, cert, key, user, password_file, prefix, attempt_timeout_s, deadline_s,
+                         circuit_s=circuit_s)
         self._watch_idle_s = watch_idle_s
         self._nonces = f"{prefix}/nonces/".encode()
-        self._users_key = _b64(f"{prefix}/users".encode())
-        self.prefix = prefix
-
-        self._lock = threading.Lock()  # the fields below
-        self._preferred = 0  # the endpoint that answered last
-        self._circuit_until = 0.0
-        self._token: str | None = None
+        self._users_key = b64(f"{prefix}/users".encode())
         self._leases: dict[int, int] = {}  # bucket (ceil(expiry_ms / BUCKET_MS)) -> lease id
         self._lease_lock = threading.Lock()  # one grant at a time
-        self._counts: Counter[str] = Counter()
+        # under the client's _lock:
         self._users_revision = 0  # what the watch delivered last
         self._users_confirmed = 0.0  # monotonic time the watched document was last proven current
         self._watch_error = ""
-
-    # --- transport ------------------------------------------------------------------------------
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[key] += n
-
-    def _order(self) -> list[_Endpoint]:
-        with self._lock:
-            first = self._preferred
-        n = len(self._endpoints)
-        ring = [self._endpoints[(first + i) % n] for i in range(n)]
-        now = time.monotonic()
-        return [e for e in ring if e.down_until <= now] + [e for e in ring if e.down_until > now]
-
-    def _headers(self, token: str | None, *, leader: bool = True) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if leader:
-            headers["Grpc-Metadata-hasleader"] = "true"
-        if token:
-            headers["Authorization"] = token
-        return headers
-
-    def _attempt(self, ep: _Endpoint, path: str, body: bytes, timeout: float, headers: dict[str, str]
-                 ) -> dict[str, Any]:
-        """One request to one member. Raises _Refused for an HTTP error answer, OSError or
-        HTTPException for a transport failure (the request may or may not have been applied).
-
-        Every request this module sends may be repeated safely, here or by _call on another
-        member: a claim finds its own value, put_users its own text, a range or a login is a
-        read, and a repeated lease grant leaves one unused lease to expire."""
-        for _ in range(2):  # a reused connection the member closed meanwhile: once more on a new one
-            conn, reused = ep.take(timeout)
-            try:
-                conn.timeout = timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
-                conn.request("POST", path, body, headers)
-                response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                if reused:
-                    ep.close()  # its siblings are as stale (a member restarted): next, a new connection
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            if response.will_close:
-                conn.close()
-            else:
-                ep.give(conn)
-            if response.status != 200:
-                message, code = _error_text(data)
-                outcome, kind = _classify(response.status, message, code)
-                raise _Refused(outcome, kind, f"HTTP {response.status} {message}")
-            try:
-                answer = json.loads(data)
-            except ValueError:
-                raise StoreError(f"{ep.url}{path}: not JSON: {data[:80]!r}", "bad_answer") from None
-            return _obj(answer, "an object")
-        raise http.client.RemoteDisconnected("closed twice")  # not reached: the second try raises
-
-    def _login(self, ep: _Endpoint, timeout: float) -> str:
-        try:
-            password = self._password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreError(f"etcd login: cannot read {self._password_file}: {exc}", "config") from None
-        body = json.dumps({"name": self._user, "password": password}).encode()
-        try:
-            answer = self._attempt(ep, "/v3/auth/authenticate", body, timeout, self._headers(None))
-        except _Refused as refused:
-            if "authentication is not enabled" in refused.message:
-                raise StoreError(f"etcd login at {ep.url}: authentication is off in etcd; refusing a store any "
-                                 "certificate holder could write (enable RBAC: examples/ha/README.md)",
-                                 "auth") from None
-            if refused.outcome == "final" or refused.kind == "auth":
-                raise StoreError(f"etcd login as {self._user!r} at {ep.url}: {refused.message}", "auth") from None
-            raise
-        token = answer.get("token")
-        if not isinstance(token, str) or not token:
-            raise StoreError(f"etcd login at {ep.url}: no token in the answer", "bad_answer")
-        log.info("Logged in to etcd at %s as %s.", ep.url, self._user)
-        return token
-
-    def _call(self, path: str, body: dict[str, Any], what: str, deadline: float) -> dict[str, Any]:
-        """POST `body` to `path` on some member before `deadline` (monotonic); StoreError if none can."""
-        now = time.monotonic()
-        with self._lock:
-            circuit = self._circuit_until - now
-        if circuit > 0:
-            self._count("error.circuit")
-            raise StoreError(f"{what}: etcd unavailable (no member answered the last request; next try in "
-                             f"{circuit:.2f} s)", "circuit")
-        data = json.dumps(body).encode()
-        failures: list[tuple[str, str]] = []  # (kind, "url: what")
-        logins = 0
-        for _round in range(1000):  # bounded by the deadline long before
-            for ep in self._order():
-                timeout = min(self._attempt_s, deadline - time.monotonic())
-                if timeout < 0.005:
-                    break
-                with self._lock:
-                    token = self._token
-                try:
-                    if token is None:
-                        token = self._login(ep, timeout)
-                        with self._lock:
-                            self._token = token
-                        timeout = min(self._attempt_s, deadline - time.monotonic())
-                        if timeout < 0.005:
-                            break
-                    answer = self._attempt(ep, path, data, timeout, self._headers(token))
-                except _Refused as refused:
-                    if refused.outcome == "login" and logins < 2:
-                        logins += 1
-                        with self._lock:
-                            if self._token == token:
-                                self._token = None
-                        failures.append((refused.kind, f"{ep.url}: {refused.message}"))
-                        continue
-                    if refused.outcome == "next":
-                        ep.failed(refused.message)
-                        failures.append((refused.kind, f"{ep.url}: {refused.message}"))
-                        continue
-                    self._count(f"error.{refused.kind}")
-                    raise StoreError(f"{what}: {ep.url} refused: {refused.message}", refused.kind) from None
-                except (OSError, http.client.HTTPException) as exc:
-                    timed_out = isinstance(exc, TimeoutError)
-                    text = "timed out" if timed_out else f"{type(exc).__name__}: {exc}"
-                    ep.failed(text)
-                    # A TLS refusal (our certificate, or theirs) is tried on the other members
-                    # too: one member's wrong CA must not stop the others; named "tls" if all say so.
-                    kind = "timeout" if timed_out else "tls" if isinstance(exc, ssl.SSLError) else "unavailable"
-                    failures.append((kind, f"{ep.url}: {text}"))
-                    continue
-                except StoreError as exc:
-                    self._count(f"error.{exc.kind}")
-                    raise
-                with self._lock:
-                    self._preferred = self._endpoints.index(ep)
-                return answer
-            pause = min(RETRY_PAUSE_S, deadline - time.monotonic() - 0.005)
-            if pause <= 0:
-                break
-            time.sleep(pause)
-        with self._lock:
-            self._circuit_until = time.monotonic() + self._circuit_s
-        kinds = [kind for kind, _ in failures]
-        kind = next((k for k in ("no_leader", "timeout", "auth") if k in kinds),
-                    "tls" if kinds and all(k == "tls" for k in kinds) else "unavailable")
-        seen: dict[str, None] = {}
-        for _, text in failures:
-            seen.setdefault(text, None)
-        detail = "; ".join(list(seen)[-len(self._endpoints):]) or "no attempt fitted in the deadline"
-        self._count(f"error.{kind}")
-        raise StoreError(f"{what}: no etcd member answered in time ({detail})", kind)
-
-    def _deadline(self) -> float:
-        return time.monotonic() + self._deadline_s
 
     # --- the replay journal ---------------------------------------------------------------------
 
@@ -471,7 +92,7 @@ class EtcdStore:
             answer = self._call("/v3/lease/grant", {"TTL": str(ttl)}, "lease grant", deadline)
             if answer.get("error"):
                 raise StoreError(f"lease grant: {answer['error']}", "lease")
-            lease = _int(answer.get("ID"))
+            lease = json_int(answer.get("ID"))
             if lease == 0:
                 raise StoreError("lease grant: no lease id in the answer", "bad_answer")
             # Buckets that have ended can take no new nonce (its expiry would be past): forget them.
@@ -486,7 +107,7 @@ class EtcdStore:
             self._leases = {b: x for b, x in self._leases.items() if x not in leases}
 
     def _claim_txn(self, key: bytes, value: str, lease: int) -> dict[str, Any]:
-        k = _b64(key)
+        k = b64(key)
         return {
             "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
             "success": [{"request_put": {"key": k, "value": value, "lease": str(lease)}}],
@@ -499,17 +120,17 @@ class EtcdStore:
         attempt of the same call that etcd applied but whose answer was lost)."""
         if answer.get("succeeded") is True:
             return True
-        responses = _list(answer.get("responses"), "the txn's responses")
+        responses = json_list(answer.get("responses"), "the txn's responses")
         if len(responses) != 1:
             raise StoreError(f"{what}: {len(responses)} responses to a claim's txn", "bad_answer")
-        found = _obj(_obj(responses[0], "a response").get("response_range"), "a range response")
-        kvs = _list(found.get("kvs"), "the key values")
+        found = json_obj(json_obj(responses[0], "a response").get("response_range"), "a range response")
+        kvs = json_list(found.get("kvs"), "the key values")
         if not kvs:
             raise StoreError(f"{what}: the compare failed yet the key is absent", "bad_answer")
-        return _obj(kvs[0], "a key value").get("value") == value
+        return json_obj(kvs[0], "a key value").get("value") == value
 
     def _value(self) -> str:
-        return _b64(f"{self._user}:{os.urandom(12).hex()}".encode())
+        return b64(f"{self._user}:{os.urandom(12).hex()}".encode())
 
     def claim(self, nonce: bytes, expiry_ms: int, now_ms: int) -> bool:
         """Create `<prefix>/nonces/<hex>` if absent, in one txn. True only if this call created it;
@@ -572,12 +193,12 @@ class EtcdStore:
                             self._forget_leases(set(leases))
                             continue
                         raise
-                    responses = _list(answer.get("responses"), "the txn's responses")
+                    responses = json_list(answer.get("responses"), "the txn's responses")
                     if len(responses) != len(chunk):
                         raise StoreError(f"claim batch: {len(responses)} responses to {len(chunk)} claims",
                                          "bad_answer")
                     for i, response in zip(chunk, responses, strict=True):
-                        inner = _obj(_obj(response, "a response").get("response_txn"), "a nested txn")
+                        inner = json_obj(json_obj(response, "a response").get("response_txn"), "a nested txn")
                         results[i] = self._claim_result(inner, value, "claim batch")
                     break
                 else:
@@ -598,17 +219,17 @@ class EtcdStore:
         """(document, its mod revision, the store's revision at the read); ("", 0, rev) if absent.
         Linearizable: it reflects every write acknowledged before it."""
         answer = self._call("/v3/kv/range", {"key": self._users_key}, "load users", deadline)
-        store_revision = _int(_obj(answer.get("header"), "a header").get("revision"))
-        kvs = _list(answer.get("kvs"), "the key values")
+        store_revision = json_int(json_obj(answer.get("header"), "a header").get("revision"))
+        kvs = json_list(answer.get("kvs"), "the key values")
         if not kvs:
             return "", 0, store_revision
-        kv = _obj(kvs[0], "a key value")
-        return self._text(kv.get("value")), _int(kv.get("mod_revision")), store_revision
+        kv = json_obj(kvs[0], "a key value")
+        return self._text(kv.get("value")), json_int(kv.get("mod_revision")), store_revision
 
     @staticmethod
     def _text(value: object) -> str:
         try:
-            return _unb64(value or "").decode("utf-8")
+            return unb64(value or "").decode("utf-8")
         except UnicodeDecodeError:
             raise StoreError("the users document in etcd is not UTF-8", "bad_answer") from None
 
@@ -623,7 +244,7 @@ class EtcdStore:
         create it). Returns the new revision. StoreError "conflict" if another admin changed it
         meanwhile: load it again and redo the change (nothing of theirs is lost)."""
         key = self._users_key
-        value = _b64(text.encode("utf-8"))
+        value = b64(text.encode("utf-8"))
         txn = {
             "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}],
             "success": [{"request_put": {"key": key, "value": value}}],
@@ -631,14 +252,14 @@ class EtcdStore:
         }
         answer = self._call("/v3/kv/txn", txn, "put users", self._deadline())
         if answer.get("succeeded") is True:
-            return _int(_obj(answer.get("header"), "a header").get("revision"))
-        responses = _list(answer.get("responses"), "the txn's responses")
-        found = _obj(_obj(responses[0] if responses else None, "a response").get("response_range"), "a range")
-        kvs = _list(found.get("kvs"), "the key values")
-        now = _obj(kvs[0], "a key value") if kvs else {}
+            return json_int(json_obj(answer.get("header"), "a header").get("revision"))
+        responses = json_list(answer.get("responses"), "the txn's responses")
+        found = json_obj(json_obj(responses[0] if responses else None, "a response").get("response_range"), "a range")
+        kvs = json_list(found.get("kvs"), "the key values")
+        now = json_obj(kvs[0], "a key value") if kvs else {}
         if now and now.get("value") == value:
-            return _int(now.get("mod_revision"))  # our own write, its answer lost: done (or the same text)
-        current = _int(now.get("mod_revision")) if now else 0
+            return json_int(now.get("mod_revision"))  # our own write, its answer lost: done (or the same text)
+        current = json_int(now.get("mod_revision")) if now else 0
         self._count("error.conflict")
         raise StoreError(f"put users: the users document changed since revision {revision} (it is at revision "
                          f"{current} now): load it again and redo the change", "conflict")
@@ -733,7 +354,7 @@ class EtcdStore:
             self._count("watch.callback_error")
             log.exception("The users watch's callback failed on revision %d.", revision)
 
-    def _watch_once(self, ep: _Endpoint, on_change: Callable[[str, int], None], stop: threading.Event,
+    def _watch_once(self, ep: Endpoint, on_change: Callable[[str, int], None], stop: threading.Event,
                     delivered: list[int | None], conns: set[http.client.HTTPSConnection]) -> None:
         text, revision, store_revision = self._read_users(self._deadline())
         self._confirm()
@@ -752,7 +373,7 @@ class EtcdStore:
             conn.request("POST", "/v3/watch", body, self._headers(token))
             response = conn.getresponse()
             if response.status != 200:
-                said, _ = _error_text(response.read(400))
+                said, _ = error_text(response.read(400))
                 raise StoreError(f"watch at {ep.url}: HTTP {response.status} {said}", "refused")
             if conn.sock is not None:
                 conn.sock.settimeout(self._watch_idle_s)
@@ -762,28 +383,28 @@ class EtcdStore:
                     raise StoreError(f"watch at {ep.url}: the member closed the stream", "unavailable")
                 if not line.strip():
                     continue
-                message = _obj(json.loads(line), "a watch message")
+                message = json_obj(json.loads(line), "a watch message")
                 if "error" in message:
                     raise StoreError(f"watch at {ep.url}: {str(message['error'])[:200]}", "unavailable")
-                result = _obj(message.get("result"), "a watch result")
+                result = json_obj(message.get("result"), "a watch result")
                 self._watch_result(ep, result, on_change, delivered, token)
         finally:
             with self._lock:
                 conns.discard(conn)
             conn.close()
 
-    def _watch_result(self, ep: _Endpoint, result: dict[str, Any], on_change: Callable[[str, int], None],
+    def _watch_result(self, ep: Endpoint, result: dict[str, Any], on_change: Callable[[str, int], None],
                       delivered: list[int | None], token: str | None) -> None:
         if result.get("canceled"):
             reason = str(result.get("cancel_reason", ""))
-            if _int(result.get("compact_revision")):
+            if json_int(result.get("compact_revision")):
                 raise StoreError(f"watch at {ep.url}: revision compacted; reading the document again", "unavailable")
             if "invalid auth token" in reason or "revision of auth store is old" in reason:
                 with self._lock:
                     if self._token == token:
                         self._token = None  # the next read logs in again
             raise StoreError(f"watch at {ep.url} cancelled: {reason or 'no reason given'}", "unavailable")
-        events = _list(result.get("events"), "the watch events")
+        events = json_list(result.get("events"), "the watch events")
         if result.get("created"):
             return  # not progress: events after our start revision may still be on their way
         if not events:
@@ -791,42 +412,13 @@ class EtcdStore:
             # its header revision has been sent, so the document is current as of then.
             self._confirm()
             return
-        last = _obj(events[-1], "a watch event")  # the latest state of the one key watched
-        kv = _obj(last.get("kv"), "an event's key value")
-        revision = _int(kv.get("mod_revision"))
+        last = json_obj(events[-1], "a watch event")  # the latest state of the one key watched
+        kv = json_obj(last.get("kv"), "an event's key value")
+        revision = json_int(kv.get("mod_revision"))
         text = "" if last.get("type") == "DELETE" else self._text(kv.get("value"))
         self._deliver(on_change, text, revision, delivered)
 
     # --- health ---------------------------------------------------------------------------------
-
-    def _status(self, ep: _Endpoint, out: dict[str, dict[str, object]]) -> None:
-        """Fills out[url] from the member's /v3/maintenance/status: local to the member (no raft,
-        no auth, no hasleader), so a member without a leader still says so."""
-        started = time.monotonic()
-        try:
-            answer = self._attempt(ep, "/v3/maintenance/status", b"{}", self._attempt_s,
-                                   self._headers(None, leader=False))
-            header = _obj(answer.get("header"), "a header")
-            member, leader = _int(header.get("member_id")), _int(answer.get("leader"))
-            out[ep.url] = {
-                "reachable": True,
-                "leader": member != 0 and member == leader,
-                "has_leader": leader != 0,
-                "member_id": f"{member:x}",
-                "raft_term": _int(answer.get("raftTerm")),
-                "raft_index": _int(answer.get("raftIndex")),
-                "revision": _int(header.get("revision")),
-                "db_size": _int(answer.get("dbSize")),
-                "db_size_in_use": _int(answer.get("dbSizeInUse")),
-                "version": str(answer.get("version", "")),
-                "alarms": [str(e) for e in _list(answer.get("errors"), "the member's errors")],
-                "latency_ms": round((time.monotonic() - started) * 1000, 2),
-                "failures": ep.failures,
-                "last_error": ep.last_error,
-            }
-        except (_Refused, StoreError, OSError, http.client.HTTPException) as exc:
-            text = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            out[ep.url] = {"reachable": False, "error": text, "failures": ep.failures, "last_error": ep.last_error}
 
     def health(self) -> dict[str, object]:
         """One status request per member, in parallel (at most attempt_timeout_s): for a heartbeat.
@@ -868,11 +460,6 @@ class EtcdStore:
             "counts": counts,
             "advisories": [text for version in versions for text in advisories(version)],
         }
-
-    def close(self) -> None:
-        """Close the idle connections (a running watch ends with its stop event)."""
-        for ep in self._endpoints:
-            ep.close()
 
     def __enter__(self) -> EtcdStore:
         return self

@@ -30,10 +30,10 @@ from dynknock.auth.etcd import EtcdStore, StoreError
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.replicated import StoreLink, open_store
 from dynknock.auth.serverkey import ServerKey, ServerKeyError, load_server_key
+from dynknock.auth.userlog import LOGGED_TOPICS, UserLog
 from dynknock.auth.users import User, UsersFileError, load_users, parse_users
 from dynknock.config import Config, ephemeral_overlap
 from dynknock.events import describe
-from dynknock.limits import TokenBuckets
 from dynknock.stage import (
     Shell,
     common_arguments,
@@ -54,55 +54,8 @@ P2_HOLD_MS = 25
 FILTER_REFRESH_S = 2.0
 USERS_CHECK_S = 2.0
 # Packets are read for at most this long before the batch's effects (journal sync, replies, door commands)
-# go out: under load a 1,000-packet turn took up to 388 ms and held every door command behind it.
+# go out: an unbounded turn under load held every door command behind it.
 PACKETS_TURN_S = 0.010
-# Logged (each user's within that user's budget, see UserLog): the story of every door.
-_LOGGED_TOPICS = {Topic.AUTH_REQUEST_RECEIVED, Topic.AUTH_KNOCK_COMPLETE, Topic.AUTH_DOOR_OPENED,
-                  Topic.AUTH_DOOR_EXPIRED, Topic.AUTH_REQUEST_REPLACED, Topic.AUTH_USERS_RELOADED,
-                  Topic.AUTH_DOOR_REVOKED, Topic.AUTH_DOOR_MOVED, Topic.AUTH_REQUEST_REJECTED}
-
-
-class UserLog:
-    """Log lines about users, each user within a token bucket, all users within another.
-
-    A key holder cycling doors wrote 6.8 MB of auth.log in 36 s (issue 11 §6): a key does
-    not make lines free. A knock tells its story in about four lines, so a burst of 20
-    lets a user knock a few times at once and see every line; after that a user gets
-    one line a second, and everyone together 50. What is left out is counted and
-    summarised every SUMMARY_S seconds in one line. Pure: time is passed in.
-    """
-
-    SUMMARY_S = 10.0
-
-    def __init__(self, log: logging.Logger, rate: float = 1.0, burst: float = 20.0,
-                 total_rate: float = 50.0, total_burst: float = 500.0) -> None:
-        self._log = log
-        self._users = TokenBuckets(rate, burst)  # kept to active users by summarise()
-        self._total = TokenBuckets(total_rate, total_burst, 1)
-        self.suppressed: Counter[str] = Counter()
-        self._next_summary = 0.0
-
-    def __call__(self, user: str, line: str, now: float) -> None:
-        # The user's token is spent even when the total refuses: a user's lines count against them.
-        if self._users.take(user, now) and self._total.take(None, now):
-            self._log.info(line)
-        else:
-            self.suppressed[user] += 1
-        self.summarise(now)
-
-    def summarise(self, now: float) -> None:
-        if now < self._next_summary:
-            return
-        self._next_summary = now + self.SUMMARY_S
-        if self.suppressed:  # one line, however many users: the summary must not flood either
-            top = ", ".join(f"user {u} {n}" for u, n in self.suppressed.most_common(5))
-            more = len(self.suppressed) - 5
-            self._log.info("(%d lines suppressed: %s%s)", sum(self.suppressed.values()), top,
-                           f" and {more} more users" if more > 0 else "")
-        self.suppressed.clear()
-        self._users.forget_full(now)  # refilled buckets carry no information: keep the table to active users
-
-
 # An auth replica tells the gateways its filters at least this often: a capture that hears nothing from it
 # for bus.failover_after_s (1.5 s) sends its clients to another replica.
 REPLICA_FILTER_REFRESH_S = 0.5
@@ -154,7 +107,6 @@ class AuthShell(Shell):
                     transport.connect(sock, stage)
                 self.door_stages[(gateway, stage)] = sock
                 self.watch(sock, functools.partial(self.read_results, sock, (gateway, stage)))
-        # Which gateway an address belongs to: a capture may only report packets sent to its own.
         # A dropped connection means the stage died or restarted (a restarted relay has lost
         # its listeners): the engine must stop counting on the doors that stage confirmed.
         for key, sock in self.door_stages.items():
@@ -242,7 +194,7 @@ class AuthShell(Shell):
                 self.log_bad("%s", action.detail)  # counted by the engine (heartbeat: gateway_refusals)
             elif isinstance(action, eng.Notify):
                 self.events.publish(action.topic, **action.fields)
-                if action.topic not in _LOGGED_TOPICS:
+                if action.topic not in LOGGED_TOPICS:
                     continue
                 line = describe(bus.Event(action.topic, "auth", time.time(), action.fields))
                 user = action.fields.get("user")
@@ -545,4 +497,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dynknock.auth.main import UserLog
+from dynknock.auth.userlog import UserLog
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
