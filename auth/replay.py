@@ -20,8 +20,7 @@ per packet made auth spend a third of its time in the journal at 1,000 clients.)
 The journal is compacted while running, not only at start: once it holds more than
 twice the live records (and at least COMPACT_SLACK dead ones), the live set is
 written to a new file, synced, and renamed over it. So a server that runs for
-months keeps a journal of about its last minutes, not of every packet ever
-(issue 11: 788 KB after 23k requests, compacted only at start).
+months keeps a journal of about its last minutes, not of every packet ever.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An auth replica's side of the shared store (issue 23): claims, users and health off the main loop.
+"""An auth replica's side of the shared store: claims, users and health off the main loop.
 
 knock-auth's loop must not wait on the network: a claim takes ~1.5 ms when etcd is well and up to
 `store.deadline_s` during an election. So three daemon threads talk to etcd (auth/etcd.py) and hand

@@ -1,4 +1,4 @@
-"""Replicated auth on etcd against one auth host's local journal (issue 23): knock latency and 1,000 clients.
+"""Replicated auth on etcd against one auth host's local journal: knock latency and 1,000 clients.
 
     sudo /opt/dynknock/venv/bin/python bench/ha.py [--runs 3] [--knocks 100] [--clients 1000]
         [--json PATH] [--markdown PATH]

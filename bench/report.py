@@ -408,7 +408,7 @@ def _scale(page: Page, scale: dict[str, Any], more: list[dict[str, Any]], sizes:
     bars.append((f"{scale['clients']} clients at once: every door opens", f"{rate:.1%}", rate == 1.0))
     bars.append((f"{scale['clients']} clients at once: p99 <= 100 ms", f"{fmt(st['p99'])} ms", st["p99"] <= 100))
     bars.append((f"{scale['clients']} clients at once: max <= 300 ms", f"{fmt(st['max'])} ms", st["max"] <= 300))
-    # Each client uses its door at once, and a used single-use door leaves the set (issue 21): what the
+    # Each client uses its door at once, and a used single-use door leaves the set: what the
     # bar counts is every door opened (auth.door.opened), not the elements left afterwards.
     opened = len(scale.get("server_side_ms", []))
     bars.append((f"{scale['clients']} doors opened, each used once by its client", f"{opened}",

@@ -87,7 +87,7 @@ RELAY_SERVICE = "benchr"  # the same sink with forward = "relay", for the relay'
 RAISED_CAPS = "max_doors_per_user = 10000\nmax_doors_total = 65535"
 DEFAULT_CAPS = "max_doors_per_user = 8\nmax_doors_total = 1000"  # dynknock.config's defaults
 # junk, right-sized junk, a SYN scan; and an eavesdropper's floods: junk under one user's live
-# hint from spoofed sources, and replays of one captured exchange (issue 11 §3).
+# hint from spoofed sources, and replays of one captured exchange.
 FLOOD_KINDS = ("junk", "sized", "syn", "hint", "replay")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -583,7 +583,7 @@ class Bench:
         time.sleep(0.5)
 
     def bench_hog(self) -> None:
-        """One key holder, from one address, knocks as fast as it can for door after door (issue 11 §4),
+        """One key holder, from one address, knocks as fast as it can for door after door,
         with the shipped caps; another user knocks meanwhile."""
         s = self.sizes
         log("hog: one user knocks for doors back to back, the shipped door caps; another user knocks meanwhile")

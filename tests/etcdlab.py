@@ -1,4 +1,4 @@
-"""A three-member etcd cluster in network namespaces, for the tests of auth/etcd.py (issue 23).
+"""A three-member etcd cluster in network namespaces, for the tests of auth/etcd.py.
 
     with EtcdLab() as lab, lab.client_netns():
         store = EtcdStore(lab.endpoints, lab.ca, lab.replica.cert, lab.replica.key,
@@ -15,7 +15,7 @@ Layout (TAG: four random hex digits, so two labs never share a name):
 Nothing is added to the root namespace: no namespace has a route anywhere but its /24, so no
 packet of the lab can leave it. Addresses are from 198.18.0.0/15 (RFC 2544) only.
 
-Security as the findings of issue 23 recommend for production:
+Security as production needs it:
 
 * two CAs, made with openssl in a temporary directory: the peer CA signs the members' raft
   certificates (`--peer-client-cert-auth`), the client CA signs the members' client-port

@@ -1,4 +1,4 @@
-"""The replicated-auth lab (issue 23): three etcd members (tests/etcdlab.py: TLS, client certificates,
+"""The replicated-auth lab: three etcd members (tests/etcdlab.py: TLS, client certificates,
 RBAC, on their own bridge), two auth replicas with a second interface on that bridge, two gateways, a
 client and an attacker (dynknock/lab/netlab.py), each role running examples/ha's supervisord file
 with a config written here in the shape of examples/ha's.

@@ -66,7 +66,7 @@ BOB_KEY = bytes.fromhex("b0b0000000000000000000000000000000000000000000000000000
 FIGURES_PATH = Path(os.environ.get("DYNKNOCK_CAPTURE_FIGURES", "/tmp/dynknock-capture-figures.json"))
 FIGURES: dict[str, Any] = {}
 
-FLOOD_RATE_GOAL = 120_000  # packets/s offered (issue 11 §3)
+FLOOD_RATE_GOAL = 120_000  # packets/s offered
 FLOOD_SECONDS = 14.0
 FLOOD_MAX_PACKETS = 4_000_000
 # Sender processes: one alone offers 110-160k packets/s on the 2-CPU test machine, two 170-210k, so two

@@ -1,4 +1,4 @@
-"""Doors at scale (issue 25): no backlog at the gate, and no door outlives auth's knowledge of it.
+"""Doors at scale: no backlog at the gate, and no door outlives auth's knowledge of it.
 
 With the door caps raised out of the way (5,000 doors, 100,000 a minute; a 60 s window, so that no door
 expires while the module runs), one key holder knocks as fast as it can from 60 addresses for 7 s

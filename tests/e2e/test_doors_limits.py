@@ -1,13 +1,13 @@
-"""Doors under pressure (issue 11 §4, §5, §6), with the real stack in the lab.
+"""Doors under pressure, with the real stack in the lab.
 
-* §5 and issue 22: an unprivileged local user (nobody) binds the whole door range in
+* A local user's squat: an unprivileged local user (nobody) binds the whole door range in
   the server's namespace; every knock still opens and ssh goes through, relayed and
   kernel-forwarded doors alike: nftables forwards every door before any socket lookup
   (a relayed one to the relay's one listener, on a port below 1024 that nobody cannot
   bind), so no door depends on a port a local user could take.
-* §4: one key holder hogs doors; it holds at most max_doors_per_user, and another
+* A door hog: one key holder hogs doors; it holds at most max_doors_per_user, and another
   user still gets in.
-* §6: knock-admin remove closes the removed user's open door (gate element and
+* A removed user: knock-admin remove closes the removed user's open door (gate element and
   relay listener), so no new connection goes through it.
 
 Every loop here is bounded in count and time; the squatter is stopped in finally.

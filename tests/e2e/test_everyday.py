@@ -1,4 +1,4 @@
-"""Everyday use: an ordinary account knocks, as often as ssh connects (issue 21).
+"""Everyday use: an ordinary account knocks, as often as ssh connects.
 
 A local account of its own (its own uid, no capability, its own HOME) has in ~/.ssh/config the
 README's `ProxyCommand knock-client --proxy ...` and runs real OpenSSH through real doors: one

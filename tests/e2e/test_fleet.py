@@ -1,4 +1,4 @@
-"""A fleet (issue 14): one auth host serving two gateway hosts, over tcp+CURVE between hosts.
+"""A fleet: one auth host serving two gateway hosts, over tcp+CURVE between hosts.
 
 Five namespaces on one bridge: the auth host (bus, auth: the users file and the replay
 journal), gateways gw-a (the lab's server) and gw-b (capture, gate, relay, sshd each, real
@@ -14,7 +14,7 @@ from examples/fleet/. The client knocks with protocol v2 (--bind).
 4. gw-b's capture, gate and relay are SIGKILLed in turn: gw-a goes on working; gw-b recovers
    when supervisord restarts each.
 
-A key-pair user (protocol v3, issue 22), paula, knocks at each gateway bound to it and gets in;
+A key-pair user (protocol v3), paula, knocks at each gateway bound to it and gets in;
 her unbound knock is refused by the fleet (a v3 P1 without the binding could be raced to the
 other gateway).
 

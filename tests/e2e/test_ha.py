@@ -1,4 +1,4 @@
-"""Replicated auth on etcd (issue 23): three etcd members, two auth replicas, two gateways, a client
+"""Replicated auth on etcd: three etcd members, two auth replicas, two gateways, a client
 and an attacker, each in its own namespace, with the configs and supervisord files of examples/ha/.
 
 The etcd members are tests/etcdlab.py's (TLS with client certificates, RBAC, their own bridge); each

@@ -1,4 +1,4 @@
-"""Doors in the kernel: nftables forwards a door to a local service (issue 12).
+"""Doors in the kernel: nftables forwards a door to a local service.
 
 The real stack in the lab "dkk" (supervisord, libpcap, nftables, sshd on
 127.0.0.1:22). Its config leaves ssh at `forward = "auto"`, which is the kernel

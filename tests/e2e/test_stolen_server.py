@@ -1,4 +1,4 @@
-"""A stolen server opens nothing for key-pair users (issue 22).
+"""A stolen server opens nothing for key-pair users.
 
 The whole stack runs with its bus over tcp and CURVE (so that it has bus keys to steal), with two
 users of today's kinds (alice: a key file, bob: a password) and one key-pair user, paula, who is

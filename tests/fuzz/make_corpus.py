@@ -141,7 +141,7 @@ def bus_frames() -> dict[str, bytes]:
                         "detail": "refused"},
         "event": {"k": "event", "topic": "auth.request.rejected", "stage": "auth", "time": 1083508790.0,
                   "fields": {"reason": "bad_tag", "source": CLIENT4}},
-        # A fleet (issue 14): capture names its gateway; auth hands a gateway's gate the P3 to send.
+        # A fleet: capture names its gateway; auth hands a gateway's gate the P3 to send.
         "datagram-gateway": {"k": "datagram", "source": CLIENT4, "source_port": 40000, "destination": SERVER4,
                              "payload": bytes(130), "gateway": "gw-a"},
         "reply": {"k": "reply", "source": SERVER4, "destination": CLIENT4, "port": 40000, "payload": bytes(98)},

@@ -1,4 +1,4 @@
-"""knock-admin on the users of auth replicas in etcd (issue 23), against a real three-member cluster
+"""knock-admin on the users of auth replicas in etcd, against a real three-member cluster
 (tests/etcdlab.py: namespaces, TLS with client certificates, RBAC).
 
 `knock-admin -c CONFIG` with store.kind = "etcd" reads the users document with the admin's own etcd

@@ -197,7 +197,7 @@ def test_replayed_packets_are_refused_after_auth_restarts(stage_env: StageEnv) -
     assert "replay" in stage_env.log("knock-auth")
 
 
-# --- issue 11: doors moved, capped, revoked --------------------------------------------
+# --- doors moved, capped, revoked --------------------------------------------
 
 
 BOB_KEY = bytes(range(101, 133))

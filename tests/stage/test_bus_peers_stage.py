@@ -1,4 +1,4 @@
-"""Over tcp + CURVE each bound socket admits exactly its own peers (issue 11 §7).
+"""Over tcp + CURVE each bound socket admits exactly its own peers.
 
 Every binding stage runs as a real process (auth, gate, relay, bus) with the bus
 over tcp and CURVE keys from `knock-admin bus-keys`. The test then tries every

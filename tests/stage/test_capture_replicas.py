@@ -1,4 +1,4 @@
-"""A gateway's knock-capture serving two auth replicas (issue 23): routing, failover, the filters' union.
+"""A gateway's knock-capture serving two auth replicas: routing, failover, the filters' union.
 
 The checkout's capture runs for real (PYTHONPATH, as test_capture_filter_refused.py) on `lo` of a
 throw-away network namespace, with the bus over tcp + CURVE and the keys of

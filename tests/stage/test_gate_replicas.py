@@ -1,4 +1,4 @@
-"""A gateway's gate and relay serving two auth replicas (issue 23): each replica's doors are its own.
+"""A gateway's gate and relay serving two auth replicas: each replica's doors are its own.
 
 The checkout's gate (real nftables, the dynknock user holding CAP_NET_ADMIN alone) and relay (bound to
 server.relay_port, then no capability) run in a throw-away network namespace as gateway gw-a of replicas

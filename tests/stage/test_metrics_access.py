@@ -1,4 +1,4 @@
-"""Who may read the Prometheus endpoint (issue 11 §6): the dynknock group, nobody else.
+"""Who may read the Prometheus endpoint: the dynknock group, nobody else.
 
 knock-tap --metrics runs as supervisord.conf runs it (the dynknock user, no
 capability); the scrapes run as root, as `nobody` and as a process of the

@@ -1,4 +1,4 @@
-"""knock-relay short of file descriptors (issue 11 §4): no spin, clear refusals, no crash, recovery.
+"""knock-relay short of file descriptors: no spin, clear refusals, no crash, recovery.
 
 The relay runs under `prlimit --nofile=N:N`, so a few dozen doors and
 connections use up its descriptors as 1,011 doors used up the default 1,024

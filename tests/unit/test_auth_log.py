@@ -1,4 +1,4 @@
-"""auth's log stays bounded whatever a key holder does (issue 11 §6: 6.8 MB in 36 s)."""
+"""auth's log stays bounded whatever a key holder does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""capture/filters.py with several auth replicas (issue 23): each replica's pairs and hints kept apart,
+"""capture/filters.py with several auth replicas: each replica's pairs and hints kept apart,
 the union of the live replicas' passed, a replica gone taken out and forgotten. Plain values and a
 passed-in clock, as test_capture_filters.py (which covers the one auth, replica "")."""
 

@@ -439,7 +439,7 @@ def test_forward_value_checked(tmp_path: Path) -> None:
         _service_config(tmp_path, "127.0.0.1:22", "fast")
 
 
-# --- a fleet: several gateway hosts, one auth host (issue 14) -----------------------------------
+# --- a fleet: several gateway hosts, one auth host -----------------------------------
 
 TCP_BUS = {"transport": "tcp", "tcp_endpoints": {name: f"tcp://198.18.0.9:{7100 + i}"
                                                  for i, name in enumerate(bus.ENDPOINT_NAMES)}}
@@ -499,7 +499,7 @@ def test_fleet_examples_parse() -> None:
     assert gateway.addresses == auth_host.gateways["gw-a"].addresses
 
 
-# --- auth replicas on etcd (issue 23) ----------------------------------------------------------------
+# --- auth replicas on etcd ----------------------------------------------------------------
 
 REPLICAS = {name: {"packets": f"tcp://{ip}:7001", "knock_filter": f"tcp://{ip}:7002", "events": f"tcp://{ip}:7005"}
             for name, ip in (("auth-a", "198.18.0.21"), ("auth-b", "198.18.0.22"))}

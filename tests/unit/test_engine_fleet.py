@@ -1,4 +1,4 @@
-"""The engine serving a fleet (issue 14): each request belongs to the gateway its P1 came to.
+"""The engine serving a fleet: each request belongs to the gateway its P1 came to.
 
 Its knocks, its P2s, its door and its P3 are all at that gateway; version 2 packets are bound
 to the gateway address they were sent to, so a copy sniffed at one gateway opens nothing at

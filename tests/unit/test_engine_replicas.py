@@ -1,4 +1,4 @@
-"""Auth replicas in the engine (issue 23, invariant 14): a door opens only once its P1's nonce is
+"""Auth replicas in the engine (invariant 14): a door opens only once its P1's nonce is
 claimed in the shared store; a nonce another replica had is a replay; a store that cannot answer
 is a refusal; stale users take no P1."""
 

@@ -1,4 +1,4 @@
-"""Gate's door openers (issue 23): with several auth replicas, each one's DoorSet and DoorClose concern its
+"""Gate's door openers: with several auth replicas, each one's DoorSet and DoorClose concern its
 own doors; with one auth, everything is as before replicas.
 
 Read as scripts: what the kernel holds and a replica's command go in, the doors to spare (or a refusal)

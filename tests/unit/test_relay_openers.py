@@ -1,4 +1,4 @@
-"""Relay's doors and the auth replicas that opened them (issue 23).
+"""Relay's doors and the auth replicas that opened them.
 
 Each door belongs to the replica whose key opened it: only that replica's DoorSet or DoorClose closes it,
 no other replica's command takes its port or its id; with one auth (opener "") all is as before.

@@ -1,4 +1,4 @@
-"""knock-admin status over a fleet: one screen, every gateway by name (issue 14)."""
+"""knock-admin status over a fleet: one screen, every gateway by name."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_a_gateways_capture_without_a_knock_filter_from_auth_is_waiting() -> Non
     assert "  gateway gw-a: capture up  gate DOWN  relay DOWN" in render(summary, 0).splitlines()
 
 
-# --- auth replicas on etcd (issue 23) ---------------------------------------------------------------
+# --- auth replicas on etcd ---------------------------------------------------------------
 
 
 def test_a_replica_shows_itself_its_store_and_each_replica_as_the_gateways_see_them() -> None:

@@ -1,4 +1,4 @@
-"""Bus keys of a fleet (issue 14): each gateway's stages hold keys of their own."""
+"""Bus keys of a fleet: each gateway's stages hold keys of their own."""
 
 from __future__ import annotations
 

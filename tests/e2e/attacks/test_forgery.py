@@ -113,9 +113,9 @@ def test_forged_and_fuzzed_control_packets_open_nothing_and_crash_nothing(no_doo
                 under_live_hints += 1
             else:
                 expected["unknown_user"] += 1
-    # Every forgery under a live hint is accounted for, but no longer one tag check each (issue 11
-    # §3): capture sheds what exceeds its budgets per (hint, source) and per hint, and auth checks
-    # at most a few bad tags per (source, hint) a second and sets the rest aside unchecked.
+    # Every forgery under a live hint is accounted for, but not one tag check each: capture sheds what
+    # exceeds its budgets per (hint, source) and per hint, and auth checks at most a few bad tags per
+    # (source, hint) a second and sets the rest aside unchecked.
     live_hint_outcomes = ("bad_tag", "hint_over_budget", "shed")
     expected["live_hint"] = under_live_hints
     for _, reason in hostile:
