@@ -19,8 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from dynknock import protocol as proto
-from dynknock.client import crypto
+from dynknock.client import crypto, wire
 from dynknock.client.config import (
     ClientConfigError,
     ServerStanza,
@@ -48,8 +47,9 @@ from dynknock.client.main import (
 from dynknock.client.paths import expand_user
 from dynknock.client.session import ClientSession, Request, Timing, new_request
 from dynknock.client.syn import KnockError, open_knocker
+from dynknock.client.wire import KnockKind, Status
 from dynknock.keys import KeyError_, SessionKeys
-from dynknock.protocol import KnockKind, Status
+from dynknock.rules import CONTROL_PORT
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from dynknock.client.pair import PairSeal
     from dynknock.client.syn import SynSender
-    from dynknock.protocol import IPAddress
+    from dynknock.client.wire import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple
 
@@ -140,7 +140,7 @@ def resolve_settings(args: Options, environ: Mapping[str, str]) -> Settings:
     key_file = expand_user(args.key_file) if args.key_file is not None else stanza.key_file
     return Settings(
         host=stanza.host or args.host,
-        port=args.port or stanza.port or proto.CONTROL_PORT,
+        port=args.port or stanza.port or CONTROL_PORT,
         user=args.user or stanza.user or environ.get("USER") or environ.get("LOGNAME"),
         service=args.service or stanza.service or DEFAULT_SERVICE,
         key_file=key_file,
@@ -270,7 +270,7 @@ class Client:
 
         self.pair_user = True
 
-        name = pair.server_name(s.host, s.port, proto.CONTROL_PORT)
+        name = pair.server_name(s.host, s.port, CONTROL_PORT)
         server_key, message = pair.pinned_server_key(name, s.server_key, expand_user(pair.DEFAULT_KNOWN_SERVERS))
         if message:
             self.say(message)
@@ -307,7 +307,7 @@ class Client:
     # --- the exchange ----------------------------------------------------------
 
     def _exchange(self, keys: SessionKeys, endpoint: Endpoint, syn: SynSender,
-                  declared: IPAddress | None, pair_seal: PairSeal | None = None) -> proto.P3 | int:
+                  declared: IPAddress | None, pair_seal: PairSeal | None = None) -> wire.P3 | int:
         """Returns the P3 OPEN, or an exit status after explaining the failure."""
         s = self.settings
         request = new_request(s.service, declared, syn.kind)
@@ -409,7 +409,7 @@ class Client:
 
     # --- after the door opened -------------------------------------------------
 
-    def _door_open(self, answer: proto.P3, endpoint: Endpoint) -> int:
+    def _door_open(self, answer: wire.P3, endpoint: Endpoint) -> int:
         s = self.settings
         port, window = answer.door_port, answer.window_seconds
         if (s.exec_argv is None and not s.proxy) or not s.quiet:  # -q keeps the result line unless a command takes over

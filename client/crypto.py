@@ -13,8 +13,9 @@ The client does the same computations here without it, for two reasons:
 
 What is here: XChaCha20-Poly1305 (RFC 8439 with the HChaCha20 nonce extension of
 draft-irtf-cfrg-xchacha), HKDF-SHA256 (RFC 5869) with that HMAC, scrypt, and
-:func:`seal` / :func:`open_packet`, dynknock/protocol.py's functions of the same names
-given this AEAD. Packets are at most 130 bytes: pure Python costs ~0.3 ms a packet.
+the AEAD that client/wire.py seals and opens packets with (and :func:`seal` / :func:`open_packet`,
+dynknock/protocol.py's functions of the same names given this AEAD). Packets are at most 194
+bytes: pure Python costs ~0.3 ms a packet.
 
 These are second implementations of what dynknock/keys.py and pycryptodome compute, kept
 on purpose for the two reasons above. That they agree is tested, not assumed, and
@@ -34,7 +35,6 @@ import struct
 import unicodedata
 
 from dynknock import keys as K
-from dynknock import protocol as proto
 
 # hmac.compare_digest is this very function (hmac.py imports it from _operator); importing it
 # from there spares knock-client the hmac module's OpenSSL (dynknock.keys.hmac_sha256).
@@ -42,6 +42,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy tre
 if TYPE_CHECKING:
     from collections.abc import Callable
     from hmac import compare_digest
+
+    from dynknock import protocol as proto
 else:
     try:
         from _operator import _compare_digest as compare_digest
@@ -244,22 +246,33 @@ def scrypt_openssl(secret: bytes, salt: bytes) -> bytes:
                           dklen=K.MASTER_KEY_LEN)
 
 
-# --- packets (dynknock/protocol.py's seal and open_packet) --------------------------------
+# --- dynknock/protocol.py's packets with this AEAD --------------------------------------------------
+#
+# knock-client's own packets go through client/wire.py. These serve code that holds protocol.py's
+# records (the engine's tests of a key-pair user): protocol.py is imported only when they are called,
+# so that the client's start-up never loads it nor its dataclasses.
 
 
 def seal(keys: K.SessionKeys, message: proto.Message, hint: bytes, nonce: bytes,
          server: proto.IPAddress | None = None) -> bytes:
     """dynknock.protocol.seal with this module's AEAD (v2 with `server`)."""
-    return proto.seal(keys, message, hint, nonce, server, encrypt=xchacha20poly1305_encrypt)
+    from dynknock import protocol
+
+    return protocol.seal(keys, message, hint, nonce, server, encrypt=xchacha20poly1305_encrypt)
 
 
 def seal_pair(keys: K.SessionKeys, message: proto.Message, hint: bytes, nonce: bytes, server_key: bytes,
               server: proto.IPAddress | None = None, sign: Callable[[bytes], bytes] | None = None) -> bytes:
     """dynknock.protocol.seal_pair (version 3, a key-pair user) with this module's AEAD."""
-    return proto.seal_pair(keys, message, hint, nonce, server_key, server, sign, encrypt=xchacha20poly1305_encrypt)
+    from dynknock import protocol
+
+    return protocol.seal_pair(keys, message, hint, nonce, server_key, server, sign,
+                              encrypt=xchacha20poly1305_encrypt)
 
 
 def open_packet(keys: K.SessionKeys, header: proto.Header, packet: bytes,
                 server: proto.IPAddress | None = None) -> proto.Message | proto.Reject:
     """dynknock.protocol.open_packet with this module's AEAD. Never raises."""
-    return proto.open_packet(keys, header, packet, server, decrypt=xchacha20poly1305_decrypt)
+    from dynknock import protocol
+
+    return protocol.open_packet(keys, header, packet, server, decrypt=xchacha20poly1305_decrypt)

@@ -15,7 +15,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-from dynknock import protocol as proto
+from dynknock.client import wire
 from dynknock.client.session import ClientSession, Finished, Pause, SendDatagram, SendKnocks
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import NamedTuple
 
     from dynknock.client.syn import SynSender
-    from dynknock.protocol import IPAddress
+    from dynknock.client.wire import IPAddress
 else:  # typing.NamedTuple without typing's start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple
 
@@ -85,7 +85,7 @@ def connect_udp(host: str, port: int, family: int = _socket.AF_UNSPEC) -> Endpoi
 
 
 class Outcome(NamedTuple):
-    answer: proto.P3 | None
+    answer: wire.P3 | None
     bursts: int
     pending: int
     ignored: dict[str, int]

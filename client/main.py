@@ -1,7 +1,8 @@
 """knock-client: ask a dynknock server to open a door (docs/CLIENT.md).
 
 This module is what the ``knock-client`` command imports first, so it imports almost
-nothing: the options, the exit statuses and the messages about them. ssh's
+nothing: the options (declared once, in client/options.py's table, from which both parsers
+below follow), the exit statuses and the messages about them. ssh's
 ProxyCommand starts knock-client for every connection, and ``--help`` or a usage
 error must not wait for the code that knocks. Once the options parse, client/app.py
 (the run: config, key, the exchange, --exec and --proxy) is imported and run.
@@ -19,21 +20,16 @@ from __future__ import annotations
 
 import sys
 
-from dynknock.client.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SERVICE
-from dynknock.client.paths import path_text
-from dynknock.rules import CONTROL_PORT, is_port, is_service_name
+from dynknock.client.options import DEFAULTS, OPTIONS, Kind
+from dynknock.client.options import Options as Options  # re-exported: the run and the tests take it from here
 
 # typing.TYPE_CHECKING without importing typing (a few ms); mypy treats the name alike.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from typing import TypeVar
 
     from dynknock.client.app import Io
-    from dynknock.protocol import IPAddress
-
-    T = TypeVar("T")
 
 PROG = "knock-client"
 
@@ -74,84 +70,6 @@ class UsageError(ValueError):
     pass
 
 
-class Options:
-    """The command line, parsed: argparse fills these slots (``parse_args(namespace=Options())``
-    sets every one, defaults included), or quick_parse does with the same values."""
-
-    __slots__ = ("host", "port", "user", "service", "key_file", "family", "timeout", "config", "source_ip", "nat",
-                 "quiet", "password_stdin", "key_gen", "symmetric", "server_key", "exec_command", "proxy", "bind")
-
-    host: str | None
-    port: int | None
-    user: str | None
-    service: str | None
-    key_file: str | None  # as client/paths.py's path_text wrote it
-    family: int | None
-    timeout: float
-    config: str | None
-    source_ip: IPAddress | None
-    nat: bool | None
-    quiet: bool
-    password_stdin: bool
-    key_gen: str | None
-    symmetric: bool
-    server_key: str | None
-    exec_command: str | None
-    proxy: bool
-    bind: bool
-
-    def values(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Options) and self.values() == other.values()
-
-    def __repr__(self) -> str:
-        return "Options(" + ", ".join(f"{name}={value!r}" for name, value in self.values().items()) + ")"
-
-
-# --- arguments -------------------------------------------------------------------
-#
-# Each option's value check is written once: it returns the value, or raises ValueError with
-# the message argparse prints after "argument -p/--port: ". quick_parse leaves whatever a check
-# refuses to argparse, which runs the same check (build_parser's ``checked``) and explains.
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port number") from None
-    if not is_port(value):
-        raise ValueError(f"{value} is not in 1-65535")
-    return value
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise ValueError("must be more than 0 and at most 3600 seconds")
-    return value
-
-
-def _service(text: str) -> str:
-    if not is_service_name(text):
-        raise ValueError(f"{text!r}: 1-16 characters of a-z 0-9 _ -")
-    return text
-
-
-def _ip(text: str) -> IPAddress:
-    import ipaddress  # only when the option is given; the knock imports it anyway
-
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
-
-
 def _terminal_columns() -> int:
     """shutil.get_terminal_size().columns, without importing shutil (see _Formatter)."""
     import os
@@ -170,6 +88,7 @@ def _terminal_columns() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """argparse's parser of the option table (client/options.py), in the table's order."""
     import argparse
 
     class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -181,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
             super().__init__(prog, indent_increment, max_help_position,
                              _terminal_columns() - 2 if width is None else width)
 
-    def checked(check: Callable[[str], T]) -> Callable[[str], T]:
-        """argparse's type function for a value check: argparse prints an ArgumentTypeError's own
-        message (for a ValueError it would print "invalid _port value")."""
+    def read_as(kind: Kind) -> Callable[[str], object]:
+        """argparse's type function for a kind: argparse prints an ArgumentTypeError's own
+        message (for a ValueError it would print "invalid convert value")."""
 
-        def convert(text: str) -> T:
+        def convert(word: str) -> object:
             try:
-                return check(text)
+                return kind.from_word(word)
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -197,46 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, epilog=EPILOG, formatter_class=_Formatter,
         description="Knock at a dynknock server: declare three random SYN knocks in an encrypted UDP packet, "
                     "send them, and get a door (a random port, open to your address only) to the service.")
-    parser.add_argument("host", nargs="?", metavar="HOST",
-                        help="server name or address, or NAME of a [servers.NAME] stanza in the config file")
-    parser.add_argument("-p", "--port", type=checked(_port), help=f"control UDP port (default {CONTROL_PORT})")
-    parser.add_argument("-u", "--user", help="user name (default $USER)")
-    parser.add_argument("-s", "--service", type=checked(_service), help=f"service to open (default {DEFAULT_SERVICE})")
-    parser.add_argument("-k", "--key-file", type=path_text, metavar="PATH",
-                        help="base64 key file (mode 0600) instead of a password")
-    family = parser.add_mutually_exclusive_group()
-    family.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
-    family.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
-    parser.add_argument("--timeout", type=checked(_timeout), default=5.0, metavar="SECONDS",
-                        help="give up after this long without an answer (default 5)")
-    parser.add_argument("-c", "--config", type=path_text, metavar="PATH",
-                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
-    address = parser.add_mutually_exclusive_group()
-    address.add_argument("--source-ip", type=checked(_ip), metavar="ADDR",
-                         help="declare this address instead of the local one (behind NAT: your public address)")
-    address.add_argument("--nat", action="store_const", const=True, default=None,
-                         help='declare the address "as seen" by the server (the server must allow it for you)')
-    parser.add_argument("--bind", action="store_true",
-                        help="protocol version 2: bind each packet to the server address (a fleet of gateways "
-                             "requires it; the server must see that address, not one behind a NAT of its own)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print only errors and the door line (nothing at all with --exec/--proxy)")
-    parser.add_argument("--password-stdin", action="store_true",
-                        help="read the password from one line of standard input (for scripts)")
-    parser.add_argument("--key-gen", type=path_text, metavar="PATH",
-                        help="write a new key pair (PATH mode 0600, PATH.pub), print the public line for the "
-                             "admin (knock-admin add NAME --public-key LINE), and exit")
-    parser.add_argument("--symmetric", action="store_true",
-                        help="with --key-gen: a symmetric key file instead (print its base64; the server then "
-                             "holds the key itself)")
-    parser.add_argument("--server-key", metavar="LINE",
-                        help="key pairs: the server's public key line from its admin (knock-admin server-key); "
-                             "pinned in ~/.config/dynknock/known_servers at first use")
-    after = parser.add_mutually_exclusive_group()
-    after.add_argument("--exec", dest="exec_command", metavar="CMD",
-                       help="once the door is open run CMD, e.g. 'ssh -p {port} {host}'; exit with its status")
-    after.add_argument("--proxy", action="store_true",
-                       help="once the door is open, connect to it and relay stdin/stdout (ssh ProxyCommand)")
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for option in OPTIONS:
+        adder: argparse._ActionsContainer = parser
+        if option.group:
+            if option.group not in groups:
+                groups[option.group] = parser.add_mutually_exclusive_group()
+            adder = groups[option.group]
+        if not option.flags:
+            assert option.kind is not None  # the positional HOST takes its word
+            adder.add_argument(option.dest, nargs="?", type=read_as(option.kind), metavar=option.metavar,
+                               help=option.help)
+        elif option.kind is None:
+            adder.add_argument(*option.flags, dest=option.dest, action="store_const", const=option.const,
+                               default=option.default, help=option.help)
+        else:
+            adder.add_argument(*option.flags, dest=option.dest, type=read_as(option.kind), default=option.default,
+                               metavar=option.metavar, help=option.help)
     return parser
 
 
@@ -251,21 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# quick_parse: option word -> (slot, value) for the switches, (slot, value check) for the
-# options taking the next word. The mutually exclusive groups, each member by its slot and value.
+# quick_parse's view of the table: option word -> (field, value) for the switches, (field, kind) for
+# the options taking the next word; and the group and row of each option in an exclusive group.
 _SWITCHES: dict[str, tuple[str, object]] = {
-    "-q": ("quiet", True), "--quiet": ("quiet", True), "--proxy": ("proxy", True),
-    "--bind": ("bind", True), "--symmetric": ("symmetric", True),
-    "--password-stdin": ("password_stdin", True), "--nat": ("nat", True), "-4": ("family", 4), "-6": ("family", 6)}
-_VALUED: dict[str, tuple[str, Callable[[str], object]]] = {
-    "-p": ("port", _port), "--port": ("port", _port), "-u": ("user", str), "--user": ("user", str),
-    "-s": ("service", _service), "--service": ("service", _service),
-    "-k": ("key_file", path_text), "--key-file": ("key_file", path_text), "--timeout": ("timeout", _timeout),
-    "-c": ("config", path_text), "--config": ("config", path_text), "--source-ip": ("source_ip", _ip),
-    "--key-gen": ("key_gen", path_text), "--exec": ("exec_command", str), "--server-key": ("server_key", str)}
-_EXCLUSIVE = (("-4", "-6"), ("--source-ip", "--nat"), ("--exec", "--proxy"))
-_DEFAULTS: dict[str, object] = {name: None for name in Options.__slots__} | {
-    "timeout": 5.0, "quiet": False, "password_stdin": False, "proxy": False, "bind": False, "symmetric": False}
+    flag: (option.dest, option.const) for option in OPTIONS if option.kind is None for flag in option.flags}
+_VALUED: dict[str, tuple[str, Kind]] = {
+    flag: (option.dest, option.kind) for option in OPTIONS if option.kind is not None for flag in option.flags}
+_EXCLUSIVE: dict[str, tuple[str, int]] = {
+    flag: (option.group, row) for row, option in enumerate(OPTIONS) if option.group for flag in option.flags}
+_POSITIONAL = next(option for option in OPTIONS if not option.flags)  # HOST, taken as it is
 
 
 def quick_parse(argv: list[str]) -> Options | None:
@@ -275,35 +165,38 @@ def quick_parse(argv: list[str]) -> Options | None:
     most once (no abbreviations, ``--opt=value``, ``-kPATH``, ``--``), its value the next word,
     well-formed and not starting with "-", at most one HOST, no two options of a mutually
     exclusive group, no -h."""
-    values = dict(_DEFAULTS)
+    values = dict(DEFAULTS)
     seen: set[str] = set()
+    chosen: dict[str, int] = {}  # exclusive group -> the row of the option given
     host_seen = False
     words = iter(argv)
     for word in words:
         if word in seen:
             return None
         if word in _SWITCHES:
-            slot, value = _SWITCHES[word]
+            field, value = _SWITCHES[word]
         elif word in _VALUED:
-            slot, check = _VALUED[word]
+            field, kind = _VALUED[word]
             text = next(words, "-")
             if text.startswith("-"):
                 return None
             try:
-                value = check(text)
+                value = kind.from_word(text)
             except ValueError:  # argparse refuses it too, and says why
                 return None
         elif word.startswith("-") or host_seen:
             return None
         else:
-            slot, value, host_seen = "host", word, True
+            field, value, host_seen = _POSITIONAL.dest, word, True
+        if word in _EXCLUSIVE:
+            group, row = _EXCLUSIVE[word]
+            if chosen.setdefault(group, row) != row:
+                return None
         seen.add(word)
-        values[slot] = value
-    if any(a in seen and b in seen for a, b in _EXCLUSIVE):
-        return None
+        values[field] = value
     options = Options()
-    for slot, value in values.items():
-        setattr(options, slot, value)
+    for field, value in values.items():
+        setattr(options, field, value)
     return options
 
 

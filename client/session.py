@@ -36,10 +36,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from dynknock import protocol as proto
-from dynknock.client import crypto
+from dynknock.client import wire
+from dynknock.client.wire import Knock, KnockKind, PacketType, Status
 from dynknock.keys import SessionKeys, hint_epoch, user_hint
-from dynknock.protocol import IPAddress, Knock, KnockKind, PacketType, Status
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
     from typing import NamedTuple, TypeAlias
 
     from dynknock.client.pair import PairSeal
+    from dynknock.client.wire import IPAddress
 else:  # the same without typing's and secrets' ~7 ms of knock-client start-up (client/lean.py)
     from dynknock.client.lean import NamedTuple, secrets
 
@@ -79,13 +79,13 @@ def new_request(service: str, address: IPAddress | None, knock_kind: KnockKind =
     from the OS CSPRNG, never from `random`.
     """
     ports: list[int] = []
-    while len(ports) < proto.KNOCK_COUNT:
+    while len(ports) < wire.KNOCK_COUNT:
         port = KNOCK_PORT_LOW + randbelow(KNOCK_PORT_HIGH - KNOCK_PORT_LOW + 1)
         if port not in ports:
             ports.append(port)
     connect = knock_kind is KnockKind.CONNECT
     knocks = tuple(Knock(port, 0 if connect else int.from_bytes(token_bytes(4), "big")) for port in ports)
-    return Request(token_bytes(proto.REQUEST_ID_LEN), address, service, (knocks[0], knocks[1], knocks[2]),
+    return Request(token_bytes(wire.REQUEST_ID_LEN), address, service, (knocks[0], knocks[1], knocks[2]),
                    knock_kind)
 
 
@@ -106,7 +106,7 @@ class Pause(NamedTuple):
 
 
 class Finished(NamedTuple):
-    answer: proto.P3 | None  # None: gave up, nothing authentic came back in time
+    answer: wire.P3 | None  # None: gave up, nothing authentic came back in time
 
 
 Command: TypeAlias = SendDatagram | SendKnocks | Pause | Finished
@@ -149,7 +149,7 @@ class ClientSession:
         self.server = server
         # A key-pair user (client/pair.py): version 3, her P1s signed; only version 3 answers count.
         self.pair = pair
-        self._versions = (proto.PAIR_VERSION,) if pair is not None else proto.VERSIONS
+        self._versions = (wire.PAIR_VERSION,) if pair is not None else wire.VERSIONS
         self.request = request
         self.timing = timing
         self._nonces = nonces
@@ -209,17 +209,15 @@ class ClientSession:
 
     # --- internals -------------------------------------------------------------
 
-    def _authentic_answer(self, packet: bytes) -> proto.P3 | None:
-        header = proto.parse_header(packet, accept=(PacketType.P3,), versions=self._versions)
-        if isinstance(header, proto.Reject):
-            self.ignored[header.reason.value] += 1
+    def _authentic_answer(self, packet: bytes) -> wire.P3 | None:
+        header = wire.parse_answer_header(packet, self._versions)
+        if isinstance(header, str):
+            self.ignored[header] += 1
             return None
-        message = crypto.open_packet(self.keys, header, packet, self.server)
-        if isinstance(message, proto.Reject):
-            self.ignored[message.reason.value] += 1
+        message = wire.open_answer(self.keys, header, packet, self.server)
+        if isinstance(message, str):
+            self.ignored[message] += 1
             return None
-        if not isinstance(message, proto.P3):
-            raise AssertionError("parse_header accepted only P3")
         # The id is authenticated and random per request, so an old or foreign P3
         # (say, the answer to a previous run) can never be taken for ours.
         if message.request_id != self.request.request_id:
@@ -255,15 +253,15 @@ class ClientSession:
 
     def _seal_p1(self, wall_ms: int) -> bytes:
         r = self.request
-        message = proto.P1(wall_ms, r.request_id, r.address, r.service, r.knocks, r.knock_kind)
+        message = wire.P1(wall_ms, r.request_id, r.address, r.service, r.knocks, r.knock_kind)
         return self._seal(message, wall_ms)
 
     def _seal_p2(self, wall_ms: int) -> bytes:
-        return self._seal(proto.P2(wall_ms, self.request.request_id), wall_ms)
+        return self._seal(wire.P2(wall_ms, self.request.request_id), wall_ms)
 
-    def _seal(self, message: proto.P1 | proto.P2, wall_ms: int) -> bytes:
-        hint, nonce = self._hint(wall_ms), self._nonces(proto.NONCE_LEN)
+    def _seal(self, message: wire.P1 | wire.P2, wall_ms: int) -> bytes:
+        hint, nonce = self._hint(wall_ms), self._nonces(wire.NONCE_LEN)
         if self.pair is not None:
-            return crypto.seal_pair(self.keys, message, hint, nonce, self.pair.server_key, self.server,
-                                    self.pair.sign if isinstance(message, proto.P1) else None)
-        return crypto.seal(self.keys, message, hint, nonce, self.server)
+            return wire.seal_pair(self.keys, message, hint, nonce, self.pair.server_key, self.server,
+                                  self.pair.sign if isinstance(message, wire.P1) else None)
+        return wire.seal(self.keys, message, hint, nonce, self.server)

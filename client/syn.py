@@ -1,6 +1,6 @@
 """The knocks: SYNs built by hand and sent through a raw socket, or ordinary connect()s.
 
-Two ways to send a knock, and the P1 says which (protocol.KnockKind):
+Two ways to send a knock, and the P1 says which (client/wire.py's KnockKind):
 
 * SYN (the paper's): a TCP SYN carrying the declared destination port *and ISN* (the
   sequence number), which no ordinary socket lets us choose, so the segment is built here
@@ -28,14 +28,14 @@ import ipaddress
 import os
 import struct
 
-from dynknock.protocol import KnockKind
+from dynknock.client.wire import KnockKind
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy treats the name alike
 if TYPE_CHECKING:
     import secrets
     from typing import Final, Protocol
 
-    from dynknock.protocol import IPAddress
+    from dynknock.client.wire import IPAddress
 else:  # the same without typing's and secrets' start-up (client/lean.py); SynSender is a plain base
     from dynknock.client.lean import secrets
 

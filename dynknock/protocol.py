@@ -14,6 +14,10 @@ Sizes are fixed per type (P1 130, P2 82, P3 98 bytes) so that capture can drop
 everything else in the kernel and the size says nothing. Decoders never raise on
 hostile input: every failure is a :class:`Reject` with a :class:`RejectReason`.
 
+knock-client does not import this module: it seals and opens its own packets with a lean
+copy of its two directions (client/wire.py, held to this one by tests/unit/test_client_wire.py),
+so that its start-up does not pay for the dataclasses module.
+
 Version 2 (issue 14, a fleet of gateways) is version 1 with one more input to the
 tag: the associated data is ``header || server address`` (17 bytes, the address
 layout below), the address the client sent the packet to (for P3: the address it
@@ -37,95 +41,27 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeAlias
 
+# Re-exported: the types of a packet's fields (shared with the client's codec, dynknock/fields.py says
+# why) and the rules its fields follow (dynknock/rules.py says why they live apart) are the protocol's.
+from dynknock.fields import Knock as Knock
+from dynknock.fields import KnockKind as KnockKind
+from dynknock.fields import PacketType as PacketType
+from dynknock.fields import Status as Status
 from dynknock.keys import HINT_LEN, SessionKeys
-
-# Re-exported: the rules a packet's fields follow are the protocol's (dynknock/rules.py says why
-# they live apart).
 from dynknock.rules import CONTROL_PORT as CONTROL_PORT
 from dynknock.rules import SERVICE_NAME_CHARACTERS as SERVICE_NAME_CHARACTERS
 from dynknock.rules import SERVICE_NAME_LEN as SERVICE_NAME_LEN
 from dynknock.rules import is_port as is_port
 from dynknock.rules import is_service_name as is_service_name
 
-# typing.TYPE_CHECKING without importing typing; mypy treats the name alike. knock-client imports
-# this module on every start (ssh starts it for every connection): typing costs it ~3 ms, and the
-# dataclasses module ~10 ms (it imports inspect, ast, dis, tokenize), so at run time the records
-# below are made by _frozen_record, which mypy never sees.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from dataclasses import dataclass as dataclass  # re-exported: tests/unit/test_protocol.py uses it
-    from typing import Any, Final, TypeAlias
-
-    # The AEAD (XChaCha20-Poly1305) that seal and open_packet use: pycryptodome's by default,
-    # client/crypto.py's standard-library one in knock-client.
-    Encrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes], tuple[bytes, bytes]]  # key, nonce, aad, plain
-    Decrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes, bytes], bytes]  # ..., ciphertext, tag; ValueError
-else:
-    def dataclass(*, frozen: bool = False, slots: bool = False, **options: object) -> Callable[[type], type]:
-        """``@dataclass(frozen=True, slots=True)`` for a class of plain fields, as _frozen_record makes
-        it; anything else (other options, ``field()``) is handed to the real dataclasses module."""
-
-        def wrap(cls: type) -> type:
-            names = tuple(cls.__dict__.get("__annotations__", {}))
-            if (frozen and slots and not options
-                    and not any(type(cls.__dict__.get(n)).__module__ == "dataclasses" for n in names)):
-                return _frozen_record(cls, names)
-            import dataclasses
-
-            return dataclasses.dataclass(frozen=frozen, slots=slots, **options)(cls)
-
-        return wrap
-
-
-def _frozen_record(cls: type, names: tuple[str, ...]) -> type:
-    """What ``@dataclass(frozen=True, slots=True)`` makes of a class whose fields have plain
-    defaults or none: __slots__, __init__, __repr__, __eq__, __hash__, __match_args__, and
-    assignment refused with dataclasses.FrozenInstanceError, __getstate__/__setstate__ (copy,
-    pickle). Not dataclasses.fields() or replace(): nothing uses them on packets.
-    tests/unit/test_protocol.py checks each record against a real dataclass of the same fields."""
-    body = {k: v for k, v in cls.__dict__.items() if k not in names and k not in ("__dict__", "__weakref__")}
-    defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
-    params = ", ".join(f"{n}=_default_{n}" if n in defaults else n for n in names)
-    own = ", ".join(f"self.{n}" for n in names)
-    other = ", ".join(f"other.{n}" for n in names)
-    fields = ", ".join(f"{n}={{self.{n}!r}}" for n in names)
-    source = (f"def __init__(self, {params}):\n"
-              + "".join(f"    _set(self, {n!r}, {n})\n" for n in names)
-              + f"def __repr__(self):\n    return f'{{type(self).__qualname__}}({fields})'\n"
-              f"def __eq__(self, other):\n    if other.__class__ is self.__class__:\n"
-              f"        return ({own},) == ({other},)\n    return NotImplemented\n"
-              f"def __hash__(self):\n    return hash(({own},))\n"
-              f"def __getstate__(self):\n    return [{own}]\n"
-              "def __setstate__(self, state):\n    for name, value in zip(__slots__, state):\n"
-              "        _set(self, name, value)\n")
-    namespace: dict[str, Any] = {"_set": object.__setattr__, "__slots__": names,
-                                 **{f"_default_{n}": v for n, v in defaults.items()}}
-    exec(source, namespace)  # the source is built above from the class's own field names only
-    for name in ("__init__", "__repr__", "__eq__", "__hash__", "__getstate__", "__setstate__"):
-        function = namespace[name]
-        function.__qualname__ = f"{cls.__qualname__}.{name}"
-        body[name] = function
-    body["__setattr__"] = _refuse_assignment
-    body["__delattr__"] = _refuse_deletion
-    body["__slots__"] = names
-    body["__match_args__"] = names
-    for name in names:
-        body.pop(name, None)  # a default lives in __init__; a class attribute would shadow the slot
-    return type(cls)(cls.__name__, cls.__bases__, body)
-
-
-def _refuse_assignment(self: object, name: str, value: object) -> None:
-    from dataclasses import FrozenInstanceError  # only on this error path
-
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-
-def _refuse_deletion(self: object, name: str) -> None:
-    from dataclasses import FrozenInstanceError
-
-    raise FrozenInstanceError(f"cannot delete field {name!r}")
+# The AEAD (XChaCha20-Poly1305) that seal and open_packet use: pycryptodome's by default, or any
+# function of the same signature given as `encrypt` / `decrypt`.
+Encrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes], tuple[bytes, bytes]]  # key, nonce, aad, plain
+Decrypt: TypeAlias = Callable[[bytes, bytes, bytes, bytes, bytes], bytes]  # ..., ciphertext, tag; ValueError
 
 
 VERSION: Final = 1  # unbound; what seal() writes without a server address
@@ -147,12 +83,6 @@ _HEADER = struct.Struct("!BB8s24s")
 HEADER_LEN: Final = _HEADER.size  # 34
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class PacketType(enum.IntEnum):
-    P1 = 1  # client -> server: request, declares the knocks
-    P2 = 2  # client -> server: status request
-    P3 = 3  # server -> client: answer
 
 
 class RejectReason(enum.Enum):
@@ -186,34 +116,10 @@ class RejectReason(enum.Enum):
     # users are not proven current (etcd down, no quorum, a partition): no door, fail closed
 
 
-class Status(enum.IntEnum):
-    """The answer a P3 carries."""
-
-    OPEN = 0  # door open at door_port for window_seconds
-    PENDING = 1  # knocks not all seen yet, or door being opened: send knocks / P2 again
-    ADDRESS_MISMATCH = 2  # the source the server saw differs from the declared one
-    SERVICE_NOT_ALLOWED = 3
-    UNAVAILABLE = 4  # the server could not open a door now; try again later
-    KNOCK_KIND_REFUSED = 5  # the server takes only SYN knocks with a chosen ISN (server.connect_knocks)
-
-
-class KnockKind(enum.IntEnum):
-    """How the P1's knocks are sent, and so what of them the server can match (P1 byte 75)."""
-
-    SYN = 0  # SYNs built by hand with a chosen ISN (a raw socket): matched by address, port and ISN
-    CONNECT = 1  # ordinary connect()s, the ISN the kernel's: matched by address and port; ISNs are 0
-
-
 class AddressFamily(enum.IntEnum):
     AS_SEEN = 0  # "whatever source address the server sees" (NAT; user policy must allow)
     IPV4 = 4
     IPV6 = 6
-
-
-@dataclass(frozen=True, slots=True)
-class Knock:
-    port: int
-    isn: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,9 +302,9 @@ def _direction_key(keys: SessionKeys, kind: PacketType) -> bytes:
 
 
 def _encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
-    # Imported here, not at the top: knock-client uses this module's codec but its own
-    # ChaCha20-Poly1305 (client/crypto.py), and pycryptodome's import alone costs 30-40 ms.
-    # Once loaded, the import statement costs ~0.2 us against ~28 us of sealing.
+    # Imported here, not at the top: pycryptodome's import alone costs 30-40 ms, which the tools
+    # that only encode or decode need not pay. Once loaded, the import statement costs ~0.2 us
+    # against ~28 us of sealing.
     from Crypto.Cipher import ChaCha20_Poly1305
 
     cipher = ChaCha20_Poly1305.new(key=key, nonce=nonce)

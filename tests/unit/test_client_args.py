@@ -318,3 +318,37 @@ def test_a_fleet_stanza_binds_its_packets(tmp_path: Path) -> None:
     assert settings(["gw-a", *cfg]).bind is True
     assert settings(["home", *cfg]).bind is False
     assert settings(["home", *cfg, "--bind"]).bind is True
+
+
+# --- the option table (client/options.py) and what follows from it ------------------------------
+
+
+def test_the_type_checkers_views_name_the_tables_fields() -> None:
+    """Options and ServerStanza take their fields from the table at run time; their annotations,
+    which only the type checker reads, must name the same fields in the same order."""
+    import ast
+
+    from dynknock.client import config, options
+
+    assert tuple(Options.__annotations__) == options.FIELDS == Options.__slots__
+    tree = ast.parse(Path(config.__file__).read_text())
+    stanza = next(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == "ServerStanza")
+    declared = tuple(node.target.id for node in stanza.body
+                     if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name))
+    assert declared == config.ServerStanza._fields == ("name", *options.FILE_KEYS)
+
+
+def test_a_port_is_checked_by_one_function_from_either_side(tmp_path: Path) -> None:
+    from dynknock.client import options
+    from dynknock.client.config import ClientConfigError, load_config
+
+    port = next(option for option in options.OPTIONS if option.dest == "port")
+    assert port.kind is port.file is options.PORT
+    assert options.PORT.from_word("22") == 22
+    (tmp_path / "c.toml").write_text("[servers.s]\nport = 22\n")
+    assert load_config(tmp_path / "c.toml", required=True)["s"].port == 22
+    with pytest.raises(ValueError, match="0 is not in 1-65535"):
+        options.PORT.from_word("0")
+    (tmp_path / "c.toml").write_text("[servers.s]\nport = 0\n")
+    with pytest.raises(ClientConfigError, match="must be an integer 1-65535"):
+        load_config(tmp_path / "c.toml", required=True)

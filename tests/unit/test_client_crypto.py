@@ -2,16 +2,15 @@
 
 Three layers, as in test_protocol.py:
 1. the published vectors of each primitive (RFC 8439, draft-irtf-cfrg-xchacha, RFC 5869);
-2. the project's vectors (tests/vectors/*.json), byte for byte, both directions;
+2. the project's key vector (tests/vectors/keys.json; the packets are test_client_wire.py's);
 3. hypothesis: random keys, nonces and messages against pycryptodome (what auth/ uses)
-   and against dynknock.protocol's seal / open_packet, including altered packets.
+   and against dynknock.keys.
 It also checks what importing the client loads: no third-party module at all (the
 client installs with no dependencies) and nothing the --help path does not need.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 import sys
@@ -24,9 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynknock import keys as K
-from dynknock import protocol as proto
 from dynknock.client import crypto as C
-from dynknock.protocol import PacketType, Status
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "vectors"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -95,9 +92,6 @@ def _vectors() -> dict[str, dict[str, Any]]:
 
 
 VECTORS = _vectors()
-PACKETS = {name: v for name, v in VECTORS.items() if "packet" in v and v["version"] != proto.PAIR_VERSION}
-
-
 def test_key_vector() -> None:
     v = VECTORS["keys.json"]
     master = C.derive_master_key(v["inputs"]["user"], v["inputs"]["password"])
@@ -106,45 +100,7 @@ def test_key_vector() -> None:
     assert {k: getattr(keys, k).hex() for k in v["session_keys"]} == v["session_keys"]
 
 
-@pytest.mark.parametrize("name", sorted(PACKETS))
-def test_packet_vectors_open_and_seal(name: str) -> None:
-    v = PACKETS[name]
-    keys = C.session_keys(bytes.fromhex(v["inputs"]["master_key"]))
-    packet = bytes.fromhex(v["packet"])
-    kind = PacketType[v["type"]]
-    header = proto.parse_header(packet, accept=(kind,))
-    assert isinstance(header, proto.Header)
-    server = MV_server(v)
-    message = C.open_packet(keys, header, packet, server)
-    assert message == proto.open_packet(keys, header, packet, server)
-    assert not isinstance(message, proto.Reject)
-    hint, nonce = bytes.fromhex(v["inputs"]["hint"]), bytes.fromhex(v["inputs"]["nonce"])
-    assert C.seal(keys, message, hint, nonce, server) == packet
-    if server is not None:  # version 2: at any other server address the tag fails
-        other = proto.parse_header(packet, accept=(kind,))
-        assert isinstance(other, proto.Header) and other.version == 2
-        elsewhere = ipaddress.ip_address("198.18.0.1")
-        assert C.open_packet(keys, header, packet, elsewhere) == proto.Reject(proto.RejectReason.BAD_TAG)
-        assert C.open_packet(keys, header, packet) == proto.Reject(proto.RejectReason.BAD_VERSION,
-                                                                  "2 without a server address to check")
-
-
-def MV_server(v: dict[str, Any]) -> proto.IPAddress | None:  # noqa: N802 - reads as the vector's field
-    bound = v["inputs"].get("server_address")
-    return None if bound is None else ipaddress.ip_address(bound["address"])
-
-
-def test_packet_vector_with_the_wrong_direction_key_is_bad_tag() -> None:
-    v = PACKETS["p1_ipv4.json"]
-    keys = C.session_keys(bytes.fromhex(v["inputs"]["master_key"]))
-    swapped = K.SessionKeys(keys.hint, keys.server_to_client, keys.client_to_server)
-    packet = bytes.fromhex(v["packet"])
-    header = proto.parse_header(packet)
-    assert isinstance(header, proto.Header)
-    assert C.open_packet(swapped, header, packet) == proto.Reject(proto.RejectReason.BAD_TAG)
-
-
-# --- 3. random inputs against pycryptodome and dynknock.protocol -------------------------
+# --- 3. random inputs against pycryptodome and dynknock.keys -----------------------------------
 
 
 @settings(max_examples=150, deadline=None)
@@ -199,48 +155,6 @@ def test_derive_master_key_matches_auth_keys_and_refuses_what_it_refuses() -> No
             C.derive_master_key(user, password)
 
 
-_ids = st.binary(min_size=16, max_size=16)
-_ts = st.integers(0, 2**64 - 1)
-_messages = st.one_of(
-    st.builds(proto.P2, _ts, _ids),
-    st.builds(proto.P3, _ts, _ids, st.sampled_from(Status), st.integers(0, 65535), st.integers(0, 65535),
-              st.none()),
-    st.builds(lambda ts, rid, ports: proto.P1(ts, rid, None, "ssh",
-                                              (proto.Knock(ports[0], 1), proto.Knock(ports[1], 2),
-                                               proto.Knock(ports[2], 3))),
-              _ts, _ids, st.lists(st.integers(1, 65535), min_size=3, max_size=3, unique=True)),
-)
-
-
-@settings(max_examples=100, deadline=None)
-@given(master=st.binary(min_size=32, max_size=32), message=_messages, hint=st.binary(min_size=8, max_size=8),
-       nonce=st.binary(min_size=24, max_size=24), flip=st.integers(0, 10_000))
-def test_seal_and_open_match_auth_protocol(master: bytes, message: proto.Message, hint: bytes, nonce: bytes,
-                                           flip: int) -> None:
-    keys = K.SessionKeys.from_master(master)
-    packet = C.seal(keys, message, hint, nonce)
-    assert packet == proto.seal(keys, message, hint, nonce)
-    kind = proto.PacketType(packet[1])
-    header = proto.parse_header(packet, accept=(kind,))
-    assert isinstance(header, proto.Header)
-    assert C.open_packet(keys, header, packet) == message
-    altered = bytearray(packet)
-    altered[flip % len(packet)] ^= 0x01
-    header = proto.parse_header(bytes(altered), accept=(kind,))
-    if isinstance(header, proto.Header):
-        opened = C.open_packet(keys, header, bytes(altered))
-        assert isinstance(opened, proto.Reject)
-        assert opened == proto.open_packet(keys, header, bytes(altered))
-
-
-def test_seal_checks_hint_and_nonce_sizes() -> None:
-    keys = C.session_keys(bytes(32))
-    with pytest.raises(ValueError):
-        C.seal(keys, proto.P2(1, bytes(16)), bytes(7), bytes(24))
-    with pytest.raises(ValueError):
-        C.seal(keys, proto.P2(1, bytes(16)), bytes(8), bytes(23))
-
-
 # --- what importing the client loads ----------------------------------------------------
 
 
@@ -262,10 +176,11 @@ def test_the_knocking_client_loads_only_the_standard_library_and_its_own_code() 
     ours = {m for m in loaded if m.split(".")[0] == "dynknock"}
     foreign = {m for m in loaded - ours if m.split(".")[0] not in sys.stdlib_module_names}
     assert foreign == set()
-    # The wire layer and the client, nothing of the server (auth's engine, the bus, config).
-    assert {m for m in ours if not m.startswith("dynknock.client")} == {"dynknock", "dynknock.keys",
-                                                                         "dynknock.protocol", "dynknock.rules"}
-    assert not loaded & {"subprocess", "getpass", "tomllib", "typing_extensions"}
+    # The wire layer's keys and rules and the client (its own codec, client/wire.py), nothing of the
+    # server (auth's engine, the bus, config), nor protocol.py and its dataclasses.
+    assert {m for m in ours if not m.startswith("dynknock.client")} == {"dynknock", "dynknock.fields",
+                                                                         "dynknock.keys", "dynknock.rules"}
+    assert not loaded & {"subprocess", "getpass", "tomllib", "typing_extensions", "dataclasses"}
 
 
 def test_help_loads_neither_the_knocking_code_nor_its_imports() -> None:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "dynknock"
 STAGES = ("capture", "auth", "gate", "relay", "client")
 
-WIRE = {"dynknock.protocol", "dynknock.keys", "dynknock.rules", "dynknock.curve25519"}
+WIRE = {"dynknock.protocol", "dynknock.fields", "dynknock.keys", "dynknock.rules", "dynknock.curve25519"}
 SHARED = {"dynknock.bus", "dynknock.topics", "dynknock.limits", "dynknock.transport", "dynknock.config",
           "dynknock.stage", "dynknock.events", "dynknock.metrics", "dynknock.replies", "dynknock.rundir",
           "dynknock.reasons"}

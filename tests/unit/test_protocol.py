@@ -553,10 +553,9 @@ def test_v2_header_rewritten_to_v1_fails_the_tag() -> None:
     assert proto.open_packet(KEYS, header, bytes(packet), server) == Reject(RejectReason.BAD_TAG)
 
 
-# --- the records: what @dataclass(frozen=True, slots=True) made, without the dataclasses module ---
+# --- the records: frozen, slotted dataclasses --------------------------------------------------------
 
 RECORD_SAMPLES: list[tuple[type, tuple[Any, ...]]] = [
-    (proto.Knock, (1024, 7)),
     (proto.Header, (1, PacketType.P3, HINT, NONCE)),
     (proto.P1, (5, bytes(16), ipaddress.IPv4Address("198.18.0.1"), "ssh", (proto.Knock(2000, 1),) * 3)),
     (proto.P2, (5, bytes(16))),
@@ -566,65 +565,15 @@ RECORD_SAMPLES: list[tuple[type, tuple[Any, ...]]] = [
 ]
 
 
-def _slots(cls: type) -> tuple[str, ...]:
-    slots: tuple[str, ...] = vars(cls)["__slots__"]
-    return slots
-
-
-def _real_dataclass(cls: type) -> type:
-    """The same class body through the real dataclasses module."""
-    import dataclasses
-
-    body = {"__annotations__": dict(cls.__annotations__), "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__}
-    for name, default in zip(reversed(_slots(cls)), reversed(vars(cls)["__init__"].__defaults__ or ()), strict=False):
-        body[name] = default
-    return dataclasses.dataclass(frozen=True, slots=True)(type(cls.__name__, (), body))
-
-
 @pytest.mark.parametrize(("cls", "args"), RECORD_SAMPLES, ids=lambda v: getattr(v, "__name__", ""))
-def test_records_behave_as_frozen_slotted_dataclasses(cls: type, args: tuple[Any, ...]) -> None:
-    import copy
+def test_records_are_frozen_slotted_dataclasses(cls: type, args: tuple[Any, ...]) -> None:
     import dataclasses
-    import pickle
 
-    real = _real_dataclass(cls)
-    ours, theirs = cls(*args), real(*args)
-    assert repr(ours) == repr(theirs)
-    assert hash(ours) == hash(theirs)
-    assert ours == cls(*args) and ours != theirs and ours != args
-    assert _slots(cls) == _slots(real) and vars(cls)["__match_args__"] == vars(real)["__match_args__"]
-    assert not hasattr(ours, "__dict__")
-    assert copy.deepcopy(ours) == ours and pickle.loads(pickle.dumps(ours)) == ours
-    keywords = dict(zip(_slots(cls), args, strict=False))
-    assert cls(**keywords) == ours
-    for name in (*_slots(cls), "other"):
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(ours, name, 1)
+    record = cls(*args)
+    assert dataclasses.is_dataclass(record) and not hasattr(record, "__dict__")
+    assert record == cls(*args) and hash(record) == hash(cls(*args))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        delattr(ours, _slots(cls)[0])
-
-
-def test_records_refuse_what_dataclasses_refuse() -> None:
-    with pytest.raises(TypeError):
-        proto.P2(1)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        proto.Knock(1, 2, 3)  # type: ignore[call-arg]
-
-
-def test_a_record_the_shortcut_cannot_make_is_a_real_dataclass() -> None:
-    import dataclasses
-
-    @proto.dataclass(frozen=True, slots=True, order=True)
-    class Ordered:
-        a: int
-
-    @proto.dataclass(frozen=True, slots=True)
-    class WithFactory:
-        a: list[int] = dataclasses.field(default_factory=list)
-
-    assert dataclasses.is_dataclass(Ordered) and Ordered(1) < Ordered(2)
-    assert dataclasses.is_dataclass(WithFactory) and WithFactory().a == []
+        setattr(record, dataclasses.fields(record)[0].name, 1)
 
 
 # --- version 3: key-pair users (tests/vectors/v3_*.json) -------------------------------------------
