@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from dynknock import bus, replies
 from dynknock.auth import engine as eng
+from dynknock.auth.doorstages import DoorStage, DoorStages
 from dynknock.auth.etcd import EtcdStore, StoreError
 from dynknock.auth.replay import ReplayCache, ReplayJournal
 from dynknock.auth.replicated import StoreLink, open_store
@@ -43,7 +44,7 @@ from dynknock.stage import (
     setup_logging,
 )
 from dynknock.topics import Topic
-from dynknock.transport import TransportError, gateway_key_name, key_gateway
+from dynknock.transport import TransportError, key_gateway
 
 TICK_S = 0.2
 # How long a P2 that came before its knocks waits for them (the client's SYN echo follows it by 5 ms)
@@ -89,27 +90,11 @@ class AuthShell(Shell):
         self.packets = self.socket(zmq.PULL, bind="packets", options={zmq.RCVHWM: 50_000})
         self.watch(self.packets, self.read_packets)
         self.filter = self.socket(zmq.PUB, bind="knock_filter")
-        # (gateway, stage) -> socket. One host: the one local gateway "", by the endpoint table. A fleet:
-        # each gateway's gate (and relay) by its own url ([gateways.NAME]).
-        self.door_stages: dict[tuple[str, str], zmq.Socket[Any]] = {}
-        gateways = [(g.name, {"gate": g.gate, "relay": g.relay}) for g in config.gateways.values()] \
-            or [("", {"gate": "", "relay": ""})]
-        for gateway, urls in gateways:
-            for stage, url in urls.items():
-                if gateway and not url:
-                    continue  # a gateway without relay: its relay doors fail closed
-                # IMMEDIATE: never queue a door command for a stage that is not
-                # connected; the send fails now and the door fails closed.
-                sock = self.socket(zmq.DEALER, options={zmq.IMMEDIATE: 1})
-                if url:  # a fleet's gateway: its gate or relay must answer with that gateway's own key
-                    transport.connect_url(sock, url, gateway_key_name(stage, gateway))
-                else:
-                    transport.connect(sock, stage)
-                self.door_stages[(gateway, stage)] = sock
-                self.watch(sock, functools.partial(self.read_results, sock, (gateway, stage)))
-        # A dropped connection means the stage died or restarted (a restarted relay has lost
-        # its listeners): the engine must stop counting on the doors that stage confirmed.
-        for key, sock in self.door_stages.items():
+        self.doors = DoorStages(self, config)
+        for key, sock in self.doors:
+            self.watch(sock, functools.partial(self.read_results, sock, key))
+            # A dropped connection means the stage died or restarted (a restarted relay has lost
+            # its listeners): the engine must stop counting on the doors that stage confirmed.
             monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.watch(monitor, functools.partial(self.on_monitor, monitor, key))
         # A fleet's P3s leave from the gateways (bus.Reply): the auth host binds no control port.
@@ -159,30 +144,13 @@ class AuthShell(Shell):
                                        action.target_host, action.target_port, action.expires_at_ms,
                                        self.config.single_use, kernel="relay" not in action.stages,
                                        sent_ms=now_ms())
-                stages = {stage: sock for (gateway, stage), sock in self.door_stages.items()
-                          if gateway == action.gateway and stage in action.stages}
-                # All or nothing: if a stage is not connected, send to none, so no
-                # stage opens a door the other cannot (IMMEDIATE makes POLLOUT mean "connected").
-                down = [stage for stage, sock in stages.items() if not sock.poll(0, zmq.POLLOUT)]
-                down += sorted(action.stages - set(stages))  # a gateway without relay
-                if down:
-                    self.execute(self.engine.on_door_result(action.door_id, down[0], False,
-                                                            "stage not running", now_ms()))
-                    continue
-                for stage, sock in stages.items():
-                    try:
-                        sock.send(bus.encode(command), zmq.NOBLOCK)
-                    except zmq.Again:
-                        self.execute(self.engine.on_door_result(action.door_id, stage, False,
-                                                                "stage not running", now_ms()))
+                for stage in self.doors.open(command, action.gateway, action.stages):
+                    self.execute(self.engine.on_door_result(action.door_id, stage, False, "stage not running",
+                                                            now_ms()))
             elif isinstance(action, eng.CloseDoor):
                 host, port = action.target or ("", 0)
-                close = bus.DoorClose(action.door_id, str(action.client), action.port, host, port, now_ms())
-                for sock in (sock for (gateway, _), sock in self.door_stages.items() if gateway == action.gateway):
-                    try:
-                        sock.send(bus.encode(close), zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # that stage is down; the kernel timeout closes the rule anyway
+                self.doors.close(bus.DoorClose(action.door_id, str(action.client), action.port, host, port, now_ms()),
+                                 action.gateway)
             elif isinstance(action, eng.SetKnockFilter):
                 # Published once per batch (run()): each message is the whole list.
                 self._pending_filter = action.pairs
@@ -210,7 +178,7 @@ class AuthShell(Shell):
     def _send_reply(self, reply: eng.SendReply) -> None:
         if self.config.fleet:
             # From the gateway the client knocked at (its NAT passes only that), by its gate.
-            gate = self.door_stages.get((reply.gateway, "gate"))
+            gate = self.doors.gate(reply.gateway)
             message = bus.Reply(str(reply.source), str(reply.destination), reply.port, reply.payload)
             try:
                 if gate is None:
@@ -298,7 +266,7 @@ class AuthShell(Shell):
             except zmq.Again:
                 return
 
-    def read_results(self, sock: zmq.Socket[Any], door_stage: tuple[str, str]) -> None:
+    def read_results(self, sock: zmq.Socket[Any], door_stage: DoorStage) -> None:
         for _ in range(self.BATCH):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
@@ -307,7 +275,7 @@ class AuthShell(Shell):
             self.flush()  # keep the order of effects
             self.on_result(frame, door_stage)
 
-    def on_monitor(self, monitor: zmq.Socket[Any], door_stage: tuple[str, str]) -> None:
+    def on_monitor(self, monitor: zmq.Socket[Any], door_stage: DoorStage) -> None:
         gateway, stage = door_stage
         while True:
             try:
@@ -320,7 +288,7 @@ class AuthShell(Shell):
                 self.flush()  # keep the order of effects
                 self.execute(self.engine.on_door_stage_lost(stage, now_ms(), gateway))
 
-    def on_result(self, frame: bytes, door_stage: tuple[str, str]) -> None:
+    def on_result(self, frame: bytes, door_stage: DoorStage) -> None:
         """A DoorResult, or a DoorUsed, from the (gateway, stage) whose socket it came on."""
         result = self.decode(frame, "door result")
         if result is None:
@@ -428,13 +396,8 @@ class AuthShell(Shell):
 
     def send_door_sets(self) -> None:
         """Tell each gate and relay every door auth believes open at its gateway: they empty the rest."""
-        sent = now_ms()
-        for (gateway, _), sock in self.door_stages.items():
-            doors = [[d.door_id, str(d.client), d.port] for d in self.engine.doors_at(gateway)]
-            try:
-                sock.send(bus.encode(bus.DoorSet(doors, sent)), zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # that stage is down or far behind: the next period tells it
+        self.doors.send_door_sets(lambda gateway: [[d.door_id, str(d.client), d.port]
+                                                   for d in self.engine.doors_at(gateway)], now_ms())
 
     def turn(self) -> None:
         self.flush()
